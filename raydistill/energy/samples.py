@@ -1,0 +1,171 @@
+"""The value objects of the accounting protocol: readings, sample batches, windows.
+
+Units live in the names: `_w` watts, `_j` joules, `_s` seconds. Vendor units (mW, mJ, µJ)
+are converted by the sources, before anything here sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# How a figure was obtained; every energy number in a report carries one of these.
+METHODS = ("counter", "sampled", "estimated", "replayed")
+# Device kinds. GPUs are charged to the windows that hold them; the others are node-level
+# devices shared by every window on the node (split by CPU-time share).
+DEVICE_KINDS = ("gpu", "cpu", "dram", "node")
+SHARED_KINDS = frozenset({"cpu", "dram", "node"})
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One device read once by a source. At least one of power_w / energy_counter_j is set."""
+
+    device_id: str  # "GPU-<uuid>", "cpu:package-0", "dram:package-0", "cpu:estimate", ...
+    device_kind: str  # one of DEVICE_KINDS
+    t_wall_s: float  # time.time() on the node that read it
+    power_w: float | None
+    energy_counter_j: float | None  # monotonic except at wrap/reset; None if no counter
+    source: str  # "nvml-counter", "nvml-power", "nvml-power-instant", "rapl", ...
+    method: str  # one of METHODS
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_id: str
+    device_kind: str
+    source: str
+    method: str
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    """Columnar samples from one sampler, the unit of ingestion.
+
+    `(sampler_id, batch_seq)` is the idempotency key: the ledger ingests each key once, so a
+    batch resent after a lost acknowledgement is never counted twice.
+    """
+
+    sampler_id: str
+    batch_seq: int
+    node_id: str
+    devices: tuple[DeviceInfo, ...]
+    device_idx: np.ndarray  # int32 [n], index into devices
+    t_wall_s: np.ndarray  # float64 [n]
+    power_w: np.ndarray  # float64 [n], NaN where absent
+    energy_counter_j: np.ndarray  # float64 [n], NaN where absent
+    idle_power_w: dict[str, float] = field(default_factory=dict)  # device_id -> idle baseline
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.sampler_id, self.batch_seq)
+
+    def __len__(self) -> int:
+        return int(self.t_wall_s.shape[0])
+
+    @staticmethod
+    def from_readings(
+        sampler_id: str,
+        batch_seq: int,
+        node_id: str,
+        readings: list[Reading],
+        idle_power_w: dict[str, float] | None = None,
+    ) -> SampleBatch:
+        index: dict[DeviceInfo, int] = {}
+        idx = np.empty(len(readings), dtype=np.int32)
+        t = np.empty(len(readings), dtype=np.float64)
+        p = np.empty(len(readings), dtype=np.float64)
+        e = np.empty(len(readings), dtype=np.float64)
+        for i, r in enumerate(readings):
+            info = DeviceInfo(r.device_id, r.device_kind, r.source, r.method)
+            idx[i] = index.setdefault(info, len(index))
+            t[i] = r.t_wall_s
+            p[i] = math.nan if r.power_w is None else r.power_w
+            e[i] = math.nan if r.energy_counter_j is None else r.energy_counter_j
+        return SampleBatch(
+            sampler_id, batch_seq, node_id, tuple(index), idx, t, p, e, dict(idle_power_w or {})
+        )
+
+    # Compact binary form for the ledger log and the spool: a JSON header and raw columns.
+    def to_bytes(self) -> bytes:
+        header = json.dumps(
+            {
+                "sampler_id": self.sampler_id,
+                "batch_seq": self.batch_seq,
+                "node_id": self.node_id,
+                "devices": [asdict(d) for d in self.devices],
+                "idle_power_w": self.idle_power_w,
+                "n": len(self),
+            },
+            separators=(",", ":"),
+        ).encode()
+        return b"".join(
+            (
+                struct.pack("<I", len(header)),
+                header,
+                np.ascontiguousarray(self.device_idx, dtype="<i4").tobytes(),
+                np.ascontiguousarray(self.t_wall_s, dtype="<f8").tobytes(),
+                np.ascontiguousarray(self.power_w, dtype="<f8").tobytes(),
+                np.ascontiguousarray(self.energy_counter_j, dtype="<f8").tobytes(),
+            )
+        )
+
+    @staticmethod
+    def from_bytes(data: bytes | memoryview) -> SampleBatch:
+        buf = memoryview(data)
+        (hlen,) = struct.unpack_from("<I", buf, 0)
+        header = json.loads(bytes(buf[4 : 4 + hlen]))
+        n = int(header["n"])
+        off = 4 + hlen
+        idx = np.frombuffer(buf, dtype="<i4", count=n, offset=off)
+        off += 4 * n
+        cols = []
+        for _ in range(3):
+            cols.append(np.frombuffer(buf, dtype="<f8", count=n, offset=off))
+            off += 8 * n
+        if off != len(buf):
+            raise ValueError(f"sample batch has {len(buf) - off} trailing bytes")
+        return SampleBatch(
+            header["sampler_id"],
+            int(header["batch_seq"]),
+            header["node_id"],
+            tuple(DeviceInfo(**d) for d in header["devices"]),
+            idx,
+            cols[0],
+            cols[1],
+            cols[2],
+            {k: float(v) for k, v in header.get("idle_power_w", {}).items()},
+        )
+
+
+ALL_DEVICES = ("*",)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A stretch of work on one node: a trial's stage, charged for the devices it holds.
+
+    `devices` lists GPU ids the work holds, or ALL_DEVICES for every device on the node.
+    Node-level shared devices (CPU package, DRAM, estimates) are charged to every window on the
+    node, split by `cpu_time_s` share where windows overlap. Times are read on the node itself,
+    from the same clock as that node's sampler, so clock skew between nodes cannot misattribute.
+    """
+
+    window_id: str
+    trial_id: str
+    stage: str
+    node_id: str
+    devices: tuple[str, ...]
+    t_start_s: float
+    t_end_s: float | None = None  # None while open
+    tokens: int = 0
+    cpu_time_s: float | None = None  # CPU seconds the work used; None = unknown (equal split)
+
+    def claims(self, device_id: str, device_kind: str) -> bool:
+        return device_kind in SHARED_KINDS or self.devices == ALL_DEVICES or (
+            device_id in self.devices
+        )
