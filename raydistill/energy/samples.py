@@ -115,6 +115,13 @@ class SampleBatch:
         )
 
     @staticmethod
+    def key_of(data: bytes | memoryview) -> tuple[str, int]:
+        """The idempotency key of a serialised batch, read from its header alone."""
+        (hlen,) = struct.unpack_from("<I", data, 0)
+        header = json.loads(bytes(memoryview(data)[4 : 4 + hlen]))
+        return (header["sampler_id"], int(header["batch_seq"]))
+
+    @staticmethod
     def from_bytes(data: bytes | memoryview) -> SampleBatch:
         buf = memoryview(data)
         (hlen,) = struct.unpack_from("<I", buf, 0)

@@ -1,0 +1,90 @@
+"""The command line: the only place that prints.
+
+    raydistill measure [--source SPEC] [--hz N] [--out DIR] [--address ADDR] -- COMMAND ...
+    raydistill ledger DIR [--csv]
+
+Bad input exits with code 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from raydistill.errors import ConfigError, RayDistillError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raydistill", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("measure", help="run any command inside one measured window")
+    m.add_argument("--source", default="auto",
+                   help="nvml | rapl | cpu-estimate[:TDP_W] | replay:PATH | constant:WATTS | auto")
+    m.add_argument("--hz", type=float, default=10.0, help="samples per second (default 10)")
+    m.add_argument("--out", default=None, help="run directory (default runs/measure-<time>)")
+    m.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster)")
+    m.add_argument("--idle-s", type=float, default=1.0, help="idle baseline length (s)")
+    m.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+
+    led = sub.add_parser("ledger", help="print the stage × device energy table of a run directory")
+    led.add_argument("run_dir")
+    led.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    led.add_argument("--max-gap-s", type=float, default=2.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    try:
+        if args.command == "measure":
+            return _measure(args)
+        if args.command == "ledger":
+            return _ledger(args)
+    except ConfigError as exc:
+        print(f"raydistill: error: {exc}", file=sys.stderr)
+        return 2
+    except RayDistillError as exc:
+        print(f"raydistill: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from raydistill.config import SamplingConfig
+    from raydistill.measure import measure_command
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise ConfigError("measure needs a command after --, e.g. raydistill measure -- sleep 5")
+    cfg = SamplingConfig(source=args.source, hz=args.hz, idle_s=args.idle_s)
+    out = Path(args.out or f"runs/measure-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = measure_command(cmd, cfg, out, address=args.address)
+    print(result.summary())
+    return result.returncode
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from raydistill.results import energy_frame, format_table, load_ledger, stage_device_table
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "ledger").is_dir():
+        raise ConfigError(f"{run_dir} is not a run directory (no ledger/ inside)")
+    state, damage = load_ledger(run_dir, args.max_gap_s)
+    for d in damage:
+        print(f"warning: ledger damage kept to its valid prefix: {d}", file=sys.stderr)
+    table = stage_device_table(energy_frame(state.energy_rows()))
+    print(table.to_csv(index=False) if args.csv else format_table(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Ray layer: thin actors around the pure energy core. Importing this imports ray."""

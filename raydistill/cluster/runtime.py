@@ -1,0 +1,70 @@
+"""Starting or joining Ray, and the run session (ledger + samplers) every command shares."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from raydistill.config import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def namespace_for(run_dir: Path) -> str:
+    """One Ray namespace per run directory: two sweeps on one cluster never share a ledger."""
+    digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:10]
+    return f"raydistill-{run_dir.name[:40]}-{digest}"
+
+
+def init_ray(address: str | None, namespace: str, num_cpus: int | None = None) -> None:
+    """Join `address` (or RAY_ADDRESS, or 'auto'), else start a local Ray for this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        # A private local cluster: token auth off (nothing listens beyond this machine).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs = {"namespace": namespace, "logging_level": logging.WARNING,
+              "include_dashboard": False, "log_to_driver": True}
+    if address is None and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(address=address, **kwargs)
+
+
+@dataclass
+class Session:
+    """The run's ledger and sampler fleet on a Ray cluster."""
+
+    run_dir: Path
+    namespace: str
+    sampling: SamplingConfig
+
+    def start(self, reconcile_interval_s: float = 5.0) -> Session:
+        from raydistill.cluster.fleet import SamplerFleet
+        from raydistill.cluster.ledger_actor import start_ledger
+
+        self.ledger = start_ledger(self.run_dir, self.namespace, self.sampling.max_gap_s)
+        self.fleet = SamplerFleet(self.sampling, self.namespace)
+        report = self.fleet.reconcile()
+        log.info("ledger up; %d samplers on %d nodes", len(report.started), report.alive)
+        if reconcile_interval_s > 0:
+            self.fleet.start_background(reconcile_interval_s)
+        return self
+
+    def energy_rows(self) -> list[dict]:
+        import ray
+
+        self.fleet.flush()
+        return ray.get(self.ledger.energy_rows.remote())
+
+    def close(self) -> list[dict]:
+        import ray
+
+        stats = self.fleet.stop()
+        ray.kill(self.ledger, no_restart=True)  # detached: it would outlive the driver
+        return stats

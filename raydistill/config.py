@@ -1,0 +1,321 @@
+"""Configuration: frozen dataclasses, strict loading, `--set a.b=c` overrides.
+
+Unknown keys are rejected with the valid ones listed; values are checked against the field
+types; every error is one line that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from raydistill.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How each node's PowerSampler reads and reports power."""
+
+    source: str = "auto"  # nvml | rapl | cpu-estimate[:TDP_W] | replay:PATH | constant:WATTS | auto
+    hz: float = 10.0  # polls per second
+    push_interval_s: float = 2.0  # budgets need fresh totals; the ledger wants few calls
+    idle_s: float = 1.0  # idle baseline measured over this long at sampler start (0 = none)
+    max_gap_s: float = 2.0  # a stretch without samples longer than this is flagged as a gap
+    push_timeout_s: float = 10.0  # a push slower than this counts as the ledger being away
+    max_pending_batches: int = 100_000  # in-memory bound on unacknowledged batches
+    spool_dir: str = ""  # where unacknowledged batches wait on disk ("" = temp dir)
+
+    def __post_init__(self) -> None:
+        _positive("sampling.hz", self.hz)
+        _positive("sampling.push_interval_s", self.push_interval_s)
+        _positive("sampling.max_gap_s", self.max_gap_s)
+        _positive("sampling.push_timeout_s", self.push_timeout_s)
+        _positive("sampling.max_pending_batches", self.max_pending_batches)
+        if self.idle_s < 0:
+            raise ConfigError(f"sampling.idle_s must be >= 0, got {self.idle_s}")
+        from raydistill.energy.sources import validate_source_spec
+
+        validate_source_spec(self.source)
+
+
+@dataclass(frozen=True)
+class FootprintConfig:
+    region: str = "WORLD"
+    pue: float = 1.0
+    gco2_per_kwh: float | None = None  # explicit intensity overrides the region table
+    hourly_csv: str = ""  # timestamp,gco2_per_kwh (overrides both)
+    wue_l_per_kwh: float = 0.0  # on-site water usage effectiveness
+    water_l_per_kwh: float | None = None  # grid water intensity override
+
+    def __post_init__(self) -> None:
+        if self.pue < 1.0:
+            raise ConfigError(f"footprint.pue must be >= 1.0, got {self.pue}")
+
+
+
+STAGES = ("teacher_training", "teacher_generation", "teacher_logit_caching", "student_training",
+          "evaluation")
+METHODS = ("none", "sft", "logit", "feature", "relational")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The built-in task: n-digit addition with the answer reversed (a causal LM can carry)."""
+
+    digits: int = 2
+    n_labelled: int = 400  # gold examples the student may see (the no-teacher baseline's data)
+    n_prompts: int = 4000  # unlabelled prompts the teacher answers (synthetic data, logits)
+    n_eval: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("digits", "n_labelled", "n_prompts", "n_eval"):
+            _positive(f"task.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Hugging Face causal LM: a hub id / local path, or a tiny config built in code."""
+
+    model: str = ""  # hub id or local path; empty = build `tiny` from scratch
+    tiny: dict = field(default_factory=dict)  # family, hidden_size, num_hidden_layers, ...
+    steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _positive("steps", self.steps)
+        _positive("lr", self.lr)
+        _positive("batch_size", self.batch_size)
+        if self.model and self.tiny:
+            raise ConfigError("give either model (hub id or path) or tiny (a config), not both")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    method: str = "logit"  # none | sft | logit | feature | relational
+    loss: str = "forward_kl"  # forward_kl | reverse_kl | jsd | tvd (logit KD)
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of cross-entropy on the data; 1 - alpha on the KD term
+    beta: float = 0.5  # generalized JSD: 0 forward KL, 1 reverse KL
+    top_k: int = 32  # logit cache size; 0 = online teacher (dense logits)
+    cache_dtype: str = "bfloat16"  # float16 | bfloat16 | float32
+    feature_kind: str = "mse"  # mse | cosine
+    engine: str = "deepspeed"  # deepspeed | ddp
+    zero_stage: int = 2
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            valid = ", ".join(METHODS)
+            raise ConfigError(f"distill.method {self.method!r} unknown; valid: {valid}")
+        _positive("distill.temperature", self.temperature)
+        if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1:
+            raise ConfigError("distill.alpha and distill.beta must lie in [0, 1]")
+        if self.engine not in ("deepspeed", "ddp"):
+            raise ConfigError(f"distill.engine {self.engine!r} unknown; valid: deepspeed, ddp")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"distill.zero_stage must be 0-3, got {self.zero_stage}")
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise ConfigError("distill.cache_dtype must be float16, bfloat16 or float32")
+        if self.top_k < 0:
+            raise ConfigError(f"distill.top_k must be >= 0, got {self.top_k}")
+        _positive("distill.num_workers", self.num_workers)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 8
+    batch_size: int = 256
+    num_actors: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("generation.max_new_tokens", self.max_new_tokens)
+        _positive("generation.batch_size", self.batch_size)
+        _positive("generation.num_actors", self.num_actors)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    lm_eval: bool = True  # score with lm_eval.simple_evaluate on the shipped task YAML
+    lm_eval_tasks: tuple[str, ...] = ()  # extra installed lm-eval tasks (need their data)
+    limit: int = 200
+    inference_prompts: int = 100  # fixed prompt set for inference EPT (teacher and student)
+
+    def __post_init__(self) -> None:
+        _positive("evaluation.limit", self.limit)
+        _positive("evaluation.inference_prompts", self.inference_prompts)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "tiny"
+    seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    footprint: FootprintConfig = field(default_factory=FootprintConfig)
+    baseline: bool = True  # also train the student without a teacher (the honest comparison)
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    data = apply_overrides(load_yaml(path), overrides or [])
+    return from_dict(ExperimentConfig, data)
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+# ---- generic strict loading ----------------------------------------------------------------
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
+    """Build dataclass `cls` from a mapping, recursing into nested dataclasses."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; valid keys: {', '.join(sorted(valid))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} has the wrong type: {value!r} is not {tp}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `3e-4` (no dot) as a string; accept what Python reads as a number
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} must be {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: malformed YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=c` overrides (c parsed as YAML) to a nested dict, returning a new dict."""
+    out = _deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass → plain dict for writing the resolved config (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+__all__ = [
+    "DistillConfig",
+    "ExperimentConfig",
+    "FootprintConfig",
+    "SamplingConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_experiment",
+    "load_yaml",
+    "to_dict",
+]

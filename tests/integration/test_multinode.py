@@ -1,0 +1,59 @@
+"""Several Ray nodes on one machine: one sampler per alive node, kept so by reconcile."""
+
+import time
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from raydistill.cluster.fleet import SamplerFleet
+from raydistill.cluster.ledger_actor import start_ledger
+from raydistill.config import SamplingConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace="mn")
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_one_sampler_per_node_as_nodes_join_and_leave(cluster, tmp_path):
+    cfg = SamplingConfig(source="constant:50", hz=10, push_interval_s=0.5, idle_s=0.0,
+                         spool_dir=str(tmp_path / "spool"))
+    ledger = start_ledger(tmp_path / "run", "mn")
+    fleet = SamplerFleet(cfg, "mn")
+    assert len(fleet.reconcile().started) == 3 and len(fleet.samplers) == 3
+    assert fleet.reconcile().started == []  # idempotent
+
+    extra = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    report = fleet.reconcile()
+    assert len(report.started) == 1 and len(fleet.samplers) == 4
+
+    for node_id, handle in fleet.samplers.items():  # each sampler runs on its own node
+        assert ray.get(handle.stats.remote())["running_on"] == node_id
+
+    time.sleep(1.5)  # a few push intervals, so the new node's samples reach the ledger
+    cluster.remove_node(extra)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        report = fleet.reconcile()
+        if report.retired:
+            break
+        time.sleep(1)
+    assert len(report.retired) == 1 and len(fleet.samplers) == 3
+    fleet.flush()
+    stats = ray.get(ledger.stats.remote())
+    assert len(stats["latest_t_s"]) == 4  # samples arrived from all four nodes
+    retired = [s for s in stats["samplers"].values() if s["retired_s"] is not None]
+    assert len(retired) == 1
+    fleet.stop()
+    ray.kill(ledger, no_restart=True)
