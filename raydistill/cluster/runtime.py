@@ -50,7 +50,11 @@ class Session:
 
         self.ledger = start_ledger(self.run_dir, self.namespace, self.sampling.max_gap_s)
         self.fleet = SamplerFleet(self.sampling, self.namespace)
-        report = self.fleet.reconcile()
+        try:
+            report = self.fleet.reconcile()
+        except Exception:
+            self.close()  # the ledger is detached: never leave it behind on a failed start
+            raise
         log.info("ledger up; %d samplers on %d nodes", len(report.started), report.alive)
         if reconcile_interval_s > 0:
             self.fleet.start_background(reconcile_interval_s)

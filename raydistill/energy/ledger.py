@@ -78,12 +78,15 @@ class LedgerState:
         self.duplicates = 0
         self._series: dict[tuple[str, str], _Series] = {}
         self._curves: dict[tuple[str, str], CumulativeEnergy] = {}
-        self.latest_t_s: dict[str, float] = {}  # node_id -> latest sample time
+        self._latest_t_s: dict[str, float] = {}  # node_id -> latest sample time
+        # Accepted batches not yet parsed into series: ingestion only checks the key and keeps
+        # the bytes; queries parse (rare, and once per batch).
+        self._unparsed: list[bytes] = []
 
     # ---- mutations (each one a log record) -------------------------------------------------
     def apply(self, kind: int, payload: bytes) -> bool:
         if kind == KIND_BATCH:
-            return self.ingest(SampleBatch.from_bytes(payload))
+            return self.ingest_bytes(payload)
         if kind == KIND_EVENT:
             self.apply_event(json.loads(payload))
             return True
@@ -91,10 +94,29 @@ class LedgerState:
 
     def ingest(self, batch: SampleBatch) -> bool:
         """Add a batch; False (and nothing changed) if its key was ingested before."""
-        if batch.key in self.seen:
+        return self.ingest_bytes(batch.to_bytes())
+
+    def ingest_bytes(self, payload: bytes) -> bool:
+        key, n = SampleBatch.peek(payload)
+        if key in self.seen:
             self.duplicates += 1
             return False
-        self.seen.add(batch.key)
+        self.seen.add(key)
+        self.n_samples += n
+        self._unparsed.append(payload)
+        return True
+
+    def _parse_pending(self) -> None:
+        pending, self._unparsed = self._unparsed, []
+        for payload in pending:
+            self._add(SampleBatch.from_bytes(payload))
+
+    @property
+    def latest_t_s(self) -> dict[str, float]:
+        self._parse_pending()
+        return self._latest_t_s
+
+    def _add(self, batch: SampleBatch) -> None:
         for i, info in enumerate(batch.devices):
             sel = batch.device_idx == i
             key = (batch.node_id, info.device_id)
@@ -109,10 +131,8 @@ class LedgerState:
         for device_id, idle in batch.idle_power_w.items():
             self.idle_w[(batch.node_id, device_id)] = float(idle)
         if len(batch):
-            prev = self.latest_t_s.get(batch.node_id, -math.inf)
-            self.latest_t_s[batch.node_id] = max(prev, float(batch.t_wall_s.max()))
-        self.n_samples += len(batch)
-        return True
+            prev = self._latest_t_s.get(batch.node_id, -math.inf)
+            self._latest_t_s[batch.node_id] = max(prev, float(batch.t_wall_s.max()))
 
     def apply_event(self, ev: dict) -> None:
         kind = ev["type"]
@@ -148,6 +168,7 @@ class LedgerState:
 
     # ---- queries -----------------------------------------------------------------------------
     def curve(self, node_id: str, device_id: str) -> CumulativeEnergy:
+        self._parse_pending()
         key = (node_id, device_id)
         cached = self._curves.get(key)
         if cached is None:
@@ -160,6 +181,7 @@ class LedgerState:
 
     def devices(self, node_id: str) -> list[tuple[str, str]]:
         """(device_id, device_kind) of every device with samples on a node."""
+        self._parse_pending()
         out = {}
         for (node, dev), s in self._series.items():
             if node == node_id:
@@ -167,6 +189,7 @@ class LedgerState:
         return sorted(out.items())
 
     def energy_rows(self) -> list[EnergyRow]:
+        self._parse_pending()
         rows: list[EnergyRow] = []
         by_node: dict[str, list[Window]] = defaultdict(list)
         for w in self.windows.values():
@@ -182,7 +205,7 @@ class LedgerState:
     def _end(self, w: Window) -> float:
         if w.t_end_s is not None:
             return w.t_end_s
-        return max(self.latest_t_s.get(w.node_id, w.t_start_s), w.t_start_s)
+        return max(self._latest_t_s.get(w.node_id, w.t_start_s), w.t_start_s)
 
     def _device_rows(
         self, node_id: str, device_id: str, kind: str, windows: list[Window]

@@ -90,22 +90,24 @@ class SampleBatch:
             sampler_id, batch_seq, node_id, tuple(index), idx, t, p, e, dict(idle_power_w or {})
         )
 
-    # Compact binary form for the ledger log and the spool: a JSON header and raw columns.
+    # Compact binary form for the ledger log and the spool. A fixed prefix carries the
+    # idempotency key and the sample count, so the ledger's hot path reads 20-odd bytes and
+    # never parses JSON; the JSON header and the raw columns follow.
     def to_bytes(self) -> bytes:
         header = json.dumps(
             {
-                "sampler_id": self.sampler_id,
-                "batch_seq": self.batch_seq,
                 "node_id": self.node_id,
                 "devices": [asdict(d) for d in self.devices],
                 "idle_power_w": self.idle_power_w,
-                "n": len(self),
             },
             separators=(",", ":"),
         ).encode()
+        sid = self.sampler_id.encode()
         return b"".join(
             (
-                struct.pack("<I", len(header)),
+                _PREFIX.pack(len(sid)),
+                sid,
+                _KEY.pack(self.batch_seq, len(self), len(header)),
                 header,
                 np.ascontiguousarray(self.device_idx, dtype="<i4").tobytes(),
                 np.ascontiguousarray(self.t_wall_s, dtype="<f8").tobytes(),
@@ -115,19 +117,27 @@ class SampleBatch:
         )
 
     @staticmethod
+    def peek(data: bytes | memoryview) -> tuple[tuple[str, int], int]:
+        """((sampler_id, batch_seq), n_samples) of a serialised batch, from its prefix alone."""
+        (slen,) = _PREFIX.unpack_from(data, 0)
+        sid = bytes(memoryview(data)[_PREFIX.size : _PREFIX.size + slen]).decode()
+        seq, n, _ = _KEY.unpack_from(data, _PREFIX.size + slen)
+        return (sid, seq), n
+
+    @staticmethod
     def key_of(data: bytes | memoryview) -> tuple[str, int]:
-        """The idempotency key of a serialised batch, read from its header alone."""
-        (hlen,) = struct.unpack_from("<I", data, 0)
-        header = json.loads(bytes(memoryview(data)[4 : 4 + hlen]))
-        return (header["sampler_id"], int(header["batch_seq"]))
+        return SampleBatch.peek(data)[0]
 
     @staticmethod
     def from_bytes(data: bytes | memoryview) -> SampleBatch:
         buf = memoryview(data)
-        (hlen,) = struct.unpack_from("<I", buf, 0)
-        header = json.loads(bytes(buf[4 : 4 + hlen]))
-        n = int(header["n"])
-        off = 4 + hlen
+        (slen,) = _PREFIX.unpack_from(buf, 0)
+        sid = bytes(buf[_PREFIX.size : _PREFIX.size + slen]).decode()
+        off = _PREFIX.size + slen
+        seq, n, hlen = _KEY.unpack_from(buf, off)
+        off += _KEY.size
+        header = json.loads(bytes(buf[off : off + hlen]))
+        off += hlen
         idx = np.frombuffer(buf, dtype="<i4", count=n, offset=off)
         off += 4 * n
         cols = []
@@ -137,8 +147,8 @@ class SampleBatch:
         if off != len(buf):
             raise ValueError(f"sample batch has {len(buf) - off} trailing bytes")
         return SampleBatch(
-            header["sampler_id"],
-            int(header["batch_seq"]),
+            sid,
+            int(seq),
             header["node_id"],
             tuple(DeviceInfo(**d) for d in header["devices"]),
             idx,
@@ -147,6 +157,10 @@ class SampleBatch:
             cols[2],
             {k: float(v) for k, v in header.get("idle_power_w", {}).items()},
         )
+
+
+_PREFIX = struct.Struct("<H")  # length of sampler_id
+_KEY = struct.Struct("<qII")  # batch_seq, n samples, header length
 
 
 ALL_DEVICES = ("*",)

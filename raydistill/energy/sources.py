@@ -246,7 +246,7 @@ def _number(spec: str, text: str) -> float:
 
 
 def validate_source_spec(spec: str) -> None:
-    """Check a spec's syntax without touching hardware or files."""
+    """Check a spec without touching hardware: syntax, numbers, and replay traces' contents."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"empty source spec; valid: {SPEC_FORMS}")
     for part in spec.split(","):
@@ -261,6 +261,7 @@ def validate_source_spec(spec: str) -> None:
             _number(part, arg)
             continue
         if kind == "replay" and arg:
+            read_trace(Path(arg))  # a missing or malformed trace fails here, not in an actor
             continue
         raise ConfigError(f"unknown source spec {part.strip()!r}; valid: {SPEC_FORMS}")
 
