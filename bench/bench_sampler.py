@@ -43,19 +43,15 @@ def measure(source: str, hz: float, seconds: float) -> dict:
     fleet = SamplerFleet(cfg, ns)
     fleet.reconcile()
     (handle,) = fleet.samplers.values()
-    proc = psutil.Process(ray.get(handle.stats.remote())["pid"])
     time.sleep(1.0)  # let it settle
-    before_threads = {t.id for t in proc.threads()}
-    cpu0, thr0, t0 = sum(proc.cpu_times()[:2]), proc.threads(), time.perf_counter()
+    stats = ray.get(handle.stats.remote())
+    proc = psutil.Process(stats["pid"])
+    ids = set(stats["thread_ids"].values())  # the poll and push threads' native ids
+    cpu0, thr0, t0 = sum(proc.cpu_times()[:2]), thread_cpu(proc, ids), time.perf_counter()
     time.sleep(seconds)
-    cpu1, t1 = sum(proc.cpu_times()[:2]), time.perf_counter()
+    cpu1, thr1, t1 = sum(proc.cpu_times()[:2]), thread_cpu(proc, ids), time.perf_counter()
     wall = t1 - t0
-    # the sampler's threads are named poll/push; psutil sees thread ids only, so take the two
-    # threads that gained the most CPU between the readings
-    gains = sorted(((t.user_time + t.system_time) - next(
-        (o.user_time + o.system_time for o in thr0 if o.id == t.id), 0.0), t.id)
-        for t in proc.threads() if t.id in before_threads)
-    sampler_threads = sum(g for g, _ in gains[-2:])
+    sampler_threads = thr1 - thr0
     reads = ray.get(handle.stats.remote())["read"]
     on = [busy_loop() for _ in range(3)]
     fleet.stop()

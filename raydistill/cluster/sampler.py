@@ -57,6 +57,8 @@ class _Sampler:
         self._spool: SegmentWriter | None = None
         self._adopt_orphans()
         self._stop = threading.Event()
+        self.thread_ids: dict[str, int] = {}
+        self._ledger = None
         self._measure_idle()
         self._ledger_call("record_event", {"type": "sampler_start", "sampler_id": self.sampler_id,
                                             "node_id": node_id, "t_s": time.time(),
@@ -107,6 +109,7 @@ class _Sampler:
                 self._idle_w[r.device_id] = 0.5 * (r.power_w + b.power_w)
 
     def _poll_loop(self) -> None:
+        self.thread_ids["poll"] = threading.get_native_id()
         period = 1.0 / self.cfg.hz
         next_t = time.monotonic()
         while not self._stop.is_set():
@@ -170,10 +173,17 @@ class _Sampler:
         return True
 
     def _ledger_call(self, method: str, *args):
-        ledger = ray.get_actor(self.ledger_name, namespace=self.namespace)
-        return ray.get(getattr(ledger, method).remote(*args), timeout=self.cfg.push_timeout_s)
+        if self._ledger is None:  # looked up once; again only after a failure
+            self._ledger = ray.get_actor(self.ledger_name, namespace=self.namespace)
+        try:
+            ref = getattr(self._ledger, method).remote(*args)
+            return ray.get(ref, timeout=self.cfg.push_timeout_s)
+        except Exception:
+            self._ledger = None
+            raise
 
     def _push_loop(self) -> None:
+        self.thread_ids["push"] = threading.get_native_id()
         while not self._stop.wait(self.cfg.push_interval_s):
             with self._push_lock:
                 self._cut_batch()
@@ -215,6 +225,7 @@ class _Sampler:
     def stats(self) -> dict:
         return {"sampler_id": self.sampler_id, "node_id": self.node_id, "pid": os.getpid(),
                 "running_on": ray.get_runtime_context().get_node_id(),
+                "thread_ids": dict(self.thread_ids),
                 "sources": self.description, "pending": len(self._pending), **self.counts}
 
     def ping(self) -> str:
