@@ -2,6 +2,7 @@
 
     raydistill measure [--source SPEC] [--hz N] [--out DIR] [--address ADDR] -- COMMAND ...
     raydistill ledger DIR [--csv]
+    raydistill run CONFIG [--out DIR] [--set k=v ...] [--address ADDR]
 
 Bad input exits with code 2 and a one-line message.
 """
@@ -31,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--idle-s", type=float, default=1.0, help="idle baseline length (s)")
     m.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
 
+    r = sub.add_parser("run", help="run one distillation experiment, every stage measured")
+    r.add_argument("config", help="experiment YAML (see configs/)")
+    r.add_argument("--out", default=None, help="run directory (default runs/<name>-<time>)")
+    r.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a config value, e.g. student.lr=3e-4")
+    r.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster)")
+    r.add_argument("--artifacts", default=None,
+                   help="teacher artifact cache (default: artifacts/ beside the run directory)")
+
     led = sub.add_parser("ledger", help="print the stage × device energy table of a run directory")
     led.add_argument("run_dir")
     led.add_argument("--csv", action="store_true", help="CSV instead of a table")
@@ -49,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return _measure(args)
         if args.command == "ledger":
             return _ledger(args)
+        if args.command == "run":
+            return _run(args)
     except ConfigError as exc:
         print(f"raydistill: error: {exc}", file=sys.stderr)
         return 2
@@ -70,6 +82,19 @@ def _measure(args: argparse.Namespace) -> int:
     result = measure_command(cmd, cfg, out, address=args.address)
     print(result.summary())
     return result.returncode
+
+
+def _run(args: argparse.Namespace) -> int:
+    from raydistill.config import load_experiment
+    from raydistill.run import run_experiment, summary
+
+    cfg = load_experiment(args.config, args.overrides)
+    out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run_experiment(cfg, out, address=args.address,
+                            artifacts=Path(args.artifacts) if args.artifacts else None,
+                            progress=lambda msg: print(f"[raydistill] {msg}", flush=True))
+    print(summary(result))
+    return 0
 
 
 def _ledger(args: argparse.Namespace) -> int:

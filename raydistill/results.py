@@ -79,3 +79,90 @@ def format_table(df: pd.DataFrame, floats: str = "{:,.2f}") -> str:
         if pd.api.types.is_float_dtype(shown[col]):
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else floats.format(v))
     return shown.to_string(index=False)
+
+
+# ---- the results table and the seed metrics --------------------------------------------------
+
+TEACHER_STAGES = ("teacher_generation", "teacher_logit_caching")
+
+
+def side_of(stage: str) -> str:
+    if stage == "teacher_training":
+        return "setup"
+    if stage in TEACHER_STAGES or stage == "inference_teacher":
+        return "teacher"
+    if stage == "evaluation":
+        return "evaluation"
+    return "student"
+
+
+def results_table(rows: Iterable[EnergyRow | dict], footprint_inputs=None) -> pd.DataFrame:
+    """One row per trial × stage: energy, duration, tokens, method, nodes, footprint."""
+    from raydistill.energy.footprint import FootprintInputs, compute_footprint
+
+    totals = stage_totals(energy_frame(rows))
+    if totals.empty:
+        return totals
+    totals = totals.rename(columns={"method": "energy_method"})
+    totals["side"] = totals["stage"].map(side_of)
+    gpu = energy_frame(rows)
+    gpu = gpu[gpu["device_kind"] == "gpu"]
+    gpu_s = gpu.groupby(["trial_id", "stage"])["duration_s"].sum() if len(gpu) else None
+    inputs = footprint_inputs or FootprintInputs()
+    co2e, water, embodied, how = [], [], [], []
+    for r in totals.itertuples():
+        hours = float(gpu_s.get((r.trial_id, r.stage), 0.0)) / 3600 if gpu_s is not None else 0.0
+        fp = compute_footprint(r.energy_j, inputs, gpu_hours=hours,
+                               intervals=[(r.t_start_s, r.t_end_s, r.energy_j)])
+        co2e.append(fp.co2e_g)
+        water.append(fp.water_l)
+        embodied.append(fp.embodied_co2e_g)
+        how.append(fp.method["co2e"])
+    totals["co2e_g"], totals["water_l"] = co2e, water
+    totals["embodied_co2e_g"], totals["co2e_method"] = embodied, how
+    return totals
+
+
+def _stage_values(table: pd.DataFrame, trial_id: str) -> tuple[dict, dict]:
+    mine = table[table["trial_id"] == trial_id].set_index("stage")
+    return mine["energy_j"].to_dict(), mine["tokens"].to_dict()
+
+
+def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
+                 baseline_trial: str | None = None, teacher_trial: str | None = None,
+                 teacher_scores: dict | None = None) -> dict:
+    """E_run, EPT per stage and for inference, OM_perf, Eff_overall, teacher share, N*.
+
+    OM_perf = student score ÷ teacher score; Eff_overall = OM_perf(quick acc) × EPT_teacher ÷
+    EPT_student on the same fixed inference prompts (the teacher's taken from `teacher_trial`
+    when this trial did not run it); N* = E_teacher_side ÷ (E_baseline_training −
+    E_distilled_training) when that difference is positive, else None: it never breaks even.
+    """
+    energy, tokens = _stage_values(table, trial_id)
+    e_run = float(sum(v for s, v in energy.items() if not s.startswith("inference_")))
+    teacher_side = float(sum(energy.get(s, 0.0) for s in TEACHER_STAGES))
+    ept = {s: energy[s] / tokens[s] for s in energy if tokens.get(s)}
+    teacher_scores = teacher_scores or scores
+    om = {}
+    for key, value in scores.items():
+        if key.startswith("student_"):
+            ref = teacher_scores.get("teacher_" + key[len("student_"):])
+            if ref:
+                om[key[len("student_"):]] = value / ref
+    ept_t = ept.get("inference_teacher")
+    if ept_t is None and teacher_trial is not None:
+        t_energy, t_tokens = _stage_values(table, teacher_trial)
+        if t_tokens.get("inference_teacher"):
+            ept_t = t_energy["inference_teacher"] / t_tokens["inference_teacher"]
+    ept_s = ept.get("inference_student")
+    eff = om["quick_acc"] * ept_t / ept_s if "quick_acc" in om and ept_t and ept_s else None
+    n_star = None
+    if baseline_trial is not None:
+        base_energy, _ = _stage_values(table, baseline_trial)
+        saved = base_energy.get("student_training", 0.0) - energy.get("student_training", 0.0)
+        if saved > 0 and teacher_side > 0:
+            n_star = teacher_side / saved
+    return {"trial_id": trial_id, "E_run_j": e_run, "teacher_side_j": teacher_side,
+            "teacher_share": teacher_side / e_run if e_run else None, "EPT_j_per_token": ept,
+            "EPT_inference_teacher": ept_t, "EPT_inference_student": ept_s,
+            "OM_perf": om, "Eff_overall": eff, "N_star": n_star, "scores": scores}

@@ -1,4 +1,12 @@
-"""Intel/AMD RAPL through powercap sysfs: package and DRAM energy counters (µJ), wrap-aware."""
+"""CPU package and DRAM energy from RAPL counters in powercap sysfs (µJ), wrap-aware.
+
+Layout: `/sys/class/powercap/intel-rapl:N` is a top-level domain whose `name` file says
+`package-K` (AMD Zen exposes its counters under the same names) or `psys` (the whole platform on
+some laptops: skipped, it would count the package twice); `intel-rapl:N:M` subdomains named
+`dram` hold the memory's counter. `energy_uj` wraps to 0 after `max_energy_range_uj`; each domain
+keeps an accumulated counter that is monotonic across wraps. A wrap is detected between two
+reads, so reads must come more often than one wrap period (minutes even at full power).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ class _Domain:
         self.path, self.device_id, self.kind, self.reader = path, device_id, kind, reader
         self.max_uj = int(reader(path / "max_energy_range_uj"))
         self.last_uj: int | None = None
-        self.total_uj = 0  # monotonic across wraps
+        self.total_uj = 0  # monotonic across wraps; 0 at the first read
 
     def read_j(self) -> float:
         now = int(self.reader(self.path / "energy_uj"))
@@ -39,6 +47,8 @@ def _read_text(path: Path) -> str:
 
 
 class RaplSource:
+    """Readings "cpu:package-K" (kind cpu) and "dram:package-K" (kind dram), method counter."""
+
     name = "rapl"
 
     def __init__(self, root: str | Path = "/sys/class/powercap",
@@ -46,23 +56,37 @@ class RaplSource:
                  clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         base = Path(root)
-        packages = sorted(p for p in base.glob("intel-rapl:*") if p.name.count(":") == 1)
-        if not packages:
-            raise SourceUnavailable(f"no RAPL domains under {base}; use --source cpu-estimate")
-        self.domains: list[_Domain] = []
+        tops = sorted(p for p in base.glob("intel-rapl:*") if p.name.count(":") == 1)
+        if not tops:
+            raise SourceUnavailable(f"no RAPL domains under {base} (not an x86 host, or a "
+                                    "container without powercap); use --source cpu-estimate")
         try:
-            for pkg in packages:
-                n = pkg.name.split(":")[1]
-                self.domains.append(_Domain(pkg, f"cpu:package-{n}", "cpu", reader))
-                for sub in sorted(pkg.glob(f"intel-rapl:{n}:*")):
-                    if reader(sub / "name") == "dram":
-                        self.domains.append(_Domain(sub, f"dram:package-{n}", "dram", reader))
-            self.read()  # first read sets the counters' origin; fails early if unreadable
+            self.domains = self._find_domains(tops, reader)
+            self.read()  # the first read sets the counters' origin; fails early if unreadable
         except PermissionError:
             raise SourceUnavailable(f"RAPL counters under {base} are not readable. {HINT}") \
                 from None
         except (OSError, ValueError) as exc:
-            raise SourceUnavailable(f"RAPL unreadable under {base}: {exc}") from None
+            raise SourceUnavailable(f"RAPL unreadable under {base}: {exc}; use --source "
+                                    "cpu-estimate") from None
+        log.info("rapl: %s", ", ".join(d.device_id for d in self.domains))
+
+    @staticmethod
+    def _find_domains(tops: list[Path], reader: Callable[[Path], str]) -> list[_Domain]:
+        domains: list[_Domain] = []
+        for top in tops:
+            name = reader(top / "name")
+            if not name.startswith("package-"):
+                log.info("rapl: skipping %s (%s): not a CPU package", top.name, name)
+                continue
+            k = name.removeprefix("package-")
+            domains.append(_Domain(top, f"cpu:package-{k}", "cpu", reader))
+            for sub in sorted(top.glob(f"{top.name}:*")):
+                if reader(sub / "name") == "dram":
+                    domains.append(_Domain(sub, f"dram:package-{k}", "dram", reader))
+        if not domains:
+            raise ValueError("no package domain (only psys or unknown ones)")
+        return domains
 
     def read(self) -> list[Reading]:
         now = self.clock()
@@ -71,6 +95,8 @@ class RaplSource:
                     for d in self.domains]
         except PermissionError:
             raise SourceUnavailable(f"RAPL permission lost. {HINT}") from None
+        except (OSError, ValueError) as exc:
+            raise SourceUnavailable(f"RAPL read failed: {exc}") from None
 
     def describe(self) -> str:
         return f"rapl ({', '.join(d.device_id for d in self.domains)})"

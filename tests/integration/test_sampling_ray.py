@@ -83,7 +83,7 @@ def test_killed_ledger_replays_log_and_nothing_is_counted_twice(session):
     (row,) = rows_for(ledger, fleet, w.window.window_id)
     assert row["energy_j"] == pytest.approx(100.0 * w.duration_s, rel=1e-6)
     # every reading the samplers took reached the ledger exactly once
-    sampler_stats = [ray.get(h.stats.remote()) for h in fleet.samplers.values()]
+    sampler_stats = fleet.stop()  # stops polling and flushes: no reading after this
     final = ray.get(ledger.stats.remote())
     assert sum(s["pending"] for s in sampler_stats) == 0
     assert final["samples"] == sum(s["read"] for s in sampler_stats)

@@ -1,0 +1,188 @@
+"""One distillation trial, stage by stage, each stage inside ledger windows.
+
+    teacher_training (setup, reported apart) → teacher_generation → teacher_logit_caching
+    → student_training → evaluation (+ inference probes for EPT)
+
+and, when asked, the same student trained without a teacher (the honest baseline). Teacher
+artifacts are content-addressed: a trial that finds one already built reuses it and says so;
+the artifact's manifest keeps which trial and windows paid for it, and how much.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from raydistill.config import ExperimentConfig, to_dict
+from raydistill.distill.artifacts import Artifact, ArtifactStore
+
+log = logging.getLogger(__name__)
+
+TEACHER_SIDE = ("teacher_generation", "teacher_logit_caching")
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    method: str
+    scores: dict = field(default_factory=dict)  # quick_acc, lm_eval_acc, for teacher/student
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    student_path: str = ""
+    train_metrics: dict = field(default_factory=dict)
+    inference_tokens: dict = field(default_factory=dict)
+
+
+def _has_gpu() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+class Pipeline:
+    """Drives the stages of one experiment on a running Session (ledger + samplers)."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, session,
+                 artifacts_root: Path, progress: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.session = session
+        self.store = ArtifactStore(artifacts_root)
+        self.progress = progress or log.info
+        self.use_gpu = _has_gpu()
+
+    # ---- shared pieces --------------------------------------------------------------------
+    def _stage_energy_j(self, trial_id: str, stage: str) -> float:
+        rows = self.session.energy_rows()
+        return sum(r["energy_j"] for r in rows if r["trial_id"] == trial_id and r["stage"] == stage)
+
+    def _artifact(self, kind: str, inputs: dict, trial_id: str, stage: str,
+                  build: Callable[[Path], dict]) -> Artifact:
+        found = self.store.get(kind, inputs)
+        if found is not None:
+            paid = found.built_by.get("energy_j")
+            self.progress(f"{stage}: reusing {kind} {found.key} (built by "
+                          f"{found.built_by.get('trial_id')}, {paid or 0:,.1f} J); not rebuilt")
+            return found
+        self.progress(f"{stage}: building {kind} ...")
+        started = time.time()
+        staging = self.store.staging(kind)
+        extra = build(staging)
+        artifact = self.store.commit(kind, inputs, staging,
+                                     {"trial_id": trial_id, "stage": stage, **extra})
+        energy = self._stage_energy_j(trial_id, stage)
+        self.store.record_cost(artifact, {"energy_j": energy, "seconds": time.time() - started})
+        self.progress(f"{stage}: done in {time.time() - started:.1f} s, {energy:,.1f} J")
+        return artifact
+
+    # ---- stages ----------------------------------------------------------------------------
+    def data(self) -> dict[str, Path]:
+        from raydistill.distill.stages import write_task_data
+
+        return write_task_data(self.cfg.task, self.run_dir / "data")
+
+    def teacher_model(self, data: dict[str, Path]) -> Artifact:
+        from raydistill.distill.stages import train_model_remote
+
+        inputs = {"teacher": to_dict(self.cfg.teacher), "task": to_dict(self.cfg.task),
+                  "seed": self.cfg.seed}
+        if self.cfg.teacher.model and not self.cfg.teacher.tiny:
+            inputs["pretrained"] = self.cfg.teacher.model
+
+        def build(out: Path) -> dict:
+            return ray.get(train_model_remote.options(**self._task_resources()).remote(
+                to_dict(self.cfg.teacher), str(data["labelled_teacher"]), str(out),
+                self.session.namespace, "setup", "teacher_training", self.cfg.seed))
+
+        return self._artifact("teacher_model", inputs, "setup", "teacher_training", build)
+
+    def synthetic_data(self, teacher: Artifact, data: dict[str, Path], trial_id: str) -> Artifact:
+        from raydistill.distill.stages import prompt_rows
+        from raydistill.distill.teacher import TeacherGenerator, run_pool
+
+        g = self.cfg.generation
+        inputs = {"teacher": teacher.key, "prompts": to_dict(self.cfg.task),
+                  "max_new_tokens": g.max_new_tokens}
+
+        def build(out: Path) -> dict:
+            run_pool(TeacherGenerator, prompt_rows(data["prompts"]), out,
+                     batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
+                     ctor={"model_path": str(teacher.path), "namespace": self.session.namespace,
+                           "trial_id": trial_id, "max_new_tokens": g.max_new_tokens})
+            return {}
+
+        return self._artifact("synthetic_data", inputs, trial_id, "teacher_generation", build)
+
+    def logit_cache(self, teacher: Artifact, synthetic: Artifact, trial_id: str) -> Artifact:
+        from raydistill.distill.examples import read_pairs
+        from raydistill.distill.teacher import TeacherLogitCacher, run_pool
+
+        d, g = self.cfg.distill, self.cfg.generation
+        inputs = {"teacher": teacher.key, "data": synthetic.key, "top_k": d.top_k,
+                  "temperature": d.temperature, "dtype": d.cache_dtype}
+
+        def build(out: Path) -> dict:
+            run_pool(TeacherLogitCacher, read_pairs(synthetic.path), out,
+                     batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
+                     ctor={"model_path": str(teacher.path), "namespace": self.session.namespace,
+                           "trial_id": trial_id, "top_k": d.top_k,
+                           "temperature": d.temperature, "dtype": d.cache_dtype})
+            return {}
+
+        return self._artifact("logit_cache", inputs, trial_id, "teacher_logit_caching", build)
+
+    def student(self, trial_id: str, method: str, teacher: Artifact, data_path: Path,
+                cache: Artifact | None) -> tuple[Path, dict]:
+        from raydistill.distill.stages import fit_student
+
+        out = self.run_dir / "students" / trial_id
+        self.progress(f"student_training [{trial_id}]: {method}, "
+                      f"{self.cfg.distill.engine} (ZeRO-{self.cfg.distill.zero_stage}) ...")
+        started = time.time()
+        metrics = fit_student(self.cfg, method, trial_id, self.session.namespace, teacher.path,
+                              data_path, cache.path if cache else None, out, self.run_dir,
+                              self.use_gpu)
+        self.progress(f"student_training [{trial_id}]: done in {time.time() - started:.1f} s, "
+                      f"loss {metrics['first_loss']:.3f} → {metrics['final_loss']:.3f}")
+        return out, metrics
+
+    def evaluate(self, trial_id: str, models: dict[str, Path], data: dict[str, Path]) -> dict:
+        from raydistill.distill.stages import evaluate_remote
+
+        self.progress(f"evaluation [{trial_id}]: {', '.join(models)} ...")
+        return ray.get(evaluate_remote.options(**self._task_resources()).remote(
+            {k: str(v) for k, v in models.items()}, str(data["eval"]), self.session.namespace,
+            trial_id, to_dict(self.cfg.evaluation), str(self.run_dir / "lm_eval"),
+            self.cfg.generation.max_new_tokens))
+
+    def _task_resources(self) -> dict:
+        return {"num_gpus": 1} if self.use_gpu else {"num_cpus": 1}
+
+    # ---- a whole trial ---------------------------------------------------------------------
+    def run_trial(self, trial_id: str, method: str | None = None) -> TrialOutcome:
+        method = method or self.cfg.distill.method
+        data = self.data()
+        teacher = self.teacher_model(data)
+        outcome = TrialOutcome(trial_id, method, artifacts={"teacher_model": teacher})
+        if method == "none":
+            data_path = data["labelled_student"]
+            cache = None
+        else:
+            synthetic = self.synthetic_data(teacher, data, trial_id)
+            outcome.artifacts["synthetic_data"] = synthetic
+            data_path = synthetic.path
+            cache = None
+            if method == "logit" and self.cfg.distill.top_k > 0:
+                cache = self.logit_cache(teacher, synthetic, trial_id)
+                outcome.artifacts["logit_cache"] = cache
+        path, outcome.train_metrics = self.student(trial_id, method, teacher, data_path, cache)
+        outcome.student_path = str(path)
+        # the teacher is scored once per run, with the first trial; baselines score the student
+        models = {"student": path} if method == "none" else {"teacher": teacher.path,
+                                                              "student": path}
+        result = self.evaluate(trial_id, models, data)
+        outcome.scores = result["scores"]
+        outcome.inference_tokens = result["inference_tokens"]
+        return outcome

@@ -1,0 +1,134 @@
+"""Teacher-side stages as Ray Data actor pools: synthetic generation and logit caching.
+
+Each pool actor opens a ledger window on its own node when it starts (loading the model is part
+of the bill) and moves the window's end to the end of every batch it finishes, so the window ends
+where the actor's work did, whenever Ray Data retires the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+
+def load_model_and_tokenizer(path: str, for_generation: bool = False):
+    """A causal LM and its tokenizer from a hub id or a directory made by save_pretrained."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # decoder-only generation needs the prompts aligned on the right edge
+    tokenizer.padding_side = "left" if for_generation else "right"
+    return model, tokenizer
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+class _WindowedActor:
+    stage = ""
+
+    def _open(self, namespace: str, trial_id: str) -> None:
+        from raydistill.cluster.windows import StageWindow, worker_devices
+
+        self.window = StageWindow(namespace, trial_id, self.stage, devices=worker_devices())
+        self.window.__enter__()
+
+    def _done(self, tokens: int) -> None:
+        self.window.add_tokens(tokens)
+        self.window.checkpoint()
+
+
+class TeacherGenerator(_WindowedActor):
+    """Ray Data UDF: prompts → greedy teacher completions (the synthetic data set)."""
+
+    stage = "teacher_generation"
+
+    def __init__(self, model_path: str, namespace: str, trial_id: str, max_new_tokens: int,
+                 threads: int = 1) -> None:
+        _threads(threads)
+        self._open(namespace, trial_id)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_path, for_generation=True)
+        self.max_new_tokens = max_new_tokens
+        self.window.checkpoint()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        prompts = [str(p) for p in batch["prompt"]]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1]:]
+        completions, generated = [], []
+        for row in new:
+            ids = row.tolist()
+            if self.tokenizer.eos_token_id in ids:
+                ids = ids[: ids.index(self.tokenizer.eos_token_id)]
+            ids = [i for i in ids if i != self.tokenizer.pad_token_id]
+            completions.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+            generated.append(len(ids))
+        # tokens the teacher processed: the prompts it read plus the tokens it wrote
+        self._done(int(enc["attention_mask"].sum()) + int(sum(generated)))
+        return {"example_id": batch["example_id"], "prompt": prompts,
+                "completion": completions, "generated_tokens": np.asarray(generated)}
+
+
+class TeacherLogitCacher(_WindowedActor):
+    """Ray Data UDF: texts → top-k of the teacher's true log-softmax, as Parquet rows."""
+
+    stage = "teacher_logit_caching"
+
+    def __init__(self, model_path: str, namespace: str, trial_id: str, top_k: int,
+                 temperature: float, dtype: str, threads: int = 1) -> None:
+        _threads(threads)
+        self._open(namespace, trial_id)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_path)
+        self.top_k, self.temperature, self.dtype = top_k, temperature, dtype
+        self.window.checkpoint()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        import torch
+
+        from raydistill.distill.logit_cache import encode_rows, topk_of
+
+        texts = [str(p) + str(c) for p, c in zip(batch["prompt"], batch["completion"],
+                                                   strict=True)]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            logits = self.model(**enc).logits
+        values, indices, tail = topk_of(logits, self.top_k, self.temperature)
+        lengths = enc["attention_mask"].sum(dim=1)
+        self._done(int(lengths.sum()))
+        return encode_rows(batch["example_id"], enc["input_ids"], lengths, values, indices,
+                           tail, self.dtype)
+
+
+def run_pool(stage_cls: type, rows: list[dict], out_dir: Path, *, batch_size: int,
+             num_actors: int, use_gpu: bool, ctor: dict) -> None:
+    """Map `rows` through an actor pool of `stage_cls` and write Parquet into out_dir."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items(rows)
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+    ds = ds.map_batches(stage_cls, fn_constructor_kwargs=ctor, batch_size=batch_size,
+                        concurrency=num_actors, **resources)
+    ds.write_parquet(str(out_dir))

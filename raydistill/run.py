@@ -1,0 +1,96 @@
+"""`raydistill run CONFIG`: one distillation experiment, every stage measured."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from raydistill.config import ExperimentConfig, to_dict
+from raydistill.energy.footprint import FootprintInputs
+from raydistill.io import atomic_write, atomic_write_text, prepare_run_dir
+from raydistill.results import results_table, seed_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    table: pd.DataFrame
+    metrics: list[dict]
+    reused: list[str]
+
+
+def footprint_inputs(cfg: ExperimentConfig) -> FootprintInputs:
+    f = cfg.footprint
+    return FootprintInputs(region=f.region, pue=f.pue, gco2_per_kwh=f.gco2_per_kwh,
+                           hourly_csv=f.hourly_csv, wue_l_per_kwh=f.wue_l_per_kwh,
+                           water_l_per_kwh=f.water_l_per_kwh)
+
+
+def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
+                   artifacts: Path | None = None,
+                   progress: Callable[[str], None] | None = None) -> RunResult:
+    import ray
+
+    from raydistill.cluster.runtime import Session, init_ray, namespace_for
+    from raydistill.distill.pipeline import Pipeline
+
+    progress = progress or log.info
+    inputs = footprint_inputs(cfg)  # a bad region fails now, not after the run
+    run_dir = prepare_run_dir(out)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    namespace = namespace_for(run_dir)
+    init_ray(address, namespace)
+    session = Session(run_dir, namespace, cfg.sampling).start()
+    started = time.time()
+    try:
+        pipe = Pipeline(cfg, run_dir, session, artifacts or run_dir.parent / "artifacts", progress)
+        main = pipe.run_trial(cfg.name)
+        outcomes = [main]
+        if cfg.baseline and main.method != "none":
+            outcomes.append(pipe.run_trial(f"{cfg.name}-baseline", method="none"))
+        rows = session.energy_rows()
+    finally:
+        session.close()
+        ray.shutdown()
+    table = results_table(rows, inputs)
+    baseline = outcomes[1].trial_id if len(outcomes) > 1 else None
+    metrics = [seed_metrics(table, main.trial_id, main.scores, baseline_trial=baseline)]
+    if baseline:
+        metrics.append(seed_metrics(table, baseline, outcomes[1].scores,
+                                    teacher_trial=main.trial_id, teacher_scores=main.scores))
+    reused = [f"{o.trial_id}:{k}" for o in outcomes for k, a in o.artifacts.items() if a.reused]
+    atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(
+        {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started,
+         "train": {o.trial_id: o.train_metrics for o in outcomes}}, indent=1, default=str))
+    return RunResult(run_dir, table, metrics, reused)
+
+
+def summary(result: RunResult) -> str:
+    cols = ["trial_id", "stage", "energy_j", "duration_s", "tokens", "j_per_token",
+            "energy_method", "co2e_g"]
+    from raydistill.results import format_table
+
+    lines = [format_table(result.table[cols], floats="{:,.3f}"), ""]
+    for m in result.metrics:
+        om = ", ".join(f"{k} {v:.2f}" for k, v in m["OM_perf"].items())
+        sc = ", ".join(f"{k} {v:.3f}" for k, v in m["scores"].items())
+        n_star = "never" if m["N_star"] is None else f"{m['N_star']:.1f}"
+        eff = "n/a" if m["Eff_overall"] is None else f"{m['Eff_overall']:.2f}"
+        share = "n/a" if m["teacher_share"] is None else f"{m['teacher_share']:.1%}"
+        lines += [f"[{m['trial_id']}] E_run {m['E_run_j']:,.1f} J (teacher side {share}); "
+                  f"scores: {sc}", f"    OM_perf: {om or 'n/a'}; Eff_overall {eff}; N* {n_star}"]
+    if result.reused:
+        lines.append(f"reused teacher artifacts (not rebuilt): {', '.join(result.reused)}")
+    lines.append("energy method per stage is in the table (counter / sampled / estimated / "
+                 f"replayed); run dir: {result.run_dir}")
+    return "\n".join(lines)
