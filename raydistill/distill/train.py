@@ -112,10 +112,10 @@ def kd_term(cfg: dict, batch: dict, logits, hidden, examples, teacher) -> torch.
 def student_loop(cfg: dict[str, Any]) -> None:
     """Ray Train worker entry point. `cfg` is plain data (see pipeline.student_train_config)."""
     import ray.train
-    from raydistill.distill.models import build_projector, build_student_model
 
     from raydistill.cluster.windows import StageWindow, worker_devices
     from raydistill.distill.examples import load_examples
+    from raydistill.distill.models import build_projector, build_student_model
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
