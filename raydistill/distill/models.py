@@ -9,7 +9,7 @@
 The tiny defaults tie the input and output embeddings (with a 259-id byte vocabulary the
 embedding would otherwise be a large share of a tiny model) and use the byte tokenizer's ids
 (pad 0, eos 1, no bos). `TEACHER_TINY` and `STUDENT_TINY` are the built-in experiment's pair,
-sized by measurement on a 2-core CPU (see the numbers in the module `train_core`).
+sized by measurement on a 2-core CPU (see the numbers in the README).
 """
 
 from __future__ import annotations
