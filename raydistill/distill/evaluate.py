@@ -48,7 +48,7 @@ def lm_eval_scores(model, tokenizer, task_dir: Path, tasks: list[str], limit: in
     from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device="cpu" if not _cuda() else "cuda",
-              batch_size=64, max_length=128)
+              batch_size=64, max_length=128, add_bos_token=False)
     manager = TaskManager(include_path=str(task_dir))
     result = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
                              log_samples=False, verbosity="ERROR")

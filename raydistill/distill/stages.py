@@ -135,8 +135,8 @@ def evaluate_remote(models: dict[str, str], eval_jsonl: str, namespace: str, tri
     rows = read_jsonl(eval_jsonl)
     devices = worker_devices()
     scores: dict[str, float] = {}
-    loaded = {name: load_model_and_tokenizer(path) for name, path in models.items()}
     with StageWindow(namespace, trial_id, "evaluation", devices=devices) as window:
+        loaded = {name: load_model_and_tokenizer(path) for name, path in models.items()}
         task_dir = write_lm_eval_task(eval_jsonl, lm_eval_dir)
         for name, (model, tokenizer) in loaded.items():
             acc, generated = greedy_accuracy(model, tokenizer, rows, max_new_tokens)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +124,15 @@ def student_loop(cfg: dict[str, Any]) -> None:
     torch.set_num_threads(cfg["threads"])
     window = StageWindow(cfg["namespace"], cfg["trial_id"], cfg["stage"], devices=worker_devices())
     with window:
+        ready = {"start": time.perf_counter()}
         # DeepSpeed's process group must exist before its engine; on CPU it speaks gloo.
         if cfg["engine"] == "deepspeed":
             import deepspeed
 
             deepspeed.init_distributed("nccl" if torch.cuda.is_available() else "gloo")
+        ready["process group"] = time.perf_counter()
         examples = load_examples(cfg)[rank::world]
+        ready["data"] = time.perf_counter()
         student, tokenizer = build_student_model(cfg)
         teacher = None
         if cfg["method"] in ("feature", "relational") or (
@@ -139,7 +143,12 @@ def student_loop(cfg: dict[str, Any]) -> None:
         projector = build_projector(student, teacher) if cfg["method"] == "feature" else None
         module = StudentModule(student, projector)
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["lr"])
+        ready["models"] = time.perf_counter()
         engine = _wrap(module, optimizer, cfg)
+        ready["engine"] = time.perf_counter()
+        marks = list(ready.items())
+        log.info("rank %d ready to train in %.1f s (%s)", rank, marks[-1][1] - marks[0][1],
+                 ", ".join(f"{k} {t - p:.1f} s" for (_, p), (k, t) in pairwise(marks)))
         want_hidden = cfg["method"] in ("feature", "relational")
         gen = torch.Generator().manual_seed(cfg["seed"])
         started, losses_seen = time.perf_counter(), []
