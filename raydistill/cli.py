@@ -41,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--artifacts", default=None,
                    help="teacher artifact cache (default: artifacts/ beside the run directory)")
 
+    sw = sub.add_parser("sweep", help="search distillation settings for energy and quality")
+    sw.add_argument("space", help="search space YAML (see search_spaces/)")
+    sw.add_argument("--out", default=None, help="sweep directory (default runs/sweep-<time>)")
+    sw.add_argument("--budget-kwh", type=float, default=None,
+                    help="stop the sweep when the next trial's forecast would not fit")
+    sw.add_argument("--trial-budget-kwh", type=float, default=None,
+                    help="stop any trial that spends more than this")
+    sw.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster)")
+    sw.add_argument("--resume", action="store_true", help="resume the sweep in --out")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="print the trials and their forecast energy; run nothing")
+
     led = sub.add_parser("ledger", help="print the stage × device energy table of a run directory")
     led.add_argument("run_dir")
     led.add_argument("--csv", action="store_true", help="CSV instead of a table")
@@ -61,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             return _ledger(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
     except ConfigError as exc:
         print(f"raydistill: error: {exc}", file=sys.stderr)
         return 2
@@ -94,6 +108,32 @@ def _run(args: argparse.Namespace) -> int:
                             artifacts=Path(args.artifacts) if args.artifacts else None,
                             progress=lambda msg: print(f"[raydistill] {msg}", flush=True))
     print(summary(result))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from raydistill.search.sweep import dry_run, forecast_table, run_sweep
+
+    if args.dry_run:
+        print(forecast_table(dry_run(args.space, args.out)))
+        return 0
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out: the sweep directory to resume")
+    out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    summary = run_sweep(args.space, out, budget_kwh=args.budget_kwh,
+                        trial_budget_kwh=args.trial_budget_kwh, address=args.address,
+                        resume=args.resume,
+                        progress=lambda msg: print(f"[raydistill] {msg}", flush=True))
+    from raydistill.results import format_table
+
+    cols = [c for c in ("trial_id", "status", "quality", "energy_j", "energy_marginal_j",
+                        "energy_amortized_j", "forecast_j", "forecast_profile_error", "wasted_j")
+            if c in summary["trials_table"].columns]
+    print(format_table(summary["trials_table"][cols]))
+    print(f"Pareto set: {', '.join(summary['pareto_trials']) or 'empty'}; hypervolume "
+          f"{summary['hypervolume']:.4g} (reference quality 0, energy "
+          f"{summary['reference'][1]:,.0f} J); knee {summary['knee_trial']}; wasted "
+          f"{summary['wasted_j']:,.1f} J; sweep dir {summary['run_dir']}")
     return 0
 
 

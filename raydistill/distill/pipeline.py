@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 from raydistill.config import ExperimentConfig, to_dict
-from raydistill.distill.artifacts import Artifact, ArtifactStore
+from raydistill.distill.artifacts import MANIFEST, Artifact, ArtifactStore, artifact_key
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,39 @@ class Pipeline:
 
         return write_task_data(self.cfg.task, self.run_dir / "data")
 
-    def teacher_model(self, data: dict[str, Path]) -> Artifact:
-        from raydistill.distill.stages import train_model_remote
-
+    # ---- what determines each teacher artifact (its content address) ------------------------
+    def _teacher_inputs(self) -> dict:
         inputs = {"teacher": to_dict(self.cfg.teacher), "task": to_dict(self.cfg.task),
                   "seed": self.cfg.seed}
         if self.cfg.teacher.model and not self.cfg.teacher.tiny:
             inputs["pretrained"] = self.cfg.teacher.model
+        return inputs
+
+    def _synthetic_inputs(self, teacher_key: str) -> dict:
+        return {"teacher": teacher_key, "prompts": to_dict(self.cfg.task),
+                "max_new_tokens": self.cfg.generation.max_new_tokens}
+
+    def _cache_inputs(self, teacher_key: str, synthetic_key: str) -> dict:
+        d = self.cfg.distill
+        return {"teacher": teacher_key, "data": synthetic_key, "top_k": d.top_k,
+                "temperature": d.temperature, "dtype": d.cache_dtype}
+
+    def planned_reuse(self, method: str) -> set[str]:
+        """The stages whose artifact a trial of `method` would find already built (free)."""
+        keys = {"teacher_training": artifact_key("teacher_model", self._teacher_inputs())}
+        keys["teacher_generation"] = artifact_key(
+            "synthetic_data", self._synthetic_inputs(keys["teacher_training"]))
+        keys["teacher_logit_caching"] = artifact_key("logit_cache", self._cache_inputs(
+            keys["teacher_training"], keys["teacher_generation"]))
+        kinds = {"teacher_training": "teacher_model", "teacher_generation": "synthetic_data",
+                 "teacher_logit_caching": "logit_cache"}
+        return {stage for stage, key in keys.items()
+                if (self.store.path(kinds[stage], key) / MANIFEST).is_file()}
+
+    def teacher_model(self, data: dict[str, Path]) -> Artifact:
+        from raydistill.distill.stages import train_model_remote
+
+        inputs = self._teacher_inputs()
 
         def build(out: Path) -> dict:
             return ray.get(train_model_remote.options(**self._task_resources()).remote(
@@ -103,8 +129,7 @@ class Pipeline:
         from raydistill.distill.teacher import TeacherGenerator, run_pool
 
         g = self.cfg.generation
-        inputs = {"teacher": teacher.key, "prompts": to_dict(self.cfg.task),
-                  "max_new_tokens": g.max_new_tokens}
+        inputs = self._synthetic_inputs(teacher.key)
 
         def build(out: Path) -> dict:
             run_pool(TeacherGenerator, prompt_rows(data["prompts"]), out,
@@ -120,8 +145,7 @@ class Pipeline:
         from raydistill.distill.teacher import TeacherLogitCacher, run_pool
 
         d, g = self.cfg.distill, self.cfg.generation
-        inputs = {"teacher": teacher.key, "data": synthetic.key, "top_k": d.top_k,
-                  "temperature": d.temperature, "dtype": d.cache_dtype}
+        inputs = self._cache_inputs(teacher.key, synthetic.key)
 
         def build(out: Path) -> dict:
             run_pool(TeacherLogitCacher, read_pairs(synthetic.path), out,
@@ -134,7 +158,7 @@ class Pipeline:
         return self._artifact("logit_cache", inputs, trial_id, "teacher_logit_caching", build)
 
     def student(self, trial_id: str, method: str, teacher: Artifact, data_path: Path,
-                cache: Artifact | None) -> tuple[Path, dict]:
+                cache: Artifact | None, loop_extra: dict | None = None) -> tuple[Path, dict]:
         from raydistill.distill.stages import fit_student
 
         out = self.run_dir / "students" / trial_id
@@ -143,7 +167,7 @@ class Pipeline:
         started = time.time()
         metrics = fit_student(self.cfg, method, trial_id, self.session.namespace, teacher.path,
                               data_path, cache.path if cache else None, out, self.run_dir,
-                              self.use_gpu)
+                              self.use_gpu, loop_extra)
         self.progress(f"student_training [{trial_id}]: done in {time.time() - started:.1f} s, "
                       f"loss {metrics['first_loss']:.3f} → {metrics['final_loss']:.3f}")
         return out, metrics

@@ -90,7 +90,7 @@ def train_model_remote(model_cfg: dict, data_path: str, out: str, namespace: str
 
 def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path,
                 data_path: Path, cache_path: Path | None, out: Path, run_dir: Path,
-                use_gpu: bool) -> dict:
+                use_gpu: bool, progress: dict | None = None) -> dict:
     """One Ray Train run of `student_loop`; rank 0 leaves train_metrics.json in `out`."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -107,6 +107,7 @@ def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: P
         "batch_size": cfg.student.batch_size, "tokenizer_path": str(teacher_path),
         "teacher_path": str(teacher_path), "data_path": str(data_path),
         "cache_path": str(cache_path) if cache_path else "", "out_dir": str(out),
+        "max_new_tokens": cfg.generation.max_new_tokens, **(progress or {}),
     }
     trainer = TorchTrainer(
         student_loop, train_loop_config=loop_cfg,

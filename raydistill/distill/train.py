@@ -168,6 +168,8 @@ def student_loop(cfg: dict[str, Any]) -> None:
             losses_seen.append(float(loss.detach()))
             if step % max(1, cfg["steps"] // 5) == 0:
                 log.info("rank %d step %d/%d loss %.4f", rank, step, cfg["steps"], losses_seen[-1])
+            if rank == 0 and cfg.get("progress_every") and (step + 1) % cfg["progress_every"] == 0:
+                _progress(module.student, tokenizer, cfg, step + 1, losses_seen[-1])
         if rank == 0:
             _save(module.student, tokenizer, cfg, losses_seen, time.perf_counter() - started)
     if not math.isfinite(losses_seen[-1]):
@@ -200,6 +202,24 @@ def _step(engine, optimizer, loss: torch.Tensor, cfg: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+
+def _progress(student, tokenizer, cfg: dict, step: int, loss: float) -> None:
+    """One line of progress.jsonl: the sweep's trial reads it to report quality so far (a quick
+    greedy accuracy on a small dev slice) to Tune's scheduler while training goes on."""
+    quality = None
+    if cfg.get("dev_path") and cfg["zero_stage"] < 3:  # ZeRO-3 would need a parameter gather
+        from raydistill.distill.evaluate import read_jsonl
+        from raydistill.distill.tiny import greedy_accuracy
+
+        rows = read_jsonl(cfg["dev_path"])[: cfg.get("dev_n", 64)]
+        quality, _ = greedy_accuracy(student, tokenizer, rows, cfg.get("max_new_tokens", 5))
+        student.train()
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "progress.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": step, "steps": cfg["steps"], "loss": loss,
+                             "quality": quality, "t": time.time()}) + "\n")
 
 
 def _save(student, tokenizer, cfg: dict, losses_seen: list[float], train_s: float) -> None:

@@ -1,0 +1,133 @@
+"""The sweep's control actor and budget stopper: the driver-side state trials consult.
+
+`SweepControl` (a named actor in the sweep's namespace) holds the energy budget and the
+forecaster. Before a trial spends anything it asks `admit`: the forecast of the trial (from
+finished trials, teacher artifacts already built counted as free) must fit in what the budget has
+left, where "spent" is read from the ledger, not from what trials claimed. `BudgetStopper` is the
+Tune stopper that ends a trial passing its own budget and the whole sweep once a trial was refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import ray
+from ray.tune.stopper import Stopper
+
+from raydistill.search.budget import BudgetTracker
+from raydistill.search.forecast import Forecaster, forecast_error
+
+log = logging.getLogger(__name__)
+
+CONTROL_NAME = "sweep-control"
+
+
+class SweepControl:
+    def __init__(self, namespace: str, total_j: float | None, trial_j: float | None,
+                 history: list[dict] | None = None) -> None:
+        from raydistill.cluster.ledger_actor import get_ledger
+
+        self.ledger = get_ledger(namespace)
+        self.budget = BudgetTracker(total_j, trial_j)
+        self.forecaster = Forecaster()
+        self.forecasts: dict[str, dict] = {}  # ledger trial -> {"before": J, "profile": J}
+        self.consumers: dict[str, set[str]] = {}
+        self.refused: list[str] = []
+        self.stopped: dict[str, str] = {}
+        for rec in history or []:  # a resumed sweep learns from the trials already finished
+            self.forecaster.add_finished(rec["params"], rec["stage_energy_j"], rec["units"])
+
+    def spent_j(self) -> float:
+        rows = ray.get(self.ledger.energy_rows.remote())
+        return float(sum(r["energy_j"] for r in rows))
+
+    def _predict(self, params: dict, units: dict, reused: list[str]) -> float | None:
+        try:
+            stages = self.forecaster.predict(params, units, set(reused))
+        except (ValueError, KeyError, LookupError):
+            return None
+        if not stages:
+            return None
+        return float(sum(stages.values()))
+
+    def admit(self, trial: str, ledger_trial: str, params: dict, units: dict,
+              reused: list[str]) -> dict:
+        forecast = self._predict(params, units, reused)
+        self.forecasts[ledger_trial] = {"before": forecast}
+        if self.budget.total_j is not None:
+            self.budget.spent_j = self.spent_j() if hasattr(self.budget, "spent_j") else 0.0
+        ok, reason = self.budget.start_check(forecast or 0.0)
+        if not ok:
+            self.refused.append(trial)
+        return {"ok": ok, "reason": reason, "forecast_j": forecast}
+
+    def consume(self, trial: str, artifact_keys: list[str]) -> dict[str, int]:
+        for key in artifact_keys:
+            self.consumers.setdefault(key, set()).add(trial)
+        return {key: len(self.consumers[key]) for key in artifact_keys}
+
+    def profile_forecast(self, ledger_trial: str, params: dict, units: dict, progress: float,
+                         so_far: dict[str, float]) -> float | None:
+        """After the first steps: the finished stages as measured, the running one extrapolated
+        from its own profile, the rest from history."""
+        prior = self.forecaster.predict(params, units, set()) if self._predict(
+            params, units, []) is not None else {}
+        running = so_far.get("student_training", 0.0)
+        total = sum(v for s, v in so_far.items() if s != "student_training")
+        total += self.forecaster.from_profile(running, progress,
+                                              stage_prior=prior.get("student_training"))
+        total += prior.get("evaluation", 0.0)
+        self.forecasts.setdefault(ledger_trial, {})["profile"] = total
+        return total
+
+    def finished(self, trial: str, ledger_trial: str, params: dict, units: dict,
+                 stage_energy_j: dict[str, float], final: dict) -> None:
+        used = {s: v for s, v in stage_energy_j.items() if not s.startswith("inference_")}
+        self.forecaster.add_finished(params, used, units)
+        self.budget.record(ledger_trial, sum(used.values()), "finished")
+        actual = sum(used.values())
+        rec = self.forecasts.setdefault(ledger_trial, {})
+        rec["actual"] = actual
+        for key in ("before", "profile"):
+            if rec.get(key) is not None:
+                rec[f"{key}_error"] = forecast_error(rec[key], actual)
+
+    def note_stop(self, trial: str, why: str) -> None:
+        self.stopped[trial] = why
+
+    def report(self) -> dict:
+        return {"forecasts": self.forecasts, "refused": self.refused, "stopped": self.stopped,
+                "consumers": {k: sorted(v) for k, v in self.consumers.items()},
+                "budget": self.budget.summary()}
+
+
+def start_control(namespace: str, total_j: float | None, trial_j: float | None,
+                  history: list[dict] | None = None):
+    actor = ray.remote(num_cpus=0)(SweepControl)
+    return actor.options(name=CONTROL_NAME, namespace=namespace, get_if_exists=False).remote(
+        namespace, total_j, trial_j, history)
+
+
+class BudgetStopper(Stopper):
+    """Tune stopper: a trial past its own budget stops; the sweep stops once one was refused."""
+
+    def __init__(self, control, trial_j: float | None) -> None:
+        self.control = control
+        self.trial_j = trial_j
+        self._refused = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if result.get("status") == "stopped_by_budget":
+            self._refused = True
+            return True
+        spent = result.get("energy_marginal_j", 0.0)
+        if self.trial_j is not None and math.isfinite(spent) and spent > self.trial_j:
+            log.warning("trial %s passed its budget: %.1f J > %.1f J", trial_id, spent,
+                        self.trial_j)
+            ray.get(self.control.note_stop.remote(trial_id, "stopped_by_budget"))
+            return True
+        return False
+
+    def stop_all(self) -> bool:
+        return self._refused

@@ -1,0 +1,148 @@
+"""A sweep's trials table, its Pareto set and its summary, from Tune's results and the ledger
+(pure: pandas and raydistill.pareto only).
+
+Energy per trial comes from the ledger, attempt by attempt (`<trial>~<attempt>`): the attempt
+that produced the trial's last result is the trial's; every other attempt (lost node, killed
+driver) and every trial that did not finish is waste, reported as `wasted_j`. Three views:
+marginal (its own windows), full (as if it had built every teacher artifact it used) and
+amortized (each teacher artifact split over every trial of the sweep that used it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from raydistill.pareto import hypervolume_2d, knee_point, pareto_front
+
+STAGE_OF = {"synthetic_data": "teacher_generation", "logit_cache": "teacher_logit_caching"}
+
+
+def attempt_energy(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{ledger trial id: {stage: J}} (inference probes left out: they measure, not train)."""
+    out: dict[str, dict[str, float]] = {}
+    for r in table.itertuples():
+        if str(r.stage).startswith("inference_"):
+            continue
+        out.setdefault(r.trial_id, {})[r.stage] = float(r.energy_j)
+    return out
+
+
+def _status(result: dict, stopped: dict) -> str:
+    m = result["metrics"]
+    if result.get("error"):
+        return "failed"
+    if m.get("status") in ("finished", "stopped_by_budget"):
+        return m["status"]
+    tid = m.get("trial_id")
+    if tid in stopped:
+        return stopped[tid]
+    return "stopped_by_scheduler"
+
+
+def amortized_j(ledger_trial: str, own: dict[str, float], artifacts: dict[str, dict],
+                consumers: dict[str, list[str]], trial: str) -> float:
+    """Own energy less the artifacts this attempt built, plus each artifact it used divided by
+    the number of trials that used it."""
+    total = sum(own.values())
+    for key, info in artifacts.items():
+        users = consumers.get(key, [])
+        if info.get("trial_id") == ledger_trial:
+            total -= own.get(STAGE_OF.get(key.split(":")[0], ""), 0.0)
+        if trial in users:
+            total += float(info.get("energy_j") or 0.0) / len(users)
+    return total
+
+
+def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
+                 artifacts: dict[str, dict] | None = None) -> pd.DataFrame:
+    artifacts = artifacts or {}
+    energy = attempt_energy(table)
+    forecasts = control.get("forecasts", {})
+    consumers = control.get("consumers", {})
+    rows = []
+    for res in results:
+        m = res["metrics"]
+        trial = m.get("trial_id") or res.get("trial_id")
+        if trial is None:
+            continue
+        final_attempt = m.get("ledger_trial")
+        attempts = {k: v for k, v in energy.items() if k.split("~")[0] == trial}
+        own = attempts.get(final_attempt, {})
+        status = _status(res, control.get("stopped", {}))
+        marginal = sum(own.values())
+        wasted = sum(sum(v.values()) for k, v in attempts.items() if k != final_attempt)
+        if status != "finished":
+            wasted += marginal
+        reused = m.get("energy_full_j", marginal) - m.get("energy_marginal_j", marginal)
+        fc = forecasts.get(final_attempt, {})
+        row = {"trial_id": trial, "ledger_trial": final_attempt, "status": status,
+               "attempts": len(attempts) or 1,
+               "quality": float(m.get("quality", float("nan"))) if status == "finished"
+               else float("nan"),
+               "progress": float(m.get("progress", 0.0)),
+               "energy_marginal_j": marginal, "energy_full_j": marginal + max(0.0, reused),
+               "energy_amortized_j": amortized_j(final_attempt or "", own, artifacts,
+                                                 consumers, trial),
+               "forecast_j": fc.get("before"), "forecast_profile_j": fc.get("profile"),
+               "forecast_error": fc.get("before_error"),
+               "forecast_profile_error": fc.get("profile_error"),
+               "wasted_j": wasted, "error": res.get("error")}
+        for name, value in res.get("config", {}).items():
+            row[f"param.{name}"] = value
+        for key, value in m.items():
+            if key.startswith("score."):
+                row[key] = value
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        view = control.get("energy_view", "full")
+        out["energy_j"] = out[f"energy_{view}_j"]
+    return out
+
+
+def pareto_table(trials: pd.DataFrame, param_names: list[str]) -> pd.DataFrame:
+    """The finished trials on the energy–quality front, with their parameters."""
+    cols = ["trial_id", "quality", "energy_j", *[f"param.{p}" for p in param_names]]
+    if trials.empty:
+        return pd.DataFrame(columns=cols)
+    done = trials[trials["status"] == "finished"].reset_index(drop=True)
+    idx = pareto_front(done[["quality", "energy_j"]].to_numpy(), ("max", "min"))
+    front = done.iloc[sorted(idx)]
+    return front[[c for c in cols if c in front.columns]].sort_values("energy_j")
+
+
+def reference_point(trials: pd.DataFrame) -> tuple[float, float]:
+    """Hypervolume reference: quality 0, 10% above the most energy any finished trial used."""
+    done = trials[trials["status"] == "finished"] if not trials.empty else trials
+    e_max = float(done["energy_j"].max()) if len(done) else 1.0
+    return (0.0, 1.1 * e_max)
+
+
+def sweep_summary(space, trials: pd.DataFrame, pareto: pd.DataFrame, table: pd.DataFrame,
+                  control: dict, budget: dict, wall_s: float) -> dict:
+    ref = reference_point(trials)
+    pts = pareto[["quality", "energy_j"]].to_numpy() if len(pareto) else []
+    hv = hypervolume_2d(pts, ref, ("max", "min")) if len(pareto) else 0.0
+    knee = knee_point(pts, ("max", "min")) if len(pareto) else None
+    setup = float(table.loc[table["stage"] == "teacher_training", "energy_j"].sum()) \
+        if len(table) else 0.0
+    errs = [abs(e) for e in trials.get("forecast_profile_error", pd.Series(dtype=float))
+            if e is not None and not (isinstance(e, float) and math.isnan(e))]
+    return {
+        "objective": {"quality": space.objective.quality, "energy": space.objective.energy},
+        "search": {"algorithm": space.search.algorithm, "num_samples": space.search.num_samples},
+        "budget": {**budget, **control.get("budget", {})},
+        "trials": len(trials),
+        "status_counts": trials["status"].value_counts().to_dict() if len(trials) else {},
+        "energy_total_j": float(table["energy_j"].sum()) if len(table) else 0.0,
+        "setup_energy_j": setup,
+        "wasted_j": float(trials["wasted_j"].sum()) if len(trials) else 0.0,
+        "hypervolume": hv, "reference": list(ref),
+        "knee_trial": None if knee is None else str(pareto.iloc[knee]["trial_id"]),
+        "pareto_trials": pareto["trial_id"].tolist(),
+        "forecast_profile_abs_error_max": max(errs) if errs else None,
+        "refused_trials": control.get("refused", []),
+        "wall_s": wall_s,
+    }

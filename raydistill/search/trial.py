@@ -1,0 +1,205 @@
+"""One sweep trial as a Ray Tune function trainable: the pipeline's stages, reported as they go.
+
+The trial runs in a Tune actor and drives the same `Pipeline` a single run uses: teacher
+artifacts (shared by every trial through the content-addressed store: built by the first trial
+that needs one, reused by the rest), then a Ray Train student run in a background thread while
+this thread reads the student's progress file and the ledger and reports to Tune
+`{progress, quality, energy_j, forecast_j}`, so the scheduler and the budget stopper see quality
+and energy after every step they care about. A trial that Tune stops is killed with its Ray Train
+run; its windows stay in the ledger and its energy is counted as waste.
+
+Every attempt of a trial gets its own ledger trial id `<tune trial id>~<attempt>`, so a trial
+retried after a lost node or a resumed sweep never has two attempts' energy added together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0
+TEACHER_STAGES = ("teacher_generation", "teacher_logit_caching")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Plain data the driver hands every trial (pickled into the trainable)."""
+
+    space_path: str
+    run_dir: str
+    namespace: str
+    artifacts: str
+    quality_key: str  # e.g. student_quick_acc
+    energy_view: str  # full | amortized | marginal
+    progress_points: int = 10  # progress reports during student training
+
+
+class LedgerClient:
+    """What `Pipeline` needs of a session, from inside a trial: the namespace and the rows."""
+
+    def __init__(self, namespace: str) -> None:
+        from raydistill.cluster.ledger_actor import get_ledger
+
+        self.namespace = namespace
+        self.ledger = get_ledger(namespace)
+
+    def energy_rows(self) -> list[dict]:
+        return ray.get(self.ledger.energy_rows.remote())
+
+    def trial_energy(self, ledger_trial: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in self.energy_rows():
+            if r["trial_id"] == ledger_trial:
+                out[r["stage"]] = out.get(r["stage"], 0.0) + r["energy_j"]
+        return out
+
+
+def stage_units(cfg) -> dict[str, float]:
+    """Work units per stage, the forecast's unit of proportionality."""
+    return {
+        "teacher_generation": cfg.task.n_prompts * cfg.generation.max_new_tokens,
+        "teacher_logit_caching": float(cfg.task.n_prompts),
+        "student_training": float(cfg.student.steps * cfg.student.batch_size),
+        "evaluation": float(min(cfg.evaluation.limit or cfg.task.n_eval, cfg.task.n_eval)),
+    }
+
+
+def energy_views(own: dict[str, float], reused_cost: dict[str, float],
+                 consumers: dict[str, int], built: set[str]) -> dict[str, float]:
+    """The trial's energy three ways (J). `own`: this attempt's stages from the ledger;
+    `reused_cost`: build cost of each teacher artifact it reused, by kind; `consumers`: trials
+    that used each artifact so far; `built`: artifact kinds this attempt built itself.
+
+    marginal: what running it added (its own windows); full: as if it had built every teacher
+    artifact it used; amortized: teacher artifacts split over the trials that used them."""
+    stage_of = {"synthetic_data": "teacher_generation", "logit_cache": "teacher_logit_caching"}
+    marginal = sum(v for s, v in own.items() if not s.startswith("inference_"))
+    full = marginal + sum(reused_cost.values())
+    artifact_cost = {k: own.get(stage_of[k], 0.0) for k in built} | reused_cost
+    student_side = marginal - sum(own.get(stage_of[k], 0.0) for k in built)
+    amortized = student_side + sum(c / max(1, consumers.get(k, 1))
+                                   for k, c in artifact_cost.items())
+    return {"marginal": marginal, "full": full, "amortized": amortized}
+
+
+def run_trial(params: dict, ctx: TrialContext) -> None:
+    """The Tune function trainable (wrapped by the driver with its context)."""
+    from ray import tune
+
+    from raydistill.distill.pipeline import Pipeline
+    from raydistill.search.space import load_space
+
+    trial = tune.get_context().get_trial_id() or "trial"
+    ledger_trial = f"{trial}~{uuid.uuid4().hex[:6]}"
+    space = load_space(ctx.space_path)
+    cfg = space.config_for(params)
+    run_dir = Path(ctx.run_dir)
+    client = LedgerClient(ctx.namespace)
+    control = ray.get_actor("sweep-control", namespace=ctx.namespace)
+    pipe = Pipeline(cfg, run_dir, client, Path(ctx.artifacts), progress=log.info)
+    method = cfg.distill.method
+    units = stage_units(cfg)
+
+    reused = sorted(pipe.planned_reuse(method))
+    admitted = ray.get(control.admit.remote(trial, ledger_trial, params, units, reused))
+    if not admitted["ok"]:
+        log.warning("trial %s not started: %s", trial, admitted["reason"])
+        tune.report({"progress": 0.0, "quality": float("nan"), "energy_j": 0.0,
+                     "forecast_j": admitted["forecast_j"], "status": "stopped_by_budget",
+                     "ledger_trial": ledger_trial, "reason": admitted["reason"]})
+        return
+    forecast = admitted["forecast_j"]
+
+    def report(progress: float, quality: float | None, extra: dict | None = None) -> dict:
+        own = client.trial_energy(ledger_trial)
+        views = energy_views(own, reused_cost, consumers, built)
+        metrics = {"progress": progress,
+                   "quality": float("nan") if quality is None else float(quality),
+                   "energy_j": views[ctx.energy_view], "energy_marginal_j": views["marginal"],
+                   "energy_full_j": views["full"], "energy_amortized_j": views["amortized"],
+                   "forecast_j": forecast, "ledger_trial": ledger_trial, "status": "running",
+                   **(extra or {})}
+        tune.report(metrics)
+        return metrics
+
+    data = pipe.data()
+    teacher = pipe.teacher_model(data)
+    reused_cost: dict[str, float] = {}
+    built: set[str] = set()
+    cache = None
+    data_path = data["labelled_student"]
+    artifacts: dict = {}
+    if method != "none":
+        synthetic = pipe.synthetic_data(teacher, data, ledger_trial)
+        artifacts["synthetic_data"] = synthetic
+        if method == "logit" and cfg.distill.top_k > 0:
+            cache = pipe.logit_cache(teacher, synthetic, ledger_trial)
+            artifacts["logit_cache"] = cache
+        for kind, art in artifacts.items():
+            if art.reused:
+                reused_cost[kind] = float(art.built_by.get("energy_j") or 0.0)
+            else:
+                built.add(kind)
+        data_path = synthetic.path
+    consumers = ray.get(control.consume.remote(
+        trial, [f"{k}:{a.key}" for k, a in artifacts.items()]))
+    consumers = {k.split(":")[0]: n for k, n in consumers.items()}
+    report(0.0, None)
+
+    out = run_dir / "students" / ledger_trial
+    every = max(1, cfg.student.steps // ctx.progress_points)
+    extra = {"progress_every": every, "dev_path": str(data["eval"]), "dev_n": 64}
+    done: dict = {}
+
+    def train() -> None:
+        try:
+            done["metrics"] = pipe.student(ledger_trial, method, teacher, data_path, cache,
+                                           extra)[1]
+        except BaseException as exc:  # re-raised in the trial's own thread below
+            done["error"] = exc
+
+    worker = threading.Thread(target=train, name="student-training", daemon=True)
+    worker.start()
+    seen = 0
+    while worker.is_alive():
+        worker.join(POLL_S)
+        lines = _progress_lines(out / "progress.jsonl")
+        for line in lines[seen:]:
+            p = line["step"] / line["steps"]
+            if forecast is None or p <= 0.1 + 1e-9:
+                forecast = ray.get(control.profile_forecast.remote(
+                    ledger_trial, params, units, p, client.trial_energy(ledger_trial)))
+            report(p, line["quality"])
+        seen = len(lines)
+    if "error" in done:
+        raise done["error"]
+    result = pipe.evaluate(ledger_trial, {"student": out}, data)
+    quality = result["scores"].get(ctx.quality_key)
+    if quality is None:
+        raise KeyError(f"objective.quality {ctx.quality_key!r} not among the scores "
+                       f"{sorted(result['scores'])}")
+    final = report(1.0, quality, {"status": "finished", **{
+        f"score.{k}": v for k, v in result["scores"].items()}})
+    ray.get(control.finished.remote(trial, ledger_trial, params, units,
+                                    client.trial_energy(ledger_trial), final))
+
+
+def _progress_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            break
+    return out
+
