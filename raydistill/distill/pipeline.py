@@ -182,7 +182,10 @@ class Pipeline:
             self.cfg.generation.max_new_tokens))
 
     def _task_resources(self) -> dict:
-        return {"num_gpus": 1} if self.use_gpu else {"num_cpus": 1}
+        # an explicit strategy: inside a Tune trial, tasks are otherwise captured by the
+        # trial's own (tiny) placement group and can never be scheduled
+        res = {"num_gpus": 1} if self.use_gpu else {"num_cpus": 1}
+        return {**res, "scheduling_strategy": "DEFAULT"}
 
     # ---- a whole trial ---------------------------------------------------------------------
     def run_trial(self, trial_id: str, method: str | None = None) -> TrialOutcome:

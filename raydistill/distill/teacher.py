@@ -127,8 +127,10 @@ def run_pool(stage_cls: type, rows: list[dict], out_dir: Path, *, batch_size: in
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
+    # Ray Data schedules with an explicit strategy (SPREAD), so inside a Tune trial its actors
+    # are not captured by the trial's placement group and spread over the cluster's nodes
     ds = ray.data.from_items(rows)
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
     ds = ds.map_batches(stage_cls, fn_constructor_kwargs=ctor, batch_size=batch_size,
-                        concurrency=num_actors, **resources)
+                        compute=ray.data.ActorPoolStrategy(size=num_actors), **resources)
     ds.write_parquet(str(out_dir))

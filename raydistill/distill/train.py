@@ -152,6 +152,8 @@ def student_loop(cfg: dict[str, Any]) -> None:
         want_hidden = cfg["method"] in ("feature", "relational")
         gen = torch.Generator().manual_seed(cfg["seed"])
         started, losses_seen = time.perf_counter(), []
+        if rank == 0 and cfg.get("progress_every"):  # "ready": the profile keeps set-up apart
+            _progress(None, tokenizer, {**cfg, "dev_path": ""}, 0, math.nan)
         for step in range(cfg["steps"]):
             pick = torch.randint(len(examples), (cfg["batch_size"],), generator=gen).tolist()
             chosen = [examples[i] for i in pick]

@@ -42,21 +42,15 @@ class SweepControl:
         rows = ray.get(self.ledger.energy_rows.remote())
         return float(sum(r["energy_j"] for r in rows))
 
-    def _predict(self, params: dict, units: dict, reused: list[str]) -> float | None:
-        try:
-            stages = self.forecaster.predict(params, units, set(reused))
-        except (ValueError, KeyError, LookupError):
-            return None
-        if not stages:
-            return None
-        return float(sum(stages.values()))
+    def _predict(self, params: dict, units: dict, reused: list[str]) -> dict[str, float]:
+        return self.forecaster.predict(params, units, set(reused)) or {}
 
     def admit(self, trial: str, ledger_trial: str, params: dict, units: dict,
               reused: list[str]) -> dict:
-        forecast = self._predict(params, units, reused)
+        stages = self._predict(params, units, reused)
+        forecast = float(sum(stages.values())) if stages else None
         self.forecasts[ledger_trial] = {"before": forecast}
-        if self.budget.total_j is not None:
-            self.budget.spent_j = self.spent_j() if hasattr(self.budget, "spent_j") else 0.0
+        self.budget.spent_j = self.spent_j()
         ok, reason = self.budget.start_check(forecast or 0.0)
         if not ok:
             self.refused.append(trial)
@@ -67,17 +61,13 @@ class SweepControl:
             self.consumers.setdefault(key, set()).add(trial)
         return {key: len(self.consumers[key]) for key in artifact_keys}
 
-    def profile_forecast(self, ledger_trial: str, params: dict, units: dict, progress: float,
-                         so_far: dict[str, float]) -> float | None:
-        """After the first steps: the finished stages as measured, the running one extrapolated
-        from its own profile, the rest from history."""
-        prior = self.forecaster.predict(params, units, set()) if self._predict(
-            params, units, []) is not None else {}
-        running = so_far.get("student_training", 0.0)
-        total = sum(v for s, v in so_far.items() if s != "student_training")
-        total += self.forecaster.from_profile(running, progress,
-                                              stage_prior=prior.get("student_training"))
-        total += prior.get("evaluation", 0.0)
+    def profile_forecast(self, ledger_trial: str, params: dict, units: dict,
+                         done_j: dict[str, float], student_j: float) -> float:
+        """After the first steps: finished stages as measured, student training from its own
+        profile, evaluation from history (0 when no trial has finished yet)."""
+        prior = self._predict(params, units, [])
+        total = sum(v for s, v in done_j.items() if s not in ("student_training", "evaluation"))
+        total += student_j + prior.get("evaluation", 0.0)
         self.forecasts.setdefault(ledger_trial, {})["profile"] = total
         return total
 

@@ -168,15 +168,19 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
 
     worker = threading.Thread(target=train, name="student-training", daemon=True)
     worker.start()
-    seen = 0
+    seen, t_ready, profiled = 0, None, False
     while worker.is_alive():
         worker.join(POLL_S)
         lines = _progress_lines(out / "progress.jsonl")
         for line in lines[seen:]:
             p = line["step"] / line["steps"]
-            if forecast is None or p <= 0.1 + 1e-9:
-                forecast = ray.get(control.profile_forecast.remote(
-                    ledger_trial, params, units, p, client.trial_energy(ledger_trial)))
+            if p == 0:
+                t_ready = line["t"]
+                continue
+            if not profiled and p >= 0.1 and t_ready is not None:
+                profiled = True
+                forecast = _profile(client, control, ledger_trial, params, units, t_ready,
+                                    line["t"], p)
             report(p, line["quality"])
         seen = len(lines)
     if "error" in done:
@@ -190,6 +194,27 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
         f"score.{k}": v for k, v in result["scores"].items()}})
     ray.get(control.finished.remote(trial, ledger_trial, params, units,
                                     client.trial_energy(ledger_trial), final))
+
+
+def _profile(client: LedgerClient, control, ledger_trial: str, params: dict, units: dict,
+             t_ready: float, t_now: float, progress: float) -> float | None:
+    """The trial's forecast from its first steps (see search.forecast)."""
+    from raydistill.search.forecast import profile_stage_j
+
+    rows = [r for r in client.energy_rows() if r["trial_id"] == ledger_trial]
+    student = [r for r in rows if r["stage"] == "student_training"]
+    if not student:
+        return None
+    t_start = min(r["t_start_s"] for r in student)
+    span = max(r["t_end_s"] for r in student) - t_start
+    if span <= 0:
+        return None
+    power = sum(r["energy_j"] for r in student) / span
+    done: dict[str, float] = {}
+    for r in rows:
+        done[r["stage"]] = done.get(r["stage"], 0.0) + r["energy_j"]
+    student_j = profile_stage_j(power, t_start, t_ready, t_now, progress)
+    return ray.get(control.profile_forecast.remote(ledger_trial, params, units, done, student_j))
 
 
 def _progress_lines(path: Path) -> list[dict]:

@@ -1,0 +1,48 @@
+"""EnergyParetoScheduler: Tune's FIFO scheduling plus early stopping of dominated trials.
+
+A thin shell over `RungBook` (see rungs.py for the rule and its parameters): each result's
+progress, quality and energy go to the book; a trial the book calls dominated at a rung is
+stopped. Tested by driving these hooks with fake trials, no cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from raydistill.search.rungs import STOP, RungBook
+
+
+class EnergyParetoScheduler(FIFOScheduler):
+    def __init__(self, metric: str = "quality", energy_metric: str = "energy_j",
+                 progress_metric: str = "progress", rungs: Sequence[float] = (0.3, 0.6),
+                 margin: float = 0.05, min_trials: int = 2, mode: str = "max") -> None:
+        super().__init__()
+        self._metric, self._mode = metric, mode
+        self.energy_metric, self.progress_metric = energy_metric, progress_metric
+        self.book = RungBook(rungs, margin, min_trials, (mode, "min"))
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # metrics are set at construction; the searcher's list form is not ours
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        progress = result.get(self.progress_metric)
+        if progress is None:
+            return TrialScheduler.CONTINUE
+        quality = float(result.get(self._metric, math.nan))
+        energy = float(result.get(self.energy_metric, math.nan))
+        action = self.book.record(trial.trial_id, float(progress), quality, energy)
+        return TrialScheduler.STOP if action == STOP else TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self.book.remove(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self.book.remove(trial.trial_id)
+
+    def debug_string(self) -> str:
+        stops = sum(1 for d in self.book.decisions if d[2] == STOP)
+        return (f"EnergyParetoScheduler: rungs {self.book.rungs}, margin {self.book.margin}, "
+                f"{stops} stopped so far")
