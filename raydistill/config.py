@@ -65,6 +65,7 @@ class FootprintConfig:
 STAGES = ("teacher_training", "teacher_generation", "teacher_logit_caching", "student_training",
           "evaluation")
 METHODS = ("none", "sft", "logit", "feature", "relational")
+LOSS_NAMES = ("forward_kl", "reverse_kl", "jsd", "tvd")  # = distill.losses.LOSSES (tested)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,10 @@ class DistillConfig:
         if self.method not in METHODS:
             valid = ", ".join(METHODS)
             raise ConfigError(f"distill.method {self.method!r} unknown; valid: {valid}")
+        if self.loss not in LOSS_NAMES:
+            raise ConfigError(f"distill.loss {self.loss!r} unknown; valid: {', '.join(LOSS_NAMES)}")
+        if self.feature_kind not in ("mse", "cosine"):
+            raise ConfigError(f"distill.feature_kind {self.feature_kind!r}; valid: mse, cosine")
         _positive("distill.temperature", self.temperature)
         if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1:
             raise ConfigError("distill.alpha and distill.beta must lie in [0, 1]")

@@ -48,44 +48,54 @@ def prompt_rows(path: Path) -> list[dict]:
 def train_model_remote(model_cfg: dict, data_path: str, out: str, namespace: str, trial_id: str,
                        stage: str, seed: int) -> dict:
     """Train (or fetch) the teacher in one measured window on the node this task runs on."""
+    from raydistill.cluster.windows import StageWindow, worker_devices
+
+    with StageWindow(namespace, trial_id, stage, devices=worker_devices()) as window:
+        return train_lm(model_cfg, data_path, out, seed, window.add_tokens)
+
+
+def train_lm(model_cfg: dict, data_path: str, out: str, seed: int,
+             add_tokens=lambda n: None) -> dict:
+    """Supervised training of a tiny causal LM on {prompt, completion} pairs (or fetching a
+    pretrained one), saved to `out`. Plain torch: the Ray task above measures it."""
     import torch
 
-    from raydistill.cluster.windows import StageWindow, worker_devices
     from raydistill.distill.examples import read_pairs, tokenize_pair
     from raydistill.distill.tiny import build_tiny, make_tokenizer, n_params
     from raydistill.distill.train import masked_ce, pad_batch
 
     torch.set_num_threads(2)
-    with StageWindow(namespace, trial_id, stage, devices=worker_devices()) as window:
-        if model_cfg.get("model"):  # a pretrained teacher: nothing to train, just fetch it
-            from raydistill.distill.teacher import load_model_and_tokenizer
+    if model_cfg.get("model"):  # a pretrained teacher: nothing to train, just fetch it
+        from raydistill.distill.teacher import load_model_and_tokenizer
 
-            model, tokenizer = load_model_and_tokenizer(model_cfg["model"])
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            return {"params": n_params(model), "pretrained": model_cfg["model"]}
-        tokenizer = make_tokenizer()
-        model = build_tiny(model_cfg.get("tiny", {}), len(tokenizer), seed)
-        examples = [tokenize_pair(tokenizer, r["prompt"], r["completion"])
-                    for r in read_pairs(data_path)]
-        optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg["lr"])
-        gen = torch.Generator().manual_seed(seed)
-        model.train()
-        for step in range(model_cfg["steps"]):
-            pick = torch.randint(len(examples), (model_cfg["batch_size"],), generator=gen)
-            batch = pad_batch([examples[i] for i in pick.tolist()], tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits
-            loss = masked_ce(logits, batch["input_ids"], batch["mask"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            window.add_tokens(int(batch["attention_mask"].sum()))
-            if step % max(1, model_cfg["steps"] // 5) == 0:
-                log.info("teacher step %d/%d loss %.4f", step, model_cfg["steps"], float(loss))
+        model, tokenizer = load_model_and_tokenizer(model_cfg["model"])
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    return {"params": n_params(model), "final_loss": float(loss), "tokens": window.tokens}
+        return {"params": n_params(model), "pretrained": model_cfg["model"]}
+    tokenizer = make_tokenizer()
+    model = build_tiny(model_cfg.get("tiny", {}), len(tokenizer), seed)
+    examples = [tokenize_pair(tokenizer, r["prompt"], r["completion"])
+                for r in read_pairs(data_path)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg["lr"])
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    tokens = 0
+    for step in range(model_cfg["steps"]):
+        pick = torch.randint(len(examples), (model_cfg["batch_size"],), generator=gen)
+        batch = pad_batch([examples[i] for i in pick.tolist()], tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = masked_ce(logits, batch["input_ids"], batch["mask"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = int(batch["attention_mask"].sum())
+        tokens += n
+        add_tokens(n)
+        if step % max(1, model_cfg["steps"] // 5) == 0:
+            log.info("teacher step %d/%d loss %.4f", step, model_cfg["steps"], loss.item())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"params": n_params(model), "final_loss": loss.item(), "tokens": tokens}
 
 
 def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path,

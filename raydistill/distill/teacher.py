@@ -66,28 +66,35 @@ class TeacherGenerator(_WindowedActor):
         self.window.checkpoint()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        import torch
-
         prompts = [str(p) for p in batch["prompt"]]
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = self.model.generate(
-                **enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            )
-        new = out[:, enc["input_ids"].shape[1]:]
-        completions, generated = [], []
-        for row in new:
-            ids = row.tolist()
-            if self.tokenizer.eos_token_id in ids:
-                ids = ids[: ids.index(self.tokenizer.eos_token_id)]
-            ids = [i for i in ids if i != self.tokenizer.pad_token_id]
-            completions.append(self.tokenizer.decode(ids, skip_special_tokens=True))
-            generated.append(len(ids))
+        completions, generated, read = generate_batch(self.model, self.tokenizer, prompts,
+                                                      self.max_new_tokens)
         # tokens the teacher processed: the prompts it read plus the tokens it wrote
-        self._done(int(enc["attention_mask"].sum()) + int(sum(generated)))
+        self._done(read + int(sum(generated)))
         return {"example_id": batch["example_id"], "prompt": prompts,
                 "completion": completions, "generated_tokens": np.asarray(generated)}
+
+
+def generate_batch(model, tokenizer, prompts: list[str],
+                   max_new_tokens: int) -> tuple[list[str], list[int], int]:
+    """Greedy completions, tokens generated per prompt, and prompt tokens read."""
+    import torch
+
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+    completions, generated = [], []
+    for row in out[:, enc["input_ids"].shape[1]:]:
+        ids = row.tolist()
+        if tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(tokenizer.eos_token_id)]
+        ids = [i for i in ids if i != tokenizer.pad_token_id]
+        completions.append(tokenizer.decode(ids, skip_special_tokens=True))
+        generated.append(len(ids))
+    return completions, generated, int(enc["attention_mask"].sum())
 
 
 class TeacherLogitCacher(_WindowedActor):
@@ -104,20 +111,27 @@ class TeacherLogitCacher(_WindowedActor):
         self.window.checkpoint()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        import torch
+        table, tokens = cache_batch(self.model, self.tokenizer, batch, self.top_k,
+                                    self.temperature, self.dtype)
+        self._done(tokens)
+        return table
 
-        from raydistill.distill.logit_cache import encode_rows, topk_of
 
-        texts = [str(p) + str(c) for p, c in zip(batch["prompt"], batch["completion"],
-                                                   strict=True)]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True)
-        with torch.no_grad():
-            logits = self.model(**enc).logits
-        values, indices, tail = topk_of(logits, self.top_k, self.temperature)
-        lengths = enc["attention_mask"].sum(dim=1)
-        self._done(int(lengths.sum()))
-        return encode_rows(batch["example_id"], enc["input_ids"], lengths, values, indices,
-                           tail, self.dtype)
+def cache_batch(model, tokenizer, batch: dict, top_k: int, temperature: float,
+                dtype: str) -> tuple[pa.Table, int]:
+    """Rows {example_id, prompt, completion} → (cache rows, tokens the teacher read)."""
+    import torch
+
+    from raydistill.distill.logit_cache import encode_rows, topk_of
+
+    texts = [str(p) + str(c) for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**enc).logits
+    values, indices, tail = topk_of(logits, top_k, temperature)
+    lengths = enc["attention_mask"].sum(dim=1)
+    return encode_rows(batch["example_id"], enc["input_ids"], lengths, values, indices, tail,
+                       dtype), int(lengths.sum())
 
 
 def run_pool(stage_cls: type, rows: list[dict], out_dir: Path, *, batch_size: int,

@@ -9,8 +9,11 @@ Tune stopper that ends a trial passing its own budget and the whole sweep once a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+from pathlib import Path
 
 import ray
 from ray.tune.stopper import Stopper
@@ -25,7 +28,7 @@ CONTROL_NAME = "sweep-control"
 
 class SweepControl:
     def __init__(self, namespace: str, total_j: float | None, trial_j: float | None,
-                 history: list[dict] | None = None) -> None:
+                 history_path: str | None = None) -> None:
         from raydistill.cluster.ledger_actor import get_ledger
 
         self.ledger = get_ledger(namespace)
@@ -35,8 +38,21 @@ class SweepControl:
         self.consumers: dict[str, set[str]] = {}
         self.refused: list[str] = []
         self.stopped: dict[str, str] = {}
-        for rec in history or []:  # a resumed sweep learns from the trials already finished
+        self.history_path = Path(history_path) if history_path else None
+        for rec in self._history():  # a resumed sweep learns from the trials already finished
             self.forecaster.add_finished(rec["params"], rec["stage_energy_j"], rec["units"])
+            self.forecasts[rec["ledger_trial"]] = rec["forecast"]
+
+    def _history(self) -> list[dict]:
+        if self.history_path is None or not self.history_path.exists():
+            return []
+        out = []
+        for line in self.history_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a killed driver
+                log.warning("history: skipping a damaged line in %s", self.history_path)
+        return out
 
     def spent_j(self) -> float:
         rows = ray.get(self.ledger.energy_rows.remote())
@@ -82,6 +98,14 @@ class SweepControl:
         for key in ("before", "profile"):
             if rec.get(key) is not None:
                 rec[f"{key}_error"] = forecast_error(rec[key], actual)
+        if self.history_path is not None:  # appended whole, one line per finished trial
+            line = json.dumps({"trial": trial, "ledger_trial": ledger_trial, "params": params,
+                               "units": units, "stage_energy_j": used, "forecast": rec},
+                              default=str)
+            with open(self.history_path, "a") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
 
     def note_stop(self, trial: str, why: str) -> None:
         self.stopped[trial] = why
@@ -93,17 +117,19 @@ class SweepControl:
 
 
 def start_control(namespace: str, total_j: float | None, trial_j: float | None,
-                  history: list[dict] | None = None):
+                  history_path: str | None = None):
     actor = ray.remote(num_cpus=0)(SweepControl)
     return actor.options(name=CONTROL_NAME, namespace=namespace, get_if_exists=False).remote(
-        namespace, total_j, trial_j, history)
+        namespace, total_j, trial_j, history_path)
 
 
 class BudgetStopper(Stopper):
     """Tune stopper: a trial past its own budget stops; the sweep stops once one was refused."""
 
-    def __init__(self, control, trial_j: float | None) -> None:
-        self.control = control
+    def __init__(self, namespace: str, trial_j: float | None) -> None:
+        # the control actor is looked up by name, never held: Tune pickles its stopper into the
+        # experiment state, and a resumed sweep runs on a new cluster with a new control actor
+        self.namespace = namespace
         self.trial_j = trial_j
         self._refused = False
 
@@ -115,7 +141,8 @@ class BudgetStopper(Stopper):
         if self.trial_j is not None and math.isfinite(spent) and spent > self.trial_j:
             log.warning("trial %s passed its budget: %.1f J > %.1f J", trial_id, spent,
                         self.trial_j)
-            ray.get(self.control.note_stop.remote(trial_id, "stopped_by_budget"))
+            control = ray.get_actor(CONTROL_NAME, namespace=self.namespace)
+            ray.get(control.note_stop.remote(trial_id, "stopped_by_budget"))
             return True
         return False
 

@@ -96,13 +96,13 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
     init_ray(address, namespace)
     session = Session(run_dir, namespace, base.sampling).start()
     started = time.time()
-    history = _history(run_dir) if resume else []
-    control = start_control(namespace, _j(total_kwh), _j(trial_kwh), history)
+    control = start_control(namespace, _j(total_kwh), _j(trial_kwh),
+                            str(run_dir / "history.jsonl"))
     ctx = TrialContext(str(Path(space_path).resolve()), str(run_dir), namespace,
                        str(run_dir / "artifacts"), space.objective.quality,
                        space.objective.energy)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})
-    stopper = BudgetStopper(control, _j(trial_kwh))
+    stopper = BudgetStopper(namespace, _j(trial_kwh))
     try:
         if resume:
             progress(f"resuming the sweep in {run_dir}")
@@ -133,14 +133,6 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
 
 def _j(kwh: float | None) -> float | None:
     return None if kwh is None else kwh * 3.6e6
-
-
-def _history(run_dir: Path) -> list[dict]:
-    """Finished trials of an earlier driver, for the forecaster of a resumed sweep."""
-    path = run_dir / "history.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _write_outputs(run_dir: Path, space, base, grid, rows: list[dict], control: dict,

@@ -246,3 +246,10 @@ def test_relational_loss_invariances_and_gradients():
 def test_importing_the_subpackage_does_not_import_torch():
     code = "import sys, raydistill.distill; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_config_knows_exactly_the_losses_the_table_has():
+    from raydistill.config import LOSS_NAMES
+    from raydistill.distill.losses import LOSSES
+
+    assert set(LOSS_NAMES) == set(LOSSES)

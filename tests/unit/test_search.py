@@ -1,0 +1,176 @@
+"""Search core without a cluster: spaces, the rung book and scheduler, budgets, forecasts."""
+
+import contextlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ray.tune.schedulers import TrialScheduler
+
+from raydistill.errors import ConfigError
+from raydistill.search.budget import BudgetTracker
+from raydistill.search.forecast import Forecaster, forecast_error, profile_stage_j
+from raydistill.search.rungs import CONTINUE, STOP, RungBook
+from raydistill.search.scheduler import EnergyParetoScheduler
+from raydistill.search.space import grid_points, load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def write_space(tmp_path, **body):
+    data = {"base": str(ROOT / "configs" / "tiny.yaml"), **body}
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_every_shipped_space_loads_and_says_how_to_run_it(path):
+    space = load_space(path)
+    assert path.read_text().startswith(f"# raydistill sweep search_spaces/{path.name}")
+    assert space.params
+    space.config_for({})
+
+
+def test_smoke_is_a_four_point_grid():
+    space = load_space(ROOT / "search_spaces" / "smoke.yaml")
+    points = grid_points(space)
+    assert len(points) == 4
+    assert {p["distill.method"] for p in points} == {"sft", "logit"}
+    cfg = space.config_for(points[0])
+    assert cfg.student.steps == 20 and cfg.distill.method == points[0]["distill.method"]
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"params": {"distill.loss": {"choice": ["forward_kl"]}}, "oops": 1}, "oops"),
+    ({"params": {"distill.loss": {"normal": [0, 1]}}}, "normal"),
+    ({"params": {"distill.nope": {"choice": [1]}}}, "distill.nope"),
+    ({"params": {"distill.loss": {"choice": ["nope"]}}}, "distill.loss"),
+    ({"params": {"student.lr": {"loguniform": [0.1, 0.01]}}}, "student.lr"),
+    ({"params": {"student.lr": {"loguniform": [0.0, 0.01]}}}, "low must be > 0"),
+    ({"params": {"student.lr": {"uniform": [0.1, 0.2]}}, "search": {"algorithm": "grid"}},
+     "student.lr"),
+    ({"params": {}, "search": {"algorithm": "bayes"}}, "search.algorithm"),
+    ({"params": {}, "search": {"num_samples": 0}}, "num_samples"),
+    ({"params": {}, "objective": {"energy": "total"}}, "objective.energy"),
+    ({"params": {}, "scheduler": {"rungs": [0.6, 0.3]}}, "rungs"),
+    ({"params": {}, "budget": {"total_kwh": -1}}, "budget.total_kwh"),
+    ({"params": {}, "budget": {"watts": 1}}, "budget.watts"),
+    ({"params": {}, "set": {"student.stepz": 3}}, "stepz"),
+])
+def test_bad_spaces_are_rejected_naming_the_field(tmp_path, body, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_space(write_space(tmp_path, **body))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["params", "search", "set", "budget", "scheduler", "x"]),
+                       st.one_of(st.none(), st.integers(), st.text(max_size=5),
+                                 st.dictionaries(st.text(max_size=12), st.integers() | st.text(
+                                     max_size=4) | st.lists(st.integers(), max_size=3),
+                                     max_size=3)), max_size=4))
+def test_fuzzed_spaces_raise_only_config_errors(tmp_path_factory, body):
+    path = write_space(tmp_path_factory.mktemp("fuzz"), **body)
+    with contextlib.suppress(ConfigError):
+        load_space(path)
+
+
+# ---- the rung book and the scheduler ------------------------------------------------------
+
+def test_rung_book_stops_only_trials_dominated_by_the_margin_at_equal_progress():
+    book = RungBook([0.5], margin=0.1, min_trials=2)
+    assert book.record("a", 0.5, 0.80, 100.0) == CONTINUE  # nobody to compare with
+    assert book.record("b", 0.5, 0.70, 120.0) == CONTINUE  # one other: below min_trials
+    # worse than a on both, but within the 10% margin on quality and energy: survives
+    assert book.record("c", 0.5, 0.75, 105.0) == CONTINUE
+    # clearly dominated by a
+    assert book.record("d", 0.6, 0.50, 200.0) == STOP
+    # better energy than everyone: on the front, continues
+    assert book.record("e", 0.5, 0.40, 50.0) == CONTINUE
+    assert [d[2] for d in book.decisions] == [CONTINUE, CONTINUE, CONTINUE, STOP, CONTINUE]
+
+
+def test_rung_book_judges_each_rung_once_and_ignores_unmeasured_quality():
+    book = RungBook([0.25, 0.5], margin=0.0, min_trials=1)
+    book.record("a", 0.3, 0.9, 10.0)
+    assert book.record("b", 0.3, float("nan"), 99.0) == CONTINUE  # nothing measured yet
+    assert book.record("b", 0.3, 0.1, 99.0) == CONTINUE  # rung 0.25 already passed
+    assert book.record("b", 0.5, 0.1, 99.0) == CONTINUE  # nobody at 0.5 yet
+    book.record("a", 0.5, 0.9, 20.0)
+    assert book.record("c", 1.0, 0.1, 99.0) == STOP  # crosses both rungs, dominated at 0.25
+
+
+def fake_trial(tid):
+    return SimpleNamespace(trial_id=tid)
+
+
+def test_scheduler_driven_through_its_hooks():
+    sched = EnergyParetoScheduler(rungs=[0.5], margin=0.05, min_trials=1)
+    ctl = None
+    good, bad = fake_trial("good"), fake_trial("bad")
+    assert sched.on_trial_result(ctl, good, {"progress": 0.2, "quality": 0.1,
+                                             "energy_j": 5.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, good, {"progress": 0.5, "quality": 0.9,
+                                             "energy_j": 10.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, bad, {"quality": 0.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, bad, {"progress": 0.5, "quality": 0.3,
+                                            "energy_j": 30.0}) == TrialScheduler.STOP
+    sched.on_trial_complete(ctl, good, {})
+    assert "1 stopped" in sched.debug_string()
+
+
+# ---- budgets and forecasts ------------------------------------------------------------------
+
+def test_budget_refuses_what_does_not_fit_and_counts_waste():
+    b = BudgetTracker(total_j=1000.0, trial_j=300.0)
+    b.spent_j = 800.0
+    assert b.start_check(150.0)[0]
+    ok, why = b.start_check(250.0)
+    assert not ok and "250.0 J does not fit" in why
+    assert b.trial_over(301.0) and not b.trial_over(299.0)
+    b.record("t1", 200.0, "finished")
+    b.record("t2", 120.0, "stopped_by_scheduler")
+    b.record("t3", 30.0, "failed")
+    assert b.wasted_j == 150.0
+    with pytest.raises(ConfigError):
+        BudgetTracker(total_j=0.0)
+    with pytest.raises(ValueError):
+        b.record("t4", 1.0, "lost")
+
+
+def test_forecast_is_exact_on_linear_energy_and_free_for_reused_stages():
+    f = Forecaster()
+    assert f.predict({"m": "sft"}, {"student_training": 10}) is None
+    # 2 J per student sample, 0.5 J per prompt, 3 J per eval example
+    for n in (100, 300):
+        units = {"student_training": n, "teacher_generation": 50, "evaluation": 10}
+        f.add_finished({"m": "sft"}, {"student_training": 2.0 * n, "teacher_generation": 25.0,
+                                      "evaluation": 30.0}, units)
+    units = {"student_training": 1000, "teacher_generation": 50, "evaluation": 10}
+    pred = f.predict({"m": "sft"}, units)
+    assert pred == {"student_training": 2000.0, "teacher_generation": 25.0, "evaluation": 30.0}
+    assert f.predict({"m": "sft"}, units, {"teacher_generation"})["teacher_generation"] == 0.0
+    # a method seen for the first time falls back on every finished trial
+    assert f.predict({"m": "logit"}, units)["student_training"] == 2000.0
+    assert forecast_error(110.0, 100.0) == pytest.approx(0.1)
+
+
+def test_profile_forecast_within_15_percent_after_10_percent_of_noisy_steps():
+    import random
+
+    rng = random.Random(0)
+    power, t_start, setup, steps, step_s = 50.0, 1000.0, 8.0, 500, 0.1
+    t_ready = t_start + setup
+    times = [t_ready]
+    for _ in range(steps):
+        times.append(times[-1] + step_s * rng.uniform(0.7, 1.3))
+    actual = power * (times[-1] - t_start)
+    k = steps // 10
+    est = profile_stage_j(power * rng.uniform(0.97, 1.03), t_start, t_ready, times[k], k / steps)
+    assert abs(forecast_error(est, actual)) < 0.15
+    with pytest.raises(ValueError):
+        profile_stage_j(1.0, 0.0, 0.0, 1.0, 0.0)
