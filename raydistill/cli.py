@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true",
                     help="print the trials and their forecast energy; run nothing")
 
+    rep = sub.add_parser("report", help="report.html, figures and exports of a run or sweep")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", default=None, help="output directory (default RUN_DIR/report)")
+
     led = sub.add_parser("ledger", help="print the stage × device energy table of a run directory")
     led.add_argument("run_dir")
     led.add_argument("--csv", action="store_true", help="CSV instead of a table")
@@ -75,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "report":
+            from raydistill.report.html import write_report
+
+            print(write_report(args.run_dir, args.out))
+            return 0
     except ConfigError as exc:
         print(f"raydistill: error: {exc}", file=sys.stderr)
         return 2

@@ -58,6 +58,8 @@ class _Sampler:
         self._adopt_orphans()
         self._stop = threading.Event()
         self.thread_ids: dict[str, int] = {}
+        self._metrics = None
+        self._metrics_warned = False
         self._ledger = None
         self._measure_idle()
         self._ledger_call("record_event", {"type": "sampler_start", "sampler_id": self.sampler_id,
@@ -124,6 +126,19 @@ class _Sampler:
             self._stop.wait(delay)
 
     # ---- pushing ---------------------------------------------------------------------------
+    def _export(self, batch: SampleBatch) -> None:
+        """Live Ray metrics (dashboard, Prometheus); never allowed to stop sampling."""
+        try:
+            if self._metrics is None:
+                from raydistill.report.ray_metrics import PowerMetrics
+
+                self._metrics = PowerMetrics()
+            self._metrics.observe(batch)
+        except Exception as exc:  # metrics are a view; the ledger is the record
+            if not self._metrics_warned:
+                log.warning("sampler %s: Ray metrics export off: %s", self.sampler_id, exc)
+                self._metrics_warned = True
+
     def _cut_batch(self) -> None:
         with self._lock:
             readings, self._buffer = self._buffer, []
@@ -133,6 +148,7 @@ class _Sampler:
             self.sampler_id, self._seq, self.node_id, readings, self._idle_w
         )
         self._seq += 1
+        self._export(batch)
         payload = batch.to_bytes()
         self._pending.append((batch.key, payload))
         self._spool_write(payload)

@@ -179,6 +179,11 @@ class LedgerState:
             self._curves[key] = cached
         return cached
 
+    def nodes(self) -> list[str]:
+        """Every node with samples."""
+        self._parse_pending()
+        return sorted({node for node, _ in self._series})
+
     def devices(self, node_id: str) -> list[tuple[str, str]]:
         """(device_id, device_kind) of every device with samples on a node."""
         self._parse_pending()

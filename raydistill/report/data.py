@@ -1,0 +1,152 @@
+"""A run or sweep directory as report data, and the design rules computed from it (pure).
+
+A run directory (`raydistill run`) is read as a sweep of its trials: quality from each trial's
+scores, energy its E_run. A sweep directory (`raydistill sweep`) brings its own trials table,
+Pareto set and summary. Power over time comes from the ledger's samples, binned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from raydistill.errors import ConfigError
+from raydistill.pareto import hypervolume_2d, knee_point, pareto_front
+from raydistill.results import load_ledger
+
+
+@dataclass
+class ReportData:
+    run_dir: Path
+    kind: str  # run | sweep
+    results: pd.DataFrame  # trial × stage
+    trials: pd.DataFrame  # trial_id, status, quality, energy_j, param.* ...
+    pareto_ids: list[str]
+    hypervolume: float
+    reference: tuple[float, float]
+    knee: str | None
+    metrics: list[dict] = field(default_factory=list)  # seed metrics (run dirs)
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    quality_name: str = "student_quick_acc"
+    kind_energy: dict = field(default_factory=dict)  # (trial, stage) -> {device kind: J}
+
+
+def load_report_data(run_dir: str | Path) -> ReportData:
+    d = Path(run_dir)
+    if not (d / "results.parquet").is_file():
+        raise ConfigError(f"{d} is not a finished run or sweep directory (no results.parquet)")
+    results = pd.read_parquet(d / "results.parquet")
+    config = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").exists() \
+        else {}
+    if (d / "trials.parquet").is_file():
+        trials = pd.read_parquet(d / "trials.parquet")
+        summary = json.loads((d / "sweep.json").read_text()) if (d / "sweep.json").exists() \
+            else {}
+        kind, metrics = "sweep", []
+        quality_name = summary.get("objective", {}).get("quality", "quality")
+    else:
+        metrics = json.loads((d / "metrics.json").read_text())["trials"]
+        trials = pd.DataFrame([{
+            "trial_id": m["trial_id"], "status": "finished",
+            "quality": m["scores"].get("student_quick_acc", math.nan),
+            "energy_j": m["E_run_j"]} for m in metrics])
+        kind, summary, quality_name = "run", {}, "student_quick_acc"
+    done = trials[trials["status"] == "finished"].reset_index(drop=True)
+    pts = done[["quality", "energy_j"]].to_numpy(dtype=float) if len(done) else np.empty((0, 2))
+    front = pareto_front(pts, ("max", "min")) if len(done) else []
+    e_max = float(done["energy_j"].max()) if len(done) else 1.0
+    reference = (0.0, 1.1 * e_max)
+    hv = hypervolume_2d(pts[front], reference, ("max", "min")) if front else 0.0
+    k = knee_point(pts, ("max", "min")) if len(done) else None
+    return ReportData(d, kind, results, trials, [str(done["trial_id"][i]) for i in front], hv,
+                      reference, None if k is None else str(done["trial_id"][k]), metrics,
+                      config, summary, quality_name, _kind_energy(d))
+
+
+def _kind_energy(run_dir: Path) -> dict:
+    """Energy per trial × stage × device kind, from the ledger itself."""
+    state, _ = load_ledger(run_dir)
+    out: dict = {}
+    for r in state.energy_rows():
+        kinds = out.setdefault((r.trial_id, r.stage), {})
+        kinds[r.device_kind] = kinds.get(r.device_kind, 0.0) + r.energy_j
+    return out
+
+
+def power_series(run_dir: str | Path, bin_s: float = 1.0) -> pd.DataFrame:
+    """Mean power per node × device in `bin_s` bins: columns node_id, device_id, t_s, power_w
+    (t_s relative to the first sample of the run)."""
+    state, _ = load_ledger(run_dir)
+    rows = []
+    nodes = state.nodes()
+    t0 = math.inf
+    curves = {}
+    for node in nodes:
+        for device, _kind in state.devices(node):
+            curve = state.curve(node, device)
+            curves[(node, device)] = curve
+            t0 = min(t0, float(curve.t[0]))
+    for (node, device), curve in curves.items():
+        edges = np.arange(float(curve.t[0]), float(curve.t[-1]) + bin_s, bin_s)
+        if len(edges) < 2:
+            continue
+        energy = np.array([curve.at(t) for t in edges])
+        for a, b, e0, e1 in zip(edges[:-1], edges[1:], energy[:-1], energy[1:], strict=True):
+            rows.append({"node_id": node[:12], "device_id": device, "t_s": (a + b) / 2 - t0,
+                         "power_w": (e1 - e0) / (b - a)})
+    return pd.DataFrame(rows, columns=["node_id", "device_id", "t_s", "power_w"])
+
+
+def stage_spans(results: pd.DataFrame) -> pd.DataFrame:
+    """Stage windows relative to the run's start, for shading the power plot."""
+    if results.empty:
+        return results
+    t0 = results["t_start_s"].min()
+    out = results[["trial_id", "stage", "t_start_s", "t_end_s"]].copy()
+    out["start_s"], out["end_s"] = out["t_start_s"] - t0, out["t_end_s"] - t0
+    return out
+
+
+def design_rules(data: ReportData) -> list[str]:
+    """Statements computed from the data, each with the numbers behind it."""
+    rules: list[str] = []
+    r = data.results
+    main = r[~r["stage"].str.startswith("inference_")]
+    if len(main):
+        total = main["energy_j"].sum()
+        by_stage = main.groupby("stage")["energy_j"].sum().sort_values(ascending=False)
+        top = by_stage.index[0]
+        rules.append(f"The largest stage is {top}: {by_stage.iloc[0]:,.1f} J of {total:,.1f} J "
+                     f"({by_stage.iloc[0] / total:.0%}).")
+        teacher = main[main["side"] == "teacher"]["energy_j"].sum()
+        setup = main[main["side"] == "setup"]["energy_j"].sum()
+        rules.append(f"Teacher-side work (generation + logit caching) took {teacher:,.1f} J "
+                     f"({teacher / total:.0%} of all measured energy); training the teacher "
+                     f"(setup) took {setup:,.1f} J more ({setup / total:.0%}).")
+    for m in data.metrics:
+        if m.get("N_star") is not None:
+            rules.append(f"[{m['trial_id']}] Caching and generating with the teacher pays back "
+                         f"after N* = {m['N_star']:.1f} reuses of its artifacts.")
+        elif "baseline" not in m["trial_id"] and m.get("teacher_share") is not None:
+            rules.append(f"[{m['trial_id']}] Distillation never breaks even on energy against "
+                         f"the no-teacher baseline (its student training did not cost less); its "
+                         f"gain is quality: {m['scores'].get('student_quick_acc', math.nan):.3f}.")
+    done = data.trials[data.trials["status"] == "finished"]
+    front = done[done["trial_id"].isin(data.pareto_ids)].sort_values("energy_j")
+    params = [c for c in data.trials.columns if c.startswith("param.")]
+    for _, row in front.iterrows():
+        setting = ", ".join(f"{c[6:]}={row[c]}" for c in params) or "its settings"
+        rules.append(f"Under an energy budget of {row['energy_j']:,.1f} J the best trial is "
+                     f"{row['trial_id']} ({setting}) at quality {row['quality']:.3f}.")
+    wasted = data.trials.get("wasted_j")
+    if wasted is not None and wasted.sum() > 0:
+        rules.append(f"Stopped, failed and retried attempts wasted {wasted.sum():,.1f} J "
+                     f"({wasted.sum() / max(main['energy_j'].sum(), 1e-12):.0%} of the sweep).")
+    return rules

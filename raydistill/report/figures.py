@@ -1,0 +1,107 @@
+"""The report's figures (matplotlib, Agg). Each returns the figure and the numbers it plotted,
+so tests can hold the picture to the results table."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from raydistill.report.data import ReportData, power_series, stage_spans
+
+SIDE_COLOURS = {"teacher": "#d95f02", "setup": "#7570b3", "student": "#1b9e77",
+                "evaluation": "#e7298a"}
+
+
+def energy_by_stage(data: ReportData):
+    """Stacked bars: energy per stage for every trial, coloured by side (teacher vs student)."""
+    r = data.results[~data.results["stage"].str.startswith("inference_")]
+    table = r.pivot_table(index="trial_id", columns="stage", values="energy_j", aggfunc="sum",
+                          fill_value=0.0)
+    side = r.drop_duplicates("stage").set_index("stage")["side"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    bottom = pd.Series(0.0, index=table.index)
+    for stage in table.columns:
+        colour = SIDE_COLOURS.get(side.get(stage, ""), "#999999")
+        hatch = "//" if side.get(stage) == "teacher" else None
+        ax.bar(table.index, table[stage], bottom=bottom, label=f"{stage} ({side.get(stage)})",
+               color=colour, hatch=hatch, edgecolor="white", alpha=0.9)
+        bottom += table[stage]
+    ax.set_ylabel("energy (J)")
+    ax.set_title("Energy by stage per trial (hatched: teacher side)")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.tick_params(axis="x", rotation=30, labelsize=7)
+    fig.tight_layout()
+    return fig, table
+
+
+def pareto_frontier(data: ReportData):
+    done = data.trials[data.trials["status"] == "finished"]
+    other = data.trials[data.trials["status"] != "finished"]
+    on = done[done["trial_id"].isin(data.pareto_ids)].sort_values("energy_j")
+    off = done[~done["trial_id"].isin(data.pareto_ids)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(off["energy_j"], off["quality"], color="#bbbbbb", label="dominated")
+    if len(other):
+        ax.scatter(other["energy_j"], [0.0] * len(other), marker="x", color="#bbbbbb",
+                   label="stopped / failed (energy spent)")
+    ax.step(on["energy_j"], on["quality"], where="post", color="#1b9e77")
+    ax.scatter(on["energy_j"], on["quality"], color="#1b9e77", zorder=3, label="Pareto set")
+    if data.knee is not None:
+        k = done[done["trial_id"] == data.knee]
+        ax.scatter(k["energy_j"], k["quality"], s=160, facecolors="none", edgecolors="black",
+                   label=f"knee {data.knee}")
+    ax.set_xlabel("energy (J)")
+    ax.set_ylabel(f"quality ({data.quality_name})")
+    ax.set_title(f"Energy–quality frontier; hypervolume {data.hypervolume:.4g} "
+                 f"(ref. quality {data.reference[0]:g}, energy {data.reference[1]:,.0f} J)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, on[["trial_id", "energy_j", "quality"]]
+
+
+def power_over_time(data: ReportData):
+    series = power_series(data.run_dir)
+    spans = stage_spans(data.results)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, (_, s) in enumerate(spans.drop_duplicates(["trial_id", "stage"]).iterrows()):
+        ax.axvspan(s["start_s"], s["end_s"], color=plt.cm.Pastel1(i % 9), alpha=0.5)
+        ax.text(s["start_s"], 0.98, s["stage"].replace("_", "\n"), fontsize=5, va="top",
+                transform=ax.get_xaxis_transform())
+    for (node, device), g in series.groupby(["node_id", "device_id"]):
+        ax.plot(g["t_s"], g["power_w"], label=f"{node} {device}", linewidth=1)
+    ax.set_xlabel("time since first sample (s)")
+    ax.set_ylabel("power (W)")
+    ax.set_title("Power per node and device, stage windows shaded")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig, series
+
+
+def quality_vs_cumulative_energy(data: ReportData):
+    t = data.trials.copy()
+    order = "t_end_s" if "t_end_s" in t.columns else None
+    if order:
+        t = t.sort_values(order)
+    if "wasted_j" in t.columns:  # a sweep: waste includes what unfinished trials spent
+        own = t["energy_marginal_j"].where(t["status"] == "finished", 0.0).fillna(0.0)
+        spent = own + t["wasted_j"].fillna(0.0)
+    else:
+        spent = t["energy_j"]
+    t["cumulative_j"] = spent.cumsum()
+    t["best_quality"] = t["quality"].fillna(-1.0).cummax().where(lambda s: s >= 0)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(t["cumulative_j"], t["best_quality"], drawstyle="steps-post", label="best so far")
+    ax.scatter(t["cumulative_j"], t["quality"], color="#999999", label="each trial")
+    ax.set_xlabel("cumulative sweep energy (J)")
+    ax.set_ylabel("quality")
+    ax.set_title("How the search spent its energy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, t[["trial_id", "cumulative_j", "quality", "best_quality"]]
+
+
+FIGURES = {"energy_by_stage": energy_by_stage, "pareto": pareto_frontier,
+           "power": power_over_time, "cumulative": quality_vs_cumulative_energy}

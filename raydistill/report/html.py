@@ -1,0 +1,111 @@
+"""`raydistill report DIR`: report.html (one self-contained file), figures, tables, exports."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from raydistill.io import atomic_write, atomic_write_text
+from raydistill.report.data import ReportData, design_rules, load_report_data
+from raydistill.report.exports import emissions_frame, model_card_yaml
+from raydistill.report.figures import FIGURES
+
+log = logging.getLogger(__name__)
+
+CAPTIONS = {
+    "energy_by_stage": "Energy by stage per trial; teacher-side stages hatched.",
+    "pareto": "Energy–quality frontier of finished trials; dominated trials grey.",
+    "power": "Power over time per node and device; stage windows shaded.",
+    "cumulative": "Best quality so far against the energy the sweep had spent.",
+}
+
+
+def _methods(data: ReportData) -> str:
+    methods = sorted(set("+".join(data.results["energy_method"].astype(str)).split("+")))
+    co2 = sorted(set(data.results.get("co2e_method", pd.Series(dtype=str)).astype(str)))
+    fp = data.config.get("footprint", {})
+    return (f"energy method(s): {', '.join(methods)}; CO2e intensity: {', '.join(co2)}; "
+            f"region {fp.get('region', 'WORLD')}, PUE {fp.get('pue', 1.0)}")
+
+
+def _metrics_table(data: ReportData) -> pd.DataFrame:
+    r = data.results[~data.results["stage"].str.startswith("inference_")]
+    per = r.groupby("trial_id").agg(energy_j=("energy_j", "sum"), co2e_g=("co2e_g", "sum"),
+                                    water_l=("water_l", "sum"),
+                                    embodied_co2e_g=("embodied_co2e_g", "sum")).reset_index()
+    per["embodied_share"] = per["embodied_co2e_g"] / (per["co2e_g"] + per["embodied_co2e_g"]
+                                                      ).where(lambda s: s > 0)
+    if data.metrics:
+        m = pd.DataFrame([{"trial_id": x["trial_id"], "E_run_j": x["E_run_j"],
+                           "EPT_student_j_per_token": x["EPT_inference_student"],
+                           "OM_perf": x["OM_perf"].get("quick_acc"),
+                           "Eff_overall": x["Eff_overall"], "teacher_share": x["teacher_share"],
+                           "N_star": x["N_star"]} for x in data.metrics])
+        per = per.merge(m, on="trial_id", how="left")
+    return per
+
+
+def _png(fig) -> tuple[str, bytes, bytes]:
+    png, svg = io.BytesIO(), io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    fig.savefig(svg, format="svg")
+    return base64.b64encode(png.getvalue()).decode(), png.getvalue(), svg.getvalue()
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    import matplotlib.pyplot as plt
+
+    data = load_report_data(run_dir)
+    out = Path(out_dir) if out_dir else data.run_dir / "report"
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    sections, numbers = [], {}
+    for name, make in FIGURES.items():
+        fig, plotted = make(data)
+        b64, png, svg = _png(fig)
+        plt.close(fig)
+        atomic_write(out / "figures" / f"{name}.png", lambda p, b=png: Path(p).write_bytes(b))
+        atomic_write(out / "figures" / f"{name}.svg", lambda p, b=svg: Path(p).write_bytes(b))
+        numbers[name] = plotted
+        sections.append(f'<figure id="fig-{name}"><img alt="{name}" '
+                        f'src="data:image/png;base64,{b64}"><figcaption>'
+                        f"{html.escape(CAPTIONS[name])} <em>{html.escape(_methods(data))}</em>"
+                        "</figcaption></figure>")
+    metrics = _metrics_table(data)
+    rules = design_rules(data)
+    stage_cols = [c for c in ("trial_id", "stage", "side", "energy_j", "duration_s", "tokens",
+                              "j_per_token", "energy_method", "co2e_g", "water_l")
+                  if c in data.results.columns]
+    tables_md = ("## Seed metrics and footprint\n\n" + metrics.to_markdown(index=False)
+                 + "\n\n## Stages\n\n" + data.results[stage_cols].to_markdown(index=False)
+                 + "\n\n## Trials\n\n" + data.trials.to_markdown(index=False) + "\n\n"
+                 + "## Design rules (computed)\n\n" + "\n".join(f"- {r}" for r in rules) + "\n")
+    body = "\n".join([
+        f"<h1>raydistill report: {html.escape(data.run_dir.name)}</h1>",
+        f"<p class=meta>{html.escape(_methods(data))}. {data.kind} directory with "
+        f"{len(data.trials)} trial(s); Pareto set {', '.join(data.pareto_ids) or 'empty'}; "
+        f"hypervolume {data.hypervolume:.4g}; knee {data.knee}.</p>",
+        "<h2>Design rules (computed from this data)</h2><ul>"
+        + "".join(f"<li>{html.escape(r)}</li>" for r in rules) + "</ul>",
+        "<h2>Seed metrics and footprint</h2>" + metrics.to_html(index=False, na_rep="–"),
+        "<h2>Figures</h2>", *sections,
+        "<h2>Stages</h2>" + data.results[stage_cols].to_html(index=False, na_rep="–"),
+    ])
+    page = ("<!doctype html><html><head><meta charset=utf-8><title>raydistill report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+            "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
+            "padding:2px 6px}.meta{color:#555}</style></head><body>" + body + "</body></html>")
+    atomic_write_text(out / "report.html", page)
+    atomic_write_text(out / "tables.md", tables_md)
+    atomic_write(out / "emissions.csv", lambda p: emissions_frame(data).to_csv(p, index=False))
+    atomic_write_text(out / "model_card_co2.yaml", model_card_yaml(data))
+    atomic_write_text(out / "figures.json", json.dumps(
+        {k: v.to_dict(orient="list") for k, v in numbers.items() if k != "power"},
+        default=str))
+    log.info("report written to %s", out)
+    return out / "report.html"
