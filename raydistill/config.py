@@ -97,6 +97,10 @@ class ModelConfig:
         _positive("steps", self.steps)
         _positive("lr", self.lr)
         _positive("batch_size", self.batch_size)
+        if self.model.startswith(("/", "./", "../", "~")) and not Path(
+                self.model).expanduser().exists():
+            raise ConfigError(f"model path {self.model} does not exist (a local path must; "
+                              "a hub id is written org/name)")
         if self.model and self.tiny:
             raise ConfigError("give either model (hub id or path) or tiny (a config), not both")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from raydistill.config import to_dict
 from raydistill.errors import ConfigError
-from raydistill.io import atomic_write, atomic_write_text, prepare_run_dir
+from raydistill.io import atomic_write, atomic_write_text, check_run_format, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
         if not (tune_dir / "sweep").is_dir():
             raise ConfigError(f"--resume: no sweep to resume in {out} (no tune/sweep directory)")
         run_dir = Path(out).resolve()
+        check_run_format(run_dir)
     else:
         run_dir = prepare_run_dir(out)
         shutil.copyfile(space_path, run_dir / "space.yaml")

@@ -87,3 +87,26 @@ def test_killed_ledger_replays_log_and_nothing_is_counted_twice(session):
     final = ray.get(ledger.stats.remote())
     assert sum(s["pending"] for s in sampler_stats) == 0
     assert final["samples"] == sum(s["read"] for s in sampler_stats)
+
+
+def test_sampler_killed_repeatedly_and_ledger_with_it(session):
+    """Three rounds: kill the node's sampler, and in the last round the ledger at the same
+    moment; reconcile brings a new sampler each time, the ledger replays its log. The window's
+    energy stays exact and no batch is ingested twice."""
+    ns, ledger, fleet = session
+    node = ray.get_runtime_context().get_node_id()
+    with StageWindow(ns, "t3", "student_training") as w:
+        for round_ in range(3):
+            time.sleep(0.7)
+            ray.kill(ray.get_actor(sampler_name(node), namespace=ns), no_restart=True)
+            if round_ == 2:
+                ray.kill(ledger, no_restart=False)  # both at once
+            time.sleep(0.3)
+            assert fleet.reconcile().started == [node]
+        time.sleep(1.0)
+    (row,) = rows_for(ledger, fleet, w.window.window_id)
+    assert row["energy_j"] == pytest.approx(100.0 * w.duration_s, rel=1e-6)
+    stats = ray.get(ledger.stats.remote())
+    assert stats["duplicates"] >= 0 and stats["replayed_records"] > 0
+    retired = [s for s in stats["samplers"].values() if s["retired_s"] is not None]
+    assert len(retired) >= 3

@@ -161,3 +161,21 @@ def test_corrupted_record_keeps_valid_prefix(tmp_path):
 def test_bad_gap_limit_rejected():
     with pytest.raises(ValueError, match="max_gap_s"):
         LedgerState(max_gap_s=0)
+
+
+@pytest.mark.parametrize("skew_s", [0.0, 5.0, -37.5])
+def test_clock_skew_between_nodes_does_not_misattribute(skew_s):
+    """Node n2's clock runs skew_s ahead; its sampler and its windows read that same clock, so
+    each window still gets exactly its own node's energy, on both nodes."""
+    st = LedgerState()
+    for b in constant_batches(node="n1", sampler="s1", watts=100.0, t0=0.0, t1=20.0):
+        st.ingest(b)
+    for b in constant_batches(node="n2", sampler="s2", watts=40.0, t0=skew_s, t1=20.0 + skew_s):
+        st.ingest(b)
+    for wid, node, start, end in [("a", "n1", 2.0, 8.0), ("b", "n2", 2.0 + skew_s, 8.0 + skew_s),
+                                  ("c", "n2", 10.0 + skew_s, 19.0 + skew_s)]:
+        st.apply_event({"type": "window_open", **window(wid, start, None, node=node).__dict__})
+        st.apply_event({"type": "window_close", "window_id": wid, "t_end_s": end, "tokens": 1})
+    got = {r.window_id: r.energy_j for r in st.energy_rows()}
+    assert got == pytest.approx({"a": 600.0, "b": 240.0, "c": 360.0})
+    assert all(r.gap_s == 0 for r in st.energy_rows())

@@ -1,0 +1,109 @@
+"""Bad input through the command line: a one-line error naming the field, exit 2, and nothing
+written (no run directory, no half-written file). No Ray is started for any of these."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from raydistill.cli import main
+from raydistill.io import FORMAT_FILE
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["student.lr=-1"], "lr"),
+    (["student.steps=0"], "steps"),
+    (["student.stepz=3"], "stepz"),
+    (["distill.loss=kl"], "distill.loss"),
+    (["distill.method=magic"], "distill.method"),
+    (["sampling.hz=0"], "sampling.hz"),
+    (["sampling.source=gpu-magic"], "source"),
+    (["task.n_eval=ten"], "task.n_eval"),
+    (["teacher.model=/no/such/model", "teacher.tiny={}"], "/no/such/model"),
+    (["footprint.pue=0.5"], "pue"),
+    (["footprint.region=ATLANTIS"], "ATLANTIS"),
+    (["student.lr"], "KEY=VALUE"),
+])
+def test_run_rejects_bad_config_in_one_line(tmp_path, capsys, sets, needle):
+    out = tmp_path / "out"
+    args = ["run", TINY, "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    code, err = run_cli(capsys, *args)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("raydistill: error:") and needle in err[0], err
+    assert not out.exists()
+
+
+def test_malformed_yaml_and_unknown_keys(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nteacher: [unclosed\n")
+    code, err = run_cli(capsys, "run", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 2 and "malformed YAML at line" in err[0]
+    bad.write_text("name: x\nteachr: {}\n")
+    code, err = run_cli(capsys, "run", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 2 and "teachr" in err[0] and "teacher" in err[0]
+    code, err = run_cli(capsys, "run", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "not found" in err[0]
+
+
+def test_output_that_is_a_file_or_an_older_run_is_refused(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    code, err = run_cli(capsys, "run", TINY, "--out", str(f))
+    assert code == 2 and "is a file" in err[0] and f.read_text() == "keep me"
+    old = tmp_path / "old"
+    (old / "ledger").mkdir(parents=True)
+    code, err = run_cli(capsys, "run", TINY, "--out", str(old))
+    assert code == 2 and "older raydistill" in err[0]
+    (old / FORMAT_FILE).write_text(json.dumps({"format": 1}))
+    code, err = run_cli(capsys, "run", TINY, "--out", str(old))
+    assert code == 2 and "layout version 1" in err[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--budget-kwh", "0"], "--budget-kwh"),
+    (["--trial-budget-kwh", "-1"], "--trial-budget-kwh"),
+    (["--resume"], "--resume needs --out"),
+])
+def test_sweep_rejects_bad_budgets_and_resume(tmp_path, capsys, args, needle):
+    argv = ["sweep", str(ROOT / "search_spaces" / "smoke.yaml"), *args]
+    if "--resume" not in args:
+        argv += ["--out", str(tmp_path / "s")]
+    code, err = run_cli(capsys, *argv)
+    assert code == 2 and needle in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_resume_of_nothing_and_missing_space(tmp_path, capsys):
+    code, err = run_cli(capsys, "sweep", str(ROOT / "search_spaces" / "smoke.yaml"),
+                        "--out", str(tmp_path), "--resume")
+    assert code == 2 and "no sweep to resume" in err[0]
+    code, err = run_cli(capsys, "sweep", str(tmp_path / "nope.yaml"), "--dry-run")
+    assert code == 2 and "not found" in err[0]
+
+
+def test_report_and_ledger_of_a_non_run_dir(tmp_path, capsys):
+    code, err = run_cli(capsys, "report", str(tmp_path))
+    assert code == 2 and "results.parquet" in err[0]
+    code, err = run_cli(capsys, "ledger", str(tmp_path))
+    assert code == 2 and "not a run directory" in err[0]
+
+
+def test_no_unsafe_deserialisation_in_the_package():
+    """Caches are Parquet/safetensors: no pickle, and torch.load only with weights_only=True."""
+    for path in (ROOT / "raydistill").rglob("*.py"):
+        text = path.read_text()
+        assert "import pickle" not in text and "pickle.load" not in text, path
+        for line in text.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path}: {line}"
