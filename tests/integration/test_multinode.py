@@ -57,3 +57,30 @@ def test_one_sampler_per_node_as_nodes_join_and_leave(cluster, tmp_path):
     assert len(retired) == 1
     fleet.stop()
     ray.kill(ledger, no_restart=True)
+
+
+def test_teacher_generation_spreads_over_every_node(cluster, tmp_path):
+    """Three 1-CPU nodes, three generation actors: each node runs one, and the ledger shows
+    teacher_generation energy on every node."""
+    from raydistill.cluster.runtime import Session
+    from raydistill.config import load_experiment
+    from raydistill.distill.pipeline import Pipeline
+
+    cfg = load_experiment("configs/tiny.yaml", [
+        "task.n_labelled=100", "task.n_prompts=300", "task.n_eval=50", "teacher.steps=10",
+        "teacher.batch_size=32", "generation.batch_size=25", "generation.num_actors=3",
+        "sampling.source=constant:30", "sampling.hz=10", "sampling.push_interval_s=0.5",
+        "sampling.idle_s=0"])
+    session = Session(tmp_path / "run", "mn", cfg.sampling).start(reconcile_interval_s=0)
+    try:
+        pipe = Pipeline(cfg, tmp_path / "run", session, tmp_path / "artifacts")
+        data = pipe.data()
+        teacher = pipe.teacher_model(data)
+        pipe.synthetic_data(teacher, data, "t-spread")
+        rows = [r for r in session.energy_rows() if r["stage"] == "teacher_generation"]
+    finally:
+        session.close()
+    nodes = {r["node_id"] for r in rows}
+    assert len(nodes) == 3, f"generation ran on {len(nodes)} node(s)"
+    per_node = {n: sum(r["energy_j"] for r in rows if r["node_id"] == n) for n in nodes}
+    assert all(e > 0 for e in per_node.values())

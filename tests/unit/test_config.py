@@ -67,3 +67,15 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 def test_fuzzed_configs_either_load_or_raise_config_error(data):
     with contextlib.suppress(ConfigError):
         from_dict(ExperimentConfig, data if isinstance(data, dict) else {"task": data})
+
+
+def test_shipped_configs_load_and_say_how_to_run_them():
+    from pathlib import Path
+
+    from raydistill.config import load_experiment
+    from raydistill.run import footprint_inputs
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")):
+        text = path.read_text()
+        assert text.startswith("# make run") or text.startswith("# raydistill run"), path
+        footprint_inputs(load_experiment(path))  # the region is in the table
