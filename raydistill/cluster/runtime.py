@@ -29,9 +29,15 @@ def init_ray(address: str | None, namespace: str, num_cpus: int | None = None) -
     if address is None:
         # A private local cluster: token auth off (nothing listens beyond this machine).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # The dashboard (bound to 127.0.0.1) serves Ray's state API. Ray Train's placement-group
+    # cleaner asks that API whether the train controller is alive, and without it reads "no
+    # answer" as "dead" and removes the workers' placement group mid-training (seen here).
     kwargs = {"namespace": namespace, "logging_level": logging.WARNING,
-              "include_dashboard": False, "log_to_driver": True}
-    if address is None and num_cpus is not None:
+              "include_dashboard": True, "dashboard_host": "127.0.0.1", "log_to_driver": True}
+    if address is not None:  # joining: the cluster's own dashboard settings apply
+        kwargs.pop("include_dashboard")
+        kwargs.pop("dashboard_host")
+    elif num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)
 
