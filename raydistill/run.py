@@ -49,6 +49,10 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     namespace = namespace_for(run_dir)
     init_ray(address, namespace)
+    from raydistill.cluster.environment import check_cluster_storage
+
+    atomic_write_text(run_dir / "environment.json",
+                      json.dumps(check_cluster_storage(run_dir), indent=1))
     session = Session(run_dir, namespace, cfg.sampling).start()
     started = time.time()
     try:

@@ -95,6 +95,10 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(base), sort_keys=False))
     namespace = namespace_for(run_dir)
     init_ray(address, namespace)
+    from raydistill.cluster.environment import check_cluster_storage
+
+    atomic_write_text(run_dir / "environment.json",
+                      json.dumps(check_cluster_storage(run_dir), indent=1))
     session = Session(run_dir, namespace, base.sampling).start()
     started = time.time()
     control = start_control(namespace, _j(total_kwh), _j(trial_kwh),

@@ -1,0 +1,68 @@
+"""Where a run runs: the batch scheduler's job (Slurm), and whether every node sees the run
+directory (a run on several nodes needs it on shared storage)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from raydistill.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SLURM_KEYS = {"SLURM_JOB_ID": "job_id", "SLURM_JOB_NAME": "job_name",
+              "SLURM_JOB_NODELIST": "nodelist", "SLURM_JOB_NUM_NODES": "num_nodes",
+              "SLURM_GPUS_ON_NODE": "gpus_per_node", "SLURM_CPUS_PER_TASK": "cpus_per_task",
+              "SLURM_CLUSTER_NAME": "cluster"}
+
+
+def scheduler_metadata(env: Mapping[str, str] | None = None) -> dict:
+    """{"scheduler": "slurm", "job_id": ..., ...} under Slurm; {} elsewhere."""
+    env = os.environ if env is None else env
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    return {"scheduler": "slurm", **{name: env[key] for key, name in SLURM_KEYS.items()
+                                     if key in env}}
+
+
+def check_shared_storage(run_dir: Path, visible: Mapping[str, bool]) -> None:
+    """Raise when a node cannot see the run directory the driver writes."""
+    blind = sorted(node[:12] for node, ok in visible.items() if not ok)
+    if blind:
+        raise ConfigError(
+            f"run directory {run_dir} is not visible from node(s) {', '.join(blind)}: with more "
+            "than one node it must be on storage every node mounts (e.g. --out /mnt/shared/runs/X)")
+
+
+def probe_nodes(run_dir: Path) -> dict[str, bool]:
+    """Ask one zero-CPU task on every alive node whether it sees a marker file written here."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = Path(run_dir) / f".probe-{uuid.uuid4().hex[:8]}"
+    marker.write_text("raydistill")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return Path(path).is_file()
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    try:
+        refs = {n: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n, soft=False)).remote(str(marker)) for n in nodes}
+        return {n: bool(ray.get(r, timeout=60)) for n, r in refs.items()}
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def check_cluster_storage(run_dir: Path) -> dict:
+    """On a multi-node cluster, refuse a run directory that not every node sees; return the
+    scheduler metadata to record in the run directory."""
+    import ray
+
+    if len([n for n in ray.nodes() if n["Alive"]]) > 1:
+        check_shared_storage(run_dir, probe_nodes(run_dir))
+    return scheduler_metadata()
