@@ -79,11 +79,25 @@ def plain_eval(cfg, models: dict[str, Path], eval_jsonl: Path, work: Path) -> di
     return scores
 
 
-def plain_pipeline(cfg, work: Path) -> dict:
+class Clock:
+    """Seconds per stage of the plain script, named as the pipeline names its stages."""
+
+    def __init__(self) -> None:
+        self.t, self.s = time.perf_counter(), {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.s[stage] = self.s.get(stage, 0.0) + now - self.t
+        self.t = now
+
+
+def plain_pipeline(cfg, work: Path, clock: Clock) -> dict:
     torch.set_num_threads(2)
     data = write_task_data(cfg.task, work / "data")
     teacher = work / "teacher"
+    clock.lap("(data)")
     train_lm(to_dict(cfg.teacher), str(data["labelled_teacher"]), str(teacher), cfg.seed)
+    clock.lap("teacher_training")
     model, tok = load_model_and_tokenizer(str(teacher), for_generation=True)
     prompts = prompt_rows(data["prompts"])
     syn = work / "synthetic"
@@ -97,6 +111,7 @@ def plain_pipeline(cfg, work: Path) -> dict:
         rows["prompt"] += [r["prompt"] for r in chunk]
         rows["completion"] += comps
     pq.write_table(pa.table(rows), syn / "part-0.parquet")
+    clock.lap("teacher_generation")
     cache = work / "cache"
     cache.mkdir()
     model, tok = load_model_and_tokenizer(str(teacher))
@@ -107,12 +122,17 @@ def plain_pipeline(cfg, work: Path) -> dict:
         table, _ = cache_batch(model, tok, batch, cfg.distill.top_k, cfg.distill.temperature,
                                cfg.distill.cache_dtype)
         pq.write_table(table, cache / f"part-{i}.parquet")
+    clock.lap("teacher_logit_caching")
     plain_student(cfg, cfg.distill.method, teacher, syn, cache, work / "student")
+    clock.lap("student_training")
     scores = plain_eval(cfg, {"teacher": teacher, "student": work / "student"}, data["eval"], work)
+    clock.lap("evaluation")
     if cfg.baseline:
         plain_student(cfg, "none", teacher, data["labelled_student"], None, work / "baseline")
+        clock.lap("student_training")
         scores.update({f"baseline_{k}": v for k, v in plain_eval(
             cfg, {"student": work / "baseline"}, data["eval"], work).items()})
+        clock.lap("evaluation")
     return scores
 
 
@@ -126,7 +146,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="orchestration-bench-"))
     t0 = time.perf_counter()
-    plain_scores = plain_pipeline(cfg, root / "plain")
+    clock = Clock()
+    plain_scores = plain_pipeline(cfg, root / "plain", clock)
     plain_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = run_experiment(cfg, root / "ray", artifacts=root / "artifacts")
@@ -141,8 +162,12 @@ def main() -> None:
     print(f"wall-time ratio raydistill / plain: {ray_s / plain_s:.2f} (target <= 1.15)")
     print(f"time inside measured stage windows: {stage_s.sum():.1f} s; outside them (Ray start, "
           f"actor and worker start-up, teardown): {ray_s - stage_s.sum():.1f} s")
+    print(f"  {'stage':<24} {'raydistill window s':>20} {'plain s':>9}")
     for stage, secs in stage_s.items():
-        print(f"  {stage:<24} {secs:7.1f} s")
+        plain = clock.s.get(stage)
+        print(f"  {stage:<24} {secs:20.1f} {'' if plain is None else f'{plain:9.1f}'}")
+    print("  (raydistill's evaluation windows include the inference probes' model loads; the "
+          "plain evaluation includes its probes)")
 
 
 if __name__ == "__main__":

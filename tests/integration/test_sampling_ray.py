@@ -110,3 +110,32 @@ def test_sampler_killed_repeatedly_and_ledger_with_it(session):
     assert stats["duplicates"] >= 0 and stats["replayed_records"] > 0
     retired = [s for s in stats["samplers"].values() if s["retired_s"] is not None]
     assert len(retired) >= 3
+
+
+def test_two_runs_on_one_cluster_do_not_cross_talk(local_ray, tmp_path):
+    """Two run directories → two namespaces, each with its own ledger and samplers: each ledger
+    holds only its own run's windows, each exact."""
+    from raydistill.cluster.runtime import namespace_for
+
+    runs = []
+    for name in ("sweep-a", "sweep-b"):
+        ns = namespace_for(tmp_path / name)
+        cfg = SamplingConfig(**{**CFG.__dict__, "spool_dir": str(tmp_path / name / "spool")})
+        ledger = start_ledger(tmp_path / name, ns, max_gap_s=cfg.max_gap_s)
+        fleet = SamplerFleet(cfg, ns)
+        fleet.reconcile()
+        runs.append((ns, ledger, fleet))
+    assert runs[0][0] != runs[1][0]
+    windows = []
+    for i, (ns, _, _) in enumerate(runs):
+        with StageWindow(ns, f"trial-{i}", "student_training") as w:
+            time.sleep(0.6)
+        windows.append(w)
+    for (_, ledger, fleet), w, other in zip(runs, windows, reversed(windows), strict=True):
+        fleet.flush()
+        rows = ray.get(ledger.energy_rows.remote())
+        assert {r["window_id"] for r in rows} == {w.window.window_id}
+        assert other.window.window_id not in {r["window_id"] for r in rows}
+        assert rows[0]["energy_j"] == pytest.approx(100.0 * w.duration_s, rel=1e-6)
+        fleet.stop()
+        ray.kill(ledger, no_restart=True)
