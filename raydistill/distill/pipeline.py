@@ -20,6 +20,7 @@ import ray
 
 from raydistill.config import ExperimentConfig, to_dict
 from raydistill.distill.artifacts import MANIFEST, Artifact, ArtifactStore, artifact_key
+from raydistill.io import inside
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class Pipeline:
                 cache: Artifact | None, loop_extra: dict | None = None) -> tuple[Path, dict]:
         from raydistill.distill.stages import fit_student
 
-        out = self.run_dir / "students" / trial_id
+        out = inside(self.run_dir, f"students/{trial_id}")  # trial ids name directories
         self.progress(f"student_training [{trial_id}]: {method}, "
                       f"{self.cfg.distill.engine} (ZeRO-{self.cfg.distill.zero_stage}) ...")
         started = time.time()

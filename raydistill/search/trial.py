@@ -23,6 +23,8 @@ from pathlib import Path
 
 import ray
 
+from raydistill.io import inside
+
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0
@@ -154,7 +156,7 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     consumers = {k.split(":")[0]: n for k, n in consumers.items()}
     report(0.0, None)
 
-    out = run_dir / "students" / ledger_trial
+    out = inside(run_dir, f"students/{ledger_trial}")
     every = max(1, cfg.student.steps // ctx.progress_points)
     extra = {"progress_every": every, "dev_path": str(data["eval"]), "dev_n": 64}
     done: dict = {}

@@ -107,3 +107,16 @@ def test_no_unsafe_deserialisation_in_the_package():
         for line in text.splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}: {line}"
+
+
+def test_run_directory_paths_cannot_escape_their_root(tmp_path):
+    from raydistill.errors import ConfigError
+    from raydistill.io import inside
+
+    root = tmp_path / "run"
+    root.mkdir()
+    assert inside(root, "ledger/segment-000001.rdl") == root / "ledger" / "segment-000001.rdl"
+    (root / "out").symlink_to(tmp_path)
+    for bad in ("../elsewhere", "/etc/passwd", "ledger/../../x", "out/secret"):
+        with pytest.raises(ConfigError, match="escapes"):
+            inside(root, bad)
