@@ -20,11 +20,11 @@ run: $(STAMP)
 	$(VENV)/bin/raydistill run configs/tiny.yaml --out runs/default
 
 test: $(STAMP)
-	$(PY) -m ruff check raydistill tests bench
+	$(PY) -m ruff check raydistill tests bench analysis
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check raydistill tests bench
+	$(PY) -m ruff check raydistill tests bench analysis
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
