@@ -145,12 +145,15 @@ class DistillConfig:
 class GenerationConfig:
     max_new_tokens: int = 8
     batch_size: int = 256
-    num_actors: int = 1
+    num_actors: int = 1  # 0 = one per GPU in the cluster (or one per node without GPUs)
+    gpus_per_actor: int = 1  # > 1 shards a teacher too big for one GPU (device_map="auto")
 
     def __post_init__(self) -> None:
         _positive("generation.max_new_tokens", self.max_new_tokens)
         _positive("generation.batch_size", self.batch_size)
-        _positive("generation.num_actors", self.num_actors)
+        _positive("generation.gpus_per_actor", self.gpus_per_actor)
+        if self.num_actors < 0:
+            raise ConfigError(f"generation.num_actors must be >= 0, got {self.num_actors}")
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,7 @@ class Pipeline:
         def build(out: Path) -> dict:
             run_pool(TeacherGenerator, prompt_rows(data["prompts"]), out,
                      batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
+                     gpus_per_actor=g.gpus_per_actor,
                      ctor={"model_path": str(teacher.path), "namespace": self.session.namespace,
                            "trial_id": trial_id, "max_new_tokens": g.max_new_tokens})
             return {}
@@ -151,6 +152,7 @@ class Pipeline:
         def build(out: Path) -> dict:
             run_pool(TeacherLogitCacher, read_pairs(synthetic.path), out,
                      batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
+                     gpus_per_actor=g.gpus_per_actor,
                      ctor={"model_path": str(teacher.path), "namespace": self.session.namespace,
                            "trial_id": trial_id, "top_k": d.top_k,
                            "temperature": d.temperature, "dtype": d.cache_dtype})

@@ -22,7 +22,14 @@ def load_model_and_tokenizer(path: str, for_generation: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        # a teacher too big for one GPU: shard it over this actor's GPUs (accelerate)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16,
+                                                     device_map="auto")
+    elif torch.cuda.is_available():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to("cuda")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
@@ -81,6 +88,7 @@ def generate_batch(model, tokenizer, prompts: list[str],
     import torch
 
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = {k: v.to(model.device) for k, v in enc.items()}
     with torch.no_grad():
         out = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -127,15 +135,27 @@ def cache_batch(model, tokenizer, batch: dict, top_k: int, temperature: float,
     texts = [str(p) + str(c) for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
     enc = tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        logits = model(**enc).logits
+        logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits.float().cpu()
     values, indices, tail = topk_of(logits, top_k, temperature)
     lengths = enc["attention_mask"].sum(dim=1)
     return encode_rows(batch["example_id"], enc["input_ids"], lengths, values, indices, tail,
                        dtype), int(lengths.sum())
 
 
+def pool_size(num_actors: int, gpus_per_actor: int) -> int:
+    """Actors for a teacher pool: as configured, or (0) as many as the cluster holds."""
+    import ray
+
+    if num_actors > 0:
+        return num_actors
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return max(1, gpus // gpus_per_actor)
+    return max(1, len([n for n in ray.nodes() if n["Alive"]]))
+
+
 def run_pool(stage_cls: type, rows: list[dict], out_dir: Path, *, batch_size: int,
-             num_actors: int, use_gpu: bool, ctor: dict) -> None:
+             num_actors: int, use_gpu: bool, ctor: dict, gpus_per_actor: int = 1) -> None:
     """Map `rows` through an actor pool of `stage_cls` and write Parquet into out_dir."""
     import ray
 
@@ -144,7 +164,8 @@ def run_pool(stage_cls: type, rows: list[dict], out_dir: Path, *, batch_size: in
     # Ray Data schedules with an explicit strategy (SPREAD), so inside a Tune trial its actors
     # are not captured by the trial's placement group and spread over the cluster's nodes
     ds = ray.data.from_items(rows)
-    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+    resources = {"num_gpus": gpus_per_actor} if use_gpu else {"num_cpus": 1}
+    num_actors = pool_size(num_actors, gpus_per_actor if use_gpu else 1)
     ds = ds.map_batches(stage_cls, fn_constructor_kwargs=ctor, batch_size=batch_size,
                         compute=ray.data.ActorPoolStrategy(size=num_actors), **resources)
     ds.write_parquet(str(out_dir))

@@ -101,6 +101,7 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int,
         chunk = rows[i:i + batch_size]
         enc = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True,
                         add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id,

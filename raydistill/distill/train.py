@@ -57,7 +57,7 @@ def pad_batch(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "mask": mask}
 
 
-def cached_topk(examples: list[dict], width: int):
+def cached_topk(examples: list[dict], width: int, device=None):
     """Teacher top-k for a batch, padded to `width` positions (padding carries no mass)."""
     from raydistill.distill.losses import TopK
 
@@ -68,6 +68,8 @@ def cached_topk(examples: list[dict], width: int):
     for i, e in enumerate(examples):
         L = e["logprobs"].shape[0]
         lp[i, :L], idx[i, :L], tail[i, :L] = e["logprobs"], e["indices"], e["tail"]
+    if device is not None:
+        lp, idx, tail = lp.to(device), idx.to(device), tail.to(device)
     return TopK(logprobs=lp, indices=idx, tail_logprob=tail)
 
 
@@ -87,7 +89,7 @@ def kd_term(cfg: dict, batch: dict, logits, hidden, examples, teacher) -> torch.
     method = cfg["method"]
     if method == "logit":
         if teacher is None:
-            target = cached_topk(examples, logits.shape[1])
+            target = cached_topk(examples, logits.shape[1], logits.device)
         else:
             with torch.no_grad():
                 target = teacher(input_ids=batch["input_ids"],
@@ -113,6 +115,7 @@ def kd_term(cfg: dict, batch: dict, logits, hidden, examples, teacher) -> torch.
 def student_loop(cfg: dict[str, Any]) -> None:
     """Ray Train worker entry point. `cfg` is plain data (see pipeline.student_train_config)."""
     import ray.train
+    import ray.train.torch
 
     from raydistill.cluster.windows import StageWindow, worker_devices
     from raydistill.distill.examples import load_examples
@@ -150,6 +153,7 @@ def student_loop(cfg: dict[str, Any]) -> None:
         log.info("rank %d ready to train in %.1f s (%s)", rank, marks[-1][1] - marks[0][1],
                  ", ".join(f"{k} {t - p:.1f} s" for (_, p), (k, t) in pairwise(marks)))
         want_hidden = cfg["method"] in ("feature", "relational")
+        device = ray.train.torch.get_device()  # the worker's GPU, or the CPU
         gen = torch.Generator().manual_seed(cfg["seed"])
         started, losses_seen = time.perf_counter(), []
         if rank == 0 and cfg.get("progress_every"):  # "ready": the profile keeps set-up apart
@@ -157,7 +161,7 @@ def student_loop(cfg: dict[str, Any]) -> None:
         for step in range(cfg["steps"]):
             pick = torch.randint(len(examples), (cfg["batch_size"],), generator=gen).tolist()
             chosen = [examples[i] for i in pick]
-            batch = pad_batch(chosen, tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in pad_batch(chosen, tokenizer.pad_token_id).items()}
             logits, hidden = engine(batch["input_ids"], batch["attention_mask"], want_hidden)
             ce = masked_ce(logits, batch["input_ids"], batch["mask"])
             if cfg["method"] in ("none", "sft"):
