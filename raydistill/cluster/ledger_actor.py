@@ -145,6 +145,8 @@ def start_ledger(
     run_dir: str | Path, namespace: str, max_gap_s: float = 2.0, fsync: bool = True
 ):
     """Start (or find) the run's named, detached ledger; it restarts on failure and replays."""
+    from raydistill.cluster.runtime import on_driver_node
+
     handle = EnergyLedger.options(  # type: ignore[attr-defined]
         name=LEDGER_NAME,
         namespace=namespace,
@@ -154,6 +156,8 @@ def start_ledger(
         max_task_retries=-1,  # calls in flight during a restart are retried: ingest is idempotent
         num_cpus=0,
         max_concurrency=1000,
+        # the driver's node when it can: a lost worker node then costs no ledger restart
+        scheduling_strategy=on_driver_node(soft=True),
     ).remote(str(Path(run_dir).resolve()), max_gap_s, fsync)
     ray.get(handle.ping.remote())
     return handle

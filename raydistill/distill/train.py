@@ -223,9 +223,12 @@ def _progress(student, tokenizer, cfg: dict, step: int, loss: float) -> None:
         student.train()
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "progress.jsonl", "a") as fh:
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    with open(out / "progress.jsonl", "a") as fh:  # node_id: where rank 0 trains (for operators)
         fh.write(json.dumps({"step": step, "steps": cfg["steps"], "loss": loss,
-                             "quality": quality, "t": time.time()}) + "\n")
+                             "quality": quality, "t": time.time(), "node_id": node_id}) + "\n")
 
 
 def _save(student, tokenizer, cfg: dict, losses_seen: list[float], train_s: float) -> None:

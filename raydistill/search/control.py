@@ -118,8 +118,12 @@ class SweepControl:
 
 def start_control(namespace: str, total_j: float | None, trial_j: float | None,
                   history_path: str | None = None):
+    from raydistill.cluster.runtime import on_driver_node
+
     actor = ray.remote(num_cpus=0)(SweepControl)
-    return actor.options(name=CONTROL_NAME, namespace=namespace, get_if_exists=False).remote(
+    # on the driver's node: its state (forecasts, artifact consumers) must outlive a worker node
+    return actor.options(name=CONTROL_NAME, namespace=namespace, get_if_exists=False,
+                         scheduling_strategy=on_driver_node()).remote(
         namespace, total_j, trial_j, history_path)
 
 

@@ -3,7 +3,9 @@
 
 Energy per trial comes from the ledger, attempt by attempt (`<trial>~<attempt>`): the attempt
 that produced the trial's last result is the trial's; every other attempt (lost node, killed
-driver) and every trial that did not finish is waste, reported as `wasted_j`. Three views:
+driver) and every trial that did not finish is waste, reported as `wasted_j` — except a teacher
+artifact a lost attempt finished building, which the store keeps and later attempts use: that
+energy stays the trial's. Three views:
 marginal (its own windows), full (as if it had built every teacher artifact it used) and
 amortized (each teacher artifact split over every trial of the sweep that used it).
 """
@@ -41,10 +43,23 @@ def _status(result: dict, stopped: dict) -> str:
     return "stopped_by_scheduler"
 
 
+def kept_artifact_j(attempts: dict[str, dict[str, float]], final_attempt: str | None,
+                    artifacts: dict[str, dict]) -> dict[str, float]:
+    """{artifact key: J} for the teacher artifacts an earlier, lost attempt of a trial finished
+    building. That work is not waste: the artifact is in the store and later attempts (and other
+    trials) use it, so its energy stays the trial's."""
+    kept = {}
+    for key, info in artifacts.items():
+        builder = info.get("trial_id")
+        if builder in attempts and builder != final_attempt:
+            kept[key] = attempts[builder].get(STAGE_OF.get(key.split(":")[0], ""), 0.0)
+    return kept
+
+
 def amortized_j(ledger_trial: str, own: dict[str, float], artifacts: dict[str, dict],
                 consumers: dict[str, list[str]], trial: str) -> float:
     """Own energy less the artifacts this attempt built, plus each artifact it used divided by
-    the number of trials that used it."""
+    the number of trials that used it (one an earlier attempt of the trial built included)."""
     total = sum(own.values())
     for key, info in artifacts.items():
         users = consumers.get(key, [])
@@ -69,13 +84,17 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
             continue
         final_attempt = m.get("ledger_trial")
         attempts = {k: v for k, v in energy.items() if k.split("~")[0] == trial}
+        kept = kept_artifact_j(attempts, final_attempt, artifacts)
         own = attempts.get(final_attempt, {})
         status = _status(res, control.get("stopped", {}))
-        marginal = sum(own.values())
-        wasted = sum(sum(v.values()) for k, v in attempts.items() if k != final_attempt)
+        marginal = sum(own.values()) + sum(kept.values())
+        wasted = sum(sum(v.values()) for k, v in attempts.items()
+                     if k != final_attempt) - sum(kept.values())
         if status != "finished":
             wasted += marginal
-        reused = m.get("energy_full_j", marginal) - m.get("energy_marginal_j", marginal)
+        # what the final attempt reported as reused, less what its own earlier attempts built
+        reused = (m.get("energy_full_j", marginal) - m.get("energy_marginal_j", marginal)
+                  - sum(kept.values()))
         fc = forecasts.get(final_attempt, {})
         row = {"trial_id": trial, "ledger_trial": final_attempt, "status": status,
                "attempts": len(attempts) or 1,

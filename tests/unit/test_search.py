@@ -174,3 +174,50 @@ def test_profile_forecast_within_15_percent_after_10_percent_of_noisy_steps():
     assert abs(forecast_error(est, actual)) < 0.15
     with pytest.raises(ValueError):
         profile_stage_j(1.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _energy_table(rows):
+    import pandas as pd
+
+    return pd.DataFrame([{"trial_id": t, "stage": s, "energy_j": e} for t, s, e in rows])
+
+
+def test_trials_table_keeps_artifacts_a_lost_attempt_built_and_wastes_the_rest():
+    """Attempt a1 of trial T built the synthetic data, then its node died mid-training; a2
+    reused the data and finished. a1's generation stays T's energy; its training is waste."""
+    from raydistill.search.tables import trials_table
+
+    table = _energy_table([
+        ("setup", "teacher_training", 100.0),
+        ("T~a1", "teacher_generation", 30.0), ("T~a1", "student_training", 12.0),
+        ("T~a2", "student_training", 50.0), ("T~a2", "evaluation", 5.0),
+        ("T~a2", "inference_student", 0.5),  # probes measure, they are not the trial's bill
+    ])
+    artifacts = {"synthetic_data:k1": {"trial_id": "T~a1", "energy_j": 30.0}}
+    result = {"metrics": {"trial_id": "T", "ledger_trial": "T~a2", "status": "finished",
+                          "quality": 0.9, "progress": 1.0, "energy_marginal_j": 55.0,
+                          "energy_full_j": 85.0},  # a2 saw the data as reused (30 J)
+              "config": {"distill.method": "sft"}, "error": None}
+    control = {"consumers": {"synthetic_data:k1": ["T"]}, "energy_view": "full"}
+    row = trials_table([result], table, control, artifacts).iloc[0]
+    assert row["attempts"] == 2
+    assert row["wasted_j"] == 12.0
+    assert row["energy_marginal_j"] == 85.0  # 50 + 5 + the 30 J of data it built first time
+    assert row["energy_full_j"] == 85.0  # nothing counted twice
+    assert row["energy_amortized_j"] == 85.0  # its only consumer
+    measured = table.loc[~table["stage"].str.startswith("inference_"), "energy_j"].sum()
+    assert measured == 100.0 + row["energy_marginal_j"] + row["wasted_j"]
+
+
+def test_trials_table_counts_an_unfinished_trial_as_waste():
+    from raydistill.search.tables import trials_table
+
+    table = _energy_table([("U~b1", "teacher_generation", 20.0),
+                           ("U~b1", "student_training", 7.0)])
+    result = {"metrics": {"trial_id": "U", "ledger_trial": "U~b1", "status": "running",
+                          "quality": 0.1, "progress": 0.5, "energy_marginal_j": 27.0,
+                          "energy_full_j": 27.0},
+              "config": {}, "error": None}
+    row = trials_table([result], table, {"stopped": {}}).iloc[0]
+    assert row["status"] == "stopped_by_scheduler"
+    assert row["wasted_j"] == 27.0 and row["quality"] != row["quality"]
