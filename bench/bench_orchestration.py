@@ -7,7 +7,9 @@ as a Ray task, every stage in ledger windows. Plain: the same functions on the s
 the same steps in this process (teacher training, greedy generation, top-k caching, the student
 loop with plain AdamW, quick eval + lm-eval, inference probes), no Ray, no measurement.
 
-    python bench/bench_orchestration.py [--quick]     (--quick: a CI-sized config, ~3 min)
+    python bench/bench_orchestration.py [--quick] [--set k=v ...]
+        --quick: a CI-sized config (~3 min); --set: overrides, e.g. longer training to see the
+        fixed start-up cost amortise: --set teacher.steps=2700 student.steps=3000
 """
 
 from __future__ import annotations
@@ -139,9 +141,10 @@ def plain_pipeline(cfg, work: Path, clock: Clock) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_experiment("configs/tiny.yaml", QUICK if args.quick else [])
+    cfg = load_experiment("configs/tiny.yaml", (QUICK if args.quick else []) + args.set)
     from raydistill.run import run_experiment
 
     root = Path(tempfile.mkdtemp(prefix="orchestration-bench-"))
@@ -153,8 +156,9 @@ def main() -> None:
     result = run_experiment(cfg, root / "ray", artifacts=root / "artifacts")
     ray_s = time.perf_counter() - t0
     stage_s = result.table.groupby("stage")["duration_s"].sum()
-    print(f"config: configs/tiny.yaml{' (quick)' if args.quick else ''}; "
-          f"student {cfg.student.steps} steps, baseline {cfg.baseline}")
+    print(f"config: configs/tiny.yaml{' (quick)' if args.quick else ''} {' '.join(args.set)}; "
+          f"teacher {cfg.teacher.steps} steps, student {cfg.student.steps} steps, "
+          f"baseline {cfg.baseline}")
     print(f"plain single-process script: {plain_s:7.1f} s   quick acc "
           f"{plain_scores.get('student_quick_acc', float('nan')):.3f}")
     print(f"raydistill run (Ray + ledger): {ray_s:7.1f} s   quick acc "

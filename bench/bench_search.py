@@ -27,7 +27,8 @@ from raydistill.search.rungs import STOP, RungBook
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "search_grid.json"
-RUNGS = (0.3, 0.6)
+RUNGS = (0.3, 0.6)  # the shipped spaces' rungs; other placements are printed as a check
+MIN_SPREAD = 0.05  # the scheduler's default (see raydistill/search/rungs.py)
 
 
 def record(out: Path) -> None:
@@ -90,8 +91,9 @@ def run_strategy(order: list[int], grid: list[dict], stopper, target: float,
     return spent  # never reached: the whole order's energy
 
 
-def pareto_stopper(margin: float = 0.05, min_trials: int = 2):
-    book = RungBook(RUNGS, margin=margin, min_trials=min_trials)
+def pareto_stopper(margin: float = 0.05, min_trials: int = 2, min_spread: float = MIN_SPREAD,
+                   rungs: tuple[float, ...] = RUNGS):
+    book = RungBook(rungs, margin=margin, min_trials=min_trials, min_spread=min_spread)
 
     def stop(i: int, trial: dict) -> float | None:
         for p, q, e in trial["curve"]:
@@ -102,14 +104,14 @@ def pareto_stopper(margin: float = 0.05, min_trials: int = 2):
     return stop
 
 
-def asha_stopper(grid: list[dict], eta: int = 2):
+def asha_stopper(grid: list[dict], eta: int = 2, rungs: tuple[float, ...] = RUNGS):
     """Asynchronous successive halving on quality − λ·energy (λ: one grid-mean trial's energy
     costs as much as 0.1 quality): continue at a rung only in the top 1/eta so far."""
     lam = 0.1 / float(np.mean([t["energy_j"] for t in grid]))
-    seen: dict[float, list[float]] = {r: [] for r in RUNGS}
+    seen: dict[float, list[float]] = {r: [] for r in rungs}
 
     def stop(i: int, trial: dict) -> float | None:
-        for rung in RUNGS:
+        for rung in rungs:
             point = next(((p, q, e) for p, q, e in trial["curve"] if p >= rung - 1e-9), None)
             if point is None:
                 continue
@@ -123,7 +125,7 @@ def asha_stopper(grid: list[dict], eta: int = 2):
     return stop
 
 
-def nsga2_order(grid: list[dict], seed: int) -> tuple[list[int], object]:
+def nsga2_order(grid: list[dict], seed: int, **stopper_kw) -> tuple[list[int], object]:
     """NSGA-II proposals over the grid's categorical space, told the replayed outcomes."""
     import optuna
 
@@ -133,7 +135,7 @@ def nsga2_order(grid: list[dict], seed: int) -> tuple[list[int], object]:
     choices = {n: sorted({str(t["params"][n]) for t in grid}) for n in names}
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=4)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    stopper = pareto_stopper()
+    stopper = pareto_stopper(**stopper_kw)
     order: list[int] = []
     outcomes: dict[int, float | None] = {}
     while len(order) < len(grid):
@@ -187,6 +189,22 @@ def main() -> None:
         print(f"{name:<14} {arr.mean():>10,.0f} {arr.mean() / grid_j:>12.2f} "
               f"{arr.max() / grid_j:>13.2f}")
     print("target for nsga2+pareto: mean / grid <= 0.5 and below random and asha")
+    print("check: other rung placements, and the rule without min_spread (mean / grid)")
+    print(f"{'rungs':<16} {'nsga2+pareto':>12} {'min_spread 0':>13} {'asha':>6}")
+    for rungs in ((0.25, 0.5, 0.75), (0.5, 0.8), tuple(i / 10 for i in range(1, 10))):
+        row = {"ours": [], "plain": [], "asha": []}
+        for seed in range(args.seeds):
+            for key, kw in (("ours", {}), ("plain", {"min_spread": 0.0})):
+                order, outcomes = nsga2_order(grid, seed, rungs=rungs, **kw)
+                row[key].append(run_strategy(order, grid, lambda i, t, o=outcomes: o.get(i),
+                                             target, ref))
+            rnd = list(range(len(grid)))
+            random.Random(seed).shuffle(rnd)
+            row["asha"].append(run_strategy(rnd, grid, asha_stopper(grid, rungs=rungs),
+                                            target, ref))
+        label = ",".join(f"{r:g}" for r in rungs) if len(rungs) < 5 else "every 0.1"
+        print(f"{label:<16} {np.mean(row['ours']) / grid_j:>12.2f} "
+              f"{np.mean(row['plain']) / grid_j:>13.2f} {np.mean(row['asha']) / grid_j:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,19 @@ strictly better in one (`raydistill.pareto.dominated_by_margin`). Comparing at e
 keeps it fair: a trial is never judged against others' finished figures. A NaN quality (nothing
 measured yet) never stops a trial and never stops another.
 
+A rung judges only once quality carries signal there: while the qualities recorded at it (this
+trial's included) lie within `min_spread` of each other, nobody is stopped. Before a model starts
+to learn, every trial scores ~0 and "dominated" would mean only "spent more so far" — at equal
+progress a longer run always has, so early rungs would stop the long runs that end up best (seen
+on the search bench's recorded grid: quality stays at noise level until ~70% of training).
+
 Parameters
 - rungs: rising fractions of training in (0, 1) at which trials are compared.
 - margin: relative head start (0 = plain Pareto dominance); larger is more forgiving.
 - min_trials: how many other trials a rung needs before it stops anyone (early rungs with one
   or two trials say little).
+- min_spread: quality units (e.g. 0.05 accuracy, a few dev examples); a rung whose qualities
+  differ by no more than this stops nobody. 0 judges every rung.
 - senses: ("max", "min") for (quality, energy).
 """
 
@@ -34,6 +42,7 @@ class RungBook:
     margin: float = 0.05
     min_trials: int = 2
     senses: tuple[str, str] = ("max", "min")
+    min_spread: float = 0.0
     records: dict[float, dict[str, tuple[float, float]]] = field(default_factory=dict)
     passed: dict[str, int] = field(default_factory=dict)  # trial -> rungs already passed
     decisions: list[tuple[str, float, str, str]] = field(default_factory=list)
@@ -42,8 +51,8 @@ class RungBook:
         rungs = [float(r) for r in self.rungs]
         if not all(0 < r < 1 for r in rungs) or rungs != sorted(set(rungs)):
             raise ConfigError(f"rungs must rise strictly inside (0, 1), got {list(self.rungs)}")
-        if self.margin < 0 or self.min_trials < 1:
-            raise ConfigError("margin must be >= 0 and min_trials >= 1")
+        if self.margin < 0 or self.min_trials < 1 or not self.min_spread >= 0:
+            raise ConfigError("margin and min_spread must be >= 0 and min_trials >= 1")
         self.rungs = rungs
         self.records = {r: {} for r in rungs}
 
@@ -60,6 +69,10 @@ class RungBook:
             self.records[rung][trial_id] = (quality, energy_j)
             if len(others) < self.min_trials:
                 self.decisions.append((trial_id, rung, CONTINUE, f"{len(others)} others"))
+                continue
+            qualities = [q for q, _ in self.records[rung].values()]
+            if max(qualities) - min(qualities) <= self.min_spread:
+                self.decisions.append((trial_id, rung, CONTINUE, "no quality signal yet"))
                 continue
             beaten = [o for o, pt in others.items()
                       if dominated_by_margin((quality, energy_j), pt, self.senses, self.margin)]

@@ -18,11 +18,12 @@ from raydistill.search.rungs import STOP, RungBook
 class EnergyParetoScheduler(FIFOScheduler):
     def __init__(self, metric: str = "quality", energy_metric: str = "energy_j",
                  progress_metric: str = "progress", rungs: Sequence[float] = (0.3, 0.6),
-                 margin: float = 0.05, min_trials: int = 2, mode: str = "max") -> None:
+                 margin: float = 0.05, min_trials: int = 2, mode: str = "max",
+                 min_spread: float = 0.05) -> None:
         super().__init__()
         self._metric, self._mode = metric, mode
         self.energy_metric, self.progress_metric = energy_metric, progress_metric
-        self.book = RungBook(rungs, margin, min_trials, (mode, "min"))
+        self.book = RungBook(rungs, margin, min_trials, (mode, "min"), min_spread=min_spread)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # metrics are set at construction; the searcher's list form is not ours

@@ -11,7 +11,7 @@
       student.steps: {int: [200, 1000]}
     search: {algorithm: nsga2, num_samples: 8, max_concurrent: 1, seed: 0}
     objective: {quality: student_quick_acc, energy: full}
-    scheduler: {kind: pareto, rungs: [0.3, 0.6], margin: 0.05, min_trials: 2}
+    scheduler: {kind: pareto, rungs: [0.3, 0.6], margin: 0.05, min_trials: 2, min_spread: 0.05}
     budget: {total_kwh: null, trial_kwh: null}
 
 Every parameter name and value is checked against the experiment config before anything runs:
@@ -68,6 +68,7 @@ class SchedulerSettings:
     rungs: tuple[float, ...] = (0.3, 0.6)  # fractions of student training
     margin: float = 0.05  # relative head start before a trial counts as dominated
     min_trials: int = 2  # others needed at a rung before anyone is stopped there
+    min_spread: float = 0.05  # quality spread a rung needs before it judges (see rungs.py)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,8 @@ def _check(space: SearchSpace) -> None:
         raise ConfigError(f"scheduler.rungs must rise strictly inside (0, 1), got {sch.rungs}")
     if not (isinstance(sch.margin, (int, float)) and sch.margin >= 0):
         raise ConfigError(f"scheduler.margin must be >= 0, got {sch.margin}")
+    if not (isinstance(sch.min_spread, (int, float)) and sch.min_spread >= 0):
+        raise ConfigError(f"scheduler.min_spread must be >= 0, got {sch.min_spread}")
     for name, v in (("budget.total_kwh", b.total_kwh), ("budget.trial_kwh", b.trial_kwh)):
         if v is not None and not (isinstance(v, (int, float)) and v > 0):
             raise ConfigError(f"{name} must be > 0, got {v}")

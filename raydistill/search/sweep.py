@@ -50,7 +50,8 @@ def _scheduler(space):
 
         return EnergyParetoScheduler(metric="quality", energy_metric="energy_j",
                                      progress_metric="progress", rungs=s.rungs,
-                                     margin=s.margin, min_trials=s.min_trials)
+                                     margin=s.margin, min_trials=s.min_trials,
+                                     min_spread=s.min_spread)
     if s.kind == "asha":
         from ray.tune.schedulers import ASHAScheduler
 

@@ -58,6 +58,7 @@ def test_smoke_is_a_four_point_grid():
     ({"params": {}, "search": {"num_samples": 0}}, "num_samples"),
     ({"params": {}, "objective": {"energy": "total"}}, "objective.energy"),
     ({"params": {}, "scheduler": {"rungs": [0.6, 0.3]}}, "rungs"),
+    ({"params": {}, "scheduler": {"min_spread": -0.01}}, "scheduler.min_spread"),
     ({"params": {}, "budget": {"total_kwh": -1}}, "budget.total_kwh"),
     ({"params": {}, "budget": {"watts": 1}}, "budget.watts"),
     ({"params": {}, "set": {"student.stepz": 3}}, "stepz"),
@@ -102,6 +103,24 @@ def test_rung_book_judges_each_rung_once_and_ignores_unmeasured_quality():
     assert book.record("b", 0.5, 0.1, 99.0) == CONTINUE  # nobody at 0.5 yet
     book.record("a", 0.5, 0.9, 20.0)
     assert book.record("c", 1.0, 0.1, 99.0) == STOP  # crosses both rungs, dominated at 0.25
+
+
+def test_rung_book_stops_nobody_while_quality_is_noise():
+    """Before the models learn, a long run looks dominated by a short one at equal progress
+    (same ~0 quality, more energy so far): with min_spread such a rung judges no one; once the
+    qualities spread past it, domination stops trials again."""
+    book = RungBook([0.3, 0.6], margin=0.05, min_trials=1, min_spread=0.05)
+    assert book.record("short", 0.3, 0.02, 30.0) == CONTINUE
+    assert book.record("long", 0.3, 0.00, 70.0) == CONTINUE  # spread 0.02: no signal
+    assert book.decisions[-1][3] == "no quality signal yet"
+    assert book.record("short", 0.6, 0.05, 60.0) == CONTINUE
+    assert book.record("long", 0.6, 0.40, 140.0) == CONTINUE  # better quality: on the front
+    assert book.record("poor", 0.6, 0.01, 150.0) == STOP  # spread 0.39, dominated by long
+    plain = RungBook([0.3], margin=0.05, min_trials=1)  # min_spread 0: the old rule
+    plain.record("short", 0.3, 0.02, 30.0)
+    assert plain.record("long", 0.3, 0.00, 70.0) == STOP
+    with pytest.raises(ConfigError, match="min_spread"):
+        RungBook([0.5], min_spread=-0.1)
 
 
 def fake_trial(tid):
