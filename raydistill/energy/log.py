@@ -121,24 +121,49 @@ class SegmentWriter:
 
     def _open(self) -> None:
         path = self.directory / f"segment-{self._index:06d}.rdl"
-        self._fh = open(path, "ab")  # noqa: SIM115 - held open for the writer's lifetime
-        self._size = self._fh.tell()
+        # unbuffered: a failed write leaves no bytes in a buffer to reach the file later
+        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - held for the writer's life
+        self._size = self._fh.seek(0, os.SEEK_END)
+        self._torn = False  # part of a failed group may be on disk past _size
 
     def append(self, records: Iterable[tuple[int, bytes]]) -> int:
-        """Write records as one group, flushed and fsynced before returning; bytes written."""
+        """Write records as one group, fsynced before returning; bytes written.
+
+        All or nothing: when the disk is full (or any write or fsync fails) the part of the group
+        that reached the file is cut off again before the error is raised, so the log stays a
+        valid prefix and a later group never lands behind a torn record (which a restart would
+        cut, with every acknowledged record after it)."""
         blob = b"".join(frame(kind, payload) for kind, payload in records)
         if not blob:
             return 0
+        if self._torn:  # an earlier failure could not cut its bytes: try again first
+            self._cut()
         if self._size and self._size + len(blob) > self.max_segment_bytes:
             self._fh.close()
             self._index += 1
             self._open()
-        self._fh.write(blob)
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        try:
+            view, done = memoryview(blob), 0
+            while done < len(blob):
+                done += self._fh.write(view[done:])
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+        except OSError:
+            self._torn = True
+            try:
+                self._cut()
+            except OSError as exc:
+                log.error("ledger log: cannot cut a failed write (%s); retrying on next append",
+                          exc)
+            raise
         self._size += len(blob)
         return len(blob)
+
+    def _cut(self) -> None:
+        os.ftruncate(self._fh.fileno(), self._size)
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+        self._torn = False
 
     def close(self) -> None:
         if not self._fh.closed:
