@@ -6,6 +6,7 @@ artifact, builds none, and says so.
 """
 
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -30,10 +31,39 @@ def run_argv(root, name, *extra):
             "--out", str(root / name), *sets]
 
 
+SECRET = "hf_raydistillSentinel0123456789"  # a token in the environment must go nowhere
+RECORDS: list[logging.LogRecord] = []  # what the driver logged during the first run
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    return root, main(run_argv(root, "first"))
+    handler = logging.Handler()
+    handler.emit = RECORDS.append
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.INFO)  # progress lines are INFO: capture them too
+    root_logger.addHandler(handler)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_TOKEN", SECRET)
+    mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    try:
+        code = main(run_argv(root, "first"))
+    finally:
+        mp.undo()
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
+    return root, code
+
+
+def test_no_secret_reaches_the_run_directory_or_the_logs(first_run):
+    root, _ = first_run
+    files = [p for p in (root / "first").rglob("*") if p.is_file()]
+    assert len(files) > 10
+    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert leaked == []
+    assert RECORDS, "the run logged nothing: the capture is broken"
+    assert not [r for r in RECORDS if SECRET in r.getMessage()]
 
 
 def test_every_stage_measured_and_exact_on_constant_power(first_run):
