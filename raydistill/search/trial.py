@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import uuid
 from dataclasses import dataclass
@@ -92,6 +93,28 @@ def energy_views(own: dict[str, float], reused_cost: dict[str, float],
     return {"marginal": marginal, "full": full, "amortized": amortized}
 
 
+def trial_metrics(progress: float, quality: float | None, views: dict[str, float],
+                  energy_view: str, forecast_j: float | None, ledger_trial: str,
+                  extra: dict | None = None) -> dict:
+    """One report to Tune: what the schedulers, the searcher and the stopper read.
+    `quality_per_kj` is the scalarised objective of the ASHA baseline (NaN until quality and
+    energy are both measured)."""
+    q = math.nan if quality is None else float(quality)
+    energy = views[energy_view]
+    return {"progress": progress, "quality": q, "energy_j": energy,
+            "quality_per_kj": q / (energy / 1e3) if energy > 0 else math.nan,
+            "energy_marginal_j": views["marginal"], "energy_full_j": views["full"],
+            "energy_amortized_j": views["amortized"], "forecast_j": forecast_j,
+            "ledger_trial": ledger_trial, "status": "running", **(extra or {})}
+
+
+def reports_during_training(progress: float) -> bool:
+    """Whether a progress line is reported to Tune while the student trains. Progress 1 is kept
+    for the final report, after evaluation: a scheduler with max_t = 1 (ASHA) stops a trial
+    when it sees progress 1, which must not happen before the trial is evaluated."""
+    return 0 < progress < 1
+
+
 def run_trial(params: dict, ctx: TrialContext) -> None:
     """The Tune function trainable (wrapped by the driver with its context)."""
     from ray import tune
@@ -114,21 +137,18 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     admitted = ray.get(control.admit.remote(trial, ledger_trial, params, units, reused))
     if not admitted["ok"]:
         log.warning("trial %s not started: %s", trial, admitted["reason"])
-        tune.report({"progress": 0.0, "quality": float("nan"), "energy_j": 0.0,
-                     "forecast_j": admitted["forecast_j"], "status": "stopped_by_budget",
-                     "ledger_trial": ledger_trial, "reason": admitted["reason"]})
+        zero = {"marginal": 0.0, "full": 0.0, "amortized": 0.0}
+        tune.report(trial_metrics(0.0, None, zero, ctx.energy_view, admitted["forecast_j"],
+                                  ledger_trial, {"status": "stopped_by_budget",
+                                                 "reason": admitted["reason"]}))
         return
     forecast = admitted["forecast_j"]
 
     def report(progress: float, quality: float | None, extra: dict | None = None) -> dict:
         own = client.trial_energy(ledger_trial)
         views = energy_views(own, reused_cost, consumers, built)
-        metrics = {"progress": progress,
-                   "quality": float("nan") if quality is None else float(quality),
-                   "energy_j": views[ctx.energy_view], "energy_marginal_j": views["marginal"],
-                   "energy_full_j": views["full"], "energy_amortized_j": views["amortized"],
-                   "forecast_j": forecast, "ledger_trial": ledger_trial, "status": "running",
-                   **(extra or {})}
+        metrics = trial_metrics(progress, quality, views, ctx.energy_view, forecast,
+                                ledger_trial, extra)
         tune.report(metrics)
         return metrics
 
@@ -183,7 +203,8 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
                 profiled = True
                 forecast = _profile(client, control, ledger_trial, params, units, t_ready,
                                     line["t"], p)
-            report(p, line["quality"])
+            if reports_during_training(p):
+                report(p, line["quality"])
         seen = len(lines)
     if "error" in done:
         raise done["error"]

@@ -240,3 +240,44 @@ def test_trials_table_counts_an_unfinished_trial_as_waste():
     row = trials_table([result], table, {"stopped": {}}).iloc[0]
     assert row["status"] == "stopped_by_scheduler"
     assert row["wasted_j"] == 27.0 and row["quality"] != row["quality"]
+
+
+@pytest.mark.parametrize("kind", ["pareto", "asha"])
+def test_every_scheduler_reads_metrics_the_trials_report(tmp_path, kind):
+    """Tune refuses a result without the scheduler's metric: each scheduler's metrics must be
+    among what `trial_metrics` reports, from the first report (nothing measured) on."""
+    from raydistill.search.sweep import _scheduler
+    from raydistill.search.trial import trial_metrics
+
+    space = load_space(write_space(tmp_path, params={"distill.temperature": {"grid": [1.0]}},
+                                   scheduler={"kind": kind, "rungs": [0.5]}))
+    sched = _scheduler(space)
+    views = {"marginal": 0.0, "full": 0.0, "amortized": 0.0}
+    first = trial_metrics(0.0, None, views, "full", None, "t~a")
+    later = trial_metrics(0.5, 0.6, {**views, "full": 2000.0}, "full", 2500.0, "t~a")
+    wanted = {sched.metric} if kind == "asha" else {
+        "quality", sched.energy_metric, sched.progress_metric}
+    assert wanted <= set(first) and wanted <= set(later)
+    assert later["quality_per_kj"] == pytest.approx(0.3)
+    assert first["quality_per_kj"] != first["quality_per_kj"]  # NaN until measured
+
+
+def test_asha_lets_a_trial_reach_its_evaluation():
+    """ASHA (max_t = 1) stops any trial that reports progress 1. A trial's reports while it
+    trains therefore stop short of 1; progress 1 comes once, after the evaluation."""
+    from raydistill.search.space import SchedulerSettings
+    from raydistill.search.sweep import _scheduler
+    from raydistill.search.trial import reports_during_training, trial_metrics
+
+    sched = _scheduler(SimpleNamespace(scheduler=SchedulerSettings(kind="asha", rungs=(0.5,))))
+    views = {"marginal": 0.0, "full": 0.0, "amortized": 0.0}
+    progress_file = [s / 20 for s in range(0, 21, 2)]  # a 20-step student, a line every 2
+    reported = [p for p in progress_file if reports_during_training(p)]
+    assert reported and max(reported) < 1.0 and 0.0 not in reported
+    best = fake_trial("best")
+    sched.on_trial_add(None, best)
+    decisions = [sched.on_trial_result(None, best, trial_metrics(
+        p, 0.9, {**views, "full": 100.0 * p}, "full", None, "best~x")) for p in reported]
+    assert set(decisions) == {TrialScheduler.CONTINUE}  # it reaches its evaluation
+    done = trial_metrics(1.0, 0.9, {**views, "full": 100.0}, "full", None, "best~x")
+    assert sched.on_trial_result(None, best, done) == TrialScheduler.STOP  # why 1 waits
