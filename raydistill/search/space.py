@@ -21,6 +21,8 @@ each choice/grid value and both ends of a range must build a valid `ExperimentCo
 from __future__ import annotations
 
 import itertools
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,23 @@ def _check(space: SearchSpace) -> None:
 
 def _num(p: ParamSpec, v: float) -> float | int:
     return int(v) if p.kind == "int" else v
+
+
+def sample_points(space: SearchSpace, n: int, seed: int | None = None) -> list[dict]:
+    """`n` points drawn at random from the space (seeded): what a random search runs, and what
+    NSGA-II's first generation and TPE's start-up trials look like."""
+    rng = random.Random(space.search.seed if seed is None else seed)
+
+    def draw(p: ParamSpec) -> Any:
+        if p.discrete:
+            return rng.choice(p.values)
+        if p.kind == "int":
+            return rng.randint(int(p.low), int(p.high))
+        if p.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
+        return rng.uniform(p.low, p.high)
+
+    return [{p.name: draw(p) for p in space.params} for _ in range(n)]
 
 
 def grid_points(space: SearchSpace) -> list[dict]:

@@ -186,16 +186,14 @@ def dry_run(space_path: str | Path, history_dir: str | Path | None = None) -> li
     import pandas as pd
 
     from raydistill.search.forecast import Forecaster
-    from raydistill.search.space import grid_points, load_space
+    from raydistill.search.space import grid_points, load_space, sample_points
     from raydistill.search.trial import stage_units
 
     space = load_space(space_path)
-    try:
+    if space.search.algorithm == "grid":
         points = grid_points(space)
-    except ConfigError:  # continuous parameters: the base point stands for them
-        points = [{}]
-    if space.search.algorithm != "grid":
-        points = (points * space.search.num_samples)[: space.search.num_samples]
+    else:  # the searcher's own proposals differ; random draws show the spread of the space
+        points = sample_points(space, space.search.num_samples)
     forecaster, learned = Forecaster(), 0
     hist = Path(history_dir) if history_dir else None
     if hist and (hist / "trials.parquet").exists():
@@ -216,6 +214,7 @@ def dry_run(space_path: str | Path, history_dir: str | Path | None = None) -> li
         except (ValueError, KeyError, LookupError):
             stages = None
         out.append({"params": params, "method": cfg.distill.method, "units": units,
+                    "grid": space.search.algorithm == "grid",
                     "forecast_j": None if stages is None else float(sum(stages.values())),
                     "learned_from": learned})
     return out
@@ -227,15 +226,22 @@ def _params_of(trials, index) -> dict:
             for c in trials.columns if c.startswith("param.")}
 
 
+def _fmt_params(params: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in params.items()) or "(the base experiment)"
+
+
 def forecast_table(plan: list[dict]) -> str:
-    lines = [f"{'#':>3} {'method':<10} {'student samples':>15} {'forecast J':>12}  params"]
+    lines = [f"{'#':>3} {'method':<10} {'student samples':>15} {'forecast J':>12}  params"
+             + ("" if not plan or plan[0].get("grid", True) else
+                "  (drawn at random: the searcher's proposals will differ)")]
     total, known = 0.0, True
     for i, p in enumerate(plan):
         f = p["forecast_j"]
         known &= f is not None
         total += f or 0.0
         lines.append(f"{i:>3} {p['method']:<10} {p['units']['student_training']:>15,.0f} "
-                     f"{'?' if f is None else f'{f:,.1f}':>12}  {p['params']}")
+                     f"{'?' if f is None else f'{f:,.1f}':>12}  {_fmt_params(p['params'])}")
     if known and plan:
         lines.append(f"whole sweep: {total:,.1f} J ({total / 3.6e6:.6f} kWh), forecast from "
                      f"{plan[0]['learned_from']} finished trials")

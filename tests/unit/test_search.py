@@ -281,3 +281,24 @@ def test_asha_lets_a_trial_reach_its_evaluation():
     assert set(decisions) == {TrialScheduler.CONTINUE}  # it reaches its evaluation
     done = trial_metrics(1.0, 0.9, {**views, "full": 100.0}, "full", None, "best~x")
     assert sched.on_trial_result(None, best, done) == TrialScheduler.STOP  # why 1 waits
+
+
+def test_dry_run_of_a_random_space_draws_points_across_its_ranges():
+    """A non-grid space's dry run shows num_samples seeded draws (not the base point repeated):
+    values inside each range, work units that follow the drawn steps, the same draws twice."""
+    from raydistill.search.space import sample_points
+    from raydistill.search.sweep import dry_run, forecast_table
+
+    path = ROOT / "search_spaces" / "budget.yaml"
+    plan = dry_run(path)
+    space = load_space(path)
+    assert len(plan) == space.search.num_samples == 16
+    steps = [p["params"]["student.steps"] for p in plan]
+    lrs = [p["params"]["student.lr"] for p in plan]
+    assert all(isinstance(s, int) and 300 <= s <= 1000 for s in steps) and len(set(steps)) > 8
+    assert all(5e-4 <= lr <= 5e-3 for lr in lrs)
+    assert {p["params"]["distill.method"] for p in plan} == {"sft", "logit"}
+    for p in plan:
+        assert p["units"]["student_training"] == p["params"]["student.steps"] * 128
+    assert sample_points(space, 16) == [p["params"] for p in plan]  # seeded
+    assert "drawn at random" in forecast_table(plan)
