@@ -165,8 +165,10 @@ class Pipeline:
         from raydistill.distill.stages import fit_student
 
         out = inside(self.run_dir, f"students/{trial_id}")  # trial ids name directories
-        self.progress(f"student_training [{trial_id}]: {method}, "
-                      f"{self.cfg.distill.engine} (ZeRO-{self.cfg.distill.zero_stage}) ...")
+        d = self.cfg.distill
+        engine = f"deepspeed (ZeRO-{d.zero_stage})" if d.engine == "deepspeed" else d.engine
+        self.progress(f"student_training [{trial_id}]: {method}, {engine}, "
+                      f"{d.num_workers} worker(s) ...")
         started = time.time()
         metrics = fit_student(self.cfg, method, trial_id, self.session.namespace, teacher.path,
                               data_path, cache.path if cache else None, out, self.run_dir,
