@@ -157,6 +157,23 @@ def nsga2_order(grid: list[dict], seed: int, **stopper_kw) -> tuple[list[int], o
     return order + rest, outcomes
 
 
+def replay(grid: list[dict], seeds: int, target: float, ref: tuple[float, float],
+           rungs: tuple[float, ...] = RUNGS, min_spread: float = MIN_SPREAD
+           ) -> dict[str, list[float]]:
+    """Energy each strategy spent to reach `target`, one figure per seed."""
+    out: dict[str, list[float]] = {"nsga2+pareto": [], "random": [], "asha": []}
+    for seed in range(seeds):
+        order, outcomes = nsga2_order(grid, seed, rungs=rungs, min_spread=min_spread)
+        out["nsga2+pareto"].append(run_strategy(
+            order, grid, lambda i, t, o=outcomes: o.get(i), target, ref))
+        rnd = list(range(len(grid)))
+        random.Random(seed).shuffle(rnd)
+        out["random"].append(run_strategy(rnd, grid, None, target, ref))
+        out["asha"].append(run_strategy(rnd, grid, asha_stopper(grid, rungs=rungs), target,
+                                        ref))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--record", action="store_true", help="run the grid for real first")
@@ -171,15 +188,7 @@ def main() -> None:
     full_hv = hv([(t["quality"], t["energy_j"]) for t in grid], ref)
     target = 0.95 * full_hv
     grid_j = sum(t["energy_j"] for t in grid)
-    results: dict[str, list[float]] = {"nsga2+pareto": [], "random": [], "asha": []}
-    for seed in range(args.seeds):
-        order, outcomes = nsga2_order(grid, seed)
-        results["nsga2+pareto"].append(run_strategy(
-            order, grid, lambda i, t, o=outcomes: o.get(i), target, ref))
-        rnd = list(range(len(grid)))
-        random.Random(seed).shuffle(rnd)
-        results["random"].append(run_strategy(rnd, grid, None, target, ref))
-        results["asha"].append(run_strategy(rnd, grid, asha_stopper(grid), target, ref))
+    results = replay(grid, args.seeds, target, ref)
     print(f"grid: {len(grid)} configurations, {grid_j:,.0f} J in all (measured); hypervolume "
           f"{full_hv:.4g}, target 95% = {target:.4g}; strategies replayed over the recorded "
           f"curves, {args.seeds} seeds")
@@ -192,19 +201,11 @@ def main() -> None:
     print("check: other rung placements, and the rule without min_spread (mean / grid)")
     print(f"{'rungs':<16} {'nsga2+pareto':>12} {'min_spread 0':>13} {'asha':>6}")
     for rungs in ((0.25, 0.5, 0.75), (0.5, 0.8), tuple(i / 10 for i in range(1, 10))):
-        row = {"ours": [], "plain": [], "asha": []}
-        for seed in range(args.seeds):
-            for key, kw in (("ours", {}), ("plain", {"min_spread": 0.0})):
-                order, outcomes = nsga2_order(grid, seed, rungs=rungs, **kw)
-                row[key].append(run_strategy(order, grid, lambda i, t, o=outcomes: o.get(i),
-                                             target, ref))
-            rnd = list(range(len(grid)))
-            random.Random(seed).shuffle(rnd)
-            row["asha"].append(run_strategy(rnd, grid, asha_stopper(grid, rungs=rungs),
-                                            target, ref))
+        ours = replay(grid, args.seeds, target, ref, rungs)
+        plain = replay(grid, args.seeds, target, ref, rungs, min_spread=0.0)["nsga2+pareto"]
         label = ",".join(f"{r:g}" for r in rungs) if len(rungs) < 5 else "every 0.1"
-        print(f"{label:<16} {np.mean(row['ours']) / grid_j:>12.2f} "
-              f"{np.mean(row['plain']) / grid_j:>13.2f} {np.mean(row['asha']) / grid_j:>6.2f}")
+        print(f"{label:<16} {np.mean(ours['nsga2+pareto']) / grid_j:>12.2f} "
+              f"{np.mean(plain) / grid_j:>13.2f} {np.mean(ours['asha']) / grid_j:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -92,9 +92,10 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
                      if k != final_attempt) - sum(kept.values())
         if status != "finished":
             wasted += marginal
-        # what the final attempt reported as reused, less what its own earlier attempts built
+        # what the final attempt reported as reused (the manifests' build costs), less the
+        # artifacts its own earlier attempts built: those are in `marginal` already
         reused = (m.get("energy_full_j", marginal) - m.get("energy_marginal_j", marginal)
-                  - sum(kept.values()))
+                  - sum(float(artifacts[k].get("energy_j") or 0.0) for k in kept))
         fc = forecasts.get(final_attempt, {})
         row = {"trial_id": trial, "ledger_trial": final_attempt, "status": status,
                "attempts": len(attempts) or 1,
