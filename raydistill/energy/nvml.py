@@ -1,11 +1,12 @@
 """NVIDIA GPUs through NVML: the energy counter first, power as the fallback.
 
 `nvmlDeviceGetTotalEnergyConsumption` (mJ since driver load, Volta and newer, updated about
-every 100 ms) is preferred. Where it is not supported, or fails mid-run, a GPU falls back to the
-instantaneous power field (`NVML_FI_DEV_POWER_INSTANT`), then to `nvmlDeviceGetPowerUsage`
-(mW, a ~1 s moving average on Ampere and newer). Every reading names the path that made it, and
-a GPU on which no path works any more (lost, fallen off the bus) is dropped with an error in the
-log: its samples stop, so the integrator flags the gap instead of seeing stale values.
+every 100 ms) is preferred. Where it is not supported, a GPU falls back to the instantaneous
+power field (`NVML_FI_DEV_POWER_INSTANT`), then to `nvmlDeviceGetPowerUsage` (mW, a ~1 s moving
+average on Hopper). A transient error (Unknown, Timeout) skips one reading and changes nothing
+else: one glitch must not turn a counter into 1 s-averaged power for the rest of the run. Every
+reading names the path that made it, and a GPU that is lost (GPU_IS_LOST) is dropped with an
+error in the log: its samples stop, and the ledger reports the rest as unmeasured.
 
 GPUs are keyed by UUID: Ray's GPU ids follow CUDA order, NVML indexes by PCI bus. Selecting by
 index through CUDA_VISIBLE_DEVICES is only right when CUDA_DEVICE_ORDER=PCI_BUS_ID (or all GPUs
@@ -66,35 +67,73 @@ def _field_value(field: Any) -> float:
     return float(getattr(field.value, member))
 
 
+# Errors that say a path will never work on this GPU (fall back to the next one); GPU_IS_LOST
+# drops the GPU; anything else (Unknown, Timeout, ...) is transient: skip this poll, keep the path.
+NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND, GPU_IS_LOST = 3, 4, 13, 15
+PERMANENT = frozenset({NOT_SUPPORTED, FUNCTION_NOT_FOUND})
+
+
+def _code(exc: Exception) -> int | None:
+    return getattr(exc, "value", None)
+
+
 class NvmlSource:
-    """One Reading per GPU per read(); device_id is the GPU's UUID ("GPU-…")."""
+    """One Reading per GPU per read(); device_id is the GPU's UUID ("GPU-…").
+
+    A GPU whose handle cannot be opened (NO_PERMISSION: a cgroup-limited job sees every GPU of
+    the node but may open only its own) is skipped and named in the log; the others are read.
+    """
 
     name = "nvml"
 
     def __init__(self, pynvml_module: Any = None, visible_only: bool = False,
                  environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         self.nv = pynvml_module if pynvml_module is not None else _import_pynvml()
-        self.clock = clock
+        self.clock, self.mono = clock, mono
         self.instant_field = getattr(self.nv, "NVML_FI_DEV_POWER_INSTANT", FI_DEV_POWER_INSTANT)
         try:
             self.nv.nvmlInit()
             count = self.nv.nvmlDeviceGetCount()
-            handles = [self.nv.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-            uuids = [_text(self.nv.nvmlDeviceGetUUID(h)) for h in handles]
         except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
             raise SourceUnavailable(
                 f"NVML not available: {exc}; install nvidia-ml-py and an NVIDIA driver, or use "
                 "--source cpu-estimate") from None
+        handles, uuids, self.skipped = self._open(count)
         if not uuids:
-            raise SourceUnavailable("NVML sees no GPU on this node; use --source cpu-estimate")
+            why = f" ({'; '.join(self.skipped)})" if self.skipped else ""
+            raise SourceUnavailable(f"NVML sees no GPU it may read on this node{why}; use "
+                                    "--source cpu-estimate, or check the job's GPU cgroup")
         env = environ if environ is not None else os.environ
         keep = visible_filter(uuids, env) if visible_only else list(range(len(uuids)))
         if not keep:
             raise SourceUnavailable("NVML sees no GPU (CUDA_VISIBLE_DEVICES hides them all)")
         self.gpus: dict[str, Any] = {uuids[i]: handles[i] for i in keep}
         self.path = {u: 0 for u in self.gpus}  # per GPU: index into PATHS of the working path
-        self.last_counter_j: dict[str, float] = {}
+        self.transient_errors = {u: 0 for u in self.gpus}
+        self.lost: list[str] = []
+
+    def _open(self, count: int) -> tuple[list[Any], list[str], list[str]]:
+        """Open each GPU on its own: one that refuses is skipped, not the whole node."""
+        handles, uuids, skipped = [], [], []
+        for i in range(count):
+            for attempt in range(3):  # an open can fail transiently too
+                try:
+                    handle = self.nv.nvmlDeviceGetHandleByIndex(i)
+                    uuid = _text(self.nv.nvmlDeviceGetUUID(handle))
+                except self.nv.NVMLError as exc:
+                    if _code(exc) in (NO_PERMISSION, GPU_IS_LOST, NOT_SUPPORTED) or attempt == 2:
+                        skipped.append(f"GPU index {i}: {exc}")
+                        break
+                    continue
+                handles.append(handle)
+                uuids.append(uuid)
+                break
+        if skipped:
+            log.warning("nvml: %d of %d GPUs on this node cannot be opened and are not "
+                        "measured: %s", len(skipped), count, "; ".join(skipped))
+        return handles, uuids, skipped
 
     def read(self) -> list[Reading]:
         out = []
@@ -111,45 +150,63 @@ class NvmlSource:
             path = PATHS[self.path[uuid]]
             try:
                 return self._read_path(uuid, handle, path)
-            except (self.nv.NVMLError, AttributeError) as exc:  # AttributeError: old pynvml
-                if self.path[uuid] + 1 >= len(PATHS):
-                    log.error("GPU %s: no NVML reading works any more (%s); dropping it, its "
-                              "energy from now on is missing (flagged as a gap)", uuid, exc)
-                    del self.gpus[uuid], self.path[uuid]
+            except AttributeError as exc:  # an old pynvml without the call: never works
+                if not self._fall_back(uuid, path, exc):
                     return None
-                self.path[uuid] += 1
-                log.warning("GPU %s: %s failed (%s); falling back to %s", uuid, path, exc,
-                            PATHS[self.path[uuid]])
+            except self.nv.NVMLError as exc:
+                code = _code(exc)
+                if code == GPU_IS_LOST:
+                    log.error("GPU %s is lost (%s); dropping it: its energy from now on is "
+                              "unmeasured", uuid, exc)
+                    self._drop(uuid)
+                    return None
+                if code in PERMANENT:
+                    if not self._fall_back(uuid, path, exc):
+                        return None
+                    continue
+                self.transient_errors[uuid] += 1  # skip this poll; the path stays
+                level = logging.WARNING if self.transient_errors[uuid] == 1 else logging.DEBUG
+                log.log(level, "GPU %s: transient NVML error on %s (%s); reading skipped "
+                        "(%d so far)", uuid, path, exc, self.transient_errors[uuid])
+                return None
+
+    def _fall_back(self, uuid: str, path: str, exc: Exception) -> bool:
+        if self.path[uuid] + 1 >= len(PATHS):
+            log.error("GPU %s: no NVML reading works on it (%s); dropping it, its energy from "
+                      "now on is unmeasured", uuid, exc)
+            self._drop(uuid)
+            return False
+        self.path[uuid] += 1
+        log.warning("GPU %s: %s is not supported (%s); falling back to %s", uuid, path, exc,
+                    PATHS[self.path[uuid]])
+        return True
+
+    def _drop(self, uuid: str) -> None:
+        del self.gpus[uuid], self.path[uuid]
+        self.lost.append(uuid)
 
     def _read_path(self, uuid: str, handle: Any, path: str) -> Reading:
-        now = self.clock()
+        now, mono = self.clock(), self.mono()
         if path == "nvml-counter":
             energy_j = self.nv.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0  # mJ → J
-            self._check_reset(uuid, energy_j)
             try:
                 power_w: float | None = self.nv.nvmlDeviceGetPowerUsage(handle) / 1000.0  # mW
             except self.nv.NVMLError:
                 power_w = None
-            return Reading(uuid, "gpu", now, power_w, energy_j, path, "counter")
+            return Reading(uuid, "gpu", now, power_w, energy_j, path, "counter", mono)
         if path == "nvml-power-instant":
             (field,) = self.nv.nvmlDeviceGetFieldValues(handle, [self.instant_field])
             if field.nvmlReturn != 0:
                 raise self.nv.NVMLError(field.nvmlReturn)
             return Reading(uuid, "gpu", now, _field_value(field) / 1000.0, None, path,
-                           "sampled")  # mW → W
+                           "sampled", mono)  # mW → W
         power_w = self.nv.nvmlDeviceGetPowerUsage(handle) / 1000.0  # mW → W
-        return Reading(uuid, "gpu", now, power_w, None, path, "sampled")
-
-    def _check_reset(self, uuid: str, energy_j: float) -> None:
-        last = self.last_counter_j.get(uuid)
-        if last is not None and energy_j < last:  # driver reload: the integrator counts it
-            log.warning("GPU %s: energy counter went back from %.3f J to %.3f J (reset)", uuid,
-                        last, energy_j)
-        self.last_counter_j[uuid] = energy_j
+        return Reading(uuid, "gpu", now, power_w, None, path, "sampled", mono)
 
     def describe(self) -> str:
         paths = sorted({PATHS[i] for i in self.path.values()})
-        return f"nvml ({len(self.gpus)} GPU(s), {'/'.join(paths) or 'none left'})"
+        extra = f", {len(self.skipped)} not readable" if self.skipped else ""
+        return f"nvml ({len(self.gpus)} GPU(s), {'/'.join(paths) or 'none left'}{extra})"
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # twice, or after a lost driver: harmless

@@ -4,8 +4,10 @@ Layout: `/sys/class/powercap/intel-rapl:N` is a top-level domain whose `name` fi
 `package-K` (AMD Zen exposes its counters under the same names) or `psys` (the whole platform on
 some laptops: skipped, it would count the package twice); `intel-rapl:N:M` subdomains named
 `dram` hold the memory's counter. `energy_uj` wraps to 0 after `max_energy_range_uj`; each domain
-keeps an accumulated counter that is monotonic across wraps. A wrap is detected between two
-reads, so reads must come more often than one wrap period (minutes even at full power).
+is reported as read (µJ → J), with its range: the counter is absolute, so two samplers on one
+node (an old one and its replacement) report one series, and the source keeps no state that two
+threads could race on. The ledger unwraps it; a wrap is seen between two reads, so reads must
+come more often than one wrap period (minutes even at full power).
 """
 
 from __future__ import annotations
@@ -28,18 +30,10 @@ class _Domain:
     def __init__(self, path: Path, device_id: str, kind: str, reader: Callable[[Path], str]):
         self.path, self.device_id, self.kind, self.reader = path, device_id, kind, reader
         self.max_uj = int(reader(path / "max_energy_range_uj"))
-        self.last_uj: int | None = None
-        self.total_uj = 0  # monotonic across wraps; 0 at the first read
+        self.range_j = self.max_uj / 1e6
 
     def read_j(self) -> float:
-        now = int(self.reader(self.path / "energy_uj"))
-        if self.last_uj is not None:
-            step = now - self.last_uj
-            if step < 0:  # the counter wrapped at max_energy_range_uj
-                step += self.max_uj
-            self.total_uj += step
-        self.last_uj = now
-        return self.total_uj / 1e6  # µJ → J
+        return int(self.reader(self.path / "energy_uj")) / 1e6  # µJ → J, absolute
 
 
 def _read_text(path: Path) -> str:
@@ -53,8 +47,9 @@ class RaplSource:
 
     def __init__(self, root: str | Path = "/sys/class/powercap",
                  reader: Callable[[Path], str] = _read_text,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
+                 clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.clock, self.mono = clock, mono
         base = Path(root)
         tops = sorted(p for p in base.glob("intel-rapl:*") if p.name.count(":") == 1)
         if not tops:
@@ -89,10 +84,10 @@ class RaplSource:
         return domains
 
     def read(self) -> list[Reading]:
-        now = self.clock()
+        now, mono = self.clock(), self.mono()
         try:
-            return [Reading(d.device_id, d.kind, now, None, d.read_j(), "rapl", "counter")
-                    for d in self.domains]
+            return [Reading(d.device_id, d.kind, now, None, d.read_j(), "rapl", "counter",
+                            mono, d.range_j) for d in self.domains]
         except PermissionError:
             raise SourceUnavailable(f"RAPL permission lost. {HINT}") from None
         except (OSError, ValueError) as exc:

@@ -73,10 +73,11 @@ class ReplaySource:
     name = "replay"
 
     def __init__(self, path: str | Path, loop: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self.t, self.values, self.column = read_trace(self.path)
-        self.loop, self.clock = loop, clock
+        self.loop, self.clock, self.mono = loop, clock, mono
         self.t0 = clock()
         self.period_s = float(self.t[-1] - self.t[0])
         if self.column == "power_w":
@@ -123,7 +124,7 @@ class ReplaySource:
     def read(self) -> list[Reading]:
         now = self.clock()
         return [Reading(self.device_id, "node", now, self.power_at(now), self.energy_at(now),
-                        "replay", "replayed")]
+                        "replay", "replayed", self.mono())]
 
     def describe(self) -> str:
         return f"replay ({self.path.name}, {self.column}, period {self.period_s:g} s)"

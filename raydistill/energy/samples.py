@@ -32,6 +32,12 @@ class Reading:
     energy_counter_j: float | None  # monotonic except at wrap/reset; None if no counter
     source: str  # "nvml-counter", "nvml-power", "nvml-power-instant", "rapl", ...
     method: str  # one of METHODS
+    # time.monotonic() on the node when read: it never steps, so the ledger integrates on it
+    # (windows carry it too); t_wall_s is for display and for nodes that lack it.
+    t_mono_s: float | None = None
+    # The counter wraps to 0 past this many joules (RAPL's max_energy_range_uj); None: it
+    # does not wrap (NVML's 64-bit mJ counter), so a decrease is a reset or a glitch.
+    counter_range_j: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class DeviceInfo:
     device_kind: str
     source: str
     method: str
+    counter_range_j: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class SampleBatch:
     power_w: np.ndarray  # float64 [n], NaN where absent
     energy_counter_j: np.ndarray  # float64 [n], NaN where absent
     idle_power_w: dict[str, float] = field(default_factory=dict)  # device_id -> idle baseline
+    # The stretch (on the node's timeline: monotonic where t_mono_s is set) over which the
+    # sampler measured idle_power_w: the ledger uses a baseline only for stretches it is valid
+    # for, and only if no window held the device while it was measured.
+    idle_span_s: tuple[float, float] | None = None
+    t_mono_s: np.ndarray | None = None  # float64 [n], NaN where absent; None: no column
 
     @property
     def key(self) -> tuple[str, int]:
@@ -74,34 +86,42 @@ class SampleBatch:
         node_id: str,
         readings: list[Reading],
         idle_power_w: dict[str, float] | None = None,
+        idle_span_s: tuple[float, float] | None = None,
     ) -> SampleBatch:
         index: dict[DeviceInfo, int] = {}
         idx = np.empty(len(readings), dtype=np.int32)
         t = np.empty(len(readings), dtype=np.float64)
         p = np.empty(len(readings), dtype=np.float64)
         e = np.empty(len(readings), dtype=np.float64)
+        m = np.empty(len(readings), dtype=np.float64)
         for i, r in enumerate(readings):
-            info = DeviceInfo(r.device_id, r.device_kind, r.source, r.method)
+            info = DeviceInfo(r.device_id, r.device_kind, r.source, r.method, r.counter_range_j)
             idx[i] = index.setdefault(info, len(index))
             t[i] = r.t_wall_s
             p[i] = math.nan if r.power_w is None else r.power_w
             e[i] = math.nan if r.energy_counter_j is None else r.energy_counter_j
+            m[i] = math.nan if r.t_mono_s is None else r.t_mono_s
         return SampleBatch(
-            sampler_id, batch_seq, node_id, tuple(index), idx, t, p, e, dict(idle_power_w or {})
+            sampler_id, batch_seq, node_id, tuple(index), idx, t, p, e, dict(idle_power_w or {}),
+            idle_span_s, m,
         )
 
     # Compact binary form for the ledger log and the spool. A fixed prefix carries the
     # idempotency key and the sample count, so the ledger's hot path reads 20-odd bytes and
     # never parses JSON; the JSON header and the raw columns follow.
     def to_bytes(self) -> bytes:
-        header = json.dumps(
-            {
-                "node_id": self.node_id,
-                "devices": [asdict(d) for d in self.devices],
-                "idle_power_w": self.idle_power_w,
-            },
-            separators=(",", ":"),
-        ).encode()
+        head: dict = {
+            "node_id": self.node_id,
+            "devices": [asdict(d) for d in self.devices],
+            "idle_power_w": self.idle_power_w,
+        }
+        if self.idle_span_s is not None:
+            head["idle_span_s"] = list(self.idle_span_s)
+        cols = [self.t_wall_s, self.power_w, self.energy_counter_j]
+        if self.t_mono_s is not None:  # a fourth column; logs written before it have three
+            head["mono"] = True
+            cols.append(self.t_mono_s)
+        header = json.dumps(head, separators=(",", ":")).encode()
         sid = self.sampler_id.encode()
         return b"".join(
             (
@@ -110,9 +130,7 @@ class SampleBatch:
                 _KEY.pack(self.batch_seq, len(self), len(header)),
                 header,
                 np.ascontiguousarray(self.device_idx, dtype="<i4").tobytes(),
-                np.ascontiguousarray(self.t_wall_s, dtype="<f8").tobytes(),
-                np.ascontiguousarray(self.power_w, dtype="<f8").tobytes(),
-                np.ascontiguousarray(self.energy_counter_j, dtype="<f8").tobytes(),
+                *(np.ascontiguousarray(c, dtype="<f8").tobytes() for c in cols),
             )
         )
 
@@ -141,7 +159,7 @@ class SampleBatch:
         idx = np.frombuffer(buf, dtype="<i4", count=n, offset=off)
         off += 4 * n
         cols = []
-        for _ in range(3):
+        for _ in range(4 if header.get("mono") else 3):
             cols.append(np.frombuffer(buf, dtype="<f8", count=n, offset=off))
             off += 8 * n
         if off != len(buf):
@@ -156,6 +174,8 @@ class SampleBatch:
             cols[1],
             cols[2],
             {k: float(v) for k, v in header.get("idle_power_w", {}).items()},
+            tuple(header["idle_span_s"]) if "idle_span_s" in header else None,
+            cols[3] if len(cols) == 4 else None,
         )
 
 
@@ -185,6 +205,10 @@ class Window:
     t_end_s: float | None = None  # None while open
     tokens: int = 0
     cpu_time_s: float | None = None  # CPU seconds the work used; None = unknown (equal split)
+    # The same edges on the node's monotonic clock (time.monotonic()), which NTP cannot step:
+    # the ledger integrates on it. None for windows recorded without it.
+    t_start_mono_s: float | None = None
+    t_end_mono_s: float | None = None
 
     def claims(self, device_id: str, device_kind: str) -> bool:
         return device_kind in SHARED_KINDS or self.devices == ALL_DEVICES or (

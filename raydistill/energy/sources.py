@@ -111,7 +111,8 @@ class CpuEstimateSource:
 
     def __init__(self, tdp_w: float | None = None, idle_fraction: float = IDLE_FRACTION,
                  cpu_model: str | None = None, util_fn: Callable[[], float] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         if not 0 <= idle_fraction <= 1:
             raise ConfigError(f"idle_fraction must lie in [0, 1], got {idle_fraction}")
         cpus = visible_cpus()
@@ -124,14 +125,14 @@ class CpuEstimateSource:
             self.tdp_w, self.how = estimate_tdp_w(model, len(cpus))
         self.idle_w = idle_fraction * self.tdp_w
         self.util_fn = util_fn if util_fn is not None else _affinity_util(cpus)
-        self.clock = clock
+        self.clock, self.mono = clock, mono
         log.info("cpu-estimate: %s, idle %.0f%% of it", self.how, idle_fraction * 100)
 
     def read(self) -> list[Reading]:
         util = min(1.0, max(0.0, float(self.util_fn())))
         power_w = self.idle_w + (self.tdp_w - self.idle_w) * util
         return [Reading("cpu:estimate", "cpu", self.clock(), power_w, None, "cpu-estimate",
-                        "estimated")]
+                        "estimated", self.mono())]
 
     def describe(self) -> str:
         return f"cpu-estimate ({self.how})"
@@ -153,15 +154,17 @@ class ConstantSource:
 
     name = "constant"
 
-    def __init__(self, power_w: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, power_w: float, clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         if not (math.isfinite(power_w) and power_w > 0):
             raise ConfigError(f"constant power must be a positive number of watts, got {power_w}")
-        self.power_w, self.clock = float(power_w), clock
+        self.power_w, self.clock, self.mono = float(power_w), clock, mono
 
     def read(self) -> list[Reading]:
-        now = self.clock()
-        return [Reading("constant", "node", now, self.power_w, self.power_w * now, "constant",
-                        "estimated")]
+        now, mono = self.clock(), self.mono()
+        # The counter runs on the monotonic clock, as the ledger's timeline does.
+        return [Reading("constant", "node", now, self.power_w, self.power_w * mono, "constant",
+                        "estimated", mono)]
 
     def describe(self) -> str:
         return f"constant ({self.power_w:g} W, estimated)"

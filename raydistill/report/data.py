@@ -82,25 +82,28 @@ def _kind_energy(run_dir: Path) -> dict:
 
 def power_series(run_dir: str | Path, bin_s: float = 1.0) -> pd.DataFrame:
     """Mean power per node × device in `bin_s` bins: columns node_id, device_id, t_s, power_w
-    (t_s relative to the first sample of the run)."""
+    (t_s relative to the first sample of the run, on the wall clock). Bins no sample measured
+    are left out, not drawn as zero."""
     state, _ = load_ledger(run_dir)
-    rows = []
-    nodes = state.nodes()
-    t0 = math.inf
-    curves = {}
-    for node in nodes:
+    spans = {}
+    for node in state.nodes():
         for device, _kind in state.devices(node):
-            curve = state.curve(node, device)
-            curves[(node, device)] = curve
-            t0 = min(t0, float(curve.t[0]))
-    for (node, device), curve in curves.items():
-        edges = np.arange(float(curve.t[0]), float(curve.t[-1]) + bin_s, bin_s)
-        if len(edges) < 2:
-            continue
-        energy = np.array([curve.at(t) for t in edges])
-        for a, b, e0, e1 in zip(edges[:-1], edges[1:], energy[:-1], energy[1:], strict=True):
-            rows.append({"node_id": node[:12], "device_id": device, "t_s": (a + b) / 2 - t0,
-                         "power_w": (e1 - e0) / (b - a)})
+            tl = state.timeline(node, device)
+            if len(tl.s) and math.isfinite(tl.end_s):
+                spans[(node, device)] = (tl, float(tl.s.a.min()), tl.end_s)
+    if not spans:
+        return pd.DataFrame(columns=["node_id", "device_id", "t_s", "power_w"])
+    t0 = min(state.to_wall(node, lo) for (node, _), (_, lo, _) in spans.items())
+    rows = []
+    for (node, device), (tl, lo, hi) in spans.items():
+        edges = np.arange(lo, hi + bin_s, bin_s)
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            seen_s = tl.between("measured", a, b) + tl.between("held", a, b)
+            if seen_s <= 0:
+                continue
+            rows.append({"node_id": node[:12], "device_id": device,
+                         "t_s": state.to_wall(node, (a + b) / 2) - t0,
+                         "power_w": tl.between("energy", a, b) / seen_s})
     return pd.DataFrame(rows, columns=["node_id", "device_id", "t_s", "power_w"])
 
 

@@ -2,10 +2,9 @@
 
 import logging
 
-import numpy as np
 import pytest
 
-from raydistill.energy.integrate import CumulativeEnergy
+from raydistill.energy.ledger import LedgerState
 from raydistill.energy.nvml import NvmlSource, visible_filter
 from raydistill.energy.rapl import RaplSource
 from raydistill.energy.samples import DEVICE_KINDS, METHODS
@@ -20,6 +19,7 @@ from raydistill.energy.sources import (
 )
 from raydistill.errors import ConfigError, SourceUnavailable
 from tests.fakes import GPU_IS_LOST, FakeGpu, NVMLError, make_fake_pynvml, make_rapl_tree
+from tests.ledger_helpers import feed, rows_of, window
 
 
 class Clock:
@@ -61,16 +61,26 @@ def test_nvml_old_gpu_falls_back_to_instant_then_average_power():
         "nvml-power", "sampled", 50.5, None)
 
 
-def test_nvml_counter_failing_mid_run_falls_back_once_and_says_so(caplog):
+def test_nvml_counter_unsupported_mid_run_falls_back_once_and_says_so(caplog):
     gpu = FakeGpu("GPU-x", counter_mj=1000)
     src = NvmlSource(make_fake_pynvml([gpu]))
     assert src.read()[0].source == "nvml-counter"
-    gpu.counter_error = 999
+    gpu.counter_error = 3  # NOT_SUPPORTED: this path will never work again
     with caplog.at_level(logging.WARNING):
         sources = [src.read()[0].source for _ in range(3)]
     assert sources == ["nvml-power-instant"] * 3
     assert len([m for m in caplog.messages if "falling back" in m]) == 1
     assert "nvml-power-instant" in src.describe()
+
+
+def test_nvml_transient_error_skips_one_reading_and_keeps_the_counter():
+    gpu = FakeGpu("GPU-x", counter_mj=1000)
+    src = NvmlSource(make_fake_pynvml([gpu]))
+    gpu.counter_error = 999  # NVML_ERROR_UNKNOWN: a glitch
+    assert src.read() == []
+    gpu.counter_error = None
+    assert [r.source for r in src.read()] == ["nvml-counter"]
+    assert src.transient_errors["GPU-x"] == 1
 
 
 def test_nvml_lost_gpu_is_dropped_and_the_others_keep_reading(caplog):
@@ -87,22 +97,22 @@ def test_nvml_lost_gpu_is_dropped_and_the_others_keep_reading(caplog):
         src.read()
 
 
-def test_nvml_counter_reset_is_passed_through_and_counted_downstream(caplog):
+def test_nvml_counter_reset_is_passed_through_and_counted_downstream():
     gpu = FakeGpu("GPU-r", counter_mj=10_000)
     clock = Clock(0.0)
-    src = NvmlSource(make_fake_pynvml([gpu]), clock=clock)
+    src = NvmlSource(make_fake_pynvml([gpu]), clock=clock, mono=clock)
     readings = [src.read()[0]]
     clock.t, gpu.counter_mj = 1.0, 12_000
     readings.append(src.read()[0])
     clock.t = 2.0
-    gpu.reset_counter(500)
-    with caplog.at_level(logging.WARNING):
-        readings.append(src.read()[0])
+    gpu.reset_counter(500)  # a driver reload: the counter restarts near 0
+    readings.append(src.read()[0])
     assert readings[-1].energy_counter_j == 0.5 and readings[-1].method == "counter"
-    assert any("reset" in m for m in caplog.messages)
-    curve = CumulativeEnergy([r.t_wall_s for r in readings],
-                             counter_j=[r.energy_counter_j for r in readings])
-    assert curve.resets == 1 and curve.between(0.0, 2.0) == pytest.approx(2.0 + 0.5)
+    state = LedgerState()
+    feed(state, "s1", readings)
+    window(state, "w", 0.0, 2.0)
+    row = rows_of(state, "w")["GPU-r"]
+    assert row.counter_resets == 1 and row.energy_j == pytest.approx(2.0 + 0.5)
 
 
 def test_nvml_respects_cuda_visible_devices_by_index_and_uuid():
@@ -148,20 +158,26 @@ def test_nvml_close_shuts_down_and_tolerates_errors():
 # ---- RAPL -----------------------------------------------------------------------------------
 
 
-def test_rapl_converts_microjoules_and_unwraps(tmp_path):
+def test_rapl_converts_microjoules_reports_raw_counter_and_ledger_unwraps(tmp_path):
     root = make_rapl_tree(tmp_path, max_uj=1_000_000)
     pkg = root / "intel-rapl:0"
-    src = RaplSource(root, clock=Clock())
-    counters = []
+    clock = Clock(0.0)
+    src = RaplSource(root, clock=clock, mono=clock)
+    readings = []
     for uj in (900_000, 100_000, 600_000, 50_000):  # wraps twice
         (pkg / "energy_uj").write_text(str(uj))
-        readings = {r.device_id: r for r in _valid(src.read())}
-        counters.append(readings["cpu:package-0"].energy_counter_j)
-    assert counters == pytest.approx([0.9, 1.1, 1.6, 2.05])
-    assert list(np.diff(counters) > 0) == [True, True, True]
-    assert readings["dram:package-0"].device_kind == "dram"
-    assert readings["cpu:package-0"].method == "counter"
-    assert readings["cpu:package-0"].source == "rapl"
+        got = {r.device_id: r for r in _valid(src.read())}
+        readings.append(got["cpu:package-0"])
+        clock.t += 1.0
+    # absolute, as read (two samplers see one counter), with the range to unwrap it by
+    assert [r.energy_counter_j for r in readings] == pytest.approx([0.9, 0.1, 0.6, 0.05])
+    assert {r.counter_range_j for r in readings} == {1.0}
+    assert got["dram:package-0"].device_kind == "dram"
+    assert (got["cpu:package-0"].method, got["cpu:package-0"].source) == ("counter", "rapl")
+    state = LedgerState()
+    feed(state, "s1", readings)
+    window(state, "w", 0.0, 3.0)
+    assert rows_of(state, "w")["cpu:package-0"].energy_j == pytest.approx(2.05 - 0.9)
 
 
 def test_rapl_two_packages_and_psys_skipped(tmp_path):
@@ -233,7 +249,7 @@ def test_cpu_tdp_table_and_fallback():
 
 def test_constant_counter_and_power_agree():
     clock = Clock(50.0)
-    src = ConstantSource(100.0, clock=clock)
+    src = ConstantSource(100.0, clock=clock, mono=clock)
     a = _valid(src.read())[0]
     clock.t = 57.5
     b = src.read()[0]
@@ -241,7 +257,7 @@ def test_constant_counter_and_power_agree():
     assert (a.power_w, a.device_id, a.device_kind, a.method) == (
         100.0, "constant", "node", "estimated")
     # a second source (a replacement sampler) continues the same counter
-    assert ConstantSource(100.0, clock=clock).read()[0].energy_counter_j == b.energy_counter_j
+    assert ConstantSource(100.0, clock=clock, mono=clock).read()[0].energy_counter_j == b.energy_counter_j
 
 
 # ---- replay ---------------------------------------------------------------------------------

@@ -1,0 +1,254 @@
+"""One device's measured energy over time, built from every sampler that read it.
+
+The ledger asks one question of a device: how many joules over [a, b], and how much of [a, b]
+was measured at all. This module answers it without inventing joules:
+
+- Each sampler's readings of the device form one *sequence*, in the order they were read. Two
+  consecutive readings make a *segment*: the counter difference where both carry a counter
+  (exact whatever the power did in between), else the trapezoid of their powers (only across
+  segments no longer than `max_gap_s`: over a longer one it would be a guess).
+- A counter step is checked against physics: at most `MAX_DEVICE_POWER_W` over the segment. A
+  decrease is a wrap where the counter has a range (RAPL), a reset where the new value is
+  itself plausible (a driver reload restarts NVML's counter at 0), and otherwise a
+  discontinuity: a clock that stepped, or two readers interleaved. Such a segment is
+  *unmeasured* (falls back to its powers where it can), never a billion joules.
+- Sequences are merged by priority (the one that began first wins where two overlap: an old
+  sampler and its replacement count once); stretches no sequence covers are unmeasured.
+- Around the measured stretches the edge power is held for at most `max_hold_s` (a window that
+  ends between two polls); that part is reported as `held_s`, method "interpolated".
+- Idle baselines are properties of stretches: each piece carries the idle power of the
+  baseline valid for it (see `idle_for`).
+
+Pieces carry linear power (constant for counter segments), so any sub-interval's energy is
+exact, and a piece never changes once a later reading arrives: reported figures stay put.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# No single metered device draws more (a GB200 superchip is ~2.7 kW): a faster counter step is
+# a glitch or a different counter, not energy.
+MAX_DEVICE_POWER_W = 5000.0
+JITTER_J = 1.0  # counter decreases smaller than this are read-order jitter, not resets
+HELD, MEASURED = -1, 0  # piece kinds (the method code of a held piece is HELD)
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One sampler's readings of one device in read order (times on the node's timeline)."""
+
+    t_s: np.ndarray
+    power_w: np.ndarray  # NaN where absent
+    counter_j: np.ndarray  # NaN where absent
+    method: np.ndarray  # int code per reading into the caller's label table (counter path)
+    power_method: np.ndarray  # int code per reading for its power path
+    range_j: float | None
+    idle_w: np.ndarray | None = None  # per reading: idle power valid at that time
+
+
+@dataclass
+class Segments:
+    """Disjoint pieces sorted by start: [a, b], power linear from pa to pb."""
+
+    a: np.ndarray
+    b: np.ndarray
+    pa: np.ndarray
+    pb: np.ndarray
+    method: np.ndarray  # int codes; HELD for held edges
+    idle_w: np.ndarray
+    gap: np.ndarray  # bool: a counter segment longer than max_gap_s (measured, but flagged)
+    resets: int = 0
+    discontinuities: int = 0
+
+    @staticmethod
+    def empty() -> Segments:
+        z = np.empty(0)
+        return Segments(z, z, z, z, np.empty(0, dtype=np.int64), z, np.empty(0, dtype=bool))
+
+    def take(self, sel: np.ndarray) -> Segments:
+        return Segments(self.a[sel], self.b[sel], self.pa[sel], self.pb[sel], self.method[sel],
+                        self.idle_w[sel], self.gap[sel], self.resets, self.discontinuities)
+
+    def __len__(self) -> int:
+        return int(self.a.shape[0])
+
+
+def sequence_segments(seq: Sequence, max_gap_s: float) -> Segments:
+    t, p, c = seq.t_s, seq.power_w, seq.counter_j
+    if t.size < 2:
+        return Segments.empty()
+    dt = np.diff(t)
+    step = np.diff(c)
+    slack = np.maximum(dt, 0.0) * MAX_DEVICE_POWER_W + JITTER_J
+    has_c = ~np.isnan(c[:-1]) & ~np.isnan(c[1:]) & (dt > 0)
+    energy = step.copy()
+    neg = has_c & (step < 0)
+    wrap = np.zeros_like(neg)
+    if seq.range_j:  # a wrap only where the wrapped step is physically possible
+        wrap = neg & (step + seq.range_j <= slack)
+        energy[wrap] += seq.range_j
+    jitter = neg & ~wrap & (step >= -JITTER_J)  # kept as is: the next step makes it up
+    reset = neg & ~wrap & ~jitter & (c[1:] <= slack)
+    energy[reset] = c[1:][reset]
+    bad = (neg & ~wrap & ~jitter & ~reset) | (energy > slack)
+    use_c = has_c & ~bad
+    has_p = ~np.isnan(p[:-1]) & ~np.isnan(p[1:]) & (dt > 0) & (dt <= max_gap_s)
+    use_p = ~use_c & has_p
+    keep = use_c | use_p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seg_w = np.where(use_c, energy / np.where(dt > 0, dt, 1.0), 0.0)
+    pa = np.where(use_c, seg_w, p[:-1])
+    pb = np.where(use_c, seg_w, p[1:])
+    method = np.where(use_c, seq.method[1:], seq.power_method[1:])
+    idle = seq.idle_w[:-1] if seq.idle_w is not None else np.zeros(dt.shape)
+    out = Segments(t[:-1].copy(), t[1:].copy(), pa, pb, method.astype(np.int64), idle,
+                   use_c & (dt > max_gap_s), int(reset.sum()), int((has_c & bad).sum()))
+    out = out.take(keep)
+    return _clip_overlaps(out)
+
+
+def _clip_overlaps(s: Segments) -> Segments:
+    """Within one sequence segments follow each other; on a wall clock that stepped back they
+    can overlap: cut each to start where the previous ones ended."""
+    if len(s) < 2:
+        return s
+    prev_end = np.concatenate(([-np.inf], np.maximum.accumulate(s.b)[:-1]))
+    if not (s.a < prev_end).any():
+        return s
+    new_a = np.maximum(s.a, prev_end)
+    ok = new_a < s.b
+    span = np.where(s.b > s.a, s.b - s.a, 1.0)
+    s.pa = s.pa + (s.pb - s.pa) * (new_a - s.a) / span
+    s.a = new_a
+    return s.take(ok)
+
+
+def merge(parts: list[Segments]) -> Segments:
+    """Union of sequences' pieces, earlier parts first where they overlap."""
+    if not parts:
+        return Segments.empty()
+    out = parts[0]
+    for nxt in parts[1:]:
+        if len(nxt) == 0:
+            continue
+        free = _free_intervals(out)
+        pieces = [_within(nxt, lo, hi) for lo, hi in free]
+        out = _concat([out, *pieces])
+    return out
+
+
+def _free_intervals(s: Segments) -> list[tuple[float, float]]:
+    if len(s) == 0:
+        return [(-np.inf, np.inf)]
+    holes = np.nonzero(s.b[:-1] < s.a[1:])[0]
+    free = [(-np.inf, float(s.a[0]))]
+    free += [(float(s.b[i]), float(s.a[i + 1])) for i in holes]
+    free.append((float(s.b[-1]), np.inf))
+    return free
+
+
+def _within(s: Segments, lo: float, hi: float) -> Segments:
+    sel = (s.b > lo) & (s.a < hi)
+    part = s.take(sel)
+    if len(part) == 0:
+        return part
+    span = np.where(part.b > part.a, part.b - part.a, 1.0)
+    slope = (part.pb - part.pa) / span
+    new_a, new_b = np.maximum(part.a, lo), np.minimum(part.b, hi)
+    part.pa, part.pb = part.pa + slope * (new_a - part.a), part.pa + slope * (new_b - part.a)
+    part.a, part.b = new_a, new_b
+    return part
+
+
+def _concat(parts: list[Segments]) -> Segments:
+    fields = ("a", "b", "pa", "pb", "method", "idle_w", "gap")
+    cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
+    order = np.argsort(cat["a"], kind="stable")
+    return Segments(**{f: v[order] for f, v in cat.items()},
+                    resets=sum(p.resets for p in parts),
+                    discontinuities=sum(p.discontinuities for p in parts))
+
+
+def with_holds(s: Segments, max_hold_s: float) -> Segments:
+    """Add held-power pieces of at most max_hold_s around each run of measured pieces (split
+    at the midpoint where two runs are closer than twice that)."""
+    if len(s) == 0 or max_hold_s <= 0:
+        return s
+    starts = np.concatenate(([0], np.nonzero(s.b[:-1] < s.a[1:])[0] + 1))
+    ends = np.concatenate((starts[1:] - 1, [len(s) - 1]))
+    prev_end = np.concatenate(([-np.inf], s.b[ends[:-1]]))
+    next_start = np.concatenate((s.a[starts[1:]], [np.inf]))
+    lo = np.maximum(s.a[starts] - max_hold_s, (prev_end + s.a[starts]) / 2)
+    hi = np.minimum(s.b[ends] + max_hold_s, (s.b[ends] + next_start) / 2)
+    before = Segments(lo, s.a[starts].copy(), s.pa[starts], s.pa[starts],
+                      np.full(len(starts), HELD), s.idle_w[starts], np.zeros(len(starts), bool))
+    after = Segments(s.b[ends].copy(), hi, s.pb[ends], s.pb[ends], np.full(len(ends), HELD),
+                     s.idle_w[ends], np.zeros(len(ends), bool))
+    out = _concat([s, before.take(before.b > before.a), after.take(after.b > after.a)])
+    out.resets, out.discontinuities = s.resets, s.discontinuities
+    return out
+
+
+class DeviceTimeline:
+    """Queries over merged pieces: energy, idle energy, measured / held seconds, methods."""
+
+    def __init__(self, pieces: Segments, sample_t_s: np.ndarray) -> None:
+        self.s = pieces
+        self.samples = np.sort(sample_t_s)
+        dur = pieces.b - pieces.a
+        energy = 0.5 * (pieces.pa + pieces.pb) * dur
+        held = pieces.method == HELD
+        self._cum = {
+            "energy": _cumsum(energy),
+            "idle": _cumsum(pieces.idle_w * dur),
+            "measured": _cumsum(np.where(held, 0.0, dur)),
+            "held": _cumsum(np.where(held, dur, 0.0)),
+        }
+        self.peak_w = float(np.max(np.maximum(pieces.pa, pieces.pb))) if len(pieces) else 0.0
+        self.end_s = float(pieces.b[~held].max()) if (~held).any() else -np.inf
+
+    def _at(self, name: str, t: float) -> float:
+        """Cumulative `name` from -inf up to t."""
+        s, cum = self.s, self._cum[name]
+        i = int(np.searchsorted(s.a, t, side="right")) - 1
+        if i < 0:
+            return 0.0
+        base = cum[i]
+        a, b = s.a[i], s.b[i]
+        if t >= b:
+            return float(cum[i + 1])
+        x = t - a
+        held = s.method[i] == HELD
+        if name == "energy":
+            slope = (s.pb[i] - s.pa[i]) / (b - a)
+            part = s.pa[i] * x + 0.5 * slope * x * x
+        elif name == "idle":
+            part = s.idle_w[i] * x
+        elif name == "measured":
+            part = 0.0 if held else x
+        else:
+            part = x if held else 0.0
+        return float(base + part)
+
+    def between(self, name: str, a: float, b: float) -> float:
+        return self._at(name, b) - self._at(name, a) if b > a else 0.0
+
+    def methods(self, a: float, b: float) -> set[int]:
+        s = self.s
+        sel = (s.b > a) & (s.a < b)
+        return {int(m) for m in np.unique(s.method[sel])}
+
+    def gaps(self, a: float, b: float) -> tuple[int, float]:
+        s = self.s
+        sel = (s.b > a) & (s.a < b) & s.gap
+        return int(sel.sum()), float((np.minimum(s.b[sel], b) - np.maximum(s.a[sel], a)).sum())
+
+    def n_samples(self, a: float, b: float) -> int:
+        return int(np.searchsorted(self.samples, b, "right") - np.searchsorted(self.samples, a))
+
+
+def _cumsum(x: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0.0], np.cumsum(x)))
