@@ -103,13 +103,13 @@ class _Ledger:
         return window.window_id
 
     async def close_window(
-        self, window_id: str, t_end_s: float, tokens: int = 0, cpu_time_s: float | None = None
+        self, window_id: str, t_end_s: float, tokens: int = 0, cpu_time_s: float | None = None,
+        t_end_mono_s: float | None = None,
     ) -> None:
         if window_id not in self.state.windows:
             raise KeyError(f"window {window_id!r} was never opened")
-        await self._commit(
-            [(KIND_EVENT, LedgerState.close_event(window_id, t_end_s, tokens, cpu_time_s))]
-        )
+        await self._commit([(KIND_EVENT, LedgerState.close_event(
+            window_id, t_end_s, tokens, cpu_time_s, t_end_mono_s))])
 
     async def record_event(self, event: dict) -> None:
         await self._commit([(KIND_EVENT, event_payload(event))])
@@ -131,6 +131,7 @@ class _Ledger:
             "damage": self.damage + [str(d) for d in self.writer.repaired],
             "samplers": dict(self.state.samplers),
             "latest_t_s": dict(self.state.latest_t_s),
+            "warnings": list(self.state.warnings),
         }
 
     async def ping(self) -> bool:

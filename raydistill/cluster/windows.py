@@ -1,7 +1,8 @@
 """Stage windows: open on entry, close on exit, against the run's ledger.
 
-A window's times are read on the node where the work runs, from the clock that node's sampler
-uses, so clock skew between nodes cannot misattribute energy. CPU time (this process's, plus
+A window's times are read on the node where the work runs, from the clocks that node's sampler
+uses (wall and monotonic: the ledger integrates on the monotonic one, which NTP cannot step), so
+clock skew between nodes cannot misattribute energy. CPU time (this process's, plus
 its finished children's) is recorded so that shared node devices can be split by CPU share.
 """
 
@@ -64,7 +65,7 @@ class StageWindow(contextlib.ContextDecorator):
         self.window = Window(
             window_id=f"{self.trial_id}/{self.stage}/{node[:8]}/{uuid.uuid4().hex[:8]}",
             trial_id=self.trial_id, stage=self.stage, node_id=node, devices=self.devices,
-            t_start_s=time.time(),
+            t_start_s=time.time(), t_start_mono_s=time.monotonic(),
         )
         ray.get(self._ledger.open_window.remote(self.window))
         return self
@@ -83,7 +84,8 @@ class StageWindow(contextlib.ContextDecorator):
             raise RuntimeError("StageWindow used outside a with block")
         self.t_end_s = time.time()
         ray.get(self._ledger.close_window.remote(
-            self.window.window_id, self.t_end_s, self.tokens, cpu_time_s() - self._cpu0))
+            self.window.window_id, self.t_end_s, self.tokens, cpu_time_s() - self._cpu0,
+            time.monotonic()))
 
     def __exit__(self, *exc) -> None:
         self._close()
