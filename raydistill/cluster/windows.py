@@ -4,20 +4,25 @@ A window's times are read on the node where the work runs, from the clocks that 
 uses (wall and monotonic: the ledger integrates on the monotonic one, which NTP cannot step), so
 clock skew between nodes cannot misattribute energy. CPU time (this process's, plus
 its finished children's) is recorded so that shared node devices can be split by CPU share.
+`worker_devices` names the GPUs a worker holds by UUID, the way samplers key them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ray
 
 from raydistill.cluster.ledger_actor import LEDGER_NAME
 from raydistill.energy.samples import ALL_DEVICES, Window
+
+log = logging.getLogger(__name__)
 
 
 def cpu_time_s() -> float:
@@ -91,33 +96,146 @@ class StageWindow(contextlib.ContextDecorator):
         self._close()
 
 
-def worker_devices() -> tuple[str, ...]:
-    """The GPUs this Ray worker holds, as NVML UUIDs where NVML answers, else `gpu:<id>`.
+# ---- which GPUs a worker holds --------------------------------------------------------------
 
-    Ray's GPU ids follow CUDA order while NVML indexes by PCI bus, so they are mapped through
-    the UUID rather than by position. A CPU-only worker holds no device of its own: it is
-    charged only its share of the node's CPU, DRAM or estimate.
+UUID_PREFIXES = ("GPU-", "MIG-")
+FIX_ORDER = ("set CUDA_DEVICE_ORDER=PCI_BUS_ID in the Ray workers' environment (runtime_env "
+             "env_vars, or before `ray start`) so CUDA indices follow NVML's PCI order")
+
+
+def worker_devices() -> tuple[str, ...]:
+    """The GPUs this Ray worker holds, as UUIDs where they can be told, else `gpu:<id>`.
+
+    A CPU-only worker holds no device of its own: it is charged only its share of the node's
+    CPU, DRAM or estimate. See `map_worker_gpus` for how Ray's ids become UUIDs.
     """
     ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
     if not ids:
         return ()
-    try:  # exact: CUDA's own view of the devices Ray made visible to this worker
+    devices, warnings = map_worker_gpus(ids, os.environ, _torch_cuda_uuid(), _pynvml())
+    for warning in warnings:
+        log.warning("worker_devices: %s", warning)
+    return devices
+
+
+def map_worker_gpus(ray_ids: Sequence[str | int], environ: Mapping[str, str],
+                    cuda_uuid: Callable[[int], str] | None,
+                    nvml: Any | None) -> tuple[tuple[str, ...], list[str]]:
+    """(UUIDs of the GPUs `ray_ids` name, warnings); `gpu:<id>` for any it cannot tell.
+
+    Ray's GPU ids are the entries of the node's CUDA_VISIBLE_DEVICES as Ray assigned them:
+    physical CUDA indices, or UUIDs (taken as they are). Ray Train gives every worker of a node
+    the same CUDA_VISIBLE_DEVICES (all of the node's GPUs), so a worker reaches its own id at
+    local CUDA index = the id's position in that list, and `cuda_uuid(local)` says which GPU
+    that is. Without CUDA, the NVML index (PCI order) equals the physical CUDA index only when
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, or when all GPUs are one model (CUDA's fastest-first order
+    then is PCI order).
+    """
+    ids = [str(i).strip() for i in ray_ids]
+    found: dict[str, str] = {i: i for i in ids if i.startswith(UUID_PREFIXES)}
+    warnings: list[str] = []
+    if cuda_uuid is not None:
+        found.update(_through_cuda([i for i in ids if i not in found], environ, cuda_uuid,
+                                   warnings))
+    rest = [i for i in ids if i not in found]
+    if rest:
+        found.update(_through_nvml(rest, environ, nvml, warnings))
+    labelled = [i for i in ids if i not in found]
+    if labelled:
+        warnings.append(f"recorded GPU(s) {', '.join(f'gpu:{i}' for i in labelled)} without "
+                        "a UUID: no sampler reports such a device, so the ledger reports their "
+                        "energy as unmeasured")
+    return tuple(found.get(i, f"gpu:{i}") for i in ids), warnings
+
+
+def _through_cuda(ids: list[str], environ: Mapping[str, str], cuda_uuid: Callable[[int], str],
+                  warnings: list[str]) -> dict[str, str]:
+    """Each id's UUID from CUDA's own view, at the id's position in CUDA_VISIBLE_DEVICES."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    entries = None if visible is None else [s.strip() for s in visible.split(",")]
+    out: dict[str, str] = {}
+    for rid in ids:
+        if entries is None:
+            local = int(rid) if rid.isdigit() else None
+        else:
+            local = entries.index(rid) if rid in entries else None
+        if local is None:
+            warnings.append(f"GPU id {rid} is not in CUDA_VISIBLE_DEVICES={visible!r}: CUDA "
+                            "cannot tell which GPU it is")
+            continue
+        try:
+            out[rid] = cuda_uuid(local)
+        except Exception as exc:  # CUDA refused the index: fall through to NVML
+            warnings.append(f"CUDA could not name its device {local} (GPU id {rid}): {exc}")
+    return out
+
+
+def _through_nvml(ids: list[str], environ: Mapping[str, str], nvml: Any | None,
+                  warnings: list[str]) -> dict[str, str]:
+    """NVML index = physical CUDA index, where that holds (see `_cuda_order_is_pci`)."""
+    if nvml is None:
+        warnings.append(f"GPU id(s) {', '.join(ids)}: neither CUDA (torch) nor NVML (pynvml) "
+                        "is available here to tell which GPU they are")
+        return {}
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:
+        warnings.append(f"NVML did not start ({exc}): GPU id(s) {', '.join(ids)} not mapped")
+        return {}
+    try:
+        why_not = _cuda_order_is_pci(environ, nvml)
+        if why_not:
+            warnings.append(f"GPU id(s) {', '.join(ids)} are CUDA indices, but {why_not}, so "
+                            f"they cannot be matched to NVML's GPUs; {FIX_ORDER}")
+            return {}
+        out: dict[str, str] = {}
+        for rid in ids:
+            try:
+                uuid_ = nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(int(rid)))
+            except Exception as exc:  # NO_PERMISSION, lost, not an index, ...
+                warnings.append(f"NVML could not open GPU index {rid}: {exc}")
+                continue
+            out[rid] = uuid_.decode() if isinstance(uuid_, bytes) else str(uuid_)
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()
+
+
+def _cuda_order_is_pci(environ: Mapping[str, str], nvml: Any) -> str:
+    """Why CUDA's device order may differ from NVML's PCI order here; empty when it cannot."""
+    if environ.get("CUDA_DEVICE_ORDER", "").strip().upper() == "PCI_BUS_ID":
+        return ""
+    try:
+        names = set()
+        for i in range(nvml.nvmlDeviceGetCount()):
+            name = nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i))
+            names.add(name.decode() if isinstance(name, bytes) else str(name))
+    except Exception as exc:
+        return (f"CUDA_DEVICE_ORDER is not PCI_BUS_ID and NVML could not read every GPU's "
+                f"model ({exc}) to check that they are all alike")
+    if len(names) > 1:
+        return (f"CUDA_DEVICE_ORDER is not PCI_BUS_ID and the node mixes GPU models "
+                f"({', '.join(sorted(names))}): CUDA's default order (fastest first) is not "
+                "NVML's PCI order")
+    return ""
+
+
+def _torch_cuda_uuid() -> Callable[[int], str] | None:
+    """torch's name for CUDA device i ("GPU-<uuid>"), or None without torch or CUDA."""
+    try:
         import torch
 
-        if torch.cuda.is_available() and torch.cuda.device_count() == len(ids):
-            return tuple(f"GPU-{torch.cuda.get_device_properties(i).uuid}"
-                         for i in range(len(ids)))
-    except Exception:  # no torch or no CUDA: fall through to NVML
-        pass
+        if not torch.cuda.is_available():
+            return None
+    except Exception:  # no torch, or a broken CUDA install
+        return None
+    return lambda i: f"GPU-{torch.cuda.get_device_properties(i).uuid}"
+
+
+def _pynvml() -> Any | None:
     try:
         import pynvml
-
-        pynvml.nvmlInit()
-        out = []
-        for i in ids:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(int(i))
-            uuid_ = pynvml.nvmlDeviceGetUUID(handle)
-            out.append(uuid_.decode() if isinstance(uuid_, bytes) else uuid_)
-        return tuple(out)
-    except Exception:
-        return tuple(f"gpu:{i}" for i in ids)
+    except ImportError:
+        return None
+    return pynvml

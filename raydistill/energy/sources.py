@@ -1,10 +1,13 @@
 """Power sources behind one small Protocol, and the specs that choose them.
 
-    nvml | rapl | cpu-estimate[:TDP_W] | replay:PATH | constant:WATTS | auto   (comma-joined)
+    nvml | rapl | cpu-estimate[:TDP_W] | replay:PATH | constant:WATTS | simulate:PATH | auto
+    (comma-joined)
 
 Each source converts its vendor's units to joules and watts before anything else sees them, and
 labels every reading with how it was obtained: counter, sampled, estimated or replayed. The
-hardware sources live in `nvml.py` and `rapl.py`, the trace player in `replay.py`.
+hardware sources live in `nvml.py` and `rapl.py`, the trace player in `replay.py`. `simulate:PATH`
+reads a simulated node (`simulate.py`, a JSON description) through those same NVML and RAPL
+sources, in real time, so Ray actors sample it exactly as they sample hardware.
 """
 
 from __future__ import annotations
@@ -12,22 +15,27 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from raydistill.energy.replay import ReplaySource, read_trace
 from raydistill.energy.samples import Reading
 from raydistill.errors import ConfigError, SourceUnavailable
 
+if TYPE_CHECKING:
+    from raydistill.energy.simulate import SimNode
+
 log = logging.getLogger(__name__)
 
-SPEC_FORMS = "nvml, rapl, cpu-estimate, cpu-estimate:TDP_W, replay:PATH, constant:WATTS, auto"
+SPEC_FORMS = ("nvml, rapl, cpu-estimate, cpu-estimate:TDP_W, replay:PATH, constant:WATTS, "
+              "simulate:PATH, auto")
 
 __all__ = ["SPEC_FORMS", "ConstantSource", "CpuEstimateSource", "PowerSource", "ReplaySource",
-           "describe_sources", "estimate_tdp_w", "parse_source_spec", "read_trace",
-           "validate_source_spec"]
+           "cpu_sockets", "describe_sources", "estimate_tdp_w", "load_simulated_node",
+           "parse_source_spec", "read_trace", "simulated_sources", "validate_source_spec"]
 
 
 class PowerSource(Protocol):
@@ -62,14 +70,33 @@ WATTS_PER_THREAD = 4.0
 IDLE_FRACTION = 0.3
 
 
-def cpu_model_name() -> str:
+def _cpuinfo() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # macOS, or a sandbox without /proc
+        return ""
+
+
+def cpu_model_name() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return ""
+
+
+def cpu_sockets(cpus: Sequence[int], cpuinfo: str | None = None) -> int:
+    """How many CPU packages the CPUs `cpus` span, from each processor's `physical id` in
+    /proc/cpuinfo (or the text given); 1 where that is unknown (no /proc, ARM, no match)."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    package: dict[int, str] = {}
+    processor: int | None = None
+    for line in text.splitlines():
+        key, _, value = (x.strip() for x in line.partition(":"))
+        if key == "processor":
+            processor = int(value) if value.isdigit() else None
+        elif key == "physical id" and processor is not None:
+            package[processor] = value
+    return len({package[c] for c in cpus if c in package}) or 1
 
 
 def visible_cpus() -> list[int]:
@@ -79,15 +106,24 @@ def visible_cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def estimate_tdp_w(model: str, threads: int) -> tuple[float, str]:
-    """TDP of the `threads` CPUs this process can use, and how it was chosen (for the label)."""
+def estimate_tdp_w(model: str, threads: int, sockets: int = 1) -> tuple[float, str]:
+    """TDP of the `threads` CPUs this process can use, spread over `sockets` packages, and how
+    it was chosen (for the label).
+
+    A listed CPU counts each package's TDP by the share of its threads in use, and never more
+    packages than the CPUs span (2 × Xeon 8480C, all 224 threads: 700 W). An unlisted one is
+    `WATTS_PER_THREAD` × threads, whatever the sockets: per thread, the sockets need no cap.
+    """
+    sockets = max(1, int(sockets))
+    on = f"{threads} thread{'s' * (threads != 1)} on {sockets} socket{'s' * (sockets != 1)}"
     for name, tdp_w, pkg_threads in TDP_TABLE:
         if name.lower() in model.lower():
-            share = min(1.0, threads / pkg_threads)
-            return tdp_w * share, f"{name} TDP {tdp_w:.0f} W × {threads}/{pkg_threads} threads"
+            packages = min(float(sockets), threads / pkg_threads)
+            capped = " (capped at the sockets)" if packages < threads / pkg_threads else ""
+            return tdp_w * packages, (f"{name} TDP {tdp_w:.0f} W per socket of {pkg_threads} "
+                                      f"threads × {packages:g} socket(s){capped}; {on}")
     return WATTS_PER_THREAD * threads, (
-        f"CPU {model or 'unknown'!r} not in the table: {WATTS_PER_THREAD:g} W per thread × "
-        f"{threads}")
+        f"CPU {model or 'unknown'!r} not in the table: {WATTS_PER_THREAD:g} W per thread; {on}")
 
 
 def _affinity_util(cpus: list[int]) -> Callable[[], float]:
@@ -112,7 +148,8 @@ class CpuEstimateSource:
     def __init__(self, tdp_w: float | None = None, idle_fraction: float = IDLE_FRACTION,
                  cpu_model: str | None = None, util_fn: Callable[[], float] | None = None,
                  clock: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic,
+                 sockets: int | None = None) -> None:
         if not 0 <= idle_fraction <= 1:
             raise ConfigError(f"idle_fraction must lie in [0, 1], got {idle_fraction}")
         cpus = visible_cpus()
@@ -122,7 +159,8 @@ class CpuEstimateSource:
             self.tdp_w, self.how = float(tdp_w), f"TDP {tdp_w:g} W (given)"
         else:
             model = cpu_model if cpu_model is not None else cpu_model_name()
-            self.tdp_w, self.how = estimate_tdp_w(model, len(cpus))
+            spans = sockets if sockets is not None else cpu_sockets(cpus)
+            self.tdp_w, self.how = estimate_tdp_w(model, len(cpus), spans)
         self.idle_w = idle_fraction * self.tdp_w
         self.util_fn = util_fn if util_fn is not None else _affinity_util(cpus)
         self.clock, self.mono = clock, mono
@@ -195,7 +233,7 @@ def _parts(spec: str) -> list[tuple[str, str, str]]:
         part = raw.strip()
         kind, _, arg = part.partition(":")
         ok = (kind in ("nvml", "rapl", "auto") and not arg) or kind == "cpu-estimate" or (
-            kind in ("constant", "replay") and arg)
+            kind in ("constant", "replay", "simulate") and arg)
         if not ok:
             raise ConfigError(f"unknown source spec {part!r}; valid: {SPEC_FORMS}")
         if kind in ("constant", "cpu-estimate") and arg:
@@ -211,6 +249,10 @@ def _check_combination(spec: str, parts: list[tuple[str, str, str]]) -> None:
         raise ConfigError(f"source {spec!r}: auto picks every source itself; use it alone")
     if "rapl" in kinds and "cpu-estimate" in kinds:
         raise ConfigError(f"source {spec!r}: rapl and cpu-estimate both count the CPU; keep one")
+    hardware = sorted({"nvml", "rapl", "auto"} & set(kinds))
+    if "simulate" in kinds and hardware:
+        raise ConfigError(f"source {spec!r}: simulate reads a simulated node in place of this "
+                          f"one's GPUs and CPU packages; drop {', '.join(hardware)}")
     names = [f"replay:{Path(a).stem}" if k == "replay" else k for _, k, a in parts]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -219,10 +261,13 @@ def _check_combination(spec: str, parts: list[tuple[str, str, str]]) -> None:
 
 
 def validate_source_spec(spec: str) -> None:
-    """Check a spec without touching hardware: syntax, numbers, and replay traces' contents."""
+    """Check a spec without touching hardware: syntax, numbers, replay traces' contents and
+    simulated nodes' descriptions."""
     for _, kind, arg in _parts(spec):
         if kind == "replay":
             read_trace(Path(arg))  # a missing or malformed trace fails here, not in an actor
+        elif kind == "simulate":
+            load_simulated_node(arg)
 
 
 def parse_source_spec(spec: str) -> list[PowerSource]:
@@ -243,8 +288,55 @@ def parse_source_spec(spec: str) -> list[PowerSource]:
             sources.append(CpuEstimateSource(tdp_w=float(arg) if arg else None))
         elif kind == "constant":
             sources.append(ConstantSource(float(arg)))
+        elif kind == "simulate":
+            sources.extend(simulated_sources(arg))
         else:
             sources.append(ReplaySource(arg))
+    return sources
+
+
+# ---- simulated node -------------------------------------------------------------------------
+
+# The powercap trees laid out for simulated nodes' RaplSources, removed when the process exits.
+_SIM_TREES: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def load_simulated_node(path: str) -> SimNode:
+    """The node a `simulate:PATH` spec names; a ConfigError naming the file if it will not do."""
+    from raydistill.energy.simulate import load_node
+
+    how = "a JSON node description, see raydistill.energy.simulate.node_from_dict"
+    try:
+        node = load_node(path)
+    except FileNotFoundError:
+        raise ConfigError(f"simulate:{path}: file not found ({how})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"simulate:{path}: not a simulated node ({type(exc).__name__}: "
+                          f"{exc}; {how})") from None
+    if not node.gpus and not node.rapl:
+        raise ConfigError(f"simulate:{path}: the node has no GPU and no RAPL package to read")
+    return node
+
+
+def simulated_sources(path: str) -> list[PowerSource]:
+    """NVML (its GPUs) and RAPL (its packages) reading the simulated node in `path` as they
+    read hardware; the node runs in real time, readings carry time.monotonic()."""
+    from raydistill.energy.nvml import NvmlSource
+    from raydistill.energy.rapl import RaplSource
+
+    node = load_simulated_node(path)
+    sources: list[PowerSource] = []
+    if node.gpus:
+        sources.append(NvmlSource(pynvml_module=node.pynvml(), clock=node.wall,
+                                  mono=time.monotonic))
+    if node.rapl:
+        tree = tempfile.TemporaryDirectory(prefix="raydistill-sim-rapl-")
+        _SIM_TREES.append(tree)
+        sources.append(RaplSource(root=node.write_sysfs(Path(tree.name)),
+                                  reader=node.rapl_reader(), clock=node.wall,
+                                  mono=time.monotonic))
+    log.info("simulate: node %s with %d GPU(s) and %d CPU package(s), read in real time", path,
+             len(node.gpus), len(node.rapl))
     return sources
 
 

@@ -1,6 +1,8 @@
 """Sources against fakes: vendor units converted at the edge, fallbacks labelled, bad specs."""
 
+import json
 import logging
+import time
 
 import pytest
 
@@ -12,6 +14,7 @@ from raydistill.energy.sources import (
     ConstantSource,
     CpuEstimateSource,
     ReplaySource,
+    cpu_sockets,
     describe_sources,
     estimate_tdp_w,
     parse_source_spec,
@@ -426,3 +429,114 @@ def test_instant_field_decoded_from_the_real_pynvml_struct():
     assert _field_value(field) == 312_345.0
     field.valueType, field.value.dVal = pynvml.NVML_VALUE_TYPE_DOUBLE, 12.5
     assert _field_value(field) == 12.5
+
+
+# ---- CPU estimate across sockets --------------------------------------------------------------
+
+XEON_8480C = "Intel(R) Xeon(R) Platinum 8480C"
+
+
+def _cpuinfo(sockets, threads_per_socket):
+    """/proc/cpuinfo of a node whose processors are numbered socket after socket."""
+    blocks = [f"processor\t: {s * threads_per_socket + t}\nmodel name\t: {XEON_8480C}\n"
+              f"physical id\t: {s}\ncore id\t\t: {t % 56}\n"
+              for s in range(sockets) for t in range(threads_per_socket)]
+    return "\n".join(blocks)
+
+
+def test_cpu_estimate_dgx_h100_counts_both_sockets():
+    info = _cpuinfo(2, 112)  # DGX H100: 2 × Xeon Platinum 8480C, 224 threads
+    assert cpu_sockets(range(224), info) == 2
+    tdp, how = estimate_tdp_w(XEON_8480C, 224, sockets=2)
+    assert tdp == pytest.approx(700.0) and "2 sockets" in how
+    src = CpuEstimateSource(cpu_model=XEON_8480C, sockets=2, util_fn=lambda: 1.0)
+    assert "sockets" in src.describe()
+
+
+def test_cpu_estimate_one_socket_and_half_a_socket():
+    info = _cpuinfo(2, 112)
+    assert cpu_sockets(range(112, 224), info) == 1
+    tdp, how = estimate_tdp_w(XEON_8480C, 112, sockets=cpu_sockets(range(112, 224), info))
+    assert tdp == pytest.approx(350.0) and "1 socket" in how
+    half = range(56)  # a job pinned to half of socket 0
+    assert estimate_tdp_w(XEON_8480C, 56, cpu_sockets(half, info))[0] == pytest.approx(175.0)
+    # more threads than one socket holds cannot be on one socket: capped at the sockets spanned
+    tdp, how = estimate_tdp_w(XEON_8480C, 224, sockets=1)
+    assert tdp == pytest.approx(350.0) and "capped" in how
+
+
+def test_cpu_estimate_unknown_cpu_is_per_thread_on_any_sockets():
+    for sockets in (1, 2):
+        tdp, how = estimate_tdp_w("Some Future CPU", 96, sockets)
+        assert tdp == pytest.approx(4.0 * 96) and "per thread" in how
+        assert f"{sockets} socket" in how
+
+
+def test_cpu_sockets_unknown_is_one():
+    assert cpu_sockets([0, 1], "") == 1
+    assert cpu_sockets([0, 1], "processor\t: 0\nBogoMIPS\t: 50.00\n") == 1  # ARM: no ids
+    assert cpu_sockets([7], _cpuinfo(2, 2)) == 1  # a CPU the text does not list
+    assert cpu_sockets([1, 2], _cpuinfo(2, 2)) == 2
+
+
+# ---- simulate:PATH --------------------------------------------------------------------------
+
+
+def _sim_file(tmp_path):
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps({
+        "gpus": [{"uuid": "GPU-11111111-aaaa-4000-8000-000000000001", "power_w": 300},
+                 {"uuid": "GPU-22222222-bbbb-4000-8000-000000000002", "power_w": 200}],
+        "rapl": [{"package": 0, "power_w": 150, "dram_w": 20}],
+    }))
+    return path
+
+
+def test_simulate_spec_reads_a_simulated_node_like_hardware(tmp_path):
+    spec = f"simulate:{_sim_file(tmp_path)}"
+    validate_source_spec(spec)
+    sources = parse_source_spec(spec)
+    assert [s.name for s in sources] == ["nvml", "rapl"]
+    start = time.monotonic()
+    first = [r for s in sources for r in _valid(s.read())]
+    time.sleep(0.2)
+    second = {r.device_id: r for s in sources for r in _valid(s.read())}
+    elapsed = time.monotonic() - start
+    gpus = [r for r in first if r.device_kind == "gpu"]
+    assert [r.device_id for r in gpus] == ["GPU-11111111-aaaa-4000-8000-000000000001",
+                                           "GPU-22222222-bbbb-4000-8000-000000000002"]
+    for r, watts in zip(gpus, (300, 200), strict=True):
+        assert r.method == "counter" and r.energy_counter_j >= 1e9  # since driver load, not 0
+        assert r.power_w == pytest.approx(watts)
+        gained = second[r.device_id].energy_counter_j - r.energy_counter_j
+        assert 0 < gained <= watts * (elapsed + 0.1)  # the counter refreshes every 0.1 s
+    cpu = {r.device_id: r for r in first if r.device_kind in ("cpu", "dram")}
+    assert set(cpu) == {"cpu:package-0", "dram:package-0"}
+    for r in cpu.values():
+        assert r.method == "counter" and r.counter_range_j == pytest.approx(262_143.32885)
+        assert r.t_mono_s == pytest.approx(time.monotonic(), abs=5.0)
+    for s in sources:
+        s.close()
+
+
+def test_simulate_spec_bad_file_is_a_config_error_naming_it(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ConfigError, match=r"nope\.json.*not found"):
+        validate_source_spec(f"simulate:{missing}")
+    with pytest.raises(ConfigError, match=r"nope\.json"):
+        parse_source_spec(f"simulate:{missing}")
+    bad = tmp_path / "bad.json"
+    for body in ("{not json", '[1, 2]', '{"gpus": [{"power_w": 3}]}', '{}'):
+        bad.write_text(body)
+        with pytest.raises(ConfigError, match=r"bad\.json"):
+            validate_source_spec(f"simulate:{bad}")
+
+
+@pytest.mark.parametrize("other,msg", [("nvml", "drop nvml"), ("rapl", "drop rapl"),
+                                       ("auto", "use it alone")])
+def test_simulate_spec_not_with_hardware_sources(tmp_path, other, msg):
+    with pytest.raises(ConfigError, match=msg):
+        validate_source_spec(f"simulate:{_sim_file(tmp_path)},{other}")
+    with pytest.raises(ConfigError, match="unknown"):
+        validate_source_spec("simulate")
+    validate_source_spec(f"simulate:{_sim_file(tmp_path)},constant:5")
