@@ -33,6 +33,7 @@ from raydistill.energy.timeline import (
     HELD,
     DeviceTimeline,
     Sequence,
+    bridge,
     merge,
     sequence_segments,
     with_holds,
@@ -283,7 +284,8 @@ class LedgerState:
                 self._idle_at(node_id, device_id, series, t))))
         seqs.sort(key=lambda x: (x[0], x[1]))  # the sampler that began first wins overlaps
         parts = [sequence_segments(seq, self.max_gap_s) for _, _, seq in seqs]
-        pieces = with_holds(merge(parts), self.max_hold_s)
+        merged = bridge(merge(parts), [seq for _, _, seq in seqs])
+        pieces = with_holds(merged, self.max_hold_s)
         all_t = np.concatenate([seq.t_s for _, _, seq in seqs])
         return DeviceTimeline(pieces, all_t)
 

@@ -28,6 +28,7 @@ it in real time (true time = `time.time()`), so Ray actors can sample it like ha
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -138,14 +139,18 @@ class SimGpu:
     cuda_index: int | None = None  # position in CUDA's default order (None = PCI order)
     mig_slices: tuple[int, ...] = ()  # slices of each MIG instance; () = MIG off
 
+    def _tick(self, t_s: float) -> float:
+        """The last refresh at or before t_s (the driver updates its figures every refresh_s)."""
+        return math.floor(t_s / self.refresh_s + 1e-9) * self.refresh_s
+
     def counter_mj(self, t_s: float) -> int:
-        q = (t_s // self.refresh_s) * self.refresh_s
+        q = self._tick(t_s)
         if self.reload_at_s is not None and q >= self.reload_at_s:
             return int(self.trace.energy_j(self.reload_at_s, q) * 1000)
         return int((self.counter_origin_j + self.trace.energy_j(0.0, q)) * 1000)
 
     def power_usage_mw(self, t_s: float) -> int:
-        q = (t_s // self.refresh_s) * self.refresh_s
+        q = self._tick(t_s)
         if self.power_avg_s <= 0:
             return int(self.trace.power_w(q) * 1000)
         return int(self.trace.energy_j(q - self.power_avg_s, q) / self.power_avg_s * 1000)

@@ -140,6 +140,47 @@ def merge(parts: list[Segments]) -> Segments:
     return out
 
 
+def bridge(pieces: Segments, seqs: list[Sequence]) -> Segments:
+    """Measure the holes between two samplers' sequences from the counter itself.
+
+    A hardware counter is absolute: the last reading of the sampler that stopped and the first
+    of the one that took over (in another process, maybe) are readings of one counter, so
+    their difference is the energy in between, exactly, when it is physically plausible (no
+    reset, and for a wrapping counter no room for a wrap it could hide)."""
+    if len(pieces) < 2 or len(seqs) < 2:
+        return pieces
+    holes = np.nonzero(pieces.b[:-1] < pieces.a[1:])[0]
+    if holes.size == 0:
+        return pieces
+    ends = [_edge_counter(q, last=True) for q in seqs]
+    starts = [_edge_counter(q, last=False) for q in seqs]
+    added = []
+    for i in holes:
+        h0, h1 = float(pieces.b[i]), float(pieces.a[i + 1])
+        left = [(k, e) for k, e in enumerate(ends) if e is not None and e[0] == h0]
+        right = [(k, e) for k, e in enumerate(starts) if e is not None and e[0] == h1]
+        if not left or not right or left[0][0] == right[0][0]:
+            continue
+        (_, (t0, c0, _, rng)), (_, (t1, c1, code, _)) = left[0], right[0]
+        step, dt = c1 - c0, t1 - t0
+        fits = 0 <= step <= dt * MAX_DEVICE_POWER_W + JITTER_J
+        if not fits or (rng and dt * MAX_DEVICE_POWER_W >= rng):
+            continue
+        w = step / dt
+        added.append(Segments(np.array([h0]), np.array([h1]), np.array([w]), np.array([w]),
+                              np.array([code]), np.array([pieces.idle_w[i]]),
+                              np.array([False])))
+    return _concat([pieces, *added]) if added else pieces
+
+
+def _edge_counter(q: Sequence, last: bool) -> tuple[float, float, int, float | None] | None:
+    ok = np.nonzero(~np.isnan(q.counter_j))[0]
+    if ok.size == 0:
+        return None
+    k = int(ok[-1] if last else ok[0])
+    return float(q.t_s[k]), float(q.counter_j[k]), int(q.method[k]), q.range_j
+
+
 def _free_intervals(s: Segments) -> list[tuple[float, float]]:
     if len(s) == 0:
         return [(-np.inf, np.inf)]

@@ -7,6 +7,7 @@ Pareto set and summary. Power over time comes from the ledger's samples, binned.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ def power_series(run_dir: str | Path, bin_s: float = 1.0) -> pd.DataFrame:
     rows = []
     for (node, device), (tl, lo, hi) in spans.items():
         edges = np.arange(lo, hi + bin_s, bin_s)
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
+        for a, b in itertools.pairwise(edges):
             seen_s = tl.between("measured", a, b) + tl.between("held", a, b)
             if seen_s <= 0:
                 continue

@@ -260,7 +260,8 @@ def test_constant_counter_and_power_agree():
     assert (a.power_w, a.device_id, a.device_kind, a.method) == (
         100.0, "constant", "node", "estimated")
     # a second source (a replacement sampler) continues the same counter
-    assert ConstantSource(100.0, clock=clock, mono=clock).read()[0].energy_counter_j == b.energy_counter_j
+    again = ConstantSource(100.0, clock=clock, mono=clock).read()[0]
+    assert again.energy_counter_j == b.energy_counter_j
 
 
 # ---- replay ---------------------------------------------------------------------------------
