@@ -73,6 +73,10 @@ class Session:
             self.close()  # the ledger is detached: never leave it behind on a failed start
             raise
         log.info("ledger up; %d samplers on %d nodes", len(report.started), report.alive)
+        if report.failed:  # the run goes on; those nodes are retried with backoff
+            log.error("no sampler on %d node(s) (%s): their energy is not measured until one "
+                      "starts; see the log above for why", len(report.failed),
+                      ", ".join(n[:12] for n in report.failed))
         if reconcile_interval_s > 0:
             self.fleet.start_background(reconcile_interval_s)
         return self
