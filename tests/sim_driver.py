@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raydistill.energy.ledger import EnergyRow, LedgerState
+from raydistill.energy.log import KIND_BATCH, KIND_EVENT
 from raydistill.energy.nvml import NvmlSource
 from raydistill.energy.rapl import RaplSource
 from raydistill.energy.samples import ALL_DEVICES, Reading, SampleBatch, Window
@@ -46,13 +48,20 @@ class SimRun:
         self.root = node.write_sysfs(tmp / "powercap") if node.rapl else None
         self.samplers: list[SimSampler] = []
         self.state = LedgerState(max_gap_s=max_gap_s)
+        self.records: list[tuple[int, bytes]] = []  # what the durable log would hold
+
+    def apply(self, kind: int, payload: bytes) -> None:
+        self.records.append((kind, payload))
+        self.state.apply(kind, payload)
 
     def sampler(self, sampler_id: str, nvml: bool = True, rapl: bool = True,
                 idle_s: float = 0.0) -> SimSampler:
         n = self.node
         sources: list = []
         if nvml and n.gpus:
-            sources.append(NvmlSource(n.pynvml(), clock=n.wall, mono=n.mono))
+            # as the sampler does: a node whose GPUs are all gone keeps its CPU source
+            with contextlib.suppress(SourceUnavailable):
+                sources.append(NvmlSource(n.pynvml(), clock=n.wall, mono=n.mono))
         if rapl and self.root is not None:
             sources.append(RaplSource(self.root, reader=n.rapl_reader(), clock=n.wall,
                                       mono=n.mono))
@@ -94,8 +103,8 @@ class SimRun:
 
     def push(self, s: SimSampler) -> None:
         if s.readings:
-            self.state.ingest(SampleBatch.from_readings(
-                s.sampler_id, s.seq, self.node_id, s.readings, s.idle_w, s.idle_span))
+            self.apply(KIND_BATCH, SampleBatch.from_readings(
+                s.sampler_id, s.seq, self.node_id, s.readings, s.idle_w, s.idle_span).to_bytes())
             s.seq += 1
             s.readings = []
 
@@ -116,19 +125,12 @@ class SimRun:
         w0, m0 = self.at(start_true)
         w = Window(wid, "trial", "stage", self.node_id, devices, w0,
                    t_start_mono_s=m0 if mono else None)
-        self.state.apply_event({"type": "window_open", **w.__dict__})
+        self.apply(KIND_EVENT, LedgerState.open_event(w))
         if end_true is not None:
             w1, m1 = self.at(end_true)
-            self.state.apply_event(close_event(wid, w1, m1 if mono else None))
+            self.apply(KIND_EVENT, LedgerState.close_event(wid, w1, 0, None,
+                                                           m1 if mono else None))
 
     def rows(self, wid: str) -> dict[str, EnergyRow]:
         self.push_all()
         return {r.device_id: r for r in self.state.energy_rows() if r.window_id == wid}
-
-
-def close_event(wid: str, wall: float, mono: float | None) -> dict:
-    ev = {"type": "window_close", "window_id": wid, "t_end_s": wall, "tokens": 0,
-          "cpu_time_s": None}
-    if mono is not None:
-        ev["t_end_mono_s"] = mono
-    return ev

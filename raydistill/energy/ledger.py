@@ -284,7 +284,7 @@ class LedgerState:
                 self._idle_at(node_id, device_id, series, t))))
         seqs.sort(key=lambda x: (x[0], x[1]))  # the sampler that began first wins overlaps
         parts = [sequence_segments(seq, self.max_gap_s) for _, _, seq in seqs]
-        merged = bridge(merge(parts), [seq for _, _, seq in seqs])
+        merged = bridge(merge(parts), [seq for _, _, seq in seqs], self.max_gap_s)
         pieces = with_holds(merged, self.max_hold_s)
         all_t = np.concatenate([seq.t_s for _, _, seq in seqs])
         return DeviceTimeline(pieces, all_t)
@@ -397,6 +397,8 @@ class LedgerState:
             unmeasured = max(0.0, (end - start) - measured - held)
             codes = tl.methods(start, end)
             labels = {"interpolated" if c == HELD else self._methods[c] for c in codes}
+            if tl.cuts_gap(start, end):
+                labels.add("interpolated")
             n_gaps, gap_s = tl.gaps(start, end)
             n = tl.n_samples(start, end)
             rows.append(self._row(

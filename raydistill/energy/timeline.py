@@ -140,7 +140,7 @@ def merge(parts: list[Segments]) -> Segments:
     return out
 
 
-def bridge(pieces: Segments, seqs: list[Sequence]) -> Segments:
+def bridge(pieces: Segments, seqs: list[Sequence], max_gap_s: float) -> Segments:
     """Measure the holes between two samplers' sequences from the counter itself.
 
     A hardware counter is absolute: the last reading of the sampler that stopped and the first
@@ -169,7 +169,7 @@ def bridge(pieces: Segments, seqs: list[Sequence]) -> Segments:
         w = step / dt
         added.append(Segments(np.array([h0]), np.array([h1]), np.array([w]), np.array([w]),
                               np.array([code]), np.array([pieces.idle_w[i]]),
-                              np.array([False])))
+                              np.array([h1 - h0 > max_gap_s])))
     return _concat([pieces, *added]) if added else pieces
 
 
@@ -286,6 +286,12 @@ class DeviceTimeline:
         s = self.s
         sel = (s.b > a) & (s.a < b) & s.gap
         return int(sel.sum()), float((np.minimum(s.b[sel], b) - np.maximum(s.a[sel], a)).sum())
+
+    def cuts_gap(self, a: float, b: float) -> bool:
+        """Does an edge of [a, b] fall inside a long counter segment? Its energy is exact over
+        the segment, but the share on either side of the edge is interpolated."""
+        s = self.s
+        return bool(((s.a < a) & (s.b > a) & s.gap).any() or ((s.a < b) & (s.b > b) & s.gap).any())
 
     def n_samples(self, a: float, b: float) -> int:
         return int(np.searchsorted(self.samples, b, "right") - np.searchsorted(self.samples, a))
