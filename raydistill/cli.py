@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from raydistill.energy.sources import SPEC_FORMS
 from raydistill.errors import ConfigError, RayDistillError
 
 
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("measure", help="run any command inside one measured window")
     m.add_argument("--source", default="auto",
-                   help="nvml | rapl | cpu-estimate[:TDP_W] | replay:PATH | constant:WATTS | auto")
+                   help=SPEC_FORMS.replace(", ", " | "))
     m.add_argument("--hz", type=float, default=10.0, help="samples per second (default 10)")
     m.add_argument("--out", default=None, help="run directory (default runs/measure-<time>)")
     m.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster)")

@@ -25,7 +25,7 @@ T = TypeVar("T")
 class SamplingConfig:
     """How each node's PowerSampler reads and reports power."""
 
-    source: str = "auto"  # nvml | rapl | cpu-estimate[:TDP_W] | replay:PATH | constant:WATTS | auto
+    source: str = "auto"  # see raydistill.energy.sources.SPEC_FORMS (simulate:PATH included)
     hz: float = 10.0  # polls per second
     push_interval_s: float = 2.0  # budgets need fresh totals; the ledger wants few calls
     idle_s: float = 1.0  # idle baseline measured over this long at sampler start (0 = none)
@@ -162,10 +162,14 @@ class EvalConfig:
     lm_eval_tasks: tuple[str, ...] = ()  # extra installed lm-eval tasks (need their data)
     limit: int = 200
     inference_prompts: int = 100  # fixed prompt set for inference EPT (teacher and student)
+    # The inference probe repeats (after one untimed warm-up pass) until its window lasts this
+    # long: a window of a few sample periods is interpolation, not a measurement of EPT.
+    inference_min_s: float = 3.0
 
     def __post_init__(self) -> None:
         _positive("evaluation.limit", self.limit)
         _positive("evaluation.inference_prompts", self.inference_prompts)
+        _positive("evaluation.inference_min_s", self.inference_min_s)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ def stage_device_table(df: pd.DataFrame) -> pd.DataFrame:
         method=("method", lambda s: "+".join(sorted(set("+".join(s).split("+"))))),
         shared=("shared", "any"),
         gap_s=("gap_s", "sum"),
+        unmeasured_s=("unmeasured_s", "sum"),
+        interpolated=("interpolated", "any"),
         samples=("n_samples", "sum"),
     ).reset_index()
     out["node_id"] = out["node_id"].str[:12]
@@ -53,6 +55,10 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
         devices=("device_id", "nunique"),
         method=("method", lambda s: "+".join(sorted(set("+".join(s).split("+"))))),
         gap_s=("gap_s", "sum"),
+        # Seconds × devices no sample measured (not in energy_j), and a bound on their energy.
+        unmeasured_s=("unmeasured_s", "sum"),
+        unmeasured_max_j=("unmeasured_max_j", "sum"),
+        interpolated=("interpolated", "any"),  # some window too short to be measured
     ).reset_index()
     tokens = df.drop_duplicates("window_id").groupby(["trial_id", "stage"], sort=False)["tokens"]
     out = out.merge(tokens.sum().reset_index(), on=["trial_id", "stage"])

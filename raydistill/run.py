@@ -95,6 +95,24 @@ def summary(result: RunResult) -> str:
                   f"scores: {sc}", f"    OM_perf: {om or 'n/a'}; Eff_overall {eff}; N* {n_star}"]
     if result.reused:
         lines.append(f"reused teacher artifacts (not rebuilt): {', '.join(result.reused)}")
+    lines += unmeasured_lines(result.table)
     lines.append("energy method per stage is in the table (counter / sampled / estimated / "
-                 f"replayed); run dir: {result.run_dir}")
+                 f"replayed / interpolated); run dir: {result.run_dir}")
     return "\n".join(lines)
+
+
+def unmeasured_lines(table) -> list[str]:
+    """Say where the figures are not whole: stretches no sample measured (not in energy_j),
+    and stages whose windows were too short to be more than interpolation."""
+    lines = []
+    if "unmeasured_s" in table:
+        for r in table[table["unmeasured_s"] > 0].itertuples():
+            lines.append(f"warning: {r.trial_id}/{r.stage}: {r.unmeasured_s:,.1f} device-seconds "
+                         f"unmeasured (not in energy_j; at most {r.unmeasured_max_j:,.0f} J at "
+                         "the peak power seen)")
+    if "interpolated" in table:
+        for r in table[table["interpolated"]].itertuples():
+            lines.append(f"note: {r.trial_id}/{r.stage}: a window shorter than two samples; its "
+                         "figure is interpolated")
+    return lines
+

@@ -161,8 +161,27 @@ def evaluate_remote(models: dict[str, str], eval_jsonl: str, namespace: str, tri
     probe = rows[: eval_cfg["inference_prompts"]]
     tokens = {}
     for name, (model, tokenizer) in loaded.items():
-        with StageWindow(namespace, trial_id, f"inference_{name}", devices=devices) as window:
-            _, generated = greedy_accuracy(model, tokenizer, probe, max_new_tokens)
-            window.add_tokens(generated)
-        tokens[name] = generated
+        tokens[name] = _steady_inference(namespace, trial_id, name, devices, model, tokenizer,
+                                         probe, max_new_tokens, eval_cfg["inference_min_s"])
     return {"scores": scores, "inference_tokens": tokens}
+
+
+def _steady_inference(namespace: str, trial_id: str, name: str, devices: tuple[str, ...],
+                      model, tokenizer, probe: list, max_new_tokens: int, min_s: float) -> int:
+    """EPT of a model at inference, in steady state: one untimed warm-up pass (first-call
+    allocations and caches are not inference cost), then the probe repeated inside the window
+    until it has lasted min_s, long enough for the power source to see it (at 10 Hz, tens of
+    samples instead of none). Returns the tokens generated inside the window."""
+    from raydistill.cluster.windows import StageWindow
+    from raydistill.distill.tiny import greedy_accuracy
+
+    greedy_accuracy(model, tokenizer, probe, max_new_tokens)
+    generated = 0
+    with StageWindow(namespace, trial_id, f"inference_{name}", devices=devices) as window:
+        while True:
+            _, n = greedy_accuracy(model, tokenizer, probe, max_new_tokens)
+            generated += n
+            if window.duration_s >= min_s:
+                break
+        window.add_tokens(generated)
+    return generated
