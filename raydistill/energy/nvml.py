@@ -71,6 +71,7 @@ def _field_value(field: Any) -> float:
 # drops the GPU; anything else (Unknown, Timeout, ...) is transient: skip this poll, keep the path.
 NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND, GPU_IS_LOST = 3, 4, 13, 15
 PERMANENT = frozenset({NOT_SUPPORTED, FUNCTION_NOT_FOUND})
+MIG_SLICES = 7  # compute slices of an A100 / H100 GPU
 
 
 def _code(exc: Exception) -> int | None:
@@ -113,6 +114,7 @@ class NvmlSource:
         self.path = {u: 0 for u in self.gpus}  # per GPU: index into PATHS of the working path
         self.transient_errors = {u: 0 for u in self.gpus}
         self.lost: list[str] = []
+        self.mig = {u: self._mig_instances(u, h) for u, h in self.gpus.items()}
 
     def _open(self, count: int) -> tuple[list[Any], list[str], list[str]]:
         """Open each GPU on its own: one that refuses is skipped, not the whole node."""
@@ -135,12 +137,39 @@ class NvmlSource:
                         "measured: %s", len(skipped), count, "; ".join(skipped))
         return handles, uuids, skipped
 
+    def _mig_instances(self, uuid: str, handle: Any) -> list[tuple[str, float]]:
+        """(MIG UUID, share of the GPU) of each MIG instance; [] when MIG is off.
+
+        NVML meters only the whole GPU (energy and power on a MIG handle are NOT_SUPPORTED), so
+        an instance is charged its share of the GPU's compute slices: an attribution, labelled
+        `estimated` with source `nvml-mig-slice-share`, never a measurement of the instance."""
+        try:
+            current, _ = self.nv.nvmlDeviceGetMigMode(handle)
+            if current != getattr(self.nv, "NVML_DEVICE_MIG_ENABLE", 1):
+                return []
+            count = self.nv.nvmlDeviceGetMaxMigDeviceCount(handle)
+        except (self.nv.NVMLError, AttributeError):
+            return []  # no MIG on this GPU or this pynvml
+        out = []
+        for i in range(count):
+            try:
+                mig = self.nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
+                slices = self.nv.nvmlDeviceGetAttributes(mig).gpuInstanceSliceCount
+                out.append((_text(self.nv.nvmlDeviceGetUUID(mig)), slices / MIG_SLICES))
+            except self.nv.NVMLError:
+                continue  # an empty slot
+        if out:
+            log.info("GPU %s: MIG on, %d instances charged by slice share (%s)", uuid, len(out),
+                     ", ".join(f"{m} {sh:.2f}" for m, sh in out))
+        return out
+
     def read(self) -> list[Reading]:
         out = []
         for uuid, handle in list(self.gpus.items()):
             reading = self._read_one(uuid, handle)
             if reading is not None:
                 out.append(reading)
+                out.extend(_mig_share(reading, self.mig.get(uuid, [])))
         if not self.gpus:
             raise SourceUnavailable("NVML: every GPU failed (lost or driver gone); see the log")
         return out
@@ -211,6 +240,15 @@ class NvmlSource:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # twice, or after a lost driver: harmless
             self.nv.nvmlShutdown()
+
+
+def _mig_share(parent: Reading, instances: list[tuple[str, float]]) -> list[Reading]:
+    def part(x: float | None, share: float) -> float | None:
+        return None if x is None else x * share
+
+    return [Reading(mig, "mig", parent.t_wall_s, part(parent.power_w, share),
+                    part(parent.energy_counter_j, share), "nvml-mig-slice-share", "estimated",
+                    parent.t_mono_s) for mig, share in instances]
 
 
 def _import_pynvml() -> Any:

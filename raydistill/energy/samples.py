@@ -17,7 +17,9 @@ import numpy as np
 METHODS = ("counter", "sampled", "estimated", "replayed")
 # Device kinds. GPUs are charged to the windows that hold them; the others are node-level
 # devices shared by every window on the node (split by CPU-time share).
-DEVICE_KINDS = ("gpu", "cpu", "dram", "node")
+# "mig" is a MIG instance charged a share of its parent GPU: held only by windows that name it
+# (a window of the whole node is charged the parent GPU, not its instances a second time).
+DEVICE_KINDS = ("gpu", "cpu", "dram", "node", "mig")
 SHARED_KINDS = frozenset({"cpu", "dram", "node"})
 
 
@@ -211,6 +213,8 @@ class Window:
     t_end_mono_s: float | None = None
 
     def claims(self, device_id: str, device_kind: str) -> bool:
+        if device_kind == "mig":
+            return device_id in self.devices
         return device_kind in SHARED_KINDS or self.devices == ALL_DEVICES or (
             device_id in self.devices
         )

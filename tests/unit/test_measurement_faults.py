@@ -220,3 +220,34 @@ def test_simulated_clock_is_thread_safe_and_counters_agree_across_readers():
     e1 = a.nvmlDeviceGetTotalEnergyConsumption(ha)
     e2 = b.nvmlDeviceGetTotalEnergyConsumption(hb)
     assert 0 <= e2 - e1 < 300 * 1000  # one counter, read by two processes
+
+
+def test_mig_instances_are_charged_their_slice_share_of_the_parent_labelled_so(tmp_path):
+    node, gpu = one_gpu(420.0)
+    node.gpus[0].mig_slices = (3, 2, 2)
+    run = SimRun(node, tmp_path)
+    run.sampler("a")
+    run.until(12.0)
+    mig = [f"MIG-{gpu[4:]}-{i}" for i in range(3)]
+    run.window("big", 1.0, 11.0, devices=(mig[0],))
+    run.window("small", 1.0, 11.0, devices=(mig[1],))
+    run.window("node", 1.0, 11.0)
+    big, small = run.rows("big")[mig[0]], run.rows("small")[mig[1]]
+    assert big.energy_j == pytest.approx(420.0 * 10 * 3 / 7, abs=counter_tol_j(420.0))
+    assert small.energy_j == pytest.approx(420.0 * 10 * 2 / 7, abs=counter_tol_j(420.0))
+    assert big.method == "estimated" and big.sources == "nvml-mig-slice-share"
+    whole = run.rows("node")
+    assert gpu in whole and not any(d.startswith("MIG-") for d in whole)  # no double charge
+
+
+def test_a_node_without_gpus_has_no_nvml_source_but_is_measured_by_rapl(tmp_path):
+    node = cpu_node()  # the CPU head of cluster.yaml
+    with pytest.raises(SourceUnavailable, match="no GPU"):
+        NvmlSource(node.pynvml())
+    run = SimRun(node, tmp_path)
+    run.sampler("a")
+    run.until(5.0)
+    run.window("w", 1.0, 4.0)
+    rows = run.rows("w")
+    assert set(rows) == {"cpu:package-0", "cpu:package-1", "dram:package-0", "dram:package-1"}
+    assert rows["cpu:package-1"].energy_j == pytest.approx(180.0 * 3.0, rel=1e-4)
