@@ -1,7 +1,9 @@
-"""The Ray layer on one local Ray: exact energies, a killed sampler, a killed ledger, a slow
-ledger, a sampler that cannot start, a node without the source the spec names."""
+"""The Ray layer on one local Ray, sampling a simulated node as it samples hardware: exact
+energies against the true integral, a killed sampler, a killed ledger, a slow ledger, a sampler
+that cannot start, a node without the source the spec names."""
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -11,12 +13,36 @@ from raydistill.cluster.fleet import SamplerFleet, sampler_name
 from raydistill.cluster.ledger_actor import start_ledger
 from raydistill.cluster.windows import StageWindow
 from raydistill.config import SamplingConfig
+from raydistill.energy.simulate import load_node
 from raydistill.errors import SourceUnavailable
 
 pytestmark = pytest.mark.slow
 
-CFG = SamplingConfig(source="constant:100", hz=20, push_interval_s=0.3, idle_s=0.2,
-                     max_gap_s=0.8, push_timeout_s=2.0)
+# The node the samplers read is simulated (raydistill.energy.simulate, `simulate:PATH`): an
+# H100-like GPU with an absolute counter refreshed every 20 ms and 1 s-averaged power, on a 1 Hz
+# on/off load, and a RAPL package with DRAM, all in real time, so every figure is checked
+# against the true integral of the traces over the window.
+NOW = time.time()
+SIM = {"gpus": [{"uuid": "GPU-sim-ray-0000", "refresh_s": 0.02, "power_w": {"square": {
+           "period_s": 1.0, "on_w": 400.0, "off_w": 100.0, "start_s": NOW - 10,
+           "until_s": NOW + 3 * 3600}}}],
+       "rapl": [{"package": 0, "power_w": 150.0, "dram_w": 20.0}]}
+P_MAX_W = 400.0
+# counter refresh at each edge, and the few ms between a window's wall and monotonic stamps
+TOL_S = 2 * 0.02 + 0.03
+
+
+@pytest.fixture(scope="module")
+def sim_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sim") / "node.json"
+    path.write_text(json.dumps(SIM))
+    return path
+
+
+@pytest.fixture(scope="module")
+def CFG(sim_path):
+    return SamplingConfig(source=f"simulate:{sim_path}", hz=20, push_interval_s=0.3,
+                          idle_s=0.2, max_gap_s=0.8, push_timeout_s=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +53,7 @@ def local_ray():
 
 
 @pytest.fixture
-def session(local_ray, tmp_path, request):
+def session(local_ray, tmp_path, request, CFG):
     ns = f"test-{request.node.name[:30]}-{time.time_ns()}"
     cfg = SamplingConfig(**{**CFG.__dict__, "spool_dir": str(tmp_path / "spool")})
     ledger = start_ledger(tmp_path / "run", ns, max_gap_s=cfg.max_gap_s)
@@ -38,12 +64,16 @@ def session(local_ray, tmp_path, request):
     ray.kill(ledger, no_restart=True)
 
 
-def exactly_100_w(row, w):
-    """The ledger integrates on the node's monotonic clock, over the window's monotonic edges:
-    100 W times that span, exactly; the span is the window's wall-clock duration up to the few
-    ms between reading one clock and the other (more on a loaded machine)."""
-    assert row["energy_j"] == pytest.approx(100.0 * row["duration_s"], rel=1e-6)
-    assert row["duration_s"] == pytest.approx(w.duration_s, abs=0.05)
+def exact(rows, w, sim_path):
+    """Every device's figure is the true energy over the window, all of it measured."""
+    node = load_node(sim_path)
+    assert {r["device_id"] for r in rows} == {
+        "GPU-sim-ray-0000", "cpu:package-0", "dram:package-0"}
+    for row in rows:
+        truth = node.truth_j(row["device_id"], w.window.t_start_s, w.t_end_s)
+        assert row["energy_j"] == pytest.approx(truth, abs=P_MAX_W * TOL_S), row["device_id"]
+        assert row["unmeasured_s"] == 0.0 and row["method"] == "counter"
+        assert row["duration_s"] == pytest.approx(w.duration_s, abs=0.05)
 
 
 def rows_for(ledger, fleet, window_id):
@@ -51,22 +81,22 @@ def rows_for(ledger, fleet, window_id):
     return [r for r in ray.get(ledger.energy_rows.remote()) if r["window_id"] == window_id]
 
 
-def test_constant_source_window_is_power_times_duration(session):
+def test_window_energy_is_the_true_integral_of_every_device(session, sim_path):
     ns, ledger, fleet = session
     with StageWindow(ns, "t0", "teacher_generation") as w:
         time.sleep(1.2)
         w.add_tokens(1234)
-    (row,) = rows_for(ledger, fleet, w.window.window_id)
-    exactly_100_w(row, w)
-    assert row["tokens"] == 1234 and row["n_gaps"] == 0 and row["n_samples"] >= 15
-    assert row["idle_j"] == pytest.approx(100.0 * row["duration_s"], rel=1e-3)
+    rows = rows_for(ledger, fleet, w.window.window_id)
+    exact(rows, w, sim_path)
+    pkg = next(r for r in rows if r["device_id"] == "cpu:package-0")
+    assert pkg["tokens"] == 1234 and pkg["n_gaps"] == 0 and pkg["n_samples"] >= 15
+    assert pkg["idle_j"] == pytest.approx(150.0 * pkg["duration_s"], rel=1e-3)
 
 
-def test_killed_sampler_is_replaced_and_its_hole_bridged_by_the_counter(session):
+def test_killed_sampler_is_replaced_and_its_hole_bridged_by_the_counter(session, sim_path):
     """Nobody samples the node for longer than max_gap_s; the replacement's first counter
-    reading and the dead sampler's last one measure the hole between them (the constant
-    source's counter is continuous across samplers, as a hardware counter is), so nothing is
-    lost and nothing is left unmeasured."""
+    reading and the dead sampler's last one are readings of one absolute counter, so they
+    measure the hole between them: nothing is lost and nothing is left unmeasured."""
     ns, ledger, fleet = session
     node = ray.get_runtime_context().get_node_id()
     with StageWindow(ns, "t1", "student_training") as w:
@@ -77,16 +107,14 @@ def test_killed_sampler_is_replaced_and_its_hole_bridged_by_the_counter(session)
         assert report.started == [node] and report.retired == [node]
         replaced_at = time.time()
         time.sleep(0.8)
-    (row,) = rows_for(ledger, fleet, w.window.window_id)
-    exactly_100_w(row, w)
-    assert row["unmeasured_s"] == 0.0
+    exact(rows_for(ledger, fleet, w.window.window_id), w, sim_path)
     stats = ray.get(ledger.stats.remote())
     assert stats["latest_t_s"][node] > replaced_at + 0.5  # the new sampler's samples arrived
     retired = [s for s in stats["samplers"].values() if s["retired_s"] is not None]
     assert len(retired) == 1
 
 
-def test_killed_ledger_replays_log_and_nothing_is_counted_twice(session):
+def test_killed_ledger_replays_log_and_nothing_is_counted_twice(session, sim_path):
     ns, ledger, fleet = session
     with StageWindow(ns, "t2", "teacher_logit_caching") as w:
         time.sleep(0.6)
@@ -96,8 +124,7 @@ def test_killed_ledger_replays_log_and_nothing_is_counted_twice(session):
     fleet.flush()
     after = ray.get(ledger.stats.remote())
     assert after["replayed_records"] > 0 and after["samples"] >= before["samples"]
-    (row,) = rows_for(ledger, fleet, w.window.window_id)
-    exactly_100_w(row, w)
+    exact(rows_for(ledger, fleet, w.window.window_id), w, sim_path)
     # every reading the samplers took reached the ledger exactly once
     sampler_stats = fleet.stop()  # stops polling and flushes: no reading after this
     final = ray.get(ledger.stats.remote())
@@ -105,7 +132,7 @@ def test_killed_ledger_replays_log_and_nothing_is_counted_twice(session):
     assert final["samples"] == sum(s["read"] for s in sampler_stats)
 
 
-def test_sampler_killed_repeatedly_and_ledger_with_it(session):
+def test_sampler_killed_repeatedly_and_ledger_with_it(session, sim_path):
     """Three rounds: kill the node's sampler, and in the last round the ledger at the same
     moment; reconcile brings a new sampler each time, the ledger replays its log. The window's
     energy stays exact and no batch is ingested twice."""
@@ -120,15 +147,14 @@ def test_sampler_killed_repeatedly_and_ledger_with_it(session):
             time.sleep(0.3)
             assert fleet.reconcile().started == [node]
         time.sleep(1.0)
-    (row,) = rows_for(ledger, fleet, w.window.window_id)
-    exactly_100_w(row, w)
+    exact(rows_for(ledger, fleet, w.window.window_id), w, sim_path)
     stats = ray.get(ledger.stats.remote())
     assert stats["duplicates"] >= 0 and stats["replayed_records"] > 0
     retired = [s for s in stats["samplers"].values() if s["retired_s"] is not None]
     assert len(retired) >= 3
 
 
-def test_two_runs_on_one_cluster_do_not_cross_talk(local_ray, tmp_path):
+def test_two_runs_on_one_cluster_do_not_cross_talk(local_ray, tmp_path, CFG, sim_path):
     """Two run directories → two namespaces, each with its own ledger and samplers: each ledger
     holds only its own run's windows, each exact."""
     from raydistill.cluster.runtime import namespace_for
@@ -152,7 +178,7 @@ def test_two_runs_on_one_cluster_do_not_cross_talk(local_ray, tmp_path):
         rows = ray.get(ledger.energy_rows.remote())
         assert {r["window_id"] for r in rows} == {w.window.window_id}
         assert other.window.window_id not in {r["window_id"] for r in rows}
-        exactly_100_w(rows[0], w)
+        exact(rows, w, sim_path)
         fleet.stop()
         ray.kill(ledger, no_restart=True)
 
@@ -169,7 +195,7 @@ class SlowLedger:
         return 0
 
 
-def test_ping_is_answered_while_a_flush_waits_on_a_slow_ledger(local_ray, tmp_path):
+def test_ping_is_answered_while_a_flush_waits_on_a_slow_ledger(local_ray, tmp_path, CFG):
     ns = f"test-slow-{time.time_ns()}"
     slow = SlowLedger.options(name="slow-ledger", namespace=ns).remote()
     cfg = SamplingConfig(**{**CFG.__dict__, "spool_dir": str(tmp_path / "spool")})
@@ -190,7 +216,7 @@ def test_ping_is_answered_while_a_flush_waits_on_a_slow_ledger(local_ray, tmp_pa
         ray.kill(slow, no_restart=True)
 
 
-def test_a_sampler_that_cannot_start_does_not_fail_reconcile(local_ray, tmp_path):
+def test_a_sampler_that_cannot_start_does_not_fail_reconcile(local_ray, tmp_path, CFG):
     ns = f"test-nostart-{time.time_ns()}"
     cfg = SamplingConfig(**{**CFG.__dict__, "spool_dir": str(tmp_path / "spool")})
     fleet = SamplerFleet(cfg, ns, ledger_name="no-such-ledger")  # its constructor raises
@@ -211,7 +237,7 @@ def test_a_sampler_that_cannot_start_does_not_fail_reconcile(local_ray, tmp_path
     fleet.stop()
 
 
-def test_nvml_on_a_node_without_a_gpu_measures_the_cpu(local_ray, tmp_path):
+def test_nvml_on_a_node_without_a_gpu_measures_the_cpu(local_ray, tmp_path, CFG):
     from raydistill.energy.nvml import NvmlSource
 
     try:

@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from raydistill.energy.nvml import NvmlSource
+from raydistill.energy.simrun import SimRun
 from raydistill.energy.simulate import (
     NVML_ERROR_UNKNOWN,
     PowerTrace,
@@ -14,7 +15,6 @@ from raydistill.energy.simulate import (
     gpu_node,
 )
 from raydistill.errors import SourceUnavailable
-from tests.sim_driver import SimRun
 
 
 # The NVML counter refreshes every 100 ms: at each window edge the reading lags by up to that.

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from raydistill.energy.ledger import LedgerState
+from raydistill.energy.simrun import SimRun
 from raydistill.energy.simulate import NVML_ERROR_TIMEOUT, PowerTrace, SimGpu, cpu_node
-from tests.sim_driver import SimRun
 
 T_END = 40.0
 P_MAX = 700.0

@@ -1,4 +1,5 @@
-"""Drive raydistill's real sources over a simulated node on a manual clock, as samplers would.
+"""Drive raydistill's real sources over a simulated node on a manual clock, as samplers would
+(tests and `bench/bench_measurement.py`: every figure compared with the true integral).
 
     node = gpu_node(1, power_w=500.0)
     run = SimRun(node, tmp_path)
