@@ -4,27 +4,17 @@ No Ray, no torch. Sources turn vendor units into SI at the edge; everything here
 joules, watts and seconds.
 """
 
-from raydistill.energy.integrate import (
-    CumulativeEnergy,
-    EnergyEstimate,
-    counter_energy_j,
-    integrate_energy_j,
-    unwrap_counter,
-)
 from raydistill.energy.ledger import EnergyRow, LedgerState
 from raydistill.energy.samples import ALL_DEVICES, DeviceInfo, Reading, SampleBatch, Window
+from raydistill.energy.timeline import DeviceTimeline
 
 __all__ = [
     "ALL_DEVICES",
-    "CumulativeEnergy",
     "DeviceInfo",
-    "EnergyEstimate",
+    "DeviceTimeline",
     "EnergyRow",
     "LedgerState",
     "Reading",
     "SampleBatch",
     "Window",
-    "counter_energy_j",
-    "integrate_energy_j",
-    "unwrap_counter",
 ]

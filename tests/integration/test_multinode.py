@@ -1,5 +1,6 @@
 """Several Ray nodes on one machine: one sampler per alive node, kept so by reconcile."""
 
+import json
 import time
 
 import pytest
@@ -26,7 +27,10 @@ def cluster():
 
 
 def test_one_sampler_per_node_as_nodes_join_and_leave(cluster, tmp_path):
-    cfg = SamplingConfig(source="constant:50", hz=10, push_interval_s=0.5, idle_s=0.0,
+    sim = tmp_path / "node.json"  # a simulated node: absolute GPU and RAPL counters
+    sim.write_text(json.dumps({"gpus": [{"uuid": "GPU-mn-0", "power_w": 300.0}],
+                               "rapl": [{"package": 0, "power_w": 50.0}]}))
+    cfg = SamplingConfig(source=f"simulate:{sim}", hz=10, push_interval_s=0.5, idle_s=0.0,
                          spool_dir=str(tmp_path / "spool"))
     ledger = start_ledger(tmp_path / "run", "mn")
     fleet = SamplerFleet(cfg, "mn")

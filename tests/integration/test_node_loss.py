@@ -38,7 +38,7 @@ set:
   evaluation.lm_eval: false
   evaluation.limit: 20
   evaluation.inference_prompts: 10
-  sampling.source: constant:25
+  sampling.source: simulate:{{sim}}
   sampling.hz: 10
   sampling.push_interval_s: 0.5
   baseline: false
@@ -67,7 +67,10 @@ def _first_progress(out: Path) -> dict | None:
 def lost_node_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nodeloss")
     space = tmp / "space.yaml"
-    space.write_text(SPACE)
+    # every node reads a simulated CPU package: absolute RAPL counters that wrap, not a constant
+    sim = space.parent / "node.json"
+    sim.write_text(json.dumps({"rapl": [{"package": 0, "power_w": 25.0, "dram_w": 4.0}]}))
+    space.write_text(SPACE.replace("{sim}", str(sim)))
     out = tmp / "sweep"
     # The head holds no CPU, so every task and worker lands on one of the two 2-CPU workers:
     # whichever node the student trains on can be removed, and the other can run the retry.
