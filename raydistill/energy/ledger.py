@@ -23,14 +23,13 @@ import logging
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
-from itertools import pairwise
 
 import numpy as np
 
 from raydistill.energy.log import KIND_BATCH, KIND_EVENT, event_payload
-from raydistill.energy.samples import SHARED_KINDS, DeviceInfo, SampleBatch, Window
+from raydistill.energy.rows import EnergyRow, energy_rows
+from raydistill.energy.samples import DeviceInfo, SampleBatch, Window
 from raydistill.energy.timeline import (
-    HELD,
     DeviceTimeline,
     Sequence,
     bridge,
@@ -43,40 +42,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GAP_S = 2.0
 DEFAULT_MAX_HOLD_S = 0.5
-UNMEASURED = "unmeasured"
-
-
-@dataclass(frozen=True)
-class EnergyRow:
-    """One window's energy on one device, with how it was obtained."""
-
-    window_id: str
-    trial_id: str
-    stage: str
-    node_id: str
-    device_id: str
-    device_kind: str
-    t_start_s: float  # wall clock, for display
-    t_end_s: float
-    duration_s: float  # on the node's monotonic clock where it has one
-    tokens: int
-    energy_j: float  # measured (counter / sampled / estimated / replayed, + held edges)
-    idle_j: float
-    above_idle_j: float
-    method: str  # counter | sampled | estimated | replayed | interpolated ("+"-joined if mixed)
-    sources: str  # the sources whose samples were used
-    shared: bool  # split with other windows on the node
-    share: float  # fraction of the device's energy over the window charged here
-    n_samples: int
-    gap_s: float  # seconds spanned by counter segments longer than max_gap_s (measured)
-    n_gaps: int
-    counter_resets: int
-    open: bool  # window not closed yet: t_end_s is the latest sample time
-    unmeasured_s: float = 0.0  # seconds of the window no sample measured: not in energy_j
-    unmeasured_max_j: float = 0.0  # bound on their energy: unmeasured_s × peak power seen
-    held_s: float = 0.0  # seconds at the edges of measured stretches filled by holding power
-    interpolated: bool = False  # fewer than 2 samples inside: the figure is interpolation
-    final: bool = False  # closed and measured past its end: the figure will not change
 
 
 @dataclass
@@ -331,118 +296,6 @@ class LedgerState:
         return sorted(out.items())
 
     def energy_rows(self) -> list[EnergyRow]:
+        """One row per window × device, in time order (see `rows.py`)."""
         self._parse_pending()
-        rows: list[EnergyRow] = []
-        by_node: dict[str, list[Window]] = defaultdict(list)
-        for w in self.windows.values():
-            by_node[w.node_id].append(w)
-        for node_id, windows in by_node.items():
-            devices = self.devices(node_id)
-            for device_id, kind in devices:
-                claimants = [w for w in windows if w.claims(device_id, kind)]
-                if claimants:
-                    rows.extend(self._device_rows(node_id, device_id, kind, claimants))
-            rows.extend(self._unmatched_rows(node_id, windows, {d for d, _ in devices}))
-        rows.sort(key=lambda r: (r.t_start_s, r.window_id, r.device_id))
-        return rows
-
-    def _unmatched_rows(self, node_id: str, windows: list[Window],
-                        sampled: set[str]) -> list[EnergyRow]:
-        """A window that holds a device no sampler measured gets a row that says so (all of
-        it unmeasured), and a warning: never a silent zero."""
-        rows = []
-        for w in windows:
-            for device_id in w.devices:
-                if device_id == "*" or device_id in sampled:
-                    continue
-                msg = (f"window {w.window_id} holds {device_id}, which no sampler on node "
-                       f"{node_id[:12]} measured (sampled: {', '.join(sorted(sampled)) or 'none'})"
-                       f"; its energy is unmeasured")
-                if msg not in self.warnings:
-                    self.warnings.append(msg)
-                    log.warning(msg)
-                start, end = self._span(w)
-                rows.append(self._row(w, device_id, "gpu", start, end, energy_j=0.0, idle_j=0.0,
-                                      method=UNMEASURED, sources="", shared=False, share=1.0,
-                                      unmeasured_s=end - start))
-        return rows
-
-    def _row(self, w: Window, device_id: str, kind: str, start: float, end: float,
-             **fields) -> EnergyRow:
-        base = dict(n_samples=0, gap_s=0.0, n_gaps=0, counter_resets=0, held_s=0.0,
-                    unmeasured_s=0.0, unmeasured_max_j=0.0, interpolated=False, final=False)
-        base.update(fields)
-        energy, idle = base.pop("energy_j"), base.pop("idle_j")
-        t_end = w.t_end_s if w.t_end_s is not None else self.to_wall(w.node_id, end)
-        return EnergyRow(
-            window_id=w.window_id, trial_id=w.trial_id, stage=w.stage, node_id=w.node_id,
-            device_id=device_id, device_kind=kind, t_start_s=w.t_start_s, t_end_s=t_end,
-            duration_s=end - start, tokens=w.tokens, energy_j=energy, idle_j=idle,
-            above_idle_j=energy - idle, open=w.t_end_s is None, **base)
-
-    def _device_rows(
-        self, node_id: str, device_id: str, kind: str, windows: list[Window]
-    ) -> list[EnergyRow]:
-        tl = self.timeline(node_id, device_id)
-        series = self._series[(node_id, device_id)]
-        spans = {w.window_id: self._span(w) for w in windows}
-        charged, idle, shared = _split(windows, spans, tl, kind in SHARED_KINDS)
-        sources = "+".join(sorted({i.source for i in series.infos}))
-        rows = []
-        for w in windows:
-            start, end = spans[w.window_id]
-            whole = tl.between("energy", start, end)
-            measured = tl.between("measured", start, end)
-            held = tl.between("held", start, end)
-            unmeasured = max(0.0, (end - start) - measured - held)
-            codes = tl.methods(start, end)
-            labels = {"interpolated" if c == HELD else self._methods[c] for c in codes}
-            if tl.cuts_gap(start, end):
-                labels.add("interpolated")
-            n_gaps, gap_s = tl.gaps(start, end)
-            n = tl.n_samples(start, end)
-            rows.append(self._row(
-                w, device_id, kind, start, end, energy_j=charged[w.window_id],
-                idle_j=idle[w.window_id], method="+".join(sorted(labels)) or UNMEASURED,
-                sources=sources, shared=shared[w.window_id],
-                share=charged[w.window_id] / whole if whole else 1.0, n_samples=n,
-                gap_s=gap_s, n_gaps=n_gaps, counter_resets=tl.s.resets, held_s=held,
-                unmeasured_s=unmeasured, unmeasured_max_j=unmeasured * tl.peak_w,
-                interpolated=n < 2, final=w.t_end_s is not None and tl.end_s >= end))
-        return rows
-
-
-def _split(windows: list[Window], spans: dict[str, tuple[float, float]], tl: DeviceTimeline,
-           by_cpu: bool) -> tuple[dict[str, float], dict[str, float], dict[str, bool]]:
-    """Charge a device's energy to overlapping windows, elementary interval by interval.
-
-    Returns (joules per window, idle joules per window, shared flag per window). Within an
-    interval covered by several windows the energy goes in proportion to each window's CPU-time
-    rate (CPU seconds per wall second) when `by_cpu` and every rate is known, else in equal
-    parts.
-    """
-    rates = {}
-    for w in windows:
-        a, b = spans[w.window_id]
-        known = by_cpu and w.cpu_time_s is not None and b > a
-        rates[w.window_id] = (w.cpu_time_s / (b - a)) if known else None
-    cuts = sorted({t for span in spans.values() for t in span})
-    joules = dict.fromkeys(spans, 0.0)
-    idle_j = dict.fromkeys(spans, 0.0)
-    shared = dict.fromkeys(spans, False)
-    for a, b in pairwise(cuts):
-        active = [wid for wid, (s, e) in spans.items() if s <= a and e >= b]
-        if not active or b <= a:
-            continue
-        energy, idle = tl.between("energy", a, b), tl.between("idle", a, b)
-        r = [rates[wid] for wid in active]
-        if None in r or sum(r) <= 0:
-            weights = [1.0 / len(active)] * len(active)
-        else:
-            weights = [x / sum(r) for x in r]
-        for wid, wt in zip(active, weights, strict=True):
-            joules[wid] += energy * wt
-            idle_j[wid] += idle * wt
-            if len(active) > 1:
-                shared[wid] = True
-    return joules, idle_j, shared
+        return energy_rows(self)
