@@ -45,12 +45,16 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
     overlap in time, so the stage's duration is the span from first start to last end."""
     if df.empty:
         return df
+    # A row's own duration is measured on its node's monotonic clock (NTP cannot step it); the
+    # stage's span is taken from the earliest start to the latest (start + duration).
+    df = df.assign(_end_s=df["t_start_s"] + df["duration_s"])
     g = df.groupby(["trial_id", "stage"], sort=False)
     out = g.agg(
         energy_j=("energy_j", "sum"),
         above_idle_j=("above_idle_j", "sum"),
         t_start_s=("t_start_s", "min"),
         t_end_s=("t_end_s", "max"),
+        _end_s=("_end_s", "max"),
         nodes=("node_id", "nunique"),
         devices=("device_id", "nunique"),
         method=("method", lambda s: "+".join(sorted(set("+".join(s).split("+"))))),
@@ -62,7 +66,7 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     tokens = df.drop_duplicates("window_id").groupby(["trial_id", "stage"], sort=False)["tokens"]
     out = out.merge(tokens.sum().reset_index(), on=["trial_id", "stage"])
-    out["duration_s"] = out["t_end_s"] - out["t_start_s"]
+    out["duration_s"] = out.pop("_end_s") - out["t_start_s"]
     out["mean_power_w"] = out["energy_j"] / out["duration_s"].where(out["duration_s"] > 0)
     out["j_per_token"] = out["energy_j"] / out["tokens"].where(out["tokens"] > 0)
     return out

@@ -38,6 +38,7 @@ set:
   evaluation.lm_eval: false
   evaluation.limit: 20
   evaluation.inference_prompts: 10
+  evaluation.inference_min_s: 0.5
   sampling.source: simulate:{{sim}}
   sampling.hz: 10
   sampling.push_interval_s: 0.5

@@ -20,6 +20,7 @@ CI_SIZE = [
     "task.n_labelled=200", "task.n_prompts=300", "task.n_eval=60",
     "teacher.steps=40", "student.steps=12", "student.batch_size=32",
     "generation.batch_size=150", "evaluation.limit=40", "evaluation.inference_prompts=20",
+    "evaluation.inference_min_s=0.5",
     f"sampling.source=constant:{WATTS}", "sampling.hz=20", "sampling.push_interval_s=0.5",
     "sampling.idle_s=0",
 ]
@@ -81,6 +82,10 @@ def test_every_stage_measured_and_exact_on_constant_power(first_run):
         assert row.energy_j == pytest.approx(WATTS * row.duration_s, rel=1e-6, abs=1e-4), \
             row.stage
     assert set(table["energy_method"]) == {"estimated"}
+    # inference EPT in steady state: each probe window long enough to be measured
+    inference = table[table["stage"].str.startswith("inference_")]
+    assert len(inference) and (inference["duration_s"] >= 0.5).all()
+    assert not inference["interpolated"].any() and (inference["unmeasured_s"] == 0).all()
     for col in ("co2e_g", "water_l", "tokens", "side", "nodes", "devices"):
         assert col in table.columns
     assert (table.loc[table["stage"] != "teacher_training", "tokens"] > 0).all()
