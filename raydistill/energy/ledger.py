@@ -51,7 +51,7 @@ class _Chunk:
     t_mono: np.ndarray | None
     p: np.ndarray
     e: np.ndarray
-    info: list[DeviceInfo]  # per reading
+    info: DeviceInfo  # one per chunk: a batch's readings of a device by one source
 
 
 @dataclass
@@ -142,7 +142,7 @@ class LedgerState:
             n = int(sel.sum())
             series.chunks[batch.sampler_id].append(_Chunk(
                 batch.batch_seq, batch.t_wall_s[sel], None if mono is None else mono[sel],
-                batch.power_w[sel], batch.energy_counter_j[sel], [info] * n))
+                batch.power_w[sel], batch.energy_counter_j[sel], info))
             self._timelines.pop(key, None)
             idle = batch.idle_power_w.get(info.device_id)
             if idle is not None and batch.sampler_id not in series.baselines:
@@ -238,11 +238,11 @@ class LedgerState:
             chunks = sorted(chunks, key=lambda c: c.seq)  # read order: batches, then rows
             t = np.concatenate([c.t_mono if mono and c.t_mono is not None else c.t_wall
                                 for c in chunks])
-            infos = [i for c in chunks for i in c.info]
-            counter_m = np.array([self._code(i.method) for i in infos], dtype=np.int64)
-            power_m = np.array([self._code("sampled" if i.method == "counter" else i.method)
-                                for i in infos], dtype=np.int64)
-            ranges = {i.counter_range_j for i in infos}
+            sizes = [len(c.t_wall) for c in chunks]
+            counter_m = np.repeat([self._code(c.info.method) for c in chunks], sizes)
+            power_m = np.repeat([self._code("sampled" if c.info.method == "counter"
+                                            else c.info.method) for c in chunks], sizes)
+            ranges = {c.info.counter_range_j for c in chunks}
             seqs.append((float(t.min()) if t.size else math.inf, sampler_id, Sequence(
                 t, np.concatenate([c.p for c in chunks]), np.concatenate([c.e for c in chunks]),
                 counter_m, power_m, next(iter(ranges)) if len(ranges) == 1 else None,
