@@ -233,6 +233,7 @@ class LedgerState:
     def _build_timeline(self, node_id: str, device_id: str) -> DeviceTimeline:
         series = self._series[(node_id, device_id)]
         mono = self.uses_mono(node_id)
+        baselines = self._valid_baselines(node_id, device_id, series)
         seqs = []
         for sampler_id, chunks in series.chunks.items():
             chunks = sorted(chunks, key=lambda c: c.seq)  # read order: batches, then rows
@@ -246,7 +247,7 @@ class LedgerState:
             seqs.append((float(t.min()) if t.size else math.inf, sampler_id, Sequence(
                 t, np.concatenate([c.p for c in chunks]), np.concatenate([c.e for c in chunks]),
                 counter_m, power_m, next(iter(ranges)) if len(ranges) == 1 else None,
-                self._idle_at(node_id, device_id, series, t))))
+                _idle_at(baselines, t))))
         seqs.sort(key=lambda x: (x[0], x[1]))  # the sampler that began first wins overlaps
         parts = [sequence_segments(seq, self.max_gap_s) for _, _, seq in seqs]
         merged = bridge(merge(parts), [seq for _, _, seq in seqs], self.max_gap_s)
@@ -254,24 +255,15 @@ class LedgerState:
         all_t = np.concatenate([seq.t_s for _, _, seq in seqs])
         return DeviceTimeline(pieces, all_t)
 
-    def _idle_at(self, node_id: str, device_id: str, series: _Series,
-                 t: np.ndarray) -> np.ndarray:
-        """Idle power valid at each time: the latest baseline measured before it (the earliest
-        one for times before any), counting only baselines measured while no window held it."""
+    def _valid_baselines(self, node_id: str, device_id: str,
+                         series: _Series) -> list[_Baseline]:
+        """The device's idle baselines measured while no window held it, by end time."""
         kind = next(iter(series.infos)).device_kind
-        valid = []
-        for b in series.baselines.values():
-            busy = any(w.claims(device_id, kind) and self._span(w)[0] < b.t_to
-                       and self._span(w)[1] > b.t_from
-                       for w in self.windows.values() if w.node_id == node_id)
-            if not busy:
-                valid.append(b)
-        if not valid:
-            return np.zeros(t.shape)
-        valid.sort(key=lambda b: b.t_to)
-        ends = np.array([b.t_to for b in valid])
-        idx = np.clip(np.searchsorted(ends, t, side="right") - 1, 0, None)
-        return np.array([b.idle_w for b in valid])[idx]
+        held = [self._span(w) for w in self.windows.values()
+                if w.node_id == node_id and w.claims(device_id, kind)]
+        valid = [b for b in series.baselines.values()
+                 if not any(a < b.t_to and e > b.t_from for a, e in held)]
+        return sorted(valid, key=lambda b: b.t_to)
 
     def _span(self, w: Window) -> tuple[float, float]:
         start = self.to_timeline(w.node_id, w.t_start_s, w.t_start_mono_s)
@@ -299,3 +291,13 @@ class LedgerState:
         """One row per window × device, in time order (see `rows.py`)."""
         self._parse_pending()
         return energy_rows(self)
+
+
+def _idle_at(valid: list[_Baseline], t: np.ndarray) -> np.ndarray:
+    """Idle power valid at each time: the latest valid baseline measured before it (the
+    earliest one for times before any)."""
+    if not valid:
+        return np.zeros(t.shape)
+    ends = np.array([b.t_to for b in valid])
+    idx = np.clip(np.searchsorted(ends, t, side="right") - 1, 0, None)
+    return np.array([b.idle_w for b in valid])[idx]

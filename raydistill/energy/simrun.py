@@ -20,7 +20,7 @@ from raydistill.energy.log import KIND_BATCH, KIND_EVENT
 from raydistill.energy.nvml import NvmlSource
 from raydistill.energy.rapl import RaplSource
 from raydistill.energy.samples import ALL_DEVICES, Reading, SampleBatch, Window
-from raydistill.energy.simulate import SimNode
+from raydistill.energy.simulate import NVML_ERROR_TIMEOUT, SimNode
 from raydistill.errors import SourceUnavailable
 
 
@@ -101,6 +101,26 @@ class SimRun:
                 if len(s.readings) >= push_every:
                     self.push(s)
         self.node.clock.set(true_s)
+
+    def fault(self, kind: str, at_s: float) -> None:
+        """Inject one fault now: `kill` the oldest live sampler (with none alive, start one),
+        `start` a replacement (the live ones die), `overlap` a second live sampler, `errors`
+        (three NVML timeouts), `lose` the first GPU at `at_s`."""
+        live = [s for s in self.samplers if s.alive]
+        if kind == "kill" and live:
+            live[0].alive = False
+            self.push(live[0])
+        elif kind in ("start", "overlap", "kill"):
+            if kind == "start":
+                for s in live:
+                    s.alive = False
+            self.sampler(f"s{len(self.samplers)}")
+        elif kind == "errors":
+            self.node.fail_next(3, NVML_ERROR_TIMEOUT)
+        elif kind == "lose":
+            self.node.gpus[0].lost_at_s = at_s
+        else:
+            raise ValueError(f"unknown fault {kind!r}; valid: kill, start, overlap, errors, lose")
 
     def push(self, s: SimSampler) -> None:
         if s.readings:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from raydistill.energy.ledger import LedgerState
 from raydistill.energy.simrun import SimRun
-from raydistill.energy.simulate import NVML_ERROR_TIMEOUT, PowerTrace, SimGpu, cpu_node
+from raydistill.energy.simulate import PowerTrace, SimGpu, cpu_node
 
 T_END = 40.0
 P_MAX = 700.0
@@ -50,23 +50,10 @@ def build(tmp_path, powers, schedule):
     node.clock_steps = [(f.at_s, f.arg) for f in schedule if f.kind == "step"]
     run = SimRun(node, tmp_path)
     run.sampler("s0")
-    n = 1
     for f in sorted(schedule, key=lambda f: f.at_s):
         run.until(f.at_s)
-        live = [s for s in run.samplers if s.alive]
-        if f.kind == "kill" and live:
-            live[0].alive = False
-            run.push(live[0])
-        elif f.kind in ("start", "overlap") or (f.kind == "kill" and not live):
-            if f.kind == "start":
-                for s in live:
-                    s.alive = False
-            run.sampler(f"s{n}")
-            n += 1
-        elif f.kind == "errors":
-            node.fail_next(3, NVML_ERROR_TIMEOUT)
-        elif f.kind == "lose":
-            node.gpus[0].lost_at_s = f.at_s
+        if f.kind != "step":  # steps are scheduled on the clock above
+            run.fault(f.kind, f.at_s)
     run.until(T_END)
     return node, run
 
