@@ -1,0 +1,374 @@
+"""Per-GPU memory estimate of a distillation run, for `raydistill run CONFIG --dry-run`.
+
+Pure arithmetic on plain data (a Hugging Face `config.json` dict per model, a `TrainingPlan`).
+Each role's total is an upper-bound sum of what one GPU holds at the peak of a step; every
+formula names its source. Bytes are exact integers; GiB = 2**30 bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, NoReturn
+
+from raydistill.config import METHODS
+from raydistill.errors import ConfigError
+
+GIB = 2**30
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+TEACHER_BYTES = 2  # raydistill.distill.teacher loads every teacher on GPU in bf16
+TEACHER_MODES = ("online", "cached")
+QKV_BIAS_FAMILIES = ("qwen2",)  # Qwen2 has biases on q, k, v (not o); Llama/Mistral none
+QK_NORM_FAMILIES = ("qwen3",)  # Qwen3 normalises q and k per head (two head_dim weights)
+_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "vocab_size")
+
+
+def _fail(msg: str) -> NoReturn:
+    raise ConfigError(f"memory plan: {msg}")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A decoder-only LM in the Llama layout (RMSNorm, GQA attention, gated MLP).
+
+    Llama, Mistral, Qwen2 and Qwen3 are counted exactly; other `model_type`s fall back to this
+    layout, reading the optional `attention_bias` and `mlp_bias` keys as Llama does.
+    """
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tied_embeddings: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+
+    @classmethod
+    def from_hf_config(cls, cfg: Mapping[str, Any]) -> Architecture:
+        missing = [k for k in _REQUIRED if not isinstance(cfg.get(k), int) or cfg[k] < 1]
+        if missing:
+            _fail(f"model config lacks a positive {', '.join(missing)}; a config.json "
+                  f"needs: {', '.join(_REQUIRED)}")
+        kind, h = str(cfg.get("model_type", "")), cfg["hidden_size"]
+        heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or h // heads
+        kv = cfg.get("num_key_value_heads") or heads
+        if heads % kv or (h % heads and not cfg.get("head_dim")):
+            _fail(f"{kind or 'model'}: {heads} heads, {kv} kv heads and hidden {h} do not divide")
+        bias = bool(cfg.get("attention_bias", False))
+        return cls(kind, h, cfg["num_hidden_layers"], heads, kv, head_dim,
+                   cfg["intermediate_size"], cfg["vocab_size"],
+                   bool(cfg.get("tie_word_embeddings", False)),  # Llama/Qwen2 class default
+                   qkv_bias=bias or kind in QKV_BIAS_FAMILIES, o_bias=bias,
+                   mlp_bias=bool(cfg.get("mlp_bias", False)), qk_norm=kind in QK_NORM_FAMILIES)
+
+    @property
+    def layer_params(self) -> int:
+        """q, k, v, o projections (GQA), gate/up/down MLP, two RMSNorms (+ biases, q/k norms)."""
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        attn = h * q + 2 * h * kv + q * h + (q + 2 * kv) * self.qkv_bias + h * self.o_bias
+        mlp = 3 * h * i + (2 * i + h) * self.mlp_bias
+        return attn + mlp + 2 * h + 2 * self.head_dim * self.qk_norm
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def params(self) -> int:
+        """Embedding + layers + final norm + lm_head unless tied to the embedding."""
+        head = 0 if self.tied_embeddings else self.embedding_params
+        return self.embedding_params + self.num_layers * self.layer_params + self.hidden_size + head
+
+    @property
+    def largest_gathered_params(self) -> int:
+        """The biggest unit ZeRO-3 gathers at once: one decoder layer or the (un)embedding."""
+        return max(self.layer_params, self.embedding_params)
+
+    def layer_activation_elements(self, seq_len: int, flash_attention: bool = True) -> int:
+        """Elements one layer keeps for backward per token, in the compute dtype.
+
+        Counted the way Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+        Transformer Models", §4.1) count a GPT layer, but for Hugging Face's Llama/Qwen2 layer
+        with SDPA (flash or memory-efficient kernels: no T×T scores are stored):
+        two RMSNorms 4h each (fp32 upcast = 2 elements, normalised copy, output), attention
+        5·heads·head_dim (q, k and v repeated to every head by `repeat_kv`, SDPA output, the
+        contiguous o_proj input), gated MLP 4·I (gate, SiLU, up, product).
+        Without flash attention, eager attention adds 3·heads·T (fp32 softmax + its cast copy).
+        """
+        per_token = 8 * self.hidden_size + 5 * self.num_heads * self.head_dim \
+            + 4 * self.intermediate_size
+        return per_token + (0 if flash_attention else 3 * self.num_heads * seq_len)
+
+
+def count_params(hf_config: Mapping[str, Any]) -> int:
+    """Exact parameter count of a Llama-layout model from its `config.json` dict."""
+    return Architecture.from_hf_config(hf_config).params
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How the run is laid out; the CLI fills this from the experiment config."""
+
+    world_size: int  # Ray Train workers = GPUs of the student job
+    gpu_memory_gib: float  # memory of one GPU (e.g. 80)
+    zero_stage: int = 2  # the student's DeepSpeed ZeRO stage
+    precision: str = "bf16"  # the student's compute dtype: bf16 | fp16 | fp32
+    micro_batch_size: int = 1  # sequences per GPU per step
+    max_seq_len: int = 2048
+    gradient_checkpointing: bool = False
+    method: str = "logit"  # none | sft | logit | feature | relational
+    teacher: str = "online"  # online: in the training workers; cached: top-k logit cache
+    teacher_sharded: bool = True  # online teacher as a ZeRO-3 inference engine over all workers
+    top_k: int = 32  # logit cache size (cached teacher)
+    loss_chunk_tokens: int = 0  # tokens per chunk of the chunked loss; 0 = unchunked
+    flash_attention: bool = True  # SDPA/flash kernels (HF default); False = eager attention
+    gpus_per_actor: int = 1  # GPUs one teacher actor spreads its layers over
+    generation_batch_size: int | None = None  # sequences per teacher actor call (None = micro)
+    generation_seq_len: int | None = None  # prompt + new tokens (None = max_seq_len)
+    headroom_fraction: float = 0.10  # kept free for the CUDA context and fragmentation
+
+    def __post_init__(self) -> None:
+        for name in ("world_size", "micro_batch_size", "max_seq_len", "gpus_per_actor",
+                     "generation_batch_size", "generation_seq_len"):
+            value = getattr(self, name)  # generation_* may be None (= the training figure)
+            optional = value is None and name.startswith("generation")
+            if not optional and (type(value) is not int or value < 1):
+                _fail(f"{name} must be an integer >= 1, got {value!r}")
+        for name, value, valid in (("precision", self.precision, DTYPE_BYTES),
+                                   ("method", self.method, METHODS),
+                                   ("teacher", self.teacher, TEACHER_MODES),
+                                   ("zero_stage", self.zero_stage, (0, 1, 2, 3))):
+            if value not in valid:
+                _fail(f"{name} {value!r} unknown; valid: {', '.join(map(str, valid))}")
+        if not self.gpu_memory_gib > 0:
+            _fail(f"gpu_memory_gib must be > 0, got {self.gpu_memory_gib!r}")
+        if self.top_k < 0 or self.loss_chunk_tokens < 0:
+            _fail("top_k and loss_chunk_tokens must be >= 0 (0 chunk tokens = unchunked)")
+        if not 0 <= self.headroom_fraction < 1:
+            _fail(f"headroom_fraction must lie in [0, 1), got {self.headroom_fraction!r}")
+        if self.teacher == "cached" and self.method in ("feature", "relational"):
+            _fail(f"{self.method} KD needs the teacher's hidden states; valid teacher: online")
+        if self.teacher == "cached" and self.method == "logit" and self.top_k < 1:
+            _fail("a cached teacher needs top_k >= 1 (top_k 0 means an online teacher)")
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch_size * self.max_seq_len
+
+    @property
+    def teacher_in_training(self) -> bool:
+        return self.teacher == "online" and self.method in ("logit", "feature", "relational")
+
+
+def _line(label: str) -> Any:
+    return field(metadata={"label": label})
+
+
+@dataclass(frozen=True)
+class _Role:
+    """Fields made with `_line` are the lines of the table; `usable_bytes` is the budget
+    (GPU memory less the headroom)."""
+
+    usable_bytes: int = field(kw_only=True)
+
+    def lines(self) -> tuple[tuple[str, int], ...]:
+        return tuple((f.metadata["label"], getattr(self, f.name)) for f in fields(self)
+                     if "label" in f.metadata and getattr(self, f.name))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b for _, b in self.lines())
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_bytes / GIB
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.usable_bytes
+
+    @property
+    def largest_line(self) -> tuple[str, int]:
+        return max(self.lines(), key=lambda line: line[1])
+
+
+@dataclass(frozen=True)
+class TrainingWorkerMemory(_Role):
+    """One Ray Train worker's GPU (the student, and the teacher when it is online)."""
+
+    student_weights_bytes: int = _line("student weights")
+    gradients_bytes: int = _line("gradients")
+    optimizer_states_bytes: int = _line("optimizer states")
+    activations_bytes: int = _line("activations")
+    logits_bytes: int = _line("logits + loss")
+    teacher_weights_bytes: int = _line("teacher weights")
+    teacher_outputs_bytes: int = _line("teacher outputs")
+
+
+@dataclass(frozen=True)
+class TeacherActorMemory(_Role):
+    """One GPU of a teacher actor (generation or logit caching), layers over gpus_per_actor."""
+
+    weights_bytes: int = _line("teacher weights")
+    kv_cache_bytes: int = _line("KV cache")
+    activations_bytes: int = _line("activations (one layer)")
+    logits_bytes: int = _line("logits")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Every GPU role of the run; it fits when each role fits on its own GPU."""
+
+    plan: TrainingPlan
+    training: TrainingWorkerMemory
+    generation: TeacherActorMemory | None  # None when no teacher runs (method none)
+    caching: TeacherActorMemory | None  # None unless logit KD from a top-k cache
+
+    def roles(self) -> tuple[tuple[str, _Role], ...]:
+        n, g = self.plan.world_size, self.plan.gpus_per_actor
+        gpus = f"{g} GPU{'s' * (g > 1)} each"
+        named = ((f"training worker (x{n} GPU{'s' * (n > 1)})", self.training),
+                 (f"teacher generation actor ({gpus})", self.generation),
+                 (f"teacher caching actor ({gpus})", self.caching))
+        return tuple((name, role) for name, role in named if role is not None)
+
+    @property
+    def fits(self) -> bool:
+        return all(r.fits for _, r in self.roles())
+
+
+def _training_states(psi: int, s: Architecture, p: TrainingPlan) -> tuple[int, int, int]:
+    """Weights, gradients, AdamW states per GPU (Rajbhandari et al. 2020, ZeRO, §5).
+
+    Mixed precision: 2Ψ weights + 2Ψ gradients + 12Ψ (fp32 master copy, m, v) = 16Ψ; fp32:
+    4Ψ + 4Ψ + 8Ψ. Stage 1 divides the optimizer states by N, stage 2 also the gradients,
+    stage 3 also the weights, which then add the largest layer gathered for compute.
+    """
+    b, n, z = DTYPE_BYTES[p.precision], p.world_size, p.zero_stage
+    opt = (8 if b == 4 else 12) * psi
+    weights = b * psi // n + b * s.largest_gathered_params if z >= 3 else b * psi
+    return weights, b * psi // n if z >= 2 else b * psi, opt // n if z >= 1 else opt
+
+
+def _activations(s: Architecture, t: Architecture, p: TrainingPlan) -> int:
+    """All layers' activations, or with checkpointing (HF checkpoints every decoder layer)
+    each layer's input B·T·h plus one layer recomputed in full; feature KD keeps its projected
+    student states (L_s·B·T·h_teacher)."""
+    b, layer = DTYPE_BYTES[p.precision], s.layer_activation_elements(p.max_seq_len,
+                                                                     p.flash_attention)
+    kept = s.num_layers * s.hidden_size + layer if p.gradient_checkpointing else (
+        s.num_layers * layer)
+    projected = s.num_layers * t.hidden_size if p.method == "feature" else 0
+    return p.tokens * b * (kept + projected)
+
+
+def _logits(s: Architecture, p: TrainingPlan) -> int:
+    """B·T·V logits in the compute dtype, plus fp32 [rows, V] copies of the loss: each
+    log-softmax holds 2 (fp32 upcast, output); CE has one, logit KD adds the student's at
+    temperature and, online, the teacher's. rows = one chunk when chunked, else B·T.
+    A cached batch adds its top-k (int32 index + bf16 value per entry)."""
+    copies = 2 + (0 if p.method != "logit" else 2 if p.teacher == "cached" else 4)
+    rows = min(p.loss_chunk_tokens, p.tokens) if p.loss_chunk_tokens else p.tokens
+    cached = p.tokens * p.top_k * 6 if p.method == "logit" and p.teacher == "cached" else 0
+    return p.tokens * s.vocab_size * DTYPE_BYTES[p.precision] + copies * rows * s.vocab_size * 4 \
+        + cached
+
+
+def _teacher_in_training(t: Architecture, p: TrainingPlan) -> tuple[int, int]:
+    """Weights: params/N + the largest gathered layer (ZeRO-3 inference), or a full copy.
+    Outputs: logits B·T·V (logit KD) or all hidden states (L+1)·B·T·h (feature/relational),
+    plus one layer's working set under no_grad (bounded by its training activations)."""
+    if not p.teacher_in_training:
+        return 0, 0
+    b = TEACHER_BYTES
+    weights = (t.params // p.world_size + t.largest_gathered_params) * b if p.teacher_sharded \
+        else t.params * b
+    kept = t.vocab_size if p.method == "logit" else (t.num_layers + 1) * t.hidden_size
+    layer = t.layer_activation_elements(p.max_seq_len, p.flash_attention)
+    return weights, p.tokens * b * (kept + layer)
+
+
+def _actor(t: Architecture, p: TrainingPlan, usable: int, caching: bool) -> TeacherActorMemory:
+    """Weights and KV cache divided over gpus_per_actor (device_map="auto" splits the layers);
+    one layer's working set and the logits sit on one GPU. Generation keeps B·V last-token
+    logits; caching forwards whole sequences, B·T·V in bf16 + fp32 (the temperature softmax)."""
+    b, g = TEACHER_BYTES, p.gpus_per_actor
+    batch = p.generation_batch_size or p.micro_batch_size
+    seq = p.generation_seq_len or p.max_seq_len
+    kv_width = t.num_kv_heads * t.head_dim  # K and V of every layer per token
+    kv = 0 if caching else batch * seq * 2 * t.num_layers * kv_width * b // g
+    rows = batch * seq if caching else batch
+    return TeacherActorMemory(
+        weights_bytes=t.params * b // g, kv_cache_bytes=kv,
+        activations_bytes=batch * seq * b * t.layer_activation_elements(seq, p.flash_attention),
+        logits_bytes=rows * t.vocab_size * (b + 4), usable_bytes=usable)
+
+
+def estimate_memory(teacher: Mapping[str, Any] | Architecture,
+                    student: Mapping[str, Any] | Architecture, plan: TrainingPlan) -> MemoryPlan:
+    """Per-GPU memory of every role of the run; see `format_memory_plan` to print it."""
+    t, s = (m if isinstance(m, Architecture) else Architecture.from_hf_config(m)
+            for m in (teacher, student))
+    p = plan
+    usable = int(p.gpu_memory_gib * GIB * (1 - p.headroom_fraction))
+    projector = s.num_layers * (s.hidden_size + 1) * t.hidden_size if p.method == "feature" else 0
+    weights, grads, opt = _training_states(s.params + projector, s, p)
+    t_weights, t_out = _teacher_in_training(t, p)
+    training = TrainingWorkerMemory(weights, grads, opt, _activations(s, t, p), _logits(s, p),
+                                    t_weights, t_out, usable_bytes=usable)
+    uses_teacher = p.method != "none"
+    caching = uses_teacher and p.method == "logit" and p.teacher == "cached"
+    return MemoryPlan(p, training, _actor(t, p, usable, False) if uses_teacher else None,
+                      _actor(t, p, usable, True) if caching else None)
+
+
+def _advice(label: str, p: TrainingPlan, role: _Role) -> str:
+    """What to change when `label` is the largest line of a role that does not fit."""
+    z, ckpt = p.zero_stage, p.gradient_checkpointing
+    need = {"student weights": 3, "gradients": 2, "optimizer states": 1}.get(label)
+    if need is not None:  # the stage that partitions this line (ZeRO paper, §5)
+        return f"raise zero_stage to {need}" if z < need else "use more GPUs"
+    if label == "activations":
+        return "lower batch_size or max_seq_len" if ckpt else "turn on gradient_checkpointing"
+    if label == "logits + loss":
+        return "lower batch_size" if p.loss_chunk_tokens else "chunk the loss (loss_chunk_tokens)"
+    if label == "teacher weights" and isinstance(role, TeacherActorMemory):
+        g = -(-p.gpus_per_actor * role.total_bytes // role.usable_bytes)  # ceil
+        return f"raise gpus_per_actor to {max(g, p.gpus_per_actor + 1)}"
+    if label == "teacher weights":
+        return "use more GPUs or a cached teacher (top_k)" if p.teacher_sharded \
+            else "shard the teacher over the workers (ZeRO-3)"
+    if isinstance(role, TeacherActorMemory):
+        return "lower the generation batch_size"
+    return "lower batch_size or use a cached teacher (top_k)" if p.method == "logit" \
+        else "lower batch_size"
+
+
+def format_memory_plan(plan: MemoryPlan) -> str:
+    """An aligned table per role, GiB to 2 decimals; one advice line per role that does not
+    fit, naming its largest line and what to change."""
+    p, roles = plan.plan, plan.roles()
+    width = max(len(label) for _, r in roles for label, _ in r.lines())
+    out = [f"per-GPU memory: {plan.training.usable_bytes / GIB:.2f} GiB usable of "
+           f"{p.gpu_memory_gib:g} GiB ({p.headroom_fraction:.0%} kept for the CUDA context "
+           "and fragmentation)"]
+    advice = []
+    for name, role in roles:
+        out.append(name)
+        out += [f"  {label:<{width}}  {b / GIB:>7.2f} GiB" for label, b in role.lines()]
+        verdict = "fits" if role.fits else "does NOT fit"
+        out.append(f"  {'total':<{width}}  {role.total_gib:>7.2f} GiB  {verdict}")
+        if not role.fits:
+            label, b = role.largest_line
+            advice.append(f"{name.split(' (')[0]} does not fit: largest line is {label} "
+                          f"({b / GIB:.2f} GiB); {_advice(label, p, role)}")
+    return "\n".join(out + advice)
