@@ -9,13 +9,16 @@ import pandas as pd
 
 from raydistill.energy.ledger import EnergyRow, LedgerState
 from raydistill.energy.log import read_log
+from raydistill.energy.samples import PHASES, WORK
 
 ENERGY_COLUMNS = [f for f in EnergyRow.__dataclass_fields__]
 
 
 def energy_frame(rows: Iterable[EnergyRow | dict]) -> pd.DataFrame:
     records = [r if isinstance(r, dict) else r.__dict__ for r in rows]
-    return pd.DataFrame.from_records(records, columns=ENERGY_COLUMNS)
+    df = pd.DataFrame.from_records(records, columns=ENERGY_COLUMNS)
+    df["phase"] = df["phase"].fillna(WORK)  # rows from before phases: all of it was work
+    return df
 
 
 def stage_device_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -40,15 +43,27 @@ def stage_device_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+STAGE_KEYS = ["trial_id", "stage"]
+
+
 def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
-    """Energy per trial × stage over all nodes and devices; windows of a stage on several nodes
-    overlap in time, so the stage's duration is the span from first start to last end."""
+    """Energy per trial × stage over all nodes, devices and both phases; windows of a stage on
+    several nodes overlap in time, so the stage's duration is the span from first start to last
+    end.
+
+    `load_j` / `work_j` split `energy_j` (their sum, exactly) into model load and steady state,
+    and `load_s` / `work_s` are the spans of each phase's windows (on several nodes the phases
+    may overlap, so their sum can exceed `duration_s`). `j_per_token` is steady state (work_j
+    per token); `j_per_token_incl_load` charges the load to the tokens as well.
+    """
     if df.empty:
         return df
+    if "phase" not in df.columns:
+        df = df.assign(phase=WORK)
     # A row's own duration is measured on its node's monotonic clock (NTP cannot step it); the
     # stage's span is taken from the earliest start to the latest (start + duration).
     df = df.assign(_end_s=df["t_start_s"] + df["duration_s"])
-    g = df.groupby(["trial_id", "stage"], sort=False)
+    g = df.groupby(STAGE_KEYS, sort=False)
     out = g.agg(
         energy_j=("energy_j", "sum"),
         above_idle_j=("above_idle_j", "sum"),
@@ -64,12 +79,31 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
         unmeasured_max_j=("unmeasured_max_j", "sum"),
         interpolated=("interpolated", "any"),  # some window too short to be measured
     ).reset_index()
-    tokens = df.drop_duplicates("window_id").groupby(["trial_id", "stage"], sort=False)["tokens"]
-    out = out.merge(tokens.sum().reset_index(), on=["trial_id", "stage"])
+    tokens = df.drop_duplicates("window_id").groupby(STAGE_KEYS, sort=False)["tokens"]
+    out = out.merge(tokens.sum().reset_index(), on=STAGE_KEYS)
     out["duration_s"] = out.pop("_end_s") - out["t_start_s"]
+    for phase in PHASES:
+        out[f"{phase}_j"], out[f"{phase}_s"] = _phase_totals(df, out, phase)
+    # The sum of the two phases, so that load_j + work_j == energy_j exactly; a stage with no
+    # load phase sums the same rows in the same order as before, so its figure is unchanged.
+    out["energy_j"] = out["load_j"] + out["work_j"]
     out["mean_power_w"] = out["energy_j"] / out["duration_s"].where(out["duration_s"] > 0)
-    out["j_per_token"] = out["energy_j"] / out["tokens"].where(out["tokens"] > 0)
+    per_token = out["tokens"].where(out["tokens"] > 0)
+    out["j_per_token"] = out["work_j"] / per_token
+    out["j_per_token_incl_load"] = out["energy_j"] / per_token
     return out
+
+
+def _phase_totals(df: pd.DataFrame, out: pd.DataFrame, phase: str) -> tuple[list, list]:
+    """(joules, span seconds) of one phase's rows for each trial × stage of `out` (0 where the
+    stage has no window of that phase)."""
+    mine = df[df["phase"] == phase]
+    g = mine.groupby(STAGE_KEYS, sort=False).agg(
+        j=("energy_j", "sum"), a=("t_start_s", "min"), b=("_end_s", "max"))
+    keys = list(zip(out["trial_id"], out["stage"], strict=True))
+    j = [float(g.at[k, "j"]) if k in g.index else 0.0 for k in keys]
+    s = [float(g.at[k, "b"] - g.at[k, "a"]) if k in g.index else 0.0 for k in keys]
+    return j, s
 
 
 def load_ledger(run_dir: str | Path, max_gap_s: float = 2.0) -> tuple[LedgerState, list[str]]:
@@ -110,13 +144,14 @@ def results_table(rows: Iterable[EnergyRow | dict], footprint_inputs=None) -> pd
     """One row per trial × stage: energy, duration, tokens, method, nodes, footprint."""
     from raydistill.energy.footprint import FootprintInputs, compute_footprint
 
-    totals = stage_totals(energy_frame(rows))
+    frame = energy_frame(rows)
+    totals = stage_totals(frame)
     if totals.empty:
         return totals
     totals = totals.rename(columns={"method": "energy_method"})
     totals["side"] = totals["stage"].map(side_of)
-    gpu = energy_frame(rows)
-    gpu = gpu[gpu["device_kind"] == "gpu"]
+    # GPU-hours over both phases: a stage's load and work windows follow one another
+    gpu = frame[frame["device_kind"] == "gpu"]
     gpu_s = gpu.groupby(["trial_id", "stage"])["duration_s"].sum() if len(gpu) else None
     inputs = footprint_inputs or FootprintInputs()
     co2e, water, embodied, how = [], [], [], []
@@ -133,9 +168,12 @@ def results_table(rows: Iterable[EnergyRow | dict], footprint_inputs=None) -> pd
     return totals
 
 
-def _stage_values(table: pd.DataFrame, trial_id: str) -> tuple[dict, dict]:
+def _stage_values(table: pd.DataFrame, trial_id: str) -> tuple[dict, dict, dict]:
+    """(energy_j, steady-state work_j, tokens) per stage of a trial; tables from before phases
+    have no work_j: all of their energy was work."""
     mine = table[table["trial_id"] == trial_id].set_index("stage")
-    return mine["energy_j"].to_dict(), mine["tokens"].to_dict()
+    work = mine["work_j"] if "work_j" in mine.columns else mine["energy_j"]
+    return mine["energy_j"].to_dict(), work.to_dict(), mine["tokens"].to_dict()
 
 
 def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
@@ -143,15 +181,19 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
                  teacher_scores: dict | None = None) -> dict:
     """E_run, EPT per stage and for inference, OM_perf, Eff_overall, teacher share, N*.
 
+    EPT (J per token) is steady state: a stage's work-phase energy ÷ its tokens, so loading a
+    model is not charged to each token (`EPT_incl_load_j_per_token` keeps that figure). E_run,
+    the teacher side and N* count all of a stage's energy, load included, once.
     OM_perf = student score ÷ teacher score; Eff_overall = OM_perf(quick acc) × EPT_teacher ÷
     EPT_student on the same fixed inference prompts (the teacher's taken from `teacher_trial`
     when this trial did not run it); N* = E_teacher_side ÷ (E_baseline_training −
     E_distilled_training) when that difference is positive, else None: it never breaks even.
     """
-    energy, tokens = _stage_values(table, trial_id)
+    energy, work, tokens = _stage_values(table, trial_id)
     e_run = float(sum(v for s, v in energy.items() if not s.startswith("inference_")))
     teacher_side = float(sum(energy.get(s, 0.0) for s in TEACHER_STAGES))
-    ept = {s: energy[s] / tokens[s] for s in energy if tokens.get(s)}
+    ept = {s: work[s] / tokens[s] for s in energy if tokens.get(s)}
+    ept_incl_load = {s: energy[s] / tokens[s] for s in energy if tokens.get(s)}
     teacher_scores = teacher_scores or scores
     om = {}
     for key, value in scores.items():
@@ -161,18 +203,19 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
                 om[key[len("student_"):]] = value / ref
     ept_t = ept.get("inference_teacher")
     if ept_t is None and teacher_trial is not None:
-        t_energy, t_tokens = _stage_values(table, teacher_trial)
+        _, t_work, t_tokens = _stage_values(table, teacher_trial)
         if t_tokens.get("inference_teacher"):
-            ept_t = t_energy["inference_teacher"] / t_tokens["inference_teacher"]
+            ept_t = t_work["inference_teacher"] / t_tokens["inference_teacher"]
     ept_s = ept.get("inference_student")
     eff = om["quick_acc"] * ept_t / ept_s if "quick_acc" in om and ept_t and ept_s else None
     n_star = None
     if baseline_trial is not None:
-        base_energy, _ = _stage_values(table, baseline_trial)
+        base_energy, _, _ = _stage_values(table, baseline_trial)
         saved = base_energy.get("student_training", 0.0) - energy.get("student_training", 0.0)
         if saved > 0 and teacher_side > 0:
             n_star = teacher_side / saved
     return {"trial_id": trial_id, "E_run_j": e_run, "teacher_side_j": teacher_side,
             "teacher_share": teacher_side / e_run if e_run else None, "EPT_j_per_token": ept,
-            "EPT_inference_teacher": ept_t, "EPT_inference_student": ept_s,
+            "EPT_incl_load_j_per_token": ept_incl_load, "EPT_inference_teacher": ept_t,
+            "EPT_inference_student": ept_s,
             "OM_perf": om, "Eff_overall": eff, "N_star": n_star, "scores": scores}

@@ -19,7 +19,7 @@ import ray
 
 from raydistill.energy.ledger import LedgerState
 from raydistill.energy.log import KIND_BATCH, KIND_EVENT, SegmentWriter, event_payload, read_log
-from raydistill.energy.samples import SampleBatch, Window
+from raydistill.energy.samples import LOAD, SampleBatch, Window
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,22 @@ class _Ledger:
             raise KeyError(f"window {window_id!r} was never opened")
         await self._commit([(KIND_EVENT, LedgerState.close_event(
             window_id, t_end_s, tokens, cpu_time_s, t_end_mono_s))])
+
+    async def split_window(
+        self, window_id: str, new_window_id: str, t_s: float, cpu_time_s: float | None = None,
+        t_mono_s: float | None = None,
+    ) -> Window:
+        """Close a window at `t_s` as phase "load" and open the work window that continues it
+        from that instant (returned), as one commit: both records reach the log or neither."""
+        w = self.state.windows.get(window_id)
+        if w is None:
+            raise KeyError(f"window {window_id!r} was never opened")
+        work = w.continued(new_window_id, t_s, t_mono_s)
+        await self._commit([
+            (KIND_EVENT, LedgerState.close_event(window_id, t_s, 0, cpu_time_s, t_mono_s, LOAD)),
+            (KIND_EVENT, LedgerState.open_event(work)),
+        ])
+        return work
 
     async def record_event(self, event: dict) -> None:
         await self._commit([(KIND_EVENT, event_payload(event))])

@@ -15,12 +15,13 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import ray
 
 from raydistill.cluster.ledger_actor import LEDGER_NAME
-from raydistill.energy.samples import ALL_DEVICES, Window
+from raydistill.energy.samples import ALL_DEVICES, LOAD, PHASES, WORK, Window
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,13 @@ def cpu_time_s() -> float:
 
 
 class StageWindow(contextlib.ContextDecorator):
-    """`with StageWindow(ns, trial, stage) as w: ...; w.add_tokens(n)` or as a decorator."""
+    """`with StageWindow(ns, trial, stage) as w: ...; w.add_tokens(n)` or as a decorator.
+
+    A stage that first loads a model separates the load from the steady-state work it is
+    judged by: `with StageWindow(...) as w: load(); w.loaded(); work(); w.add_tokens(n)`
+    closes a "load" window where loading ended and opens a "work" window from that instant.
+    A window that is all load (an engine started on its own) is `StageWindow(..., phase="load")`.
+    """
 
     def __init__(
         self,
@@ -41,15 +48,20 @@ class StageWindow(contextlib.ContextDecorator):
         devices: Sequence[str] = ALL_DEVICES,
         node_id: str | None = None,
         ledger_name: str = LEDGER_NAME,
+        phase: str = WORK,
     ) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"StageWindow phase must be one of {PHASES}, got {phase!r}")
         self.namespace = namespace
         self.trial_id = trial_id
         self.stage = stage
         self.devices = tuple(devices)
         self.node_id = node_id
         self.ledger_name = ledger_name
+        self.phase = phase
         self.tokens = 0
-        self.window: Window | None = None
+        self.window: Window | None = None  # the open one: after loaded(), the work window
+        self.load_window: Window | None = None  # the load window loaded() closed, if any
         self.t_end_s: float | None = None
 
     def add_tokens(self, n: int) -> None:
@@ -57,23 +69,50 @@ class StageWindow(contextlib.ContextDecorator):
 
     @property
     def duration_s(self) -> float:
+        """Seconds of the current window: after `loaded()`, of the steady-state work alone."""
         if self.window is None:
             return 0.0
         end = self.t_end_s if self.t_end_s is not None else time.time()
         return end - self.window.t_start_s
 
+    @property
+    def window_ids(self) -> tuple[str, ...]:
+        """Every window this stage opened: the load window (if any), then the current one."""
+        return tuple(w.window_id for w in (self.load_window, self.window) if w is not None)
+
+    def _new_id(self, node: str) -> str:
+        return f"{self.trial_id}/{self.stage}/{node[:8]}/{uuid.uuid4().hex[:8]}"
+
     def __enter__(self) -> StageWindow:
         self._ledger = ray.get_actor(self.ledger_name, namespace=self.namespace)
         node = self.node_id or ray.get_runtime_context().get_node_id()
         self.tokens = 0
+        self.load_window = None
+        self.t_end_s = None
         self._cpu0 = cpu_time_s()
         self.window = Window(
-            window_id=f"{self.trial_id}/{self.stage}/{node[:8]}/{uuid.uuid4().hex[:8]}",
-            trial_id=self.trial_id, stage=self.stage, node_id=node, devices=self.devices,
-            t_start_s=time.time(), t_start_mono_s=time.monotonic(),
+            window_id=self._new_id(node), trial_id=self.trial_id, stage=self.stage,
+            node_id=node, devices=self.devices, t_start_s=time.time(),
+            t_start_mono_s=time.monotonic(), phase=self.phase,
         )
         ray.get(self._ledger.open_window.remote(self.window))
         return self
+
+    def loaded(self) -> None:
+        """The model is loaded: everything so far was loading. Closes the current window now as
+        phase "load" and opens a "work" window of the same trial, stage, node and devices from
+        the same instant (no gap, no overlap), in one ledger commit. Tokens counted before and
+        after belong to the work window; `checkpoint()` and the exit close the work window.
+        Called again, it marks the work window so far as load too (loading in steps)."""
+        if self.window is None:
+            raise RuntimeError("StageWindow.loaded() used outside a with block")
+        t_s, t_mono_s, cpu_s = time.time(), time.monotonic(), cpu_time_s()
+        load = self.window
+        work = ray.get(self._ledger.split_window.remote(
+            load.window_id, self._new_id(load.node_id), t_s, cpu_s - self._cpu0, t_mono_s))
+        self.load_window = replace(load, t_end_s=t_s, t_end_mono_s=t_mono_s, phase=LOAD,
+                                   cpu_time_s=cpu_s - self._cpu0)
+        self.window, self._cpu0, self.t_end_s = work, cpu_s, None
 
     def checkpoint(self) -> None:
         """Move the window's end to now (and record tokens so far) without leaving it.

@@ -11,6 +11,8 @@
   split interval by interval in proportion to each window's CPU-time rate, and marked shared.
 - Above-idle energy subtracts the idle baseline valid for each stretch: one measured while no
   window held the device (a sampler that restarts under load measures no idle).
+- A window has a phase, "load" (model load, start-up) or "work" (steady state; older logs have
+  only these): the tables charge a stage's tokens with its work alone (`results.py`).
 
 Every mutation is an `apply(kind, payload)` of a log record, so replaying the durable log
 rebuilds exactly the same state.
@@ -22,13 +24,19 @@ import json
 import logging
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from raydistill.energy.log import KIND_BATCH, KIND_EVENT, event_payload
+from raydistill.energy.log import KIND_BATCH, KIND_EVENT
 from raydistill.energy.rows import EnergyRow, energy_rows
-from raydistill.energy.samples import DeviceInfo, SampleBatch, Window
+from raydistill.energy.samples import (
+    DeviceInfo,
+    SampleBatch,
+    Window,
+    window_close_event,
+    window_open_event,
+)
 from raydistill.energy.timeline import (
     DeviceTimeline,
     Sequence,
@@ -164,16 +172,13 @@ class LedgerState:
     def apply_event(self, ev: dict) -> None:
         kind = ev["type"]
         if kind == "window_open":
-            w = Window(**{k: v for k, v in ev.items() if k != "type"})
-            self.windows[w.window_id] = replace(w, devices=tuple(w.devices))
+            w = Window.from_event(ev)
+            self.windows[w.window_id] = w
         elif kind == "window_close":
             w = self.windows.get(ev["window_id"])
             if w is None:
                 raise KeyError(f"window {ev['window_id']!r} was never opened")
-            self.windows[w.window_id] = replace(
-                w, t_end_s=ev["t_end_s"], tokens=ev["tokens"], cpu_time_s=ev.get("cpu_time_s"),
-                t_end_mono_s=ev.get("t_end_mono_s"),
-            )
+            self.windows[w.window_id] = w.closed(ev)
         elif kind == "sampler_start":
             self.samplers[ev["sampler_id"]] = {
                 "node_id": ev["node_id"], "started_s": ev["t_s"], "retired_s": None
@@ -183,18 +188,8 @@ class LedgerState:
         # unknown event types are ignored so that newer logs stay readable by this version
 
     # ---- events as records (the actor writes these before applying them) -------------------
-    @staticmethod
-    def open_event(w: Window) -> bytes:
-        return event_payload({"type": "window_open", **asdict(w)})
-
-    @staticmethod
-    def close_event(window_id: str, t_end_s: float, tokens: int, cpu_time_s: float | None,
-                    t_end_mono_s: float | None = None) -> bytes:
-        ev = {"type": "window_close", "window_id": window_id, "t_end_s": t_end_s,
-              "tokens": int(tokens), "cpu_time_s": cpu_time_s}
-        if t_end_mono_s is not None:
-            ev["t_end_mono_s"] = t_end_mono_s
-        return event_payload(ev)
+    open_event = staticmethod(window_open_event)
+    close_event = staticmethod(window_close_event)
 
     # ---- queries -----------------------------------------------------------------------------
     def uses_mono(self, node_id: str) -> bool:

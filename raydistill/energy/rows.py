@@ -2,7 +2,8 @@
 
 Each row says what was measured (`energy_j`, by counter, sampled power, estimate or replay),
 what was only interpolated (`held_s`, `interpolated`), and what nobody measured (`unmeasured_s`,
-with a bound): a number we print is one someone will cite.
+with a bound): a number we print is one someone will cite. Each row carries its window's
+`phase`, so that loading a model is never reported as what a token costs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from raydistill.energy.samples import SHARED_KINDS, Window
+from raydistill.energy.samples import SHARED_KINDS, WORK, Window
 from raydistill.energy.timeline import HELD, DeviceTimeline
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class EnergyRow:
     held_s: float = 0.0  # seconds at the edges of measured stretches filled by holding power
     interpolated: bool = False  # fewer than 2 samples inside: the figure is interpolation
     final: bool = False  # closed and measured past its end: the figure will not change
+    phase: str = WORK  # the window's: "load" (model load, start-up) or "work" (steady state)
 
 
 def energy_rows(state: LedgerState) -> list[EnergyRow]:
@@ -106,7 +108,7 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
         window_id=w.window_id, trial_id=w.trial_id, stage=w.stage, node_id=w.node_id,
         device_id=device_id, device_kind=kind, t_start_s=w.t_start_s, t_end_s=t_end,
         duration_s=end - start, tokens=w.tokens, energy_j=energy, idle_j=idle,
-        above_idle_j=energy - idle, open=w.t_end_s is None, **base)
+        above_idle_j=energy - idle, open=w.t_end_s is None, phase=w.phase, **base)
 
 
 def _device_rows(

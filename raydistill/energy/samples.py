@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+
+from raydistill.energy.log import event_payload
 
 # How a figure was obtained; every energy number in a report carries one of these.
 METHODS = ("counter", "sampled", "estimated", "replayed")
@@ -186,6 +188,10 @@ _KEY = struct.Struct("<qII")  # batch_seq, n samples, header length
 
 
 ALL_DEVICES = ("*",)
+# What a window's work was: "load" (model load, engine start-up: paid once, before the first
+# token) or "work" (steady state: what a token costs). Windows recorded without one are work.
+LOAD, WORK = "load", "work"
+PHASES = (LOAD, WORK)
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,34 @@ class Window:
     # the ledger integrates on it. None for windows recorded without it.
     t_start_mono_s: float | None = None
     t_end_mono_s: float | None = None
+    phase: str = WORK  # one of PHASES
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"window {self.window_id}: phase must be one of {PHASES}, "
+                             f"got {self.phase!r}")
+
+    @staticmethod
+    def from_event(ev: dict) -> Window:
+        """The window a `window_open` record describes. Fields it lacks take their defaults
+        (older logs: no monotonic times, phase "work"); fields this version does not know
+        (newer logs) are left out."""
+        fields = {k: v for k, v in ev.items() if k in Window.__dataclass_fields__}
+        return Window(**{**fields, "devices": tuple(fields["devices"])})
+
+    def closed(self, ev: dict) -> Window:
+        """This window as a `window_close` record leaves it (the record may name its phase:
+        a window found to have been loading is closed as phase "load")."""
+        return replace(self, t_end_s=ev["t_end_s"], tokens=ev["tokens"],
+                       cpu_time_s=ev.get("cpu_time_s"), t_end_mono_s=ev.get("t_end_mono_s"),
+                       phase=ev.get("phase", self.phase))
+
+    def continued(self, window_id: str, t_s: float, t_mono_s: float | None) -> Window:
+        """The work window that takes over from this one at `t_s` (wall) / `t_mono_s`: the same
+        trial, stage, node and devices, opened at the instant this one is closed, so the two
+        neither overlap nor leave a gap between them."""
+        return Window(window_id, self.trial_id, self.stage, self.node_id, self.devices, t_s,
+                      t_start_mono_s=t_mono_s, phase=WORK)
 
     def claims(self, device_id: str, device_kind: str) -> bool:
         if device_kind == "mig":
@@ -218,3 +252,24 @@ class Window:
         return device_kind in SHARED_KINDS or self.devices == ALL_DEVICES or (
             device_id in self.devices
         )
+
+
+# ---- windows as log records (the ledger writes these before applying them) -----------------
+
+
+def window_open_event(w: Window) -> bytes:
+    return event_payload({"type": "window_open", **asdict(w)})
+
+
+def window_close_event(window_id: str, t_end_s: float, tokens: int, cpu_time_s: float | None,
+                       t_end_mono_s: float | None = None, phase: str | None = None) -> bytes:
+    """Fields added since the first logs are optional, so that every log still replays:
+    `t_end_mono_s`, and `phase`, the phase the window is closed as (None keeps the one it was
+    opened with)."""
+    ev = {"type": "window_close", "window_id": window_id, "t_end_s": t_end_s,
+          "tokens": int(tokens), "cpu_time_s": cpu_time_s}
+    if t_end_mono_s is not None:
+        ev["t_end_mono_s"] = t_end_mono_s
+    if phase is not None:
+        ev["phase"] = phase
+    return event_payload(ev)

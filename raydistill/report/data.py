@@ -134,6 +134,7 @@ def design_rules(data: ReportData) -> list[str]:
         rules.append(f"Teacher-side work (generation + logit caching) took {teacher:,.1f} J "
                      f"({teacher / total:.0%} of all measured energy); training the teacher "
                      f"(setup) took {setup:,.1f} J more ({setup / total:.0%}).")
+        rules.extend(_load_rule(main, total))
     for m in data.metrics:
         if m.get("N_star") is not None:
             rules.append(f"[{m['trial_id']}] Caching and generating with the teacher pays back "
@@ -154,3 +155,15 @@ def design_rules(data: ReportData) -> list[str]:
         rules.append(f"Stopped, failed and retried attempts wasted {wasted.sum():,.1f} J "
                      f"({wasted.sum() / max(main['energy_j'].sum(), 1e-12):.0%} of the sweep).")
     return rules
+
+
+def _load_rule(main: pd.DataFrame, total: float) -> list[str]:
+    """How much went to loading models, which per-token figures leave out (results from before
+    phases have no load_j)."""
+    if "load_j" not in main.columns or not main["load_j"].sum() > 0:
+        return []
+    load = main["load_j"].sum()
+    top = main.loc[main["load_j"].idxmax()]
+    return [f"Loading models took {load:,.1f} J ({load / total:.0%} of all measured energy), "
+            f"most of it in {top['stage']} of {top['trial_id']} ({top['load_j']:,.1f} J of its "
+            f"{top['energy_j']:,.1f} J); J/token figures are steady state and leave it out."]

@@ -78,9 +78,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                         "</figcaption></figure>")
     metrics = _metrics_table(data)
     rules = design_rules(data)
-    stage_cols = [c for c in ("trial_id", "stage", "side", "energy_j", "duration_s", "tokens",
-                              "j_per_token", "energy_method", "co2e_g", "water_l")
-                  if c in data.results.columns]
+    stage_cols = [c for c in ("trial_id", "stage", "side", "energy_j", "load_j", "work_j",
+                              "duration_s", "load_s", "tokens", "j_per_token",
+                              "j_per_token_incl_load", "energy_method", "co2e_g", "water_l")
+                  if c in data.results.columns]  # results from before phases lack some
     tables_md = ("## Seed metrics and footprint\n\n" + metrics.to_markdown(index=False)
                  + "\n\n## Stages\n\n" + data.results[stage_cols].to_markdown(index=False)
                  + "\n\n## Trials\n\n" + data.trials.to_markdown(index=False) + "\n\n"
