@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster)")
     r.add_argument("--artifacts", default=None,
                    help="teacher artifact cache (default: artifacts/ beside the run directory)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="resolve the config, check tokenizers, print a per-GPU memory estimate")
 
     sw = sub.add_parser("sweep", help="search distillation settings for energy and quality")
     sw.add_argument("space", help="search space YAML (see search_spaces/)")
@@ -113,6 +115,14 @@ def _run(args: argparse.Namespace) -> int:
     from raydistill.run import run_experiment, summary
 
     cfg = load_experiment(args.config, args.overrides)
+    if args.dry_run:
+        from raydistill.local_models import resolve_models
+        from raydistill.plan import dry_run
+
+        root = Path(args.artifacts) if args.artifacts else Path("artifacts")
+        text, fits = dry_run(resolve_models(cfg, root))
+        print(text)
+        return 0 if fits else 3
     out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = run_experiment(cfg, out, address=args.address,
                             artifacts=Path(args.artifacts) if args.artifacts else None,

@@ -68,19 +68,80 @@ METHODS = ("none", "sft", "logit", "feature", "relational")
 LOSS_NAMES = ("forward_kl", "reverse_kl", "jsd", "tvd")  # = distill.losses.LOSSES (tested)
 
 
+SPLITS = ("test", "dev", "labelled", "train")  # drawn from the shuffled pool in this order
+DEFAULT_SPLITS = {"test": 300, "dev": 100, "labelled": 400, "train": 4000}
+
+
 @dataclass(frozen=True)
-class TaskConfig:
-    """The built-in task: n-digit addition with the answer reversed (a causal LM can carry)."""
+class AdditionConfig:
+    """The built-in task: n-digit addition with the answer reversed (a causal LM can carry).
+    A data source like any other: it writes rows that are read back through the same path."""
 
     digits: int = 2
-    n_labelled: int = 400  # gold examples the student may see (the no-teacher baseline's data)
-    n_prompts: int = 4000  # unlabelled prompts the teacher answers (synthetic data, logits)
-    n_eval: int = 300
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("digits", "n_labelled", "n_prompts", "n_eval"):
-            _positive(f"task.{name}", getattr(self, name))
+        _positive("data.addition.digits", self.digits)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where prompts and gold responses come from, and how they are split.
+
+    `source`: `builtin:addition`, a local .jsonl / .json / .parquet / .csv file, or a Hugging
+    Face dataset id (`org/name`, loaded with `datasets.load_dataset` when reachable).
+    `columns` maps raydistill's fields (prompt, messages, response, system) to the source's
+    column names; `prompt_template` / `response_template` build them from several columns
+    (Python format syntax, e.g. "Question: {question}"). `splits` gives each split's size as a
+    count or a fraction of the pool ("rest" = what is left; train only); `split_sources` reads a
+    split from its own file or dataset split instead (e.g. {test: test} for a hub dataset).
+    """
+
+    source: str = "builtin:addition"
+    subset: str = ""  # dataset config name (load_dataset's `name`, e.g. gsm8k's "main")
+    hf_split: str = "train"  # the dataset split the pool is drawn from
+    columns: dict = field(default_factory=dict)
+    prompt_template: str = ""
+    response_template: str = ""
+    system_prompt: str = ""  # prepended as a system turn unless a row has its own
+    answer_pattern: str = ""  # regex whose group 1 is the answer exact match compares
+    max_prompt_tokens: int = 512  # longer prompts keep their last tokens
+    max_response_tokens: int = 256  # gold responses are cut here (and lose their EOS)
+    sample: int = 0  # seeded sample of N pool rows before splitting (0 = all)
+    seed: int = 0
+    splits: dict = field(default_factory=lambda: dict(DEFAULT_SPLITS))  # unnamed = default
+    split_sources: dict = field(default_factory=dict)
+    addition: AdditionConfig = field(default_factory=AdditionConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "splits", {**DEFAULT_SPLITS, **self.splits})
+        unknown = sorted(set(self.splits) - set(SPLITS))
+        if unknown:
+            raise ConfigError(f"data.splits: unknown split {unknown[0]!r}; valid: "
+                              f"{', '.join(SPLITS)}")
+        for name, size in self.splits.items():
+            ok = (size == "rest" and name == "train") or (
+                isinstance(size, int) and not isinstance(size, bool) and size >= 0) or (
+                isinstance(size, float) and 0 < size < 1)
+            if not ok:
+                raise ConfigError(f"data.splits.{name} must be a count >= 0, a fraction in "
+                                  f"(0, 1){' or rest' if name == 'train' else ''}, got {size!r}")
+        for name in set(self.split_sources) - set(SPLITS):
+            raise ConfigError(f"data.split_sources: unknown split {name!r}; valid: "
+                              f"{', '.join(SPLITS)}")
+        fields_ = ("prompt", "messages", "response", "system", "id")
+        for name in set(self.columns) - set(fields_):
+            raise ConfigError(f"data.columns: unknown field {name!r}; valid: {', '.join(fields_)}")
+        _positive("data.max_prompt_tokens", self.max_prompt_tokens)
+        _positive("data.max_response_tokens", self.max_response_tokens)
+        if self.sample < 0:
+            raise ConfigError(f"data.sample must be >= 0, got {self.sample}")
+        if self.answer_pattern:
+            import re
+
+            try:
+                re.compile(self.answer_pattern)
+            except re.error as exc:
+                raise ConfigError(f"data.answer_pattern is not a valid regex: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -89,20 +150,28 @@ class ModelConfig:
 
     model: str = ""  # hub id or local path; empty = build `tiny` from scratch
     tiny: dict = field(default_factory=dict)  # family, hidden_size, num_hidden_layers, ...
+    # Optimizer steps. A teacher with steps 0 is used as it is (a pretrained model is fetched);
+    # steps > 0 trains it (fine-tunes a pretrained one) on the gold rows outside dev and test.
     steps: int = 300
     lr: float = 1e-3
-    batch_size: int = 64
+    batch_size: int = 64  # sequences per optimizer step (all workers, all micro-batches)
 
     def __post_init__(self) -> None:
-        _positive("steps", self.steps)
+        if self.steps < 0:
+            raise ConfigError(f"steps must be >= 0, got {self.steps}")
         _positive("lr", self.lr)
         _positive("batch_size", self.batch_size)
+        if not self.model and not self.steps:
+            raise ConfigError("a model built from `tiny` needs steps > 0 (it starts random)")
         if self.model.startswith(("/", "./", "../", "~")) and not Path(
                 self.model).expanduser().exists():
             raise ConfigError(f"model path {self.model} does not exist (a local path must; "
                               "a hub id is written org/name)")
         if self.model and self.tiny:
             raise ConfigError("give either model (hub id or path) or tiny (a config), not both")
+        from raydistill.local_models import check_name
+
+        check_name(self.model)
 
 
 @dataclass(frozen=True)
@@ -118,6 +187,10 @@ class DistillConfig:
     engine: str = "deepspeed"  # deepspeed | ddp
     zero_stage: int = 2
     num_workers: int = 1
+    # Online teacher (feature, relational, logit with top_k 0) inside the training workers:
+    # zero3 = one ZeRO-3 inference engine sharded across them (as TRL's prepare_deepspeed);
+    # replicated = a full copy in every worker (the only choice with engine ddp).
+    online_teacher: str = "auto"  # auto = zero3 with engine deepspeed, replicated with ddp
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -139,6 +212,58 @@ class DistillConfig:
         if self.top_k < 0:
             raise ConfigError(f"distill.top_k must be >= 0, got {self.top_k}")
         _positive("distill.num_workers", self.num_workers)
+        if self.online_teacher not in ("auto", "zero3", "replicated"):
+            raise ConfigError(f"distill.online_teacher {self.online_teacher!r} unknown; valid: "
+                              "auto, zero3, replicated")
+        if self.online_teacher == "zero3" and self.engine != "deepspeed":
+            raise ConfigError("distill.online_teacher zero3 needs distill.engine deepspeed")
+
+    @property
+    def teacher_sharding(self) -> str:
+        """How an online teacher is held: zero3 (sharded) or replicated."""
+        if self.online_teacher != "auto":
+            return self.online_teacher
+        return "zero3" if self.engine == "deepspeed" else "replicated"
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The student's training recipe (what a TRL or DistillKit user sets)."""
+
+    precision: str = "auto"  # auto = bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
+    clip_norm: float = 1.0  # gradient clipping (0 = off)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05  # share of steps with a linear LR warm-up
+    schedule: str = "cosine"  # cosine | linear | constant, after warm-up
+    min_lr_ratio: float = 0.1  # the cosine / linear decay ends at lr × this
+    gradient_checkpointing: bool = False
+    max_seq_len: int = 1024  # prompt + response tokens per sequence (longer prompts cut left)
+    packing: bool = False  # pack short sequences into rows of max_seq_len (see train.pack)
+    chunk_tokens: int = 4096  # the KD loss is computed over chunks of this many positions
+    checkpoint_every: int = 0  # Ray Train checkpoint every N steps (0 = only at the end)
+    max_failures: int = 1  # worker-group restarts Ray Train tries, from the last checkpoint
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"training.precision {self.precision!r} unknown; valid: "
+                              f"{', '.join(PRECISIONS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"training.schedule {self.schedule!r} unknown; valid: "
+                              f"{', '.join(SCHEDULES)}")
+        _positive("training.grad_accum", self.grad_accum)
+        _positive("training.max_seq_len", self.max_seq_len)
+        _positive("training.chunk_tokens", self.chunk_tokens)
+        for name in ("clip_norm", "weight_decay", "checkpoint_every", "max_failures"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("training.warmup_ratio must lie in [0, 1) and "
+                              "training.min_lr_ratio in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -158,8 +283,10 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    lm_eval: bool = True  # score with lm_eval.simple_evaluate on the shipped task YAML
-    lm_eval_tasks: tuple[str, ...] = ()  # extra installed lm-eval tasks (need their data)
+    lm_eval: bool = True  # score with lm_eval.simple_evaluate (a task made from the test split)
+    lm_eval_tasks: tuple[str, ...] = ()  # installed lm-eval tasks by name (need their data)
+    lm_eval_include: tuple[str, ...] = ()  # directories of local task YAMLs (work offline)
+    lm_eval_chat_template: bool = False  # named tasks through the model's chat template
     limit: int = 200
     inference_prompts: int = 100  # fixed prompt set for inference EPT (teacher and student)
     # The inference probe repeats (after one untimed warm-up pass) until its window lasts this
@@ -173,17 +300,34 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class HardwareConfig:
+    """The GPUs the config is written for: what `--dry-run` checks the memory estimate against
+    (the run itself uses whatever the Ray cluster has)."""
+
+    gpu: str = "any"  # e.g. H100-SXM-80GB
+    gpu_memory_gib: float = 80.0
+    gpus: int = 0  # in the cluster (0 = distill.num_workers)
+
+    def __post_init__(self) -> None:
+        _positive("hardware.gpu_memory_gib", self.gpu_memory_gib)
+        if self.gpus < 0:
+            raise ConfigError(f"hardware.gpus must be >= 0, got {self.gpus}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "tiny"
     seed: int = 0
-    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     footprint: FootprintConfig = field(default_factory=FootprintConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     baseline: bool = True  # also train the student without a teacher (the honest comparison)
 
 

@@ -91,6 +91,7 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
     per_token = out["tokens"].where(out["tokens"] > 0)
     out["j_per_token"] = out["work_j"] / per_token
     out["j_per_token_incl_load"] = out["energy_j"] / per_token
+    out["tokens_per_s"] = out["tokens"] / out["work_s"].where(out["work_s"] > 0)  # steady state
     return out
 
 

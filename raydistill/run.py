@@ -42,9 +42,14 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
 
     from raydistill.cluster.runtime import Session, init_ray, namespace_for
     from raydistill.distill.pipeline import Pipeline
+    from raydistill.local_models import resolve_models
+    from raydistill.plan import tokenizer_check
 
     progress = progress or log.info
     inputs = footprint_inputs(cfg)  # a bad region fails now, not after the run
+    artifacts = artifacts or Path(out).parent / "artifacts"
+    cfg = resolve_models(cfg, artifacts)
+    log.info(tokenizer_check(cfg))  # a pair that cannot do the method fails now, not mid-run
     run_dir = prepare_run_dir(out)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     namespace = namespace_for(run_dir)
@@ -56,7 +61,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
     session = Session(run_dir, namespace, cfg.sampling).start()
     started = time.time()
     try:
-        pipe = Pipeline(cfg, run_dir, session, artifacts or run_dir.parent / "artifacts", progress)
+        pipe = Pipeline(cfg, run_dir, session, artifacts, progress)
         main = pipe.run_trial(cfg.name)
         outcomes = [main]
         if cfg.baseline and main.method != "none":
@@ -80,8 +85,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
 
 
 def summary(result: RunResult) -> str:
-    cols = ["trial_id", "stage", "energy_j", "duration_s", "tokens", "j_per_token",
-            "energy_method", "co2e_g"]
+    cols = ["trial_id", "stage", "energy_j", "load_j", "duration_s", "tokens", "tokens_per_s",
+            "j_per_token", "energy_method", "co2e_g"]
     from raydistill.results import format_table
 
     lines = [format_table(result.table[cols], floats="{:,.3f}"), ""]

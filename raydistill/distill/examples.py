@@ -1,51 +1,137 @@
-"""Training examples for the student: token ids, where the answer starts, and cached top-k."""
+"""What the student learns from, one rank's share, streamed shard by shard.
+
+Sources: the teacher's synthetic data (Parquet shards of {example_id, messages, completion,
+completion_ids, finished}), the labelled gold split (JSONL, for the no-teacher baseline) and the
+teacher's logit cache (Parquet shards, top-k over each response). A rank keeps the rows whose
+example_id ≡ rank (mod world). The cache, the only large source, is never held whole: each epoch
+walks its shards in a seeded order, one shard in memory at a time, and shuffles within it.
+
+Each example is built with the student's own chat template; its response is the teacher's token
+ids where the two share a vocabulary (logit and feature KD need that: the cache's positions and
+the teacher's hidden states are over those ids), else the student's tokens of the same text.
+An online teacher gets its own sequence too (its template, the same response).
+"""
 
 from __future__ import annotations
 
+import json
+import random
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
 
-def read_pairs(directory: str | Path) -> list[dict]:
-    """Rows {example_id, prompt, completion} of a Parquet directory, in example order."""
+def _shards(directory: str | Path) -> list[Path]:
     files = sorted(Path(directory).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no Parquet files in {directory}")
+    return files
+
+
+SYNTHETIC_COLUMNS = ["example_id", "id", "messages", "completion", "completion_ids", "finished"]
+
+
+def read_synthetic(directory: str | Path, rank: int = 0, world: int = 1) -> list[dict]:
+    """The synthetic rows of this rank, in example order."""
     rows = []
-    for f in files:
-        rows.extend(pq.read_table(f, columns=["example_id", "prompt", "completion"]).to_pylist())
+    for f in _shards(directory):
+        for r in pq.read_table(f, columns=SYNTHETIC_COLUMNS).to_pylist():
+            if r["example_id"] % world == rank:
+                rows.append(r)
     return sorted(rows, key=lambda r: r["example_id"])
 
 
-def tokenize_pair(tokenizer, prompt: str, completion: str) -> dict:
-    """prompt + completion + eos. The loss covers the completion and eos; the boundary is the
-    prompt's own token count, exact for byte/char tokenizers and the usual approximation for BPE."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-    return {"input_ids": [*full, tokenizer.eos_token_id], "prompt_len": max(1, len(prompt_ids))}
+def read_labelled(path: str | Path, rank: int = 0, world: int = 1) -> list[dict]:
+    """Gold rows as synthetic-shaped rows (the response is the gold one, complete)."""
+    from raydistill.data.splits import read_rows
+
+    return [{"example_id": i, "id": r["id"], "messages": json.dumps(r["messages"]),
+             "completion": r["response"], "completion_ids": None, "finished": True}
+            for i, r in enumerate(read_rows(path)) if i % world == rank]
 
 
-def load_examples(cfg: dict) -> list[dict]:
-    from transformers import AutoTokenizer
+class ExampleStream:
+    """An endless, seeded stream of this rank's training examples (epoch after epoch)."""
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer_path"])
-    pairs = read_pairs(cfg["data_path"])
-    examples = []
-    cache = None
-    if cfg["method"] == "logit" and cfg["top_k"] > 0:
-        from raydistill.distill.logit_cache import read_cache
+    def __init__(self, cfg: dict[str, Any], student_tok, teacher_tok, rank: int,
+                 world: int) -> None:
+        self.cfg, self.student_tok, self.teacher_tok = cfg, student_tok, teacher_tok
+        self.rank, self.world = rank, world
+        if cfg["method"] == "none":
+            rows = read_labelled(cfg["data_path"], rank, world)
+        else:
+            rows = read_synthetic(cfg["data_path"], rank, world)
+        if not rows:
+            raise ValueError(f"rank {rank} of {world} has no training rows in "
+                             f"{cfg['data_path']}: fewer rows than workers")
+        self.rows = {r["example_id"]: r for r in rows}
+        self.cached = cfg["method"] == "logit" and cfg["top_k"] > 0
+        self.online = cfg["method"] in ("feature", "relational") or (
+            cfg["method"] == "logit" and cfg["top_k"] == 0)
 
-        cache = read_cache(cfg["cache_path"])
-    for row in pairs:
-        ex = tokenize_pair(tokenizer, row["prompt"], row["completion"])
-        if cache is not None:
-            cached = cache[row["example_id"]]
-            # the cache holds the teacher's own tokenisation of the same text: use it
-            ex["input_ids"] = cached["input_ids"].tolist()
-            ex.update(logprobs=cached["logprobs"], indices=cached["indices"],
-                      tail=cached["tail"])
-        examples.append(ex)
-    if not examples:
-        raise ValueError(f"no training examples in {cfg['data_path']}")
-    return examples
+    def __iter__(self) -> Iterator[dict]:
+        epoch = 0
+        while True:
+            rng = random.Random(self.cfg["seed"] * 1000 + epoch)
+            for group in self._groups(rng):
+                rng.shuffle(group)
+                yield from group
+            epoch += 1
+
+    def _groups(self, rng: random.Random) -> Iterator[list[dict]]:
+        if not self.cached:
+            yield [self.build(r) for r in self.rows.values()]
+            return
+        from raydistill.distill.logit_cache import decode_row
+
+        shards = _shards(self.cfg["cache_path"])
+        rng.shuffle(shards)
+        for shard in shards:  # one shard in memory at a time
+            group = []
+            for raw in pq.read_table(shard).to_pylist():
+                row = self.rows.get(raw["example_id"])
+                if row is not None:
+                    group.append(self.build(row, decode_row(raw)))
+            yield group
+
+    def build(self, row: dict, cached: dict | None = None) -> dict:
+        from raydistill.data.format import encode, response_ids
+
+        c = self.cfg
+        messages = json.loads(row["messages"])
+        limits = {"max_prompt_tokens": c["max_prompt_tokens"], "max_seq_len": c["max_seq_len"]}
+        teacher_ids = None
+        if cached is not None:
+            teacher_ids = cached["input_ids"].tolist()
+        elif row["completion_ids"] is not None:
+            eos = [self.teacher_tok.eos_token_id] if row["finished"] else []
+            teacher_ids = [int(i) for i in row["completion_ids"]] + eos
+        if teacher_ids is not None and c["shared_vocab"]:
+            response = teacher_ids
+        else:
+            response = response_ids(self.student_tok, row["completion"],
+                                    c["max_response_tokens"], bool(row["finished"]))
+        ex = encode(self.student_tok, messages, response, **limits)
+        out: dict[str, Any] = {"input_ids": ex.input_ids, "prompt_len": ex.prompt_len}
+        if cached is not None:  # the cache covers the response; keep what the student kept
+            n = ex.response_len
+            out.update(logprobs=cached["logprobs"][:n], indices=cached["indices"][:n],
+                       tail=cached["tail"][:n])
+        if self.online:
+            if teacher_ids is None:
+                teacher_ids = response_ids(self.teacher_tok, row["completion"],
+                                           c["max_response_tokens"], bool(row["finished"]))
+            t = encode(self.teacher_tok, messages, teacher_ids, **limits)
+            out.update(teacher_input_ids=t.input_ids, teacher_prompt_len=t.prompt_len)
+        return out
+
+    def batches(self, size: int, skip: int = 0) -> Iterator[list[dict]]:
+        """Batches of `size` examples; the first `skip` examples are passed over (a resumed
+        run continues the stream where its checkpoint left it)."""
+        it = iter(self)
+        for _ in range(skip):
+            next(it)
+        while True:
+            yield [next(it) for _ in range(size)]

@@ -4,7 +4,10 @@ Unlike a cache renormalised over its top-k (which loses the true probabilities),
 its k largest log-probabilities (fp16/bf16), their vocabulary indices (int32) and the log of the
 tail mass the top-k leaves out (fp32), so the KD loss can compare (k+1)-bucket distributions.
 Rows are stored in zstd Parquet shards as raw little-endian blobs: one row per example, with
-`seq_len` tokens × `k` entries.
+`seq_len` positions × `k` entries. The positions are the example's response: position j holds
+the teacher's distribution for response token j (the last one for its EOS), read where the
+teacher's own sequence (its chat template's prompt, then the response) predicts that token, so
+a student with another template but the same vocabulary aligns by response position.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ SCHEMA = pa.schema([
     ("seq_len", pa.int32()),
     ("k", pa.int32()),
     ("dtype", pa.string()),
-    ("input_ids", pa.binary()),  # int32 [seq_len]
+    ("input_ids", pa.binary()),  # int32 [seq_len]: the response token each position predicts
     ("topk_logprobs", pa.binary()),  # dtype [seq_len, k]
     ("topk_indices", pa.binary()),  # int32 [seq_len, k]
     ("tail_logprob", pa.binary()),  # float32 [seq_len]
@@ -75,20 +78,25 @@ def write_shard(table: pa.Table, path: Path) -> int:
     return path.stat().st_size
 
 
+def decode_row(row: dict) -> dict[str, torch.Tensor]:
+    """One stored row: input_ids [T] (the response ids the positions predict), logprobs [T,k]
+    (fp32), indices [T,k] and the log tail mass [T]."""
+    n, k, dt = row["seq_len"], row["k"], row["dtype"]
+    return {
+        "input_ids": torch.from_numpy(np.frombuffer(row["input_ids"], "<i4").astype(np.int64)),
+        "logprobs": _unblob(row["topk_logprobs"], dt, (n, k)).float(),
+        "indices": torch.from_numpy(
+            np.frombuffer(row["topk_indices"], "<i4").reshape(n, k).astype(np.int64)),
+        "tail": torch.from_numpy(np.frombuffer(row["tail_logprob"], "<f4").copy()),
+    }
+
+
 def read_cache(directory: str | Path) -> dict[int, dict[str, torch.Tensor]]:
-    """Every cached example by id: input_ids [T], logprobs [T,k] (fp32), indices, tail."""
+    """Every cached example by id (all in memory: for tests and tools; training streams)."""
     out: dict[int, dict[str, torch.Tensor]] = {}
     for shard in sorted(Path(directory).glob("*.parquet")):
         for row in pq.read_table(shard).to_pylist():
-            n, k, dt = row["seq_len"], row["k"], row["dtype"]
-            out[row["example_id"]] = {
-                "input_ids": torch.from_numpy(
-                    np.frombuffer(row["input_ids"], "<i4").astype(np.int64)),
-                "logprobs": _unblob(row["topk_logprobs"], dt, (n, k)).float(),
-                "indices": torch.from_numpy(
-                    np.frombuffer(row["topk_indices"], "<i4").reshape(n, k).astype(np.int64)),
-                "tail": torch.from_numpy(np.frombuffer(row["tail_logprob"], "<f4").copy()),
-            }
+            out[row["example_id"]] = decode_row(row)
     return out
 
 

@@ -166,6 +166,16 @@ def tvd(student_logits: torch.Tensor, teacher: Teacher, *, temperature: float = 
     return _masked_mean(0.5 * (log_t.exp() - log_s.exp()).abs().sum(-1), mask)
 
 
+def masked_ce(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of predicting token t+1 at position t, mean over masked positions (the
+    unchunked form, for the teacher's own training; the student's goes through chunked.py)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = input_ids[:, 1:]
+    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    m = mask[:, :-1].float()
+    return (nll * m).sum() / m.sum().clamp(min=1.0)
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,

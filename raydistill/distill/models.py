@@ -1,6 +1,6 @@
-"""Models for the Ray Train student loop: the student (a tiny config built in code, or a hub
-model) on the teacher's tokenizer, and the feature-KD projector. Tiny models are built by
-`tiny.build_tiny` (random init, seeded, tied embeddings, the byte tokenizer's ids).
+"""Models for the Ray Train student loop: the student (a tiny config built in code on the
+teacher's tokenizer, or a hub model with its own), and the feature-KD projector. Tiny models
+are built by `tiny.build_tiny` (random init, seeded, tied embeddings, the tokenizer's ids).
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from raydistill.distill.tiny import build_tiny
 
 
 def build_student_model(cfg: dict):
-    """(student, tokenizer): the teacher's tokenizer, so both share one vocabulary."""
+    """(student, tokenizer): a pretrained student with its own tokenizer, or a tiny one built on
+    the teacher's tokenizer (so that the two share one vocabulary)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer_path"])
     spec = cfg["student"]
+    tokenizer = AutoTokenizer.from_pretrained(cfg["student_path"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     if spec.get("model"):
         model = AutoModelForCausalLM.from_pretrained(spec["model"])
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 import ray
 
 from raydistill.config import ExperimentConfig, to_dict
+from raydistill.data.splits import DataSplits
 from raydistill.distill.artifacts import MANIFEST, Artifact, ArtifactStore, artifact_key
 from raydistill.io import inside
 
@@ -53,6 +54,7 @@ class Pipeline:
         self.store = ArtifactStore(artifacts_root)
         self.progress = progress or log.info
         self.use_gpu = _has_gpu()
+        self._splits: DataSplits | None = None
 
     # ---- shared pieces --------------------------------------------------------------------
     def _stage_energy_j(self, trial_id: str, stage: str) -> float:
@@ -79,27 +81,38 @@ class Pipeline:
         return artifact
 
     # ---- stages ----------------------------------------------------------------------------
-    def data(self) -> dict[str, Path]:
-        from raydistill.distill.stages import write_task_data
+    def data(self) -> DataSplits:
+        """The data stage: the source read, split and written as files (once per run)."""
+        if self._splits is None:
+            from raydistill.data.splits import make_splits
 
-        return write_task_data(self.cfg.task, self.run_dir / "data")
+            self._splits = make_splits(self.cfg.data, self.run_dir / "data")
+            counts = ", ".join(f"{k} {v:,}" for k, v in self._splits.counts.items())
+            self.progress(f"data: {self.cfg.data.source} → {counts} rows")
+        return self._splits
 
     # ---- what determines each teacher artifact (its content address) ------------------------
     def _teacher_inputs(self) -> dict:
-        inputs = {"teacher": to_dict(self.cfg.teacher), "task": to_dict(self.cfg.task),
-                  "seed": self.cfg.seed}
+        inputs = {"teacher": to_dict(self.cfg.teacher), "seed": self.cfg.seed}
+        if self.cfg.teacher.steps:  # a trained teacher depends on what it learned from
+            d = self.cfg.data
+            inputs["data"] = {"teacher_rows": self.data().digests["teacher"],
+                              "max_prompt_tokens": d.max_prompt_tokens,
+                              "max_response_tokens": d.max_response_tokens}
         if self.cfg.teacher.model and not self.cfg.teacher.tiny:
             inputs["pretrained"] = self.cfg.teacher.model
         return inputs
 
     def _synthetic_inputs(self, teacher_key: str) -> dict:
-        return {"teacher": teacher_key, "prompts": to_dict(self.cfg.task),
-                "max_new_tokens": self.cfg.generation.max_new_tokens}
+        return {"teacher": teacher_key, "prompts": self.data().digests["train"],
+                "max_prompt_tokens": self.cfg.data.max_prompt_tokens,
+                "max_new_tokens": self.cfg.generation.max_new_tokens, "decoding": "greedy"}
 
     def _cache_inputs(self, teacher_key: str, synthetic_key: str) -> dict:
         d = self.cfg.distill
         return {"teacher": teacher_key, "data": synthetic_key, "top_k": d.top_k,
-                "temperature": d.temperature, "dtype": d.cache_dtype}
+                "temperature": d.temperature, "dtype": d.cache_dtype,
+                "max_seq_len": self.cfg.training.max_seq_len, "positions": "response"}
 
     def planned_reuse(self, method: str) -> set[str]:
         """The stages whose artifact a trial of `method` would find already built (free)."""
@@ -113,19 +126,20 @@ class Pipeline:
         return {stage for stage, key in keys.items()
                 if (self.store.path(kinds[stage], key) / MANIFEST).is_file()}
 
-    def teacher_model(self, data: dict[str, Path]) -> Artifact:
+    def teacher_model(self, data: DataSplits) -> Artifact:
         from raydistill.distill.stages import train_model_remote
 
         inputs = self._teacher_inputs()
 
         def build(out: Path) -> dict:
             return ray.get(train_model_remote.options(**self._task_resources()).remote(
-                to_dict(self.cfg.teacher), str(data["labelled_teacher"]), str(out),
-                self.session.namespace, "setup", "teacher_training", self.cfg.seed))
+                to_dict(self.cfg.teacher), str(data["teacher"]), str(out),
+                self.session.namespace, "setup", "teacher_training", self.cfg.seed,
+                to_dict(self.cfg.data)))
 
         return self._artifact("teacher_model", inputs, "setup", "teacher_training", build)
 
-    def synthetic_data(self, teacher: Artifact, data: dict[str, Path], trial_id: str) -> Artifact:
+    def synthetic_data(self, teacher: Artifact, data: DataSplits, trial_id: str) -> Artifact:
         from raydistill.distill.stages import prompt_rows
         from raydistill.distill.teacher import TeacherGenerator, run_pool
 
@@ -133,35 +147,39 @@ class Pipeline:
         inputs = self._synthetic_inputs(teacher.key)
 
         def build(out: Path) -> dict:
-            run_pool(TeacherGenerator, prompt_rows(data["prompts"]), out,
+            run_pool(TeacherGenerator, prompt_rows(data["train"]), out,
                      batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
                      gpus_per_actor=g.gpus_per_actor,
                      ctor={"model_path": str(teacher.path), "namespace": self.session.namespace,
-                           "trial_id": trial_id, "max_new_tokens": g.max_new_tokens})
+                           "trial_id": trial_id, "max_new_tokens": g.max_new_tokens,
+                           "max_prompt_tokens": self.cfg.data.max_prompt_tokens})
             return {}
 
         return self._artifact("synthetic_data", inputs, trial_id, "teacher_generation", build)
 
     def logit_cache(self, teacher: Artifact, synthetic: Artifact, trial_id: str) -> Artifact:
-        from raydistill.distill.examples import read_pairs
+        from raydistill.distill.examples import read_synthetic
         from raydistill.distill.teacher import TeacherLogitCacher, run_pool
 
         d, g = self.cfg.distill, self.cfg.generation
         inputs = self._cache_inputs(teacher.key, synthetic.key)
 
         def build(out: Path) -> dict:
-            run_pool(TeacherLogitCacher, read_pairs(synthetic.path), out,
+            run_pool(TeacherLogitCacher, read_synthetic(synthetic.path), out,
                      batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
                      gpus_per_actor=g.gpus_per_actor,
                      ctor={"model_path": str(teacher.path), "namespace": self.session.namespace,
                            "trial_id": trial_id, "top_k": d.top_k,
-                           "temperature": d.temperature, "dtype": d.cache_dtype})
+                           "temperature": d.temperature, "dtype": d.cache_dtype,
+                           "max_prompt_tokens": self.cfg.data.max_prompt_tokens,
+                           "max_seq_len": self.cfg.training.max_seq_len})
             return {}
 
         return self._artifact("logit_cache", inputs, trial_id, "teacher_logit_caching", build)
 
     def student(self, trial_id: str, method: str, teacher: Artifact, data_path: Path,
-                cache: Artifact | None, loop_extra: dict | None = None) -> tuple[Path, dict]:
+                cache: Artifact | None, loop_extra: dict | None = None,
+                run_name: str | None = None) -> tuple[Path, dict]:
         from raydistill.distill.stages import fit_student
 
         out = inside(self.run_dir, f"students/{trial_id}")  # trial ids name directories
@@ -172,19 +190,19 @@ class Pipeline:
         started = time.time()
         metrics = fit_student(self.cfg, method, trial_id, self.session.namespace, teacher.path,
                               data_path, cache.path if cache else None, out, self.run_dir,
-                              self.use_gpu, loop_extra)
+                              self.use_gpu, loop_extra, run_name)
         self.progress(f"student_training [{trial_id}]: done in {time.time() - started:.1f} s, "
                       f"loss {metrics['first_loss']:.3f} → {metrics['final_loss']:.3f}")
         return out, metrics
 
-    def evaluate(self, trial_id: str, models: dict[str, Path], data: dict[str, Path]) -> dict:
+    def evaluate(self, trial_id: str, models: dict[str, Path], data: DataSplits) -> dict:
         from raydistill.distill.stages import evaluate_remote
 
         self.progress(f"evaluation [{trial_id}]: {', '.join(models)} ...")
         return ray.get(evaluate_remote.options(**self._task_resources()).remote(
-            {k: str(v) for k, v in models.items()}, str(data["eval"]), self.session.namespace,
-            trial_id, to_dict(self.cfg.evaluation), str(self.run_dir / "lm_eval"),
-            self.cfg.generation.max_new_tokens))
+            {k: str(v) for k, v in models.items()}, str(data["test"]), self.session.namespace,
+            trial_id, to_dict(self.cfg.evaluation), to_dict(self.cfg.data),
+            str(self.run_dir / "lm_eval" / trial_id), self.cfg.generation.max_new_tokens))
 
     def _task_resources(self) -> dict:
         # an explicit strategy: inside a Tune trial, tasks are otherwise captured by the
@@ -199,7 +217,7 @@ class Pipeline:
         teacher = self.teacher_model(data)
         outcome = TrialOutcome(trial_id, method, artifacts={"teacher_model": teacher})
         if method == "none":
-            data_path = data["labelled_student"]
+            data_path = data["labelled"]
             cache = None
         else:
             synthetic = self.synthetic_data(teacher, data, trial_id)

@@ -4,78 +4,68 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
-from raydistill.config import TaskConfig, to_dict
+from raydistill.config import to_dict
+from raydistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def _write_pairs(rows: list[dict], directory: Path) -> Path:
-    """Rows {prompt, answer} as a Parquet dir of {example_id, prompt, completion}."""
-    directory.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"example_id": list(range(len(rows))),
-                      "prompt": [r["prompt"] for r in rows],
-                      "completion": [r["answer"] for r in rows]})
-    pq.write_table(table, directory / "part-0.parquet")
-    return directory
-
-
-def write_task_data(task: TaskConfig, out: Path) -> dict[str, Path]:
-    from raydistill.distill.tiny import split_task, write_jsonl
-
-    split = split_task(task.digits, task.n_eval, task.n_labelled, task.n_prompts, task.seed)
-    return {
-        "eval": write_jsonl(split["eval"], out / "eval.jsonl"),
-        "prompts": write_jsonl(split["prompts"], out / "prompts.jsonl"),
-        "labelled_teacher": _write_pairs(split["teacher"], out / "teacher_gold"),
-        "labelled_student": _write_pairs(split["labelled"], out / "student_gold"),
-    }
-
-
 def prompt_rows(path: Path) -> list[dict]:
-    from raydistill.distill.evaluate import read_jsonl
+    """A split's conversations as Ray Data rows (messages as JSON text: one column type)."""
+    from raydistill.data.splits import read_rows
 
-    return [{"example_id": i, "prompt": r["prompt"]} for i, r in enumerate(read_jsonl(path))]
+    return [{"example_id": i, "id": r["id"], "messages": json.dumps(r["messages"])}
+            for i, r in enumerate(read_rows(path))]
 
 
 @ray.remote
 def train_model_remote(model_cfg: dict, data_path: str, out: str, namespace: str, trial_id: str,
-                       stage: str, seed: int) -> dict:
+                       stage: str, seed: int, data_cfg: dict) -> dict:
     """Train (or fetch) the teacher in one measured window on the node this task runs on."""
     from raydistill.cluster.windows import StageWindow, worker_devices
 
     with StageWindow(namespace, trial_id, stage, devices=worker_devices()) as window:
-        return train_lm(model_cfg, data_path, out, seed, window.add_tokens)
+        return train_lm(model_cfg, data_path, out, seed, data_cfg, window.add_tokens)
 
 
-def train_lm(model_cfg: dict, data_path: str, out: str, seed: int,
+def train_lm(model_cfg: dict, data_path: str, out: str, seed: int, data_cfg: dict,
              add_tokens=lambda n: None) -> dict:
-    """Supervised training of a tiny causal LM on {prompt, completion} pairs (or fetching a
-    pretrained one), saved to `out`. Plain torch: the Ray task above measures it."""
+    """The teacher: a tiny causal LM trained from scratch, or a pretrained one fetched (steps 0)
+    or fine-tuned (steps > 0), on the gold rows in `data_path`; saved to `out`. Plain torch:
+    the Ray task above measures it."""
     import torch
 
-    from raydistill.distill.examples import read_pairs, tokenize_pair
+    from raydistill.data.format import encode, response_ids
+    from raydistill.data.splits import read_rows
+    from raydistill.distill.batches import pad_batch
+    from raydistill.distill.losses import masked_ce
     from raydistill.distill.tiny import build_tiny, make_tokenizer, n_params
-    from raydistill.distill.train import masked_ce, pad_batch
 
     torch.set_num_threads(2)
-    if model_cfg.get("model"):  # a pretrained teacher: nothing to train, just fetch it
+    if model_cfg.get("model"):
         from raydistill.distill.teacher import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(model_cfg["model"])
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        return {"params": n_params(model), "pretrained": model_cfg["model"]}
-    tokenizer = make_tokenizer()
-    model = build_tiny(model_cfg.get("tiny", {}), len(tokenizer), seed)
-    examples = [tokenize_pair(tokenizer, r["prompt"], r["completion"])
-                for r in read_pairs(data_path)]
+        if not model_cfg["steps"]:  # a pretrained teacher used as it is: just fetch it
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            _copy_generation_config(model_cfg["model"], out)
+            return {"params": n_params(model), "pretrained": model_cfg["model"]}
+    else:
+        tokenizer = make_tokenizer()
+        model = build_tiny(model_cfg.get("tiny", {}), len(tokenizer), seed)
+    examples = []
+    for r in read_rows(data_path):
+        ids = response_ids(tokenizer, r["response"], data_cfg["max_response_tokens"])
+        e = encode(tokenizer, r["messages"], ids, max_prompt_tokens=data_cfg["max_prompt_tokens"],
+                   max_seq_len=data_cfg["max_prompt_tokens"] + data_cfg["max_response_tokens"])
+        examples.append({"input_ids": e.input_ids, "prompt_len": e.prompt_len})
+    if not examples:
+        raise ValueError(f"no gold rows to train the teacher on in {data_path}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg["lr"])
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -95,91 +85,165 @@ def train_lm(model_cfg: dict, data_path: str, out: str, seed: int,
             log.info("teacher step %d/%d loss %.4f", step, model_cfg["steps"], loss.item())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    if model_cfg.get("model"):
+        _copy_generation_config(model_cfg["model"], out)
     return {"params": n_params(model), "final_loss": loss.item(), "tokens": tokens}
+
+
+def _copy_generation_config(source: str, out: str) -> None:
+    """Keep the model's own stop tokens (generation_config.json) with the fetched copy."""
+    import shutil
+
+    src = Path(source).expanduser() / "generation_config.json"
+    if src.is_file() and not (Path(out) / "generation_config.json").exists():
+        shutil.copy(src, Path(out) / "generation_config.json")
+
+
+def student_loop_config(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path,
+                        data_path: Path, cache_path: Path | None, out: Path,
+                        shared_vocab: bool) -> dict:
+    """Everything a Ray Train worker needs, as plain data."""
+    d, t, data = cfg.distill, cfg.training, cfg.data
+    micro = cfg.student.batch_size // (d.num_workers * t.grad_accum)
+    if micro < 1 or micro * d.num_workers * t.grad_accum != cfg.student.batch_size:
+        raise ConfigError(f"student.batch_size {cfg.student.batch_size} must be a multiple of "
+                          f"distill.num_workers × training.grad_accum "
+                          f"({d.num_workers} × {t.grad_accum})")
+    student_path = cfg.student.model or str(teacher_path)  # a tiny student: the teacher's vocab
+    return {
+        "namespace": namespace, "trial_id": trial_id, "stage": "student_training",
+        "method": method, "loss": d.loss, "temperature": d.temperature, "alpha": d.alpha,
+        "beta": d.beta, "top_k": d.top_k, "feature_kind": d.feature_kind, "engine": d.engine,
+        "zero_stage": d.zero_stage, "teacher_sharding": d.teacher_sharding, "seed": cfg.seed,
+        "threads": 1 if d.num_workers > 1 else 2, "student": to_dict(cfg.student),
+        "steps": cfg.student.steps, "lr": cfg.student.lr, "batch_size": cfg.student.batch_size,
+        **{k: getattr(t, k) for k in ("precision", "grad_accum", "clip_norm", "weight_decay",
+                                      "warmup_ratio", "schedule", "min_lr_ratio",
+                                      "gradient_checkpointing", "max_seq_len", "chunk_tokens",
+                                      "checkpoint_every")},
+        "student_path": student_path, "teacher_path": str(teacher_path),
+        "data_path": str(data_path), "cache_path": str(cache_path) if cache_path else "",
+        "out_dir": str(out), "shared_vocab": shared_vocab,
+        "max_prompt_tokens": data.max_prompt_tokens,
+        "max_response_tokens": data.max_response_tokens, "answer_pattern": data.answer_pattern,
+        "max_new_tokens": cfg.generation.max_new_tokens,
+    }
+
+
+def check_pair(cfg, method: str, teacher_path: Path) -> bool:
+    """Whether teacher and student share a vocabulary; refuses the methods that need one."""
+    from transformers import AutoTokenizer
+
+    from raydistill.data.format import check_vocabulary
+
+    if not cfg.student.model:
+        return True  # a tiny student is built on the teacher's tokenizer
+    teacher_tok = AutoTokenizer.from_pretrained(str(teacher_path))
+    student_tok = AutoTokenizer.from_pretrained(cfg.student.model)
+    if method in ("logit", "feature"):
+        name = cfg.teacher.model or "the built-in teacher"
+        check_vocabulary(teacher_tok, student_tok, name, cfg.student.model, f"{method} KD")
+        return True
+    try:
+        check_vocabulary(teacher_tok, student_tok, "", "", "")
+        return True
+    except ConfigError:
+        return False
 
 
 def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path,
                 data_path: Path, cache_path: Path | None, out: Path, run_dir: Path,
-                use_gpu: bool, progress: dict | None = None) -> dict:
-    """One Ray Train run of `student_loop`; rank 0 leaves train_metrics.json in `out`."""
-    from ray.train import RunConfig, ScalingConfig
+                use_gpu: bool, extra: dict | None = None, run_name: str | None = None) -> dict:
+    """One Ray Train run of `student_loop`; rank 0 leaves train_metrics.json in `out`. A run
+    of the same name in the same run directory resumes from its latest checkpoint, and Ray
+    Train restarts failed workers (training.max_failures) from it too."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raydistill.distill.train import student_loop
 
+    shared = check_pair(cfg, method, teacher_path)
+    loop_cfg = {**student_loop_config(cfg, method, trial_id, namespace, teacher_path, data_path,
+                                      cache_path, out, shared), **(extra or {})}
     d = cfg.distill
-    loop_cfg = {
-        "namespace": namespace, "trial_id": trial_id, "stage": "student_training",
-        "method": method, "loss": d.loss, "temperature": d.temperature, "alpha": d.alpha,
-        "beta": d.beta, "top_k": d.top_k, "feature_kind": d.feature_kind, "engine": d.engine,
-        "zero_stage": d.zero_stage, "seed": cfg.seed, "threads": 1 if d.num_workers > 1 else 2,
-        "student": to_dict(cfg.student), "steps": cfg.student.steps, "lr": cfg.student.lr,
-        "batch_size": cfg.student.batch_size, "tokenizer_path": str(teacher_path),
-        "teacher_path": str(teacher_path), "data_path": str(data_path),
-        "cache_path": str(cache_path) if cache_path else "", "out_dir": str(out),
-        "max_new_tokens": cfg.generation.max_new_tokens, **(progress or {}),
-    }
     trainer = TorchTrainer(
         student_loop, train_loop_config=loop_cfg,
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": 1}),
         run_config=RunConfig(storage_path=str((run_dir / "ray_train").resolve()),
-                             name=f"{trial_id}-{int(time.time())}"),
+                             name=run_name or trial_id,
+                             failure_config=FailureConfig(max_failures=cfg.training.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     trainer.fit()
     return json.loads((out / "train_metrics.json").read_text())
 
 
 @ray.remote
-def evaluate_remote(models: dict[str, str], eval_jsonl: str, namespace: str, trial_id: str,
-                    eval_cfg: dict, lm_eval_dir: str, max_new_tokens: int) -> dict:
-    """Score each model (quick eval + lm-eval) in the `evaluation` window, then measure each
-    one's inference on a fixed prompt set in its own window (for energy per token)."""
+def evaluate_remote(models: dict[str, str], test_jsonl: str, namespace: str, trial_id: str,
+                    eval_cfg: dict, data_cfg: dict, lm_eval_dir: str, max_new_tokens: int) -> dict:
+    """Score each model (exact match on the test split + lm-eval) in the `evaluation` window,
+    then measure each one's inference on a fixed prompt set in its own window (for EPT)."""
     import torch
 
     from raydistill.cluster.windows import StageWindow, worker_devices
-    from raydistill.distill.evaluate import lm_eval_scores, read_jsonl, write_lm_eval_task
+    from raydistill.data.format import stop_ids
+    from raydistill.data.splits import read_rows
+    from raydistill.distill.evaluate import (
+        TASK_NAME,
+        exact_match,
+        lm_eval_scores,
+        write_lm_eval_task,
+    )
     from raydistill.distill.teacher import load_model_and_tokenizer
-    from raydistill.distill.tiny import greedy_accuracy
 
     torch.set_num_threads(2)
-    rows = read_jsonl(eval_jsonl)
+    rows = read_rows(test_jsonl)
     devices = worker_devices()
     scores: dict[str, float] = {}
-    with StageWindow(namespace, trial_id, "evaluation", devices=devices) as window:
-        loaded = {name: load_model_and_tokenizer(path) for name, path in models.items()}
-        task_dir = write_lm_eval_task(eval_jsonl, lm_eval_dir)
-        for name, (model, tokenizer) in loaded.items():
-            acc, generated = greedy_accuracy(model, tokenizer, rows, max_new_tokens)
+    loaded = {}
+    with StageWindow(namespace, trial_id, "evaluation", devices=devices, phase="load") as window:
+        for name, path in models.items():
+            model, tokenizer = load_model_and_tokenizer(path)
+            loaded[name] = (model, tokenizer, stop_ids(tokenizer, path))
+        window.loaded()
+        gen = {"max_new_tokens": max_new_tokens, "max_prompt_tokens": data_cfg["max_prompt_tokens"]}
+        for name, (model, tokenizer, stop) in loaded.items():
+            acc, generated = exact_match(model, tokenizer, rows, stop=stop,
+                                         pattern=data_cfg["answer_pattern"], **gen)
             scores[f"{name}_quick_acc"] = acc
             window.add_tokens(generated)
             if eval_cfg["lm_eval"]:
-                tasks = ["raydistill_addition", *eval_cfg["lm_eval_tasks"]]
-                for task, value in lm_eval_scores(model, tokenizer, task_dir, tasks,
-                                                  eval_cfg["limit"]).items():
+                task_dir = write_lm_eval_task(rows, tokenizer, Path(lm_eval_dir) / name)
+                tasks = [TASK_NAME, *eval_cfg["lm_eval_tasks"]]
+                for task, value in lm_eval_scores(
+                        model, tokenizer, task_dir, tasks, eval_cfg["limit"],
+                        tuple(eval_cfg["lm_eval_include"]),
+                        eval_cfg["lm_eval_chat_template"]).items():
                     scores[f"{name}_{task}_acc"] = value
     probe = rows[: eval_cfg["inference_prompts"]]
     tokens = {}
-    for name, (model, tokenizer) in loaded.items():
+    for name, (model, tokenizer, stop) in loaded.items():
         tokens[name] = _steady_inference(namespace, trial_id, name, devices, model, tokenizer,
-                                         probe, max_new_tokens, eval_cfg["inference_min_s"])
+                                         stop, probe, gen, eval_cfg["inference_min_s"])
     return {"scores": scores, "inference_tokens": tokens}
 
 
 def _steady_inference(namespace: str, trial_id: str, name: str, devices: tuple[str, ...],
-                      model, tokenizer, probe: list, max_new_tokens: int, min_s: float) -> int:
+                      model, tokenizer, stop: list[int], probe: list, gen: dict,
+                      min_s: float) -> int:
     """EPT of a model at inference, in steady state: one untimed warm-up pass (first-call
     allocations and caches are not inference cost), then the probe repeated inside the window
     until it has lasted min_s, long enough for the power source to see it (at 10 Hz, tens of
     samples instead of none). Returns the tokens generated inside the window."""
     from raydistill.cluster.windows import StageWindow
-    from raydistill.distill.tiny import greedy_accuracy
+    from raydistill.distill.evaluate import exact_match
 
-    greedy_accuracy(model, tokenizer, probe, max_new_tokens)
+    exact_match(model, tokenizer, probe, stop=stop, **gen)
     generated = 0
     with StageWindow(namespace, trial_id, f"inference_{name}", devices=devices) as window:
         while True:
-            _, n = greedy_accuracy(model, tokenizer, probe, max_new_tokens)
+            _, n = exact_match(model, tokenizer, probe, stop=stop, **gen)
             generated += n
             if window.duration_s >= min_s:
                 break

@@ -17,12 +17,20 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 
-def load_model_and_tokenizer(path: str, for_generation: bool = False):
-    """A causal LM and its tokenizer from a hub id or a directory made by save_pretrained."""
+def load_model_and_tokenizer(path: str, for_generation: bool = False,
+                             single_device: bool = False):
+    """A causal LM and its tokenizer from a hub id or a directory made by save_pretrained.
+    An actor holding several GPUs splits the model over them, unless `single_device` (a Ray
+    Train worker: its GPU is `ray.train.torch.get_device()`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+    if single_device and torch.cuda.is_available():
+        import ray.train.torch
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(
+            ray.train.torch.get_device())
+    elif torch.cuda.is_available() and torch.cuda.device_count() > 1:
         # a teacher too big for one GPU: shard it over this actor's GPUs (accelerate)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16,
                                                      device_map="auto")
@@ -51,7 +59,9 @@ class _WindowedActor:
     def _open(self, namespace: str, trial_id: str) -> None:
         from raydistill.cluster.windows import StageWindow, worker_devices
 
-        self.window = StageWindow(namespace, trial_id, self.stage, devices=worker_devices())
+        # phase "load" until loaded(): the model load is kept apart from the work
+        self.window = StageWindow(namespace, trial_id, self.stage, devices=worker_devices(),
+                                  phase="load")
         self.window.__enter__()
 
     def _done(self, tokens: int) -> None:
@@ -60,86 +70,138 @@ class _WindowedActor:
 
 
 class TeacherGenerator(_WindowedActor):
-    """Ray Data UDF: prompts → greedy teacher completions (the synthetic data set)."""
+    """Ray Data UDF: conversations → greedy teacher completions (the synthetic data set).
+
+    The model load is the window's `load` phase; the batches are its `work` phase, so J per
+    generated token is the steady-state figure."""
 
     stage = "teacher_generation"
 
     def __init__(self, model_path: str, namespace: str, trial_id: str, max_new_tokens: int,
-                 threads: int = 1) -> None:
+                 max_prompt_tokens: int, threads: int = 1) -> None:
+        from raydistill.data.format import stop_ids
+
         _threads(threads)
         self._open(namespace, trial_id)
         self.model, self.tokenizer = load_model_and_tokenizer(model_path, for_generation=True)
-        self.max_new_tokens = max_new_tokens
-        self.window.checkpoint()
+        self.stop = stop_ids(self.tokenizer, model_path)
+        self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
+        self.window.loaded()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        prompts = [str(p) for p in batch["prompt"]]
-        completions, generated, read = generate_batch(self.model, self.tokenizer, prompts,
-                                                      self.max_new_tokens)
+        import json
+
+        from raydistill.data.format import prompt_ids
+
+        conversations = [json.loads(m) for m in batch["messages"]]
+        prompts = [prompt_ids(self.tokenizer, m, self.max_prompt_tokens) for m in conversations]
+        out = generate_ids(self.model, self.tokenizer, prompts, self.max_new_tokens, self.stop)
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in out]
+        read = sum(len(p) for p in prompts)
+        generated = [len(ids) + int(done) for ids, done in out]  # the EOS is generated too
         # tokens the teacher processed: the prompts it read plus the tokens it wrote
-        self._done(read + int(sum(generated)))
-        return {"example_id": batch["example_id"], "prompt": prompts,
-                "completion": completions, "generated_tokens": np.asarray(generated)}
+        self._done(read + sum(generated))
+        return {"example_id": batch["example_id"], "id": batch["id"],
+                "messages": batch["messages"], "completion": texts,
+                "completion_ids": [np.asarray(ids, dtype=np.int32) for ids, _ in out],
+                "finished": np.asarray([done for _, done in out]),
+                "prompt_tokens": np.asarray([len(p) for p in prompts]),
+                "generated_tokens": np.asarray(generated)}
 
 
-def generate_batch(model, tokenizer, prompts: list[str],
-                   max_new_tokens: int) -> tuple[list[str], list[int], int]:
-    """Greedy completions, tokens generated per prompt, and prompt tokens read."""
+def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                 stop: list[int]) -> list[tuple[list[int], bool]]:
+    """Greedy completions of token-id prompts (left-padded, as decoder-only generation needs):
+    each as (ids before the first stop token, whether a stop token ended it)."""
     import torch
 
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
+    pad = tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.as_tensor(p)
+        attn[i, width - len(p):] = 1
     with torch.no_grad():
-        out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-    completions, generated = [], []
-    for row in out[:, enc["input_ids"].shape[1]:]:
-        ids = row.tolist()
-        if tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(tokenizer.eos_token_id)]
-        ids = [i for i in ids if i != tokenizer.pad_token_id]
-        completions.append(tokenizer.decode(ids, skip_special_tokens=True))
-        generated.append(len(ids))
-    return completions, generated, int(enc["attention_mask"].sum())
+        out = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                             eos_token_id=stop)
+    results = []
+    for row in out[:, width:].tolist():
+        cut = next((j for j, t in enumerate(row) if t in stop), None)
+        results.append((row if cut is None else row[:cut], cut is not None))
+    return results
 
 
 class TeacherLogitCacher(_WindowedActor):
-    """Ray Data UDF: texts → top-k of the teacher's true log-softmax, as Parquet rows."""
+    """Ray Data UDF: synthetic rows → top-k of the teacher's true log-softmax over each
+    response (the positions a student learns from), as Parquet rows."""
 
     stage = "teacher_logit_caching"
 
     def __init__(self, model_path: str, namespace: str, trial_id: str, top_k: int,
-                 temperature: float, dtype: str, threads: int = 1) -> None:
+                 temperature: float, dtype: str, max_prompt_tokens: int, max_seq_len: int,
+                 threads: int = 1) -> None:
         _threads(threads)
         self._open(namespace, trial_id)
         self.model, self.tokenizer = load_model_and_tokenizer(model_path)
         self.top_k, self.temperature, self.dtype = top_k, temperature, dtype
-        self.window.checkpoint()
+        self.max_prompt_tokens, self.max_seq_len = max_prompt_tokens, max_seq_len
+        self.window.loaded()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         table, tokens = cache_batch(self.model, self.tokenizer, batch, self.top_k,
-                                    self.temperature, self.dtype)
+                                    self.temperature, self.dtype, self.max_prompt_tokens,
+                                    self.max_seq_len)
         self._done(tokens)
         return table
 
 
-def cache_batch(model, tokenizer, batch: dict, top_k: int, temperature: float,
-                dtype: str) -> tuple[pa.Table, int]:
-    """Rows {example_id, prompt, completion} → (cache rows, tokens the teacher read)."""
+def teacher_examples(tokenizer, batch: dict, max_prompt_tokens: int, max_seq_len: int) -> list:
+    """The teacher's own sequences for synthetic rows: its template's prompt, then the response
+    it wrote (+ EOS when it stopped on one)."""
+    import json
+
+    from raydistill.data.format import encode
+
+    out = []
+    for m, ids, done in zip(batch["messages"], batch["completion_ids"], batch["finished"],
+                            strict=True):
+        response = [int(i) for i in ids] + ([tokenizer.eos_token_id] if done else [])
+        out.append(encode(tokenizer, json.loads(m), response,
+                          max_prompt_tokens=max_prompt_tokens, max_seq_len=max_seq_len))
+    return out
+
+
+def cache_batch(model, tokenizer, batch: dict, top_k: int, temperature: float, dtype: str,
+                max_prompt_tokens: int, max_seq_len: int) -> tuple[pa.Table, int]:
+    """Synthetic rows → (cache rows over each response, tokens the teacher read). Log-softmax,
+    top-k and the tail mass are computed where the model runs; only top-k leaves the device."""
     import torch
 
+    from raydistill.distill.batches import pad_batch
     from raydistill.distill.logit_cache import encode_rows, topk_of
 
-    texts = [str(p) + str(c) for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
-    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    examples = teacher_examples(tokenizer, batch, max_prompt_tokens, max_seq_len)
+    padded = pad_batch([{"input_ids": e.input_ids, "prompt_len": e.prompt_len}
+                        for e in examples], tokenizer.pad_token_id)
     with torch.no_grad():
-        logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits.float().cpu()
-    values, indices, tail = topk_of(logits, top_k, temperature)
-    lengths = enc["attention_mask"].sum(dim=1)
-    return encode_rows(batch["example_id"], enc["input_ids"], lengths, values, indices, tail,
-                       dtype), int(lengths.sum())
+        logits = model(input_ids=padded["input_ids"].to(model.device),
+                       attention_mask=padded["attention_mask"].to(model.device)).logits
+        # each response's positions: prompt_len - 1 ... len - 2 predict its tokens
+        width = max(e.response_len for e in examples)
+        starts = torch.tensor([e.prompt_len - 1 for e in examples], device=logits.device)
+        pos = (starts[:, None] + torch.arange(width, device=logits.device)[None, :])
+        pos = pos.clamp(max=logits.shape[1] - 1)
+        picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
+        values, indices, tail = topk_of(picked, top_k, temperature)
+    response = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        response[i, : e.response_len] = torch.as_tensor(e.input_ids[e.prompt_len:])
+    lengths = torch.tensor([e.response_len for e in examples])
+    table = encode_rows(batch["example_id"], response, lengths, values.cpu(), indices.cpu(),
+                        tail.cpu(), dtype)
+    return table, int(sum(len(e.input_ids) for e in examples))
 
 
 def pool_size(num_actors: int, gpus_per_actor: int) -> int:

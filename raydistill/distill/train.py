@@ -1,10 +1,13 @@
 """Student training inside Ray Train workers: DeepSpeed ZeRO (CPU: gloo) or DDP.
 
-The loop reads top to bottom: build the student (and, for feature/relational KD, the online
-teacher), load this rank's share of the examples, wrap the engine, then step. Each worker trains
-inside a ledger window on its own node, holding its own GPUs. Rank 0 writes the student and the
-training figures into `out_dir` (a file, not `Result.metrics`: reporting without a checkpoint
-leaves Result.metrics empty in Ray Train V2).
+The loop reads top to bottom: build the student (and, for online KD, the teacher as a ZeRO-3
+inference engine sharded across these same workers), wrap the engine, restore the last Ray Train
+checkpoint if this is a restart, then step through this rank's stream of examples with gradient
+accumulation, the LR schedule and clipping. Each worker trains inside a ledger window on its own
+node, holding its own GPUs; everything before the first step is the window's load phase. The
+loss is computed chunk by chunk over the sequence (`chunked.py`) so that memory stays bounded at
+large vocabularies. Rank 0 writes the student (gathered from its ZeRO-3 shards when it has them)
+and the training figures into `out_dir`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -43,184 +46,248 @@ class StudentModule(nn.Module):
         return out.logits, hidden
 
 
-def pad_batch(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad input_ids and the loss mask; position t's mask says token t+1 is a target."""
-    n = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), n), dtype=torch.long)
-    mask = torch.zeros((len(examples), n), dtype=torch.bool)
-    for i, e in enumerate(examples):
-        L = len(e["input_ids"])
-        ids[i, :L] = torch.as_tensor(e["input_ids"])
-        attn[i, :L] = 1
-        mask[i, e["prompt_len"] - 1 : L - 1] = True
-    return {"input_ids": ids, "attention_mask": attn, "mask": mask}
+def online_teacher(cfg: dict) -> bool:
+    return cfg["method"] in ("feature", "relational") or (
+        cfg["method"] == "logit" and cfg["top_k"] == 0)
 
 
-def cached_topk(examples: list[dict], width: int, device=None):
-    """Teacher top-k for a batch, padded to `width` positions (padding carries no mass)."""
-    from raydistill.distill.losses import TopK
-
-    k = examples[0]["logprobs"].shape[-1]
-    lp = torch.full((len(examples), width, k), -1e4)
-    idx = torch.zeros((len(examples), width, k), dtype=torch.long)
-    tail = torch.full((len(examples), width), -1e4)
-    for i, e in enumerate(examples):
-        L = e["logprobs"].shape[0]
-        lp[i, :L], idx[i, :L], tail[i, :L] = e["logprobs"], e["indices"], e["tail"]
-    if device is not None:
-        lp, idx, tail = lp.to(device), idx.to(device), tail.to(device)
-    return TopK(logprobs=lp, indices=idx, tail_logprob=tail)
-
-
-def masked_ce(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of predicting token t+1 at position t, mean over masked positions."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    target = input_ids[:, 1:]
-    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    m = mask[:, :-1].float()
-    return (nll * m).sum() / m.sum().clamp(min=1.0)
-
-
-def kd_term(cfg: dict, batch: dict, logits, hidden, examples, teacher) -> torch.Tensor:
-    """The teacher's term of the loss for this batch (zero for sft / none)."""
+def objective(cfg: dict, engine, teacher, chosen: list[dict], pad_id: int, teacher_pad: int,
+              device) -> torch.Tensor:
+    """This micro-batch's loss: α·CE + (1−α)·KD over the response positions."""
     from raydistill.distill import losses
+    from raydistill.distill.batches import align, cached_topk, pad_batch, teacher_index, to_device
+    from raydistill.distill.chunked import chunked_kd_objective
 
     method = cfg["method"]
-    if method == "logit":
-        if teacher is None:
-            target = cached_topk(examples, logits.shape[1], logits.device)
-        else:
-            with torch.no_grad():
-                target = teacher(input_ids=batch["input_ids"],
-                                 attention_mask=batch["attention_mask"]).logits
-        fn = losses.get_loss(cfg["loss"])
-        kwargs = {"beta": cfg["beta"]} if cfg["loss"] == "jsd" else {}
-        return fn(logits, target, temperature=cfg["temperature"], mask=batch["mask"], **kwargs)
-    if method in ("feature", "relational"):
+    batch = to_device(pad_batch(chosen, pad_id), device)
+    want_hidden = method in ("feature", "relational")
+    logits, hidden = engine(batch["input_ids"], batch["attention_mask"], want_hidden)
+    width = logits.shape[1]
+    chunk = {"loss": cfg["loss"], "temperature": cfg["temperature"], "beta": cfg["beta"],
+             "chunk_tokens": cfg["chunk_tokens"]}
+    if method in ("none", "sft"):
+        return chunked_kd_objective(logits, batch["targets"], None, batch["mask"], alpha=1.0,
+                                    **chunk)
+    t_out = None
+    if teacher is not None:
+        tb = to_device(pad_batch(chosen, teacher_pad, "teacher_input_ids", "teacher_prompt_len"),
+                       device)
         with torch.no_grad():
-            t_hidden = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               output_hidden_states=True).hidden_states[1:]
-        if method == "feature":
-            pairs = losses.layer_map(len(hidden), len(t_hidden))
-            return sum(losses.feature_loss(hidden[s], t_hidden[t], kind=cfg["feature_kind"],
-                                           mask=batch["attention_mask"].bool())
-                       for s, t in pairs) / len(pairs)
-        am = batch["attention_mask"].bool()
-        return losses.relational_loss(losses.pool_hidden(hidden[-1], am),
-                                      losses.pool_hidden(t_hidden[-1], am))
-    return torch.zeros((), device=logits.device)
+            t_out = teacher(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"],
+                            output_hidden_states=want_hidden)
+    if method == "logit":
+        if t_out is None:
+            target = cached_topk(chosen, width)
+            target = losses.TopK(*(x.to(device) for x in (target.logprobs, target.indices,
+                                                           target.tail_logprob)))
+        else:
+            target = align(t_out.logits, teacher_index(chosen, width), width)
+        return chunked_kd_objective(logits, batch["targets"], target, batch["mask"],
+                                    alpha=cfg["alpha"], **chunk)
+    ce = chunked_kd_objective(logits, batch["targets"], None, batch["mask"], alpha=1.0, **chunk)
+    t_hidden = t_out.hidden_states[1:]
+    if method == "feature":
+        index = teacher_index(chosen, width)
+        pairs = losses.layer_map(len(hidden), len(t_hidden))
+        kd = sum(losses.feature_loss(hidden[s], align(t_hidden[t], index, width),
+                                     kind=cfg["feature_kind"], mask=batch["mask"])
+                 for s, t in pairs) / len(pairs)
+    else:  # relational: pooled over each side's own response positions
+        kd = losses.relational_loss(losses.pool_hidden(hidden[-1], batch["mask"]),
+                                    losses.pool_hidden(t_hidden[-1], tb["mask"]))
+    return cfg["alpha"] * ce + (1 - cfg["alpha"]) * kd
 
 
 def student_loop(cfg: dict[str, Any]) -> None:
-    """Ray Train worker entry point. `cfg` is plain data (see pipeline.student_train_config)."""
+    """Ray Train worker entry point. `cfg` is plain data (see stages.fit_student)."""
     import ray.train
     import ray.train.torch
+    from transformers import AutoTokenizer
 
     from raydistill.cluster.windows import StageWindow, worker_devices
-    from raydistill.distill.examples import load_examples
+    from raydistill.distill import engine as eng
+    from raydistill.distill.examples import ExampleStream
     from raydistill.distill.models import build_projector, build_student_model
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg["seed"] + rank)
     torch.set_num_threads(cfg["threads"])
-    window = StageWindow(cfg["namespace"], cfg["trial_id"], cfg["stage"], devices=worker_devices())
-    with window:
-        ready = {"start": time.perf_counter()}
-        # DeepSpeed's process group must exist before its engine; on CPU it speaks gloo.
-        if cfg["engine"] == "deepspeed":
+    precision = eng.resolve_precision(cfg["precision"])
+    micro = cfg["batch_size"] // (world * cfg["grad_accum"])
+    window = StageWindow(cfg["namespace"], cfg["trial_id"], cfg["stage"], devices=worker_devices(),
+                         phase="load")
+    with window:  # load phase: process group, models, engines, checkpoint restore
+        t_load = time.perf_counter()
+        if cfg["engine"] == "deepspeed":  # its process group first; on CPU it speaks gloo
             import deepspeed
 
             deepspeed.init_distributed("nccl" if torch.cuda.is_available() else "gloo")
-        ready["process group"] = time.perf_counter()
-        examples = load_examples(cfg)[rank::world]
-        ready["data"] = time.perf_counter()
         student, tokenizer = build_student_model(cfg)
-        teacher = None
-        if cfg["method"] in ("feature", "relational") or (
-                cfg["method"] == "logit" and cfg["top_k"] == 0):
-            from raydistill.distill.teacher import load_model_and_tokenizer
-
-            teacher, _ = load_model_and_tokenizer(cfg["teacher_path"])
+        teacher_tok = AutoTokenizer.from_pretrained(cfg["teacher_path"])
+        if cfg["gradient_checkpointing"]:
+            student.gradient_checkpointing_enable({"use_reentrant": False})
+        teacher, teacher_info = None, {}
+        if online_teacher(cfg):
+            teacher, teacher_info = _load_teacher(cfg, precision)
         projector = build_projector(student, teacher) if cfg["method"] == "feature" else None
         module = StudentModule(student, projector)
-        optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["lr"])
-        ready["models"] = time.perf_counter()
-        engine = _wrap(module, optimizer, cfg)
-        ready["engine"] = time.perf_counter()
-        marks = list(ready.items())
-        log.info("rank %d ready to train in %.1f s (%s)", rank, marks[-1][1] - marks[0][1],
-                 ", ".join(f"{k} {t - p:.1f} s" for (_, p), (k, t) in pairwise(marks)))
-        want_hidden = cfg["method"] in ("feature", "relational")
+        optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["lr"],
+                                      weight_decay=cfg["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: eng.lr_factor(
+            s, cfg["steps"], cfg["warmup_ratio"], cfg["schedule"], cfg["min_lr_ratio"]))
+        engine = _wrap(module, optimizer, scheduler, cfg, micro, precision)
+        start = {"step": 0, "consumed": 0}
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:  # a restart: continue where the last checkpoint left off
+            with checkpoint.as_directory() as d:
+                start = eng.load_checkpoint(engine, optimizer, scheduler, cfg, Path(d))
+            log.info("rank %d resumed from step %d", rank, start["step"])
+        stream = ExampleStream(cfg, tokenizer, teacher_tok, rank, world).batches(
+            micro, skip=start["consumed"])
         device = ray.train.torch.get_device()  # the worker's GPU, or the CPU
-        gen = torch.Generator().manual_seed(cfg["seed"])
-        started, losses_seen = time.perf_counter(), []
-        if rank == 0 and cfg.get("progress_every"):  # "ready": the profile keeps set-up apart
+        load_s = time.perf_counter() - t_load
+        window.loaded()
+        log.info("rank %d ready to train in %.1f s (%s, micro-batch %d × %d accumulated)",
+                 rank, load_s, precision, micro, cfg["grad_accum"])
+        if rank == 0 and cfg.get("progress_every") and not start["step"]:
             _progress(None, tokenizer, {**cfg, "dev_path": ""}, 0, math.nan)
-        for step in range(cfg["steps"]):
-            pick = torch.randint(len(examples), (cfg["batch_size"],), generator=gen).tolist()
-            chosen = [examples[i] for i in pick]
-            batch = {k: v.to(device) for k, v in pad_batch(chosen, tokenizer.pad_token_id).items()}
-            logits, hidden = engine(batch["input_ids"], batch["attention_mask"], want_hidden)
-            ce = masked_ce(logits, batch["input_ids"], batch["mask"])
-            if cfg["method"] in ("none", "sft"):
-                loss = ce
-            else:
-                kd = kd_term(cfg, batch, logits, hidden, chosen, teacher)
-                loss = cfg["alpha"] * ce + (1 - cfg["alpha"]) * kd
-            _step(engine, optimizer, loss, cfg)
-            window.add_tokens(int(batch["attention_mask"].sum()))
+        started, losses_seen, tokens = time.perf_counter(), [], 0
+        for step in range(start["step"], cfg["steps"]):
+            _maybe_fail(cfg, step, rank)
+            for _ in range(cfg["grad_accum"]):
+                chosen = next(stream)
+                loss = objective(cfg, engine, teacher, chosen, tokenizer.pad_token_id,
+                                 teacher_tok.pad_token_id, device)
+                _backward(engine, loss, cfg)
+                n = sum(len(e["input_ids"]) for e in chosen)
+                tokens += n
+                window.add_tokens(n)
+            _optimizer_step(engine, module, optimizer, scheduler, cfg)
             losses_seen.append(float(loss.detach()))
             if step % max(1, cfg["steps"] // 5) == 0:
-                log.info("rank %d step %d/%d loss %.4f", rank, step, cfg["steps"], losses_seen[-1])
-            if rank == 0 and cfg.get("progress_every") and (step + 1) % cfg["progress_every"] == 0:
-                _progress(module.student, tokenizer, cfg, step + 1, losses_seen[-1])
+                log.info("rank %d step %d/%d loss %.4f lr %.2e", rank, step, cfg["steps"],
+                         losses_seen[-1], scheduler.get_last_lr()[0])
+            done = step + 1
+            if cfg.get("progress_every") and done % cfg["progress_every"] == 0:
+                _progress_gathered(module, tokenizer, cfg, done, losses_seen[-1], rank)
+            if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0 and \
+                    done < cfg["steps"]:
+                _report_checkpoint(engine, optimizer, scheduler, cfg, done,
+                                   done * micro * cfg["grad_accum"], rank)
+        train_s = time.perf_counter() - started
+        probe = _probe(engine, next(stream), tokenizer.pad_token_id, device)  # all ranks
+        state = eng.gathered_state_dict(module.student, cfg["zero_stage"]
+                                        if cfg["engine"] == "deepspeed" else 0, rank)
         if rank == 0:
-            _save(module.student, tokenizer, cfg, losses_seen, time.perf_counter() - started)
-    if not math.isfinite(losses_seen[-1]):
-        raise FloatingPointError(f"student loss is {losses_seen[-1]}: lower distill lr")
+            _save(module.student, state, tokenizer, cfg, {
+                "losses": losses_seen, "train_s": train_s, "load_s": load_s, "tokens": tokens,
+                "world": world, "precision": precision, "micro_batch": micro,
+                "resumed_from_step": start["step"], **teacher_info}, probe)
+    if losses_seen and not math.isfinite(losses_seen[-1]):
+        raise FloatingPointError(f"student loss is {losses_seen[-1]}: lower student.lr")
 
 
-def _wrap(module: nn.Module, optimizer, cfg: dict):
+def _load_teacher(cfg: dict, precision: str):
+    """The online teacher: ZeRO-3 shards across the workers, or a full copy in each."""
+    from raydistill.distill import engine as eng
+
+    if cfg["teacher_sharding"] == "zero3":
+        teacher, info = eng.load_sharded_teacher(cfg["teacher_path"], precision)
+        info["teacher_sharding"] = "zero3"
+        return teacher, info
+    from raydistill.distill.teacher import load_model_and_tokenizer
+
+    teacher, _ = load_model_and_tokenizer(cfg["teacher_path"], single_device=True)
+    n = sum(p.numel() for p in teacher.parameters())
+    return teacher, {"teacher_sharding": "replicated", "resident_params": n, "total_params": n}
+
+
+def _maybe_fail(cfg: dict, step: int, rank: int) -> None:
+    """Test seam: fail once at a given step (a marker file says it already happened)."""
+    marker = cfg.get("fail_once_marker")
+    if marker and rank == 0 and step == cfg.get("fail_once_at_step") and \
+            not Path(marker).exists():
+        Path(marker).write_text(str(step))
+        raise RuntimeError(f"injected fault at step {step} (test)")
+
+
+def _wrap(module: nn.Module, optimizer, scheduler, cfg: dict, micro: int, precision: str):
     if cfg["engine"] == "deepspeed":
         import deepspeed
 
-        ds_config = {
-            "train_micro_batch_size_per_gpu": cfg["batch_size"],
-            "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": cfg["zero_stage"]},
-            "zero_allow_untested_optimizer": True,  # a plain torch AdamW, which runs on CPU
-        }
-        engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
-                                               config=ds_config)
+        from raydistill.distill.engine import student_ds_config
+
+        engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler,
+            config=student_ds_config(cfg, micro, precision))
         return engine
     import ray.train.torch
 
     return ray.train.torch.prepare_model(module)
 
 
-def _step(engine, optimizer, loss: torch.Tensor, cfg: dict) -> None:
+def _backward(engine, loss: torch.Tensor, cfg: dict) -> None:
     if cfg["engine"] == "deepspeed":
-        engine.backward(loss)
-        engine.step()
+        engine.backward(loss)  # DeepSpeed scales by the accumulation steps itself
+        engine.step()  # steps the optimizer and the LR only at the accumulation boundary
     else:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        (loss / cfg["grad_accum"]).backward()
+
+
+def _optimizer_step(engine, module, optimizer, scheduler, cfg: dict) -> None:
+    if cfg["engine"] == "deepspeed":
+        return
+    if cfg["clip_norm"] > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg["clip_norm"])
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _report_checkpoint(engine, optimizer, scheduler, cfg: dict, step: int, consumed: int,
+                       rank: int) -> None:
+    """Every rank writes its part and reports it; Ray Train keeps them as one checkpoint."""
+    import ray.train
+
+    from raydistill.distill.engine import save_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="raydistill-ckpt-") as tmp:
+        save_checkpoint(engine, optimizer, scheduler, cfg, step, consumed, Path(tmp), rank)
+        has_files = any(Path(tmp).iterdir())
+        ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
+                         if has_files else None)
+
+
+def _progress_gathered(module, tokenizer, cfg: dict, step: int, loss: float, rank: int) -> None:
+    """The in-training quality check on rank 0, on a plain copy of the student (gathered from
+    its shards under ZeRO-3: every rank takes part in the gather)."""
+    from raydistill.distill.engine import gathered_state_dict, plain_copy
+
+    student = module.student
+    if cfg["engine"] == "deepspeed" and cfg["zero_stage"] == 3 and cfg.get("dev_path"):
+        state = gathered_state_dict(student, 3, rank)
+        if rank == 0:
+            _progress(plain_copy(student, state), tokenizer, cfg, step, loss)
+    elif rank == 0:
+        _progress(student, tokenizer, cfg, step, loss)
+        student.train()
 
 
 def _progress(student, tokenizer, cfg: dict, step: int, loss: float) -> None:
-    """One line of progress.jsonl: the sweep's trial reads it to report quality so far (a quick
-    greedy accuracy on a small dev slice) to Tune's scheduler while training goes on."""
+    """One line of progress.jsonl: the sweep's trial reads it to report quality so far (exact
+    match on a small slice of the dev split) to Tune's scheduler while training goes on."""
     quality = None
-    if cfg.get("dev_path") and cfg["zero_stage"] < 3:  # ZeRO-3 would need a parameter gather
-        from raydistill.distill.evaluate import read_jsonl
-        from raydistill.distill.tiny import greedy_accuracy
+    if cfg.get("dev_path") and student is not None:
+        from raydistill.data.format import stop_ids
+        from raydistill.data.splits import read_rows
+        from raydistill.distill.evaluate import exact_match
 
-        rows = read_jsonl(cfg["dev_path"])[: cfg.get("dev_n", 64)]
-        quality, _ = greedy_accuracy(student, tokenizer, rows, cfg.get("max_new_tokens", 5))
-        student.train()
+        rows = read_rows(cfg["dev_path"])[: cfg.get("dev_n", 64)]
+        quality, _ = exact_match(student, tokenizer, rows, max_new_tokens=cfg["max_new_tokens"],
+                                 max_prompt_tokens=cfg["max_prompt_tokens"],
+                                 stop=stop_ids(tokenizer, cfg.get("student_path")),
+                                 pattern=cfg.get("answer_pattern", ""))
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     import ray
@@ -231,12 +298,59 @@ def _progress(student, tokenizer, cfg: dict, step: int, loss: float) -> None:
                              "quality": quality, "t": time.time(), "node_id": node_id}) + "\n")
 
 
-def _save(student, tokenizer, cfg: dict, losses_seen: list[float], train_s: float) -> None:
+def _probe(engine, chosen: list[dict], pad_id: int, device) -> dict:
+    """The trained engine's own logits on one batch (a collective forward under ZeRO-3): what
+    the saved student must reproduce."""
+    from raydistill.distill.batches import pad_batch
+
+    batch = pad_batch(chosen, pad_id)
+    engine.eval()
+    with torch.no_grad():
+        logits, _ = engine(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "logits": logits.float().cpu()}
+
+
+def _check_reload(out: Path, probe: dict) -> float:
+    """Reload the saved student as a user would and compare it with the engine's outputs:
+    a ZeRO-3 save that missed a gather shows here, not at the user's first load."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"],
+                       attention_mask=probe["attention_mask"]).logits.float()
+    keep = probe["attention_mask"].bool()
+    diff = float((logits - probe["logits"]).abs()[keep].max())
+    torch.save(probe, out / "probe.pt")
+    scale = float(probe["logits"].abs()[keep].max()) or 1.0
+    if diff > 1e-3 * max(1.0, scale) + (0.05 * scale if probe["logits"].dtype != torch.float32
+                                       else 0.0):
+        raise RuntimeError(f"the saved student does not reproduce the trained one (max |Δ "
+                           f"logit| {diff:.3g}): the save missed parameters")
+    return diff
+
+
+def _save(student, state: dict, tokenizer, cfg: dict, figures: dict, probe: dict) -> None:
+    """The student as a hub-shaped directory (full weights, whatever the ZeRO stage), checked
+    by reloading it, and the training figures (tokens/s and MFU next to the loss)."""
+    from raydistill.distill.engine import mfu
+
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    student.save_pretrained(out)
+    student.save_pretrained(out, state_dict=state)
     tokenizer.save_pretrained(out)
+    figures["reload_max_abs_diff"] = _check_reload(out, probe)
+    losses_seen = figures.pop("losses")
+    tokens_per_s = figures["tokens"] / figures["train_s"] if figures["train_s"] > 0 else 0.0
+    params = sum(v.numel() for k, v in state.items() if "lm_head" not in k or
+                 not getattr(student.config, "tie_word_embeddings", False))
+    online = figures.get("total_params", 0)
+    util, basis = mfu(params, online, tokens_per_s)
     (out / "train_metrics.json").write_text(json.dumps({
-        "final_loss": losses_seen[-1], "first_loss": losses_seen[0], "steps": len(losses_seen),
-        "train_s": train_s, "engine": cfg["engine"], "zero_stage": cfg["zero_stage"],
+        "final_loss": losses_seen[-1] if losses_seen else math.nan,
+        "first_loss": losses_seen[0] if losses_seen else math.nan, "steps": cfg["steps"],
+        "steps_run": len(losses_seen), "engine": cfg["engine"], "zero_stage": cfg["zero_stage"],
+        "tokens_per_s_rank0": tokens_per_s, "mfu": util, "mfu_basis": basis,
+        "student_params": params, **figures,
     }))

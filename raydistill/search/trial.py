@@ -67,11 +67,14 @@ class LedgerClient:
 
 def stage_units(cfg) -> dict[str, float]:
     """Work units per stage, the forecast's unit of proportionality."""
+    from raydistill.data.splits import planned_count
+
+    train, test = planned_count(cfg.data, "train"), planned_count(cfg.data, "test")
     return {
-        "teacher_generation": cfg.task.n_prompts * cfg.generation.max_new_tokens,
-        "teacher_logit_caching": float(cfg.task.n_prompts),
+        "teacher_generation": train * cfg.generation.max_new_tokens,
+        "teacher_logit_caching": train,
         "student_training": float(cfg.student.steps * cfg.student.batch_size),
-        "evaluation": float(min(cfg.evaluation.limit or cfg.task.n_eval, cfg.task.n_eval)),
+        "evaluation": float(min(cfg.evaluation.limit or test, test)),
     }
 
 
@@ -120,12 +123,13 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     from ray import tune
 
     from raydistill.distill.pipeline import Pipeline
+    from raydistill.local_models import resolve_models
     from raydistill.search.space import load_space
 
     trial = tune.get_context().get_trial_id() or "trial"
     ledger_trial = f"{trial}~{uuid.uuid4().hex[:6]}"
     space = load_space(ctx.space_path)
-    cfg = space.config_for(params)
+    cfg = resolve_models(space.config_for(params), Path(ctx.artifacts))
     run_dir = Path(ctx.run_dir)
     client = LedgerClient(ctx.namespace)
     control = ray.get_actor("sweep-control", namespace=ctx.namespace)
@@ -157,7 +161,7 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     reused_cost: dict[str, float] = {}
     built: set[str] = set()
     cache = None
-    data_path = data["labelled_student"]
+    data_path = data["labelled"]
     artifacts: dict = {}
     if method != "none":
         synthetic = pipe.synthetic_data(teacher, data, ledger_trial)
@@ -178,13 +182,15 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
 
     out = inside(run_dir, f"students/{ledger_trial}")
     every = max(1, cfg.student.steps // ctx.progress_points)
-    extra = {"progress_every": every, "dev_path": str(data["eval"]), "dev_n": 64}
+    extra = {"progress_every": every, "dev_path": str(data["dev"]), "dev_n": 64}
     done: dict = {}
 
     def train() -> None:
         try:
+            # the Ray Train run is named by the Tune trial, so a retried trial resumes from the
+            # last checkpoint of the attempt before it (its waste is the steps since then)
             done["metrics"] = pipe.student(ledger_trial, method, teacher, data_path, cache,
-                                           extra)[1]
+                                           extra, run_name=f"student-{trial}")[1]
         except BaseException as exc:  # re-raised in the trial's own thread below
             done["error"] = exc
 

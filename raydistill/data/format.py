@@ -1,0 +1,121 @@
+"""Chat templates and tokenisation, one way for every stage.
+
+Generation, logit caching, training and evaluation all build a model's input the same way:
+
+    prompt   = the tokenizer's own chat template over the conversation, with the generation
+               prompt (`apply_chat_template(..., add_generation_prompt=True)`), tokenized with
+               `add_special_tokens=False` (the template already holds BOS where the model wants
+               one); a tokenizer without a template gets the turns' text, BOS first if it has one
+    response = the answer's tokens, then the model's EOS when the answer is complete (a gold
+               response, or a teacher completion that stopped on EOS; not one cut at the limit)
+
+The loss covers the response tokens and that EOS only. Teacher and student each use their own
+template; the response tokens are shared between them when their vocabularies are one, which
+logit KD requires (`check_vocabulary`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raydistill.errors import ConfigError
+
+
+def has_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
+    """The text a model reads before it answers `messages`."""
+    if has_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=True)
+    bos = tokenizer.bos_token if tokenizer.bos_token_id is not None else ""
+    return bos + "\n".join(m["content"] for m in messages)
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict], max_tokens: int) -> list[int]:
+    """Token ids of the rendered prompt; a longer one keeps its last tokens (and its BOS)."""
+    ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return list(ids)
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[0] == bos:
+        return [bos, *ids[len(ids) - max_tokens + 1:]]
+    return list(ids[len(ids) - max_tokens:])
+
+
+def response_ids(tokenizer: Any, text: str, max_tokens: int, finished: bool = True) -> list[int]:
+    """The answer's ids, with EOS when the answer is complete and fits."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if len(ids) >= max_tokens:
+        return ids[:max_tokens]
+    return [*ids, tokenizer.eos_token_id] if finished else ids
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: prompt then response; the loss reads positions
+    prompt_len - 1 ... len - 2 (each predicting the next token, the response's)."""
+
+    input_ids: list[int]
+    prompt_len: int
+
+    @property
+    def response_len(self) -> int:
+        return len(self.input_ids) - self.prompt_len
+
+
+def encode(tokenizer: Any, messages: list[dict], response: list[int], *, max_prompt_tokens: int,
+           max_seq_len: int) -> Example:
+    """Prompt (this tokenizer's template) + given response ids, within max_seq_len: the
+    prompt gives way first (its last tokens kept), the response only if it alone is longer."""
+    response = response[: max_seq_len - 1]
+    room = max(1, min(max_prompt_tokens, max_seq_len - len(response)))
+    prompt = prompt_ids(tokenizer, messages, room)
+    return Example([*prompt, *response], len(prompt))
+
+
+def stop_ids(tokenizer: Any, model_dir: str | Path | None = None) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS and the generation config's EOS ids
+    (Llama 3 and Qwen2.5 Instruct list several; generating past them writes a second turn)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    gen = Path(model_dir) / "generation_config.json" if model_dir else None
+    if gen is not None and gen.is_file():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        for i in eos if isinstance(eos, list) else [eos]:
+            if isinstance(i, int) and i not in ids:
+                ids.append(i)
+    if not ids:
+        raise ConfigError(f"tokenizer of {model_dir or 'the model'} has no EOS token: set "
+                          "eos_token in its tokenizer_config.json")
+    return ids
+
+
+def check_vocabulary(teacher_tok: Any, student_tok: Any, teacher_name: str, student_name: str,
+                     why: str) -> None:
+    """Refuse a teacher and student whose token ids mean different things (`why` needs one)."""
+    if len(teacher_tok) == len(student_tok) and teacher_tok.get_vocab() == student_tok.get_vocab():
+        return
+    raise ConfigError(f"{why} needs one vocabulary, but the teacher's tokenizer ({teacher_name}, "
+                      f"{len(teacher_tok):,} tokens) and the student's ({student_name}, "
+                      f"{len(student_tok):,} tokens) differ; use distill.method sft, or a "
+                      "student of the teacher's family")
+
+
+def answer_of(text: str, pattern: str = "") -> str:
+    """What exact match compares: group 1 (or the whole match) of `pattern`, else the stripped
+    text; commas in numbers and surrounding whitespace do not count."""
+    import re
+
+    text = text.strip()
+    if pattern:
+        m = re.search(pattern, text)
+        if m is None:
+            return ""
+        text = (m.group(1) if m.groups() else m.group(0)).strip()
+        return text.replace(",", "") if re.fullmatch(r"[-\d.,]+", text) else text
+    return text

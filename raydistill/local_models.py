@@ -1,0 +1,48 @@
+"""`local:NAME` model names: hub-shaped models made offline, resolved to directories.
+
+`teacher.model: local:qwen2-teacher` names one of the directories `raydistill.data.
+local_models.make_local_models` builds (a scaled-down Qwen2 or Llama with random weights, saved
+with `save_pretrained` next to a locally trained BPE tokenizer with its family's chat template).
+They are built once under the artifacts root and then loaded through `AutoModelForCausalLM` /
+`AutoTokenizer` from that path, exactly as a hub model is: the laptop and CI configs exercise
+the real-model path without a download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from raydistill.config import ExperimentConfig
+from raydistill.errors import ConfigError
+
+PREFIX = "local:"
+NAMES = ("qwen2-teacher", "qwen2-student", "llama-teacher", "llama-student",
+         "llama-other-vocab")
+
+
+def is_local(model: str) -> bool:
+    return model.startswith(PREFIX)
+
+
+def check_name(model: str) -> None:
+    if is_local(model) and model[len(PREFIX):] not in NAMES:
+        raise ConfigError(f"model {model!r} unknown; local models: "
+                          f"{', '.join(PREFIX + n for n in NAMES)}")
+
+
+def resolve_models(cfg: ExperimentConfig, root: Path) -> ExperimentConfig:
+    """The config with every `local:` model replaced by its directory (built if missing)."""
+    if not (is_local(cfg.teacher.model) or is_local(cfg.student.model)):
+        return cfg
+    from raydistill.data.local_models import make_local_models
+
+    dirs = make_local_models(Path(root) / "local_models")
+    out = cfg
+    for role in ("teacher", "student"):
+        model = getattr(cfg, role).model
+        if is_local(model):
+            path = str(dirs[model[len(PREFIX):]].resolve())
+            out = dataclasses.replace(out, **{role: dataclasses.replace(getattr(out, role),
+                                                                        model=path)})
+    return out

@@ -1,0 +1,115 @@
+"""`raydistill run CONFIG --dry-run`: resolve the config, check the tokenizers, estimate memory.
+
+Nothing is trained or generated (`local:` models are built if missing, a few seconds, as the
+run would). Model architectures come from each model's config.json
+(a local directory, or the hub cache when the id was downloaded before); a model that cannot be
+reached is said so, and the checks that need it are skipped, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from raydistill.config import ExperimentConfig
+from raydistill.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BYTE_VOCAB = 259  # the built-in task's byte tokenizer (ByT5, no extra ids)
+
+
+def architecture(model: str, tiny: dict) -> tuple[dict | None, str]:
+    """(config.json as a dict, where it came from), or (None, why not)."""
+    if not model:
+        spec = dict(tiny)
+        spec.pop("family", None)
+        hidden = int(spec.get("hidden_size", 64))
+        heads = int(spec.get("num_attention_heads", 4))
+        return {"model_type": tiny.get("family", "llama"), "hidden_size": hidden,
+                "num_hidden_layers": int(spec.get("num_hidden_layers", 2)),
+                "num_attention_heads": heads,
+                "num_key_value_heads": int(spec.get("num_key_value_heads", heads)),
+                "intermediate_size": int(spec.get("intermediate_size", 4 * hidden)),
+                "vocab_size": BYTE_VOCAB, "tie_word_embeddings": True}, "tiny (built in code)"
+    local = Path(model).expanduser() / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text()), str(local)
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model).to_dict(), f"{model} (hub cache)"
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        return None, f"{model} not reachable ({first})"
+
+
+def tokenizer_check(cfg: ExperimentConfig) -> str:
+    """One line: whether the pair can do the configured method (loads tokenizers only)."""
+    method = cfg.distill.method
+    if not cfg.student.model:
+        return "tokenizers: the student is built on the teacher's tokenizer (one vocabulary)"
+    if not cfg.teacher.model:
+        raise ConfigError("a pretrained student needs a pretrained teacher of its vocabulary "
+                          "(the built-in teacher has a byte tokenizer)")
+    try:
+        from transformers import AutoTokenizer
+
+        teacher = AutoTokenizer.from_pretrained(cfg.teacher.model)
+        student = AutoTokenizer.from_pretrained(cfg.student.model)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        return f"tokenizers: not checked, a tokenizer is not reachable ({first})"
+    from raydistill.data.format import check_vocabulary
+
+    if method in ("logit", "feature"):
+        check_vocabulary(teacher, student, cfg.teacher.model, cfg.student.model,
+                         f"{method} KD")
+        return f"tokenizers: one vocabulary ({len(teacher):,} tokens): {method} KD can run"
+    same = len(teacher) == len(student) and teacher.get_vocab() == student.get_vocab()
+    return (f"tokenizers: {'one vocabulary' if same else 'two vocabularies'} "
+            f"({len(teacher):,} / {len(student):,} tokens); {method} works with either")
+
+
+def plan_of(cfg: ExperimentConfig) -> Any:
+    from raydistill.memory import TrainingPlan
+
+    d, t, g = cfg.distill, cfg.training, cfg.generation
+    cached = d.method == "logit" and d.top_k > 0
+    # the plan is for the GPUs named in `hardware` (auto = bf16 there), not for this machine
+    precision = t.precision if t.precision != "auto" else "bf16"
+    return TrainingPlan(
+        world_size=d.num_workers, gpu_memory_gib=cfg.hardware.gpu_memory_gib,
+        zero_stage=d.zero_stage if d.engine == "deepspeed" else 0, precision=precision,
+        micro_batch_size=max(1, cfg.student.batch_size // (d.num_workers * t.grad_accum)),
+        max_seq_len=t.max_seq_len, gradient_checkpointing=t.gradient_checkpointing,
+        method=d.method, teacher="cached" if cached else "online",
+        teacher_sharded=d.teacher_sharding == "zero3", top_k=max(d.top_k, 1),
+        loss_chunk_tokens=t.chunk_tokens, gpus_per_actor=g.gpus_per_actor,
+        generation_batch_size=g.batch_size,
+        generation_seq_len=cfg.data.max_prompt_tokens + g.max_new_tokens)
+
+
+def dry_run(cfg: ExperimentConfig) -> tuple[str, bool]:
+    """(the text to print, whether everything fits)."""
+    from raydistill.memory import estimate_memory, format_memory_plan
+
+    lines = [f"config {cfg.name}: {cfg.distill.method} KD, teacher "
+             f"{cfg.teacher.model or 'tiny'} → student {cfg.student.model or 'tiny'}, "
+             f"data {cfg.data.source}, {cfg.distill.num_workers} training worker(s), "
+             f"{cfg.distill.engine}"
+             + (f" ZeRO-{cfg.distill.zero_stage}" if cfg.distill.engine == "deepspeed" else "")]
+    lines.append(tokenizer_check(cfg))
+    teacher, t_from = architecture(cfg.teacher.model, cfg.teacher.tiny)
+    student, s_from = architecture(cfg.student.model, cfg.student.tiny)
+    lines += [f"teacher architecture: {t_from}", f"student architecture: {s_from}"]
+    if teacher is None or student is None:
+        lines.append("memory estimate: skipped (an architecture is not reachable; download the "
+                     "model or give a local path)")
+        return "\n".join(lines), True
+    plan = estimate_memory(teacher, student, plan_of(cfg))
+    lines.append(f"hardware: {cfg.hardware.gpu}, {cfg.hardware.gpu_memory_gib:g} GiB per GPU")
+    lines.append(format_memory_plan(plan))
+    return "\n".join(lines), plan.fits
