@@ -243,7 +243,6 @@ class TrainingConfig:
     min_lr_ratio: float = 0.1  # the cosine / linear decay ends at lr × this
     gradient_checkpointing: bool = False
     max_seq_len: int = 1024  # prompt + response tokens per sequence (longer prompts cut left)
-    packing: bool = False  # pack short sequences into rows of max_seq_len (see train.pack)
     chunk_tokens: int = 4096  # the KD loss is computed over chunks of this many positions
     checkpoint_every: int = 0  # Ray Train checkpoint every N steps (0 = only at the end)
     max_failures: int = 1  # worker-group restarts Ray Train tries, from the last checkpoint
@@ -272,11 +271,17 @@ class GenerationConfig:
     batch_size: int = 256
     num_actors: int = 1  # 0 = one per GPU in the cluster (or one per node without GPUs)
     gpus_per_actor: int = 1  # > 1 shards a teacher too big for one GPU (device_map="auto")
+    # Logit caching: an actor pool (Ray Data, a whole teacher per actor) or zero3, a Ray Train
+    # job of num_actors workers over one ZeRO-3-sharded teacher (for a teacher > one GPU).
+    cache_engine: str = "pool"
 
     def __post_init__(self) -> None:
         _positive("generation.max_new_tokens", self.max_new_tokens)
         _positive("generation.batch_size", self.batch_size)
         _positive("generation.gpus_per_actor", self.gpus_per_actor)
+        if self.cache_engine not in ("pool", "zero3"):
+            raise ConfigError(f"generation.cache_engine {self.cache_engine!r} unknown; valid: "
+                              "pool, zero3")
         if self.num_actors < 0:
             raise ConfigError(f"generation.num_actors must be >= 0, got {self.num_actors}")
 

@@ -40,28 +40,36 @@ def architecture(model: str, tiny: dict) -> tuple[dict | None, str]:
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(model).to_dict(), f"{model} (hub cache)"
-    except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        return None, f"{model} not reachable ({first})"
+        return (AutoConfig.from_pretrained(model, local_files_only=True).to_dict(),
+                f"{model} (hub cache)")
+    except Exception:  # offline, gated, misspelt: not in the cache is all a dry run can say
+        return None, (f"{model} is not in the local hub cache (huggingface-cli download "
+                      f"{model} --include config.json tokenizer*, or give a local path)")
 
 
-def tokenizer_check(cfg: ExperimentConfig) -> str:
-    """One line: whether the pair can do the configured method (loads tokenizers only)."""
+def tokenizer_check(cfg: ExperimentConfig, local_only: bool = True) -> str:
+    """One line: whether the pair can do the configured method (loads tokenizers only; from
+    the local hub cache alone when `local_only`, as a dry run must)."""
     method = cfg.distill.method
     if not cfg.student.model:
         return "tokenizers: the student is built on the teacher's tokenizer (one vocabulary)"
     if not cfg.teacher.model:
-        raise ConfigError("a pretrained student needs a pretrained teacher of its vocabulary "
-                          "(the built-in teacher has a byte tokenizer)")
+        if method in ("logit", "feature"):
+            raise ConfigError(f"{method} KD needs one vocabulary, but the built-in teacher has "
+                              f"a byte tokenizer and the student {cfg.student.model} its own; "
+                              "use distill.method sft, or a pretrained teacher")
+        return "tokenizers: two vocabularies (the built-in teacher's bytes); " \
+               f"{method} works with either"
     try:
         from transformers import AutoTokenizer
 
-        teacher = AutoTokenizer.from_pretrained(cfg.teacher.model)
-        student = AutoTokenizer.from_pretrained(cfg.student.model)
-    except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        return f"tokenizers: not checked, a tokenizer is not reachable ({first})"
+        teacher = AutoTokenizer.from_pretrained(cfg.teacher.model, local_files_only=local_only)
+        student = AutoTokenizer.from_pretrained(cfg.student.model, local_files_only=local_only)
+    except Exception:
+        if not local_only:
+            raise
+        return ("tokenizers: not checked here (not in the local hub cache); the run checks them "
+                "before its first stage")
     from raydistill.data.format import check_vocabulary
 
     if method in ("logit", "feature"):

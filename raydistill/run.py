@@ -49,7 +49,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
     inputs = footprint_inputs(cfg)  # a bad region fails now, not after the run
     artifacts = artifacts or Path(out).parent / "artifacts"
     cfg = resolve_models(cfg, artifacts)
-    log.info(tokenizer_check(cfg))  # a pair that cannot do the method fails now, not mid-run
+    # a pair that cannot do the method fails now, not after the teacher stages
+    log.info(tokenizer_check(cfg, local_only=False))
     run_dir = prepare_run_dir(out)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     namespace = namespace_for(run_dir)

@@ -165,6 +165,12 @@ class Pipeline:
         inputs = self._cache_inputs(teacher.key, synthetic.key)
 
         def build(out: Path) -> dict:
+            if g.cache_engine == "zero3":
+                from raydistill.distill.sharded_cache import build_sharded_cache
+
+                build_sharded_cache(self.cfg, synthetic.path, teacher.path, out, self.run_dir,
+                                    self.session.namespace, trial_id, self.use_gpu)
+                return {"engine": "zero3"}
             run_pool(TeacherLogitCacher, read_synthetic(synthetic.path), out,
                      batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
                      gpus_per_actor=g.gpus_per_actor,

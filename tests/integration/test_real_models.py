@@ -112,7 +112,8 @@ def test_cache_holds_the_teachers_true_distribution_over_each_response(world):
         assert (response[-1] == tok.eos_token_id) == bool(r["finished"])
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0]
-        logp = torch.log_softmax(logits[ex.prompt_len - 1: len(ex.input_ids) - 1], -1)
+        at = logits[ex.prompt_len - 1: len(ex.input_ids) - 1] / world.cfg.distill.temperature
+        logp = torch.log_softmax(at, -1)
         top = logp.gather(-1, cached["indices"])
         assert torch.allclose(top, cached["logprobs"], atol=0.02)  # bf16 storage
         assert (cached["indices"][:, 0] == logp.argmax(-1)).all()
@@ -123,26 +124,36 @@ STUDENTS = [  # (method, ZeRO stage, top_k): every method, each ZeRO stage sever
     ("logit", 3, 0),  # online dense logits, teacher sharded ZeRO-3 over the 2 workers
     ("feature", 2, 8),  # online hidden states, sharded teacher
     ("relational", 3, 8),
-    ("sft", 2, 8),
+    ("sft", 2, 8),  # with a worker fault at step 4: restarted from the step-3 checkpoint
     ("none", 3, 8),
 ]
 
 
 @pytest.mark.parametrize(("method", "zero", "top_k"), STUDENTS)
-def test_student_trains_saves_and_reloads(world, method, zero, top_k):
+def test_student_trains_saves_and_reloads(world, method, zero, top_k, tmp_path):
     import dataclasses
 
     from transformers import AutoModelForCausalLM
 
     cfg = world.cfg
-    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(
-        cfg.distill, method=method, zero_stage=zero, top_k=top_k))
+    fault = method == "sft"
+    cfg = dataclasses.replace(
+        cfg, distill=dataclasses.replace(cfg.distill, method=method, zero_stage=zero,
+                                         top_k=top_k),
+        training=dataclasses.replace(cfg.training, checkpoint_every=3 if fault else 0))
     world.pipe.cfg = cfg
     trial = f"{method}-z{zero}-k{top_k}"
     data_path = world.data["labelled"] if method == "none" else world.synthetic.path
     cache = world.cache if method == "logit" and top_k else None
-    out, metrics = world.pipe.student(trial, method, world.teacher, data_path, cache)
-    assert metrics["steps_run"] == 6 and metrics["world"] == 2
+    marker = tmp_path / "failed-once"
+    extra = {"fail_once_at_step": 4, "fail_once_marker": str(marker)} if fault else None
+    out, metrics = world.pipe.student(trial, method, world.teacher, data_path, cache, extra)
+    assert metrics["world"] == 2
+    if fault:  # the fault happened at step 4; the restart lost only step 3 (not steps 0-3)
+        assert marker.read_text() == "4"
+        assert metrics["resumed_from_step"] == 3 and metrics["steps_run"] == 3
+    else:
+        assert metrics["resumed_from_step"] == 0 and metrics["steps_run"] == 6
     assert all(map(torch.isfinite, torch.tensor([metrics["first_loss"],
                                                  metrics["final_loss"]])))
     assert metrics["tokens"] > 0 and metrics["tokens_per_s_rank0"] > 0
@@ -167,22 +178,6 @@ def test_student_trains_saves_and_reloads(world, method, zero, top_k):
     assert mine["energy_j"].sum() > 0
 
 
-def test_a_restarted_worker_group_resumes_from_its_last_checkpoint(world, tmp_path):
-    import dataclasses
-
-    cfg = world.cfg
-    world.pipe.cfg = dataclasses.replace(
-        cfg, distill=dataclasses.replace(cfg.distill, method="sft", zero_stage=2),
-        training=dataclasses.replace(cfg.training, checkpoint_every=3, max_failures=1))
-    marker = tmp_path / "failed-once"
-    _, metrics = world.pipe.student(
-        "resume", "sft", world.teacher, world.synthetic.path, None,
-        {"fail_once_at_step": 4, "fail_once_marker": str(marker)})
-    assert marker.read_text() == "4"  # the fault happened, at step 4
-    assert metrics["resumed_from_step"] == 3  # not from 0: only step 3 was lost
-    assert metrics["steps_run"] == 3  # steps 3, 4, 5 after the restart
-
-
 def test_logit_kd_refuses_two_vocabularies(world, capsys):
     from raydistill.cli import main
 
@@ -194,3 +189,24 @@ def test_logit_kd_refuses_two_vocabularies(world, capsys):
     assert code == 2
     assert "logit KD needs one vocabulary" in err and "llama-other-vocab" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cache_from_a_zero3_sharded_teacher_matches_the_pool(world):
+    """Logit caching as a Ray Train job over the teacher sharded across 2 workers gives the
+    cache the actor pool gives (same response positions, same top-k, to bf16 rounding)."""
+    from raydistill.distill.logit_cache import read_cache
+    from raydistill.distill.sharded_cache import build_sharded_cache
+
+    out = world.root / "sharded-cache"
+    out.mkdir()
+    build_sharded_cache(world.cfg, world.synthetic.path, world.teacher.path, out, world.run_dir,
+                        world.session.namespace, "sharded-cache", use_gpu=False)
+    assert len(list(out.glob("part-*.parquet"))) == 2  # one shard per worker
+    pool, sharded = read_cache(world.cache.path), read_cache(out)
+    assert sorted(pool) == sorted(sharded)
+    for i in pool:
+        assert pool[i]["input_ids"].tolist() == sharded[i]["input_ids"].tolist()
+        assert torch.allclose(pool[i]["logprobs"], sharded[i]["logprobs"], atol=0.02)
+    rows = pd.DataFrame(world.session.energy_rows())
+    mine = rows[rows["trial_id"] == "sharded-cache"]
+    assert set(mine["phase"]) == {"load", "work"} and mine["tokens"].sum() > 0
