@@ -61,7 +61,7 @@ MATRIX_N = 8192
 MATMULS_PER_SYNC = 4
 BATCH_READINGS = 64  # readings per SampleBatch fed to the ledger
 TESTS_MAX_S, PIPELINE_MAX_S, PIPELINE_RESERVE_S, STEP_MIN_S = 150.0, 150.0, 100.0, 30.0
-PIPELINE_SETS = ("sampling.source=nvml", "task.n_prompts=200", "teacher.steps=40",
+PIPELINE_SETS = ("sampling.source=nvml", "data.splits.train=200", "teacher.steps=40",
                  "student.steps=30", "evaluation.limit=50", "baseline=false")
 STEP_OK = ("passed", "skipped")  # step statuses that do not fail the acceptance
 

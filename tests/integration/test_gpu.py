@@ -31,7 +31,7 @@ def test_zero3_student_over_all_gpus(tmp_path):
     from raydistill.cli import main
 
     n = torch.cuda.device_count()
-    sets = ["task.n_prompts=400", "teacher.steps=60", "student.steps=40", "baseline=false",
+    sets = ["data.splits.train=400", "teacher.steps=60", "student.steps=40", "baseline=false",
             "distill.zero_stage=3", f"distill.num_workers={n}", "sampling.source=nvml",
             "evaluation.limit=50"]
     argv = ["run", "configs/tiny.yaml", "--out", str(tmp_path / "run")]

@@ -71,7 +71,8 @@ def test_teacher_generation_spreads_over_every_node(cluster, tmp_path):
     from raydistill.distill.pipeline import Pipeline
 
     cfg = load_experiment("configs/tiny.yaml", [
-        "task.n_labelled=100", "task.n_prompts=300", "task.n_eval=50", "teacher.steps=10",
+        "data.splits.labelled=100", "data.splits.train=300", "data.splits.test=50",
+        "data.splits.dev=20", "teacher.steps=10",
         "teacher.batch_size=32", "generation.batch_size=25", "generation.num_actors=3",
         "sampling.source=constant:30", "sampling.hz=10", "sampling.push_interval_s=0.5",
         "sampling.idle_s=0"])

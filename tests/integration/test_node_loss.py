@@ -28,9 +28,10 @@ SPACE = f"""\
 # raydistill sweep SPACE --out DIR --address ADDRESS   (written by test_node_loss)
 base: {ROOT / "configs" / "tiny.yaml"}
 set:
-  task.n_labelled: 100
-  task.n_prompts: 200
-  task.n_eval: 40
+  data.splits.labelled: 100
+  data.splits.train: 200
+  data.splits.test: 40
+  data.splits.dev: 20
   teacher.steps: 30
   student.steps: 300
   student.batch_size: 32

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 WATTS = 40.0
 CI_SIZE = [
-    "task.n_labelled=200", "task.n_prompts=300", "task.n_eval=60",
+    "data.splits.labelled=200", "data.splits.train=300", "data.splits.test=60",
+    "data.splits.dev=20",
     "teacher.steps=40", "student.steps=12", "student.batch_size=32",
     "generation.batch_size=150", "evaluation.limit=40", "evaluation.inference_prompts=20",
     "evaluation.inference_min_s=0.5",
@@ -99,8 +100,8 @@ def test_seed_metrics_and_scores(first_run):
     main_trial = metrics["trials"][0]
     assert main_trial["E_run_j"] > 0
     assert 0 < main_trial["teacher_share"] < 1
-    for key in ("teacher_quick_acc", "student_quick_acc", "teacher_raydistill_addition_acc",
-                "student_raydistill_addition_acc"):
+    for key in ("teacher_quick_acc", "student_quick_acc", "teacher_raydistill_test_acc",
+                "student_raydistill_test_acc"):
         assert 0.0 <= main_trial["scores"][key] <= 1.0
     assert main_trial["EPT_inference_teacher"] > 0 and main_trial["EPT_inference_student"] > 0
     assert (root / "first" / "config.yaml").exists()

@@ -66,7 +66,75 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 ))
 def test_fuzzed_configs_either_load_or_raise_config_error(data):
     with contextlib.suppress(ConfigError):
-        from_dict(ExperimentConfig, data if isinstance(data, dict) else {"task": data})
+        from_dict(ExperimentConfig, data if isinstance(data, dict) else {"data": data})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["test", "dev", "labelled", "train", "val"]),
+                       st.none() | st.booleans() | st.integers(-3, 10) | st.floats()
+                       | st.sampled_from(["rest", "all", "10"]), max_size=4))
+def test_fuzzed_splits_either_load_or_raise_config_error(splits):
+    with contextlib.suppress(ConfigError):
+        cfg = from_dict(ExperimentConfig, {"data": {"splits": splits}})
+        assert set(cfg.data.splits) == {"test", "dev", "labelled", "train"}
+
+
+def test_data_section_defaults_and_overrides():
+    cfg = from_dict(ExperimentConfig, {})
+    assert cfg.data.source == "builtin:addition" and cfg.data.addition.digits == 2
+    assert cfg.data.splits == {"test": 300, "dev": 100, "labelled": 400, "train": 4000}
+    data = apply_overrides({"data": {"splits": {"test": 300, "train": 4000}}},
+                           ["data.splits.labelled=50", "data.splits.train=rest",
+                            "data.addition.digits=1", "data.seed=3", "data.splits.dev=0.1"])
+    cfg = from_dict(ExperimentConfig, data)
+    assert cfg.data.splits == {"test": 300, "dev": 0.1, "labelled": 50, "train": "rest"}
+    assert cfg.data.addition.digits == 1 and cfg.data.seed == 3
+    assert cfg.training.precision == "auto" and cfg.training.grad_accum == 1
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["data.splits.validation=10"], "data.splits: unknown split 'validation'; valid: test, dev, "
+                                    "labelled, train"),
+    (["data.splits.test=-1"], "data.splits.test must be a count >= 0"),
+    (["data.splits.test=ten"], "data.splits.test must be a count >= 0"),
+    (["data.splits.labelled=1.5"], "data.splits.labelled must be a count >= 0, a fraction in "
+                                   "(0, 1), got 1.5"),
+    (["data.splits.dev=0.0"], "data.splits.dev must be"),
+    (["data.splits.test=rest"], "data.splits.test must be"),  # rest: train only
+    (["data.splits.train=true"], "data.splits.train must be a count >= 0, a fraction in (0, 1) "
+                                 "or rest, got True"),
+    (["data.split_sources.val=v.jsonl"], "data.split_sources: unknown split 'val'"),
+    (["data.columns.answer=a"], "data.columns: unknown field 'answer'; valid: prompt, messages"),
+    (["data.answer_pattern=(####"], "data.answer_pattern is not a valid regex"),
+    (["data.addition.digits=0"], "data.addition.digits must be > 0"),
+    (["data.max_prompt_tokens=0"], "data.max_prompt_tokens must be > 0"),
+    (["data.sample=-1"], "data.sample must be >= 0"),
+    (["data.splits=3"], "data.splits must be a mapping"),
+    (["data.sourc=x.jsonl"], "unknown key data.sourc; valid keys: "),
+    (["training.precision=fp8"], "training.precision 'fp8' unknown; valid: auto, bf16, fp16, "
+                                 "fp32"),
+    (["training.schedule=step"], "training.schedule 'step' unknown"),
+    (["training.grad_accum=0"], "training.grad_accum must be > 0, got 0"),
+    (["training.warmup_ratio=1.0"], "training.warmup_ratio"),
+    (["teacher.steps=0"], "a model built from `tiny` needs steps > 0"),
+    (["student.steps=0"], "a model built from `tiny` needs steps > 0"),
+    (["student.steps=-1"], "steps must be >= 0"),
+])
+def test_bad_data_and_training_values_name_the_field(sets, needle):
+    from pathlib import Path
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(tiny, sets)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_pretrained_teacher_may_have_zero_steps(tmp_path):
+    cfg = from_dict(ExperimentConfig, {"teacher": {"model": "org/teacher", "steps": 0}})
+    assert cfg.teacher.steps == 0
+    local = tmp_path / "teacher"
+    local.mkdir()
+    assert from_dict(ExperimentConfig, {"teacher": {"model": str(local), "steps": 0}}).teacher
 
 
 def test_shipped_configs_load_and_say_how_to_run_them():
