@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,7 @@ class RunResult:
     table: pd.DataFrame
     metrics: list[dict]
     reused: list[str]
+    train: dict = field(default_factory=dict)  # trial → the student's training figures
 
 
 def footprint_inputs(cfg: ExperimentConfig) -> FootprintInputs:
@@ -82,7 +83,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
     atomic_write_text(run_dir / "metrics.json", json.dumps(
         {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started,
          "train": {o.trial_id: o.train_metrics for o in outcomes}}, indent=1, default=str))
-    return RunResult(run_dir, table, metrics, reused)
+    return RunResult(run_dir, table, metrics, reused,
+                     {o.trial_id: o.train_metrics for o in outcomes})
 
 
 def summary(result: RunResult) -> str:
@@ -99,6 +101,11 @@ def summary(result: RunResult) -> str:
         share = "n/a" if m["teacher_share"] is None else f"{m['teacher_share']:.1%}"
         lines += [f"[{m['trial_id']}] E_run {m['E_run_j']:,.1f} J (teacher side {share}); "
                   f"scores: {sc}", f"    OM_perf: {om or 'n/a'}; Eff_overall {eff}; N* {n_star}"]
+    for trial, t in result.train.items():
+        util = "n/a" if t.get("mfu") is None else f"{t['mfu']:.1%}"
+        lines.append(f"[{trial}] student_training: {t.get('tokens_per_s_rank0', 0):,.0f} "
+                     f"tokens/s on rank 0 of {t.get('world', 1)}, {t.get('precision')}, MFU "
+                     f"{util} ({t.get('mfu_basis', '')}); load {t.get('load_s', 0):.1f} s")
     if result.reused:
         lines.append(f"reused teacher artifacts (not rebuilt): {', '.join(result.reused)}")
     lines += unmeasured_lines(result.table)

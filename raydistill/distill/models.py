@@ -26,5 +26,7 @@ def build_student_model(cfg: dict):
 
 
 def build_projector(student, teacher) -> FeatureProjector:
+    """Student width → teacher width; `teacher` may be a DeepSpeed engine (its `.module`)."""
+    teacher_config = getattr(teacher, "module", teacher).config
     return FeatureProjector(student.config.num_hidden_layers, student.config.hidden_size,
-                            teacher.config.hidden_size)
+                            teacher_config.hidden_size)
