@@ -66,8 +66,16 @@ def draw_splits(pool: list[dict], cfg: DataConfig,
         spec = cfg.splits.get(name, "rest" if name == "train" else 0)
         if name in own:
             rows = list(own[name])
+            missing = sum(r["response"] is None for r in rows)
+            if missing and name != "train":
+                raise ConfigError(f"data.split_sources.{name}: {missing} of {len(rows)} rows "
+                                  f"have no gold response ({cfg.split_sources.get(name, name)}); "
+                                  "test, dev and labelled need one")
             rng.shuffle(rows)
             size = _size(spec, len(rows), name)
+            if size is not None and size > len(rows):
+                raise ConfigError(f"data.splits.{name} asks for {size} rows but its own source "
+                                  f"{cfg.split_sources[name]} has {len(rows)}; lower it")
             out[name] = rows if size is None else rows[:size]
             continue
         size = _size(spec, n_pool, name)
@@ -127,7 +135,7 @@ def planned_count(cfg: DataConfig, split: str) -> float:
     spec = cfg.splits.get(split, "rest" if split == "train" else 0)
     if isinstance(spec, int):
         return float(spec)
-    if not cfg.source.startswith("builtin:"):
+    if cfg.source != "builtin:addition":  # only the addition pool's size is known unread
         return 1.0
     pool = float(10 ** (2 * cfg.addition.digits))
     if cfg.sample:

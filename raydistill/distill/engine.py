@@ -152,7 +152,7 @@ def load_checkpoint(engine, optimizer, scheduler, cfg: dict, directory: Path) ->
     if cfg["engine"] == "deepspeed":
         _, client = engine.load_checkpoint(str(directory), tag="ckpt")
         return {"step": int(client["step"]), "consumed": int(client["consumed"])}
-    state = torch.load(directory / "ddp.pt", weights_only=False)
+    state = torch.load(directory / "ddp.pt", weights_only=True)
     engine.module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

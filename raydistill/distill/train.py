@@ -12,7 +12,6 @@ and the training figures into `out_dir`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -108,6 +107,12 @@ def student_loop(cfg: dict[str, Any]) -> None:
     from raydistill.distill import engine as eng
     from raydistill.distill.examples import ExampleStream
     from raydistill.distill.models import build_projector, build_student_model
+    from raydistill.distill.student_out import (
+        probe_logits,
+        progress,
+        progress_gathered,
+        save_student,
+    )
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -151,7 +156,7 @@ def student_loop(cfg: dict[str, Any]) -> None:
         log.info("rank %d ready to train in %.1f s (%s, micro-batch %d × %d accumulated)",
                  rank, load_s, precision, micro, cfg["grad_accum"])
         if rank == 0 and cfg.get("progress_every") and not start["step"]:
-            _progress(None, tokenizer, {**cfg, "dev_path": ""}, 0, math.nan)
+            progress(None, tokenizer, {**cfg, "dev_path": ""}, 0, math.nan)
         started, losses_seen, tokens = time.perf_counter(), [], 0
         for step in range(start["step"], cfg["steps"]):
             _maybe_fail(cfg, step, rank)
@@ -170,17 +175,17 @@ def student_loop(cfg: dict[str, Any]) -> None:
                          losses_seen[-1], scheduler.get_last_lr()[0])
             done = step + 1
             if cfg.get("progress_every") and done % cfg["progress_every"] == 0:
-                _progress_gathered(module, tokenizer, cfg, done, losses_seen[-1], rank)
+                progress_gathered(module, tokenizer, cfg, done, losses_seen[-1], rank)
             if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0 and \
                     done < cfg["steps"]:
                 _report_checkpoint(engine, optimizer, scheduler, cfg, done,
                                    done * micro * cfg["grad_accum"], rank)
         train_s = time.perf_counter() - started
-        probe = _probe(engine, next(stream), tokenizer.pad_token_id, device)  # all ranks
+        probe = probe_logits(engine, next(stream), tokenizer.pad_token_id, device)  # all ranks
         state = eng.gathered_state_dict(module.student, cfg["zero_stage"]
                                         if cfg["engine"] == "deepspeed" else 0, rank)
         if rank == 0:
-            _save(module.student, state, tokenizer, cfg, {
+            save_student(module.student, state, tokenizer, cfg, {
                 "losses": losses_seen, "train_s": train_s, "load_s": load_s, "tokens": tokens,
                 "world": world, "precision": precision, "micro_batch": micro,
                 "resumed_from_step": start["step"], **teacher_info}, probe)
@@ -259,98 +264,3 @@ def _report_checkpoint(engine, optimizer, scheduler, cfg: dict, step: int, consu
                          if has_files else None)
 
 
-def _progress_gathered(module, tokenizer, cfg: dict, step: int, loss: float, rank: int) -> None:
-    """The in-training quality check on rank 0, on a plain copy of the student (gathered from
-    its shards under ZeRO-3: every rank takes part in the gather)."""
-    from raydistill.distill.engine import gathered_state_dict, plain_copy
-
-    student = module.student
-    if cfg["engine"] == "deepspeed" and cfg["zero_stage"] == 3 and cfg.get("dev_path"):
-        state = gathered_state_dict(student, 3, rank)
-        if rank == 0:
-            _progress(plain_copy(student, state), tokenizer, cfg, step, loss)
-    elif rank == 0:
-        _progress(student, tokenizer, cfg, step, loss)
-        student.train()
-
-
-def _progress(student, tokenizer, cfg: dict, step: int, loss: float) -> None:
-    """One line of progress.jsonl: the sweep's trial reads it to report quality so far (exact
-    match on a small slice of the dev split) to Tune's scheduler while training goes on."""
-    quality = None
-    if cfg.get("dev_path") and student is not None:
-        from raydistill.data.format import stop_ids
-        from raydistill.data.splits import read_rows
-        from raydistill.distill.evaluate import exact_match
-
-        rows = read_rows(cfg["dev_path"])[: cfg.get("dev_n", 64)]
-        quality, _ = exact_match(student, tokenizer, rows, max_new_tokens=cfg["max_new_tokens"],
-                                 max_prompt_tokens=cfg["max_prompt_tokens"],
-                                 stop=stop_ids(tokenizer, cfg.get("student_path")),
-                                 pattern=cfg.get("answer_pattern", ""))
-    out = Path(cfg["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    with open(out / "progress.jsonl", "a") as fh:  # node_id: where rank 0 trains (for operators)
-        fh.write(json.dumps({"step": step, "steps": cfg["steps"], "loss": loss,
-                             "quality": quality, "t": time.time(), "node_id": node_id}) + "\n")
-
-
-def _probe(engine, chosen: list[dict], pad_id: int, device) -> dict:
-    """The trained engine's own logits on one batch (a collective forward under ZeRO-3): what
-    the saved student must reproduce."""
-    from raydistill.distill.batches import pad_batch
-
-    batch = pad_batch(chosen, pad_id)
-    engine.eval()
-    with torch.no_grad():
-        logits, _ = engine(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "logits": logits.float().cpu()}
-
-
-def _check_reload(out: Path, probe: dict) -> float:
-    """Reload the saved student as a user would and compare it with the engine's outputs:
-    a ZeRO-3 save that missed a gather shows here, not at the user's first load."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = model(input_ids=probe["input_ids"],
-                       attention_mask=probe["attention_mask"]).logits.float()
-    keep = probe["attention_mask"].bool()
-    diff = float((logits - probe["logits"]).abs()[keep].max())
-    torch.save(probe, out / "probe.pt")
-    scale = float(probe["logits"].abs()[keep].max()) or 1.0
-    if diff > 1e-3 * max(1.0, scale) + (0.05 * scale if probe["logits"].dtype != torch.float32
-                                       else 0.0):
-        raise RuntimeError(f"the saved student does not reproduce the trained one (max |Δ "
-                           f"logit| {diff:.3g}): the save missed parameters")
-    return diff
-
-
-def _save(student, state: dict, tokenizer, cfg: dict, figures: dict, probe: dict) -> None:
-    """The student as a hub-shaped directory (full weights, whatever the ZeRO stage), checked
-    by reloading it, and the training figures (tokens/s and MFU next to the loss)."""
-    from raydistill.distill.engine import mfu
-
-    out = Path(cfg["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    student.save_pretrained(out, state_dict=state)
-    tokenizer.save_pretrained(out)
-    figures["reload_max_abs_diff"] = _check_reload(out, probe)
-    losses_seen = figures.pop("losses")
-    tokens_per_s = figures["tokens"] / figures["train_s"] if figures["train_s"] > 0 else 0.0
-    params = sum(v.numel() for k, v in state.items() if "lm_head" not in k or
-                 not getattr(student.config, "tie_word_embeddings", False))
-    online = figures.get("total_params", 0)
-    util, basis = mfu(params, online, tokens_per_s)
-    (out / "train_metrics.json").write_text(json.dumps({
-        "final_loss": losses_seen[-1] if losses_seen else math.nan,
-        "first_loss": losses_seen[0] if losses_seen else math.nan, "steps": cfg["steps"],
-        "steps_run": len(losses_seen), "engine": cfg["engine"], "zero_stage": cfg["zero_stage"],
-        "tokens_per_s_rank0": tokens_per_s, "mfu": util, "mfu_basis": basis,
-        "student_params": params, **figures,
-    }))

@@ -109,11 +109,7 @@ def test_report_and_ledger_of_a_non_run_dir(tmp_path, capsys):
 
 
 # Known violations, each an expected failure until fixed (strict: the fix makes it pass).
-UNSAFE_LOADS = {
-    "raydistill/distill/engine.py": "load_checkpoint reads ddp.pt with torch.load(..., "
-    "weights_only=False); its model/optimizer/LambdaLR state and step counters load with "
-    "weights_only=True",
-}
+UNSAFE_LOADS: dict[str, str] = {}
 
 
 def _package_files():
@@ -126,7 +122,7 @@ def _package_files():
 
 def test_every_package_file_is_checked_for_unsafe_loads():
     ids = {p.id for p in _package_files()}
-    assert "raydistill/distill/train.py" in ids and set(UNSAFE_LOADS) <= ids
+    assert "raydistill/distill/engine.py" in ids and set(UNSAFE_LOADS) <= ids
 
 
 @pytest.mark.parametrize("path", _package_files())
