@@ -1,84 +1,56 @@
-"""Orchestration overhead: the default pipeline through raydistill vs the same stages as a plain
-single-process script, in one run (wall-time ratio; target ≤ 1.15).
+"""Orchestration overhead: a config's pipeline through raydistill vs the same stages as a plain
+single-process script, in one run (wall-time ratio; target <= 1.15 once the work dominates).
 
-raydistill: `run_experiment(configs/tiny.yaml)`: local Ray, a sampler and the ledger, Ray Data
-actor pools for the teacher stages, Ray Train + DeepSpeed ZeRO-2 for the students, evaluation
-as a Ray task, every stage in ledger windows. Plain: the same functions on the same data with
-the same steps in this process (teacher training, greedy generation, top-k caching, the student
-loop with plain AdamW, quick eval + lm-eval, inference probes), no Ray, no measurement.
+raydistill: `run_experiment(cfg)`: local Ray, a sampler and the ledger, Ray Data actor pools
+for the teacher stages, Ray Train + DeepSpeed for the students (ZeRO-2 on 1 worker for
+configs/tiny.yaml, ZeRO-3 on 2 for configs/local-chat.yaml), evaluation as a Ray task, every
+stage in ledger windows. Plain: the same functions on the same data with the same steps in this
+one process (data splits, teacher training with `train_lm`, greedy `generate_ids` through the
+chat template, top-k caching with `cache_batch`, the student loop with plain AdamW over the same
+`ExampleStream` / `pad_batch` / `cached_topk` / `chunked_kd_objective` and LR schedule, exact
+match + lm-eval, the inference probes), no Ray, no measurement. `local:` models are built once
+before either clock starts.
 
-    python bench/bench_orchestration.py [--quick] [--set k=v ...]
-        --quick: a CI-sized config (~3 min); --set: overrides, e.g. longer training to see the
-        fixed start-up cost amortise: --set teacher.steps=2700 student.steps=3000
+    python bench/bench_orchestration.py [--config PATH] [--quick] [--set k=v ...]
+        --quick: CI-sized overrides for the config (a few minutes on 2 cores); --set: overrides,
+        e.g. longer training to see the fixed start-up cost amortise: --set student.steps=3000
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from raydistill.config import load_experiment, to_dict
-from raydistill.distill.evaluate import lm_eval_scores, read_jsonl, write_lm_eval_task
-from raydistill.distill.examples import read_pairs
-from raydistill.distill.stages import prompt_rows, train_lm, write_task_data
-from raydistill.distill.teacher import cache_batch, generate_batch, load_model_and_tokenizer
-from raydistill.distill.tiny import build_tiny, greedy_accuracy
-from raydistill.distill.train import kd_term, masked_ce, pad_batch
+from raydistill.config import load_experiment, load_yaml, to_dict
+from raydistill.data.format import prompt_ids, stop_ids
+from raydistill.data.splits import make_splits, read_rows
+from raydistill.distill.batches import cached_topk, pad_batch
+from raydistill.distill.chunked import chunked_kd_objective
+from raydistill.distill.engine import lr_factor
+from raydistill.distill.evaluate import TASK_NAME, exact_match, lm_eval_scores, write_lm_eval_task
+from raydistill.distill.examples import SYNTHETIC_COLUMNS, ExampleStream, read_synthetic
+from raydistill.distill.logit_cache import write_shard
+from raydistill.distill.stages import check_pair, prompt_rows, student_loop_config, train_lm
+from raydistill.distill.teacher import cache_batch, generate_ids, load_model_and_tokenizer
 
-QUICK = ["task.n_labelled=200", "task.n_prompts=600", "task.n_eval=100", "teacher.steps=150",
-         "student.steps=150", "evaluation.limit=100"]
-
-
-def plain_student(cfg, method: str, teacher_dir: Path, data_dir: Path, cache_dir: Path | None,
-                  out: Path) -> None:
-    from raydistill.distill.examples import load_examples
-
-    loop = {"tokenizer_path": str(teacher_dir), "data_path": str(data_dir), "method": method,
-            "top_k": cfg.distill.top_k, "cache_path": str(cache_dir or ""),
-            "loss": cfg.distill.loss, "temperature": cfg.distill.temperature,
-            "beta": cfg.distill.beta}
-    examples = load_examples(loop)
-    _, tok = load_model_and_tokenizer(str(teacher_dir))
-    model = build_tiny(to_dict(cfg.student)["tiny"], len(tok), cfg.seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.student.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(cfg.student.steps):
-        pick = torch.randint(len(examples), (cfg.student.batch_size,), generator=gen).tolist()
-        chosen = [examples[i] for i in pick]
-        batch = pad_batch(chosen, tok.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = masked_ce(logits, batch["input_ids"], batch["mask"])
-        if method == "logit":
-            kd = kd_term(loop, batch, logits, None, chosen, None)
-            loss = cfg.distill.alpha * loss + (1 - cfg.distill.alpha) * kd
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-
-
-def plain_eval(cfg, models: dict[str, Path], eval_jsonl: Path, work: Path) -> dict:
-    rows = read_jsonl(eval_jsonl)
-    scores = {}
-    task_dir = write_lm_eval_task(eval_jsonl, work / "lm_eval")
-    for name, path in models.items():
-        model, tok = load_model_and_tokenizer(str(path))
-        scores[f"{name}_quick_acc"], _ = greedy_accuracy(model, tok, rows,
-                                                          cfg.generation.max_new_tokens)
-        if cfg.evaluation.lm_eval:
-            scores.update({f"{name}_{k}": v for k, v in lm_eval_scores(
-                model, tok, task_dir, ["raydistill_addition"], cfg.evaluation.limit).items()})
-        greedy_accuracy(model, tok, rows[: cfg.evaluation.inference_prompts],
-                        cfg.generation.max_new_tokens)  # the inference probe
-    return scores
+QUICK = {  # by the config's name; data.splits.* and steps, the shapes and recipe kept
+    "tiny": ["data.splits.test=100", "data.splits.dev=50", "data.splits.labelled=200",
+             "data.splits.train=600", "teacher.steps=150", "student.steps=150",
+             "evaluation.limit=100"],
+    "local-chat": ["data.splits.test=60", "data.splits.dev=20", "data.splits.labelled=120",
+                   "data.splits.train=240", "teacher.steps=60", "student.steps=40",
+                   "evaluation.limit=60", "evaluation.inference_prompts=30",
+                   "training.checkpoint_every=20"],
+}
 
 
 class Clock:
@@ -93,85 +65,192 @@ class Clock:
         self.t = now
 
 
+def plain_generation(cfg, teacher: Path, prompts: Path, out: Path) -> None:
+    """TeacherGenerator's work in a loop: the template's prompt ids, greedy ids to a stop."""
+    model, tok = load_model_and_tokenizer(str(teacher), for_generation=True)
+    stop, rows, g = stop_ids(tok, teacher), prompt_rows(prompts), cfg.generation
+    bs = g.batch_size
+    cols = {k: [] for k in SYNTHETIC_COLUMNS}
+    for i in range(0, len(rows), bs):
+        chunk = rows[i:i + bs]
+        ids = [prompt_ids(tok, json.loads(r["messages"]), cfg.data.max_prompt_tokens)
+               for r in chunk]
+        for r, (gen, done) in zip(chunk, generate_ids(model, tok, ids, g.max_new_tokens, stop),
+                                  strict=True):
+            for k in ("example_id", "id", "messages"):
+                cols[k].append(r[k])
+            cols["completion"].append(tok.decode(gen, skip_special_tokens=True))
+            cols["completion_ids"].append(gen)
+            cols["finished"].append(done)
+    out.mkdir(parents=True)
+    schema = {"completion_ids": pa.list_(pa.int32())}
+    table = pa.table({k: pa.array(v, type=schema.get(k)) for k, v in cols.items()})
+    write_shard(table, out / "part-0.parquet")
+
+
+def plain_caching(cfg, teacher: Path, synthetic: Path, out: Path) -> None:
+    model, tok = load_model_and_tokenizer(str(teacher))
+    rows, bs, d = read_synthetic(synthetic), cfg.generation.batch_size, cfg.distill
+    out.mkdir(parents=True)
+    for i in range(0, len(rows), bs):
+        batch = {k: [r[k] for r in rows[i:i + bs]]
+                 for k in ("example_id", "messages", "completion_ids", "finished")}
+        table, _ = cache_batch(model, tok, batch, d.top_k, d.temperature, d.cache_dtype,
+                               cfg.data.max_prompt_tokens, cfg.training.max_seq_len)
+        write_shard(table, out / f"part-{i:06d}.parquet")
+
+
+def plain_student(cfg, method: str, teacher: Path, data_path: Path, cache: Path | None,
+                  out: Path) -> None:
+    """student_loop without Ray Train or DeepSpeed: one process, world 1, fp32 on the CPU."""
+    from transformers import AutoTokenizer
+
+    from raydistill.distill.models import build_student_model
+
+    if method not in ("none", "sft") and not (method == "logit" and cfg.distill.top_k > 0):
+        raise SystemExit(f"the plain script covers none, sft and cached logit KD, not {method}")
+    one = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, num_workers=1))
+    loop = student_loop_config(one, method, "plain", "", teacher, data_path, cache, out,
+                               check_pair(cfg, method, teacher))
+    student, tok = build_student_model(loop)
+    t = cfg.training
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.student.lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(
+        s, cfg.student.steps, t.warmup_ratio, t.schedule, t.min_lr_ratio))
+    stream = ExampleStream(loop, tok, AutoTokenizer.from_pretrained(str(teacher)), 0, 1).batches(
+        cfg.student.batch_size // t.grad_accum)
+    alpha = cfg.distill.alpha if method == "logit" else 1.0
+    kw = {"loss": cfg.distill.loss, "temperature": cfg.distill.temperature,
+          "beta": cfg.distill.beta, "chunk_tokens": t.chunk_tokens, "alpha": alpha}
+    student.train()
+    for _ in range(cfg.student.steps):
+        for _ in range(t.grad_accum):
+            chosen = next(stream)
+            b = pad_batch(chosen, tok.pad_token_id)
+            logits = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            target = cached_topk(chosen, logits.shape[1]) if alpha < 1 else None
+            loss = chunked_kd_objective(logits, b["targets"], target, b["mask"], **kw)
+            (loss / t.grad_accum).backward()
+        if t.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), t.clip_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    student.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def plain_eval(cfg, models: dict[str, Path], test: Path, work: Path, clock: Clock) -> dict:
+    """evaluate_remote's work: exact match + lm-eval per model, then each inference probe
+    (one warm-up pass, then the probe until it has lasted inference_min_s)."""
+    e, rows, scores, loaded = cfg.evaluation, read_rows(test), {}, {}
+    gen = {"max_new_tokens": cfg.generation.max_new_tokens,
+           "max_prompt_tokens": cfg.data.max_prompt_tokens}
+    for name, path in models.items():
+        model, tok = load_model_and_tokenizer(str(path))
+        loaded[name] = (model, tok, stop_ids(tok, path))
+        scores[f"{name}_quick_acc"], _ = exact_match(model, tok, rows, stop=loaded[name][2],
+                                                     pattern=cfg.data.answer_pattern, **gen)
+        if e.lm_eval:
+            task_dir = write_lm_eval_task(rows, tok, work / "lm_eval" / name)
+            for task, v in lm_eval_scores(model, tok, task_dir, [TASK_NAME, *e.lm_eval_tasks],
+                                          e.limit, tuple(e.lm_eval_include),
+                                          e.lm_eval_chat_template).items():
+                scores[f"{name}_{task}_acc"] = v
+    clock.lap("evaluation")
+    probe = rows[: e.inference_prompts]
+    for name, (model, tok, stop) in loaded.items():
+        exact_match(model, tok, probe, stop=stop, **gen)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < e.inference_min_s:
+            exact_match(model, tok, probe, stop=stop, **gen)
+        clock.lap(f"inference_{name}")
+    return scores
+
+
 def plain_pipeline(cfg, work: Path, clock: Clock) -> dict:
     torch.set_num_threads(2)
-    data = write_task_data(cfg.task, work / "data")
+    data = make_splits(cfg.data, work / "data")
     teacher = work / "teacher"
     clock.lap("(data)")
-    train_lm(to_dict(cfg.teacher), str(data["labelled_teacher"]), str(teacher), cfg.seed)
+    train_lm(to_dict(cfg.teacher), str(data["teacher"]), str(teacher), cfg.seed,
+             to_dict(cfg.data))
     clock.lap("teacher_training")
-    model, tok = load_model_and_tokenizer(str(teacher), for_generation=True)
-    prompts = prompt_rows(data["prompts"])
-    syn = work / "synthetic"
-    syn.mkdir()
-    rows = {"example_id": [], "prompt": [], "completion": []}
-    for i in range(0, len(prompts), cfg.generation.batch_size):
-        chunk = prompts[i:i + cfg.generation.batch_size]
-        comps, _, _ = generate_batch(model, tok, [r["prompt"] for r in chunk],
-                                     cfg.generation.max_new_tokens)
-        rows["example_id"] += [r["example_id"] for r in chunk]
-        rows["prompt"] += [r["prompt"] for r in chunk]
-        rows["completion"] += comps
-    pq.write_table(pa.table(rows), syn / "part-0.parquet")
-    clock.lap("teacher_generation")
-    cache = work / "cache"
-    cache.mkdir()
-    model, tok = load_model_and_tokenizer(str(teacher))
-    pairs = read_pairs(syn)
-    for i in range(0, len(pairs), cfg.generation.batch_size):
-        chunk = pairs[i:i + cfg.generation.batch_size]
-        batch = {k: [r[k] for r in chunk] for k in ("example_id", "prompt", "completion")}
-        table, _ = cache_batch(model, tok, batch, cfg.distill.top_k, cfg.distill.temperature,
-                               cfg.distill.cache_dtype)
-        pq.write_table(table, cache / f"part-{i}.parquet")
-    clock.lap("teacher_logit_caching")
-    plain_student(cfg, cfg.distill.method, teacher, syn, cache, work / "student")
+    method, cache = cfg.distill.method, None
+    data_path = work / "synthetic"
+    if method == "none":
+        data_path = data["labelled"]
+    else:
+        plain_generation(cfg, teacher, data["train"], data_path)
+        clock.lap("teacher_generation")
+        if method == "logit" and cfg.distill.top_k > 0:
+            cache = work / "cache"
+            plain_caching(cfg, teacher, data_path, cache)
+            clock.lap("teacher_logit_caching")
+    plain_student(cfg, method, teacher, data_path, cache, work / "student")
     clock.lap("student_training")
-    scores = plain_eval(cfg, {"teacher": teacher, "student": work / "student"}, data["eval"], work)
-    clock.lap("evaluation")
-    if cfg.baseline:
-        plain_student(cfg, "none", teacher, data["labelled_student"], None, work / "baseline")
+    models = {"student": work / "student"} if method == "none" else {
+        "teacher": teacher, "student": work / "student"}
+    scores = plain_eval(cfg, models, data["test"], work, clock)
+    if cfg.baseline and method != "none":
+        plain_student(cfg, "none", teacher, data["labelled"], None, work / "baseline")
         clock.lap("student_training")
         scores.update({f"baseline_{k}": v for k, v in plain_eval(
-            cfg, {"student": work / "baseline"}, data["eval"], work).items()})
-        clock.lap("evaluation")
+            cfg, {"student": work / "baseline"}, data["test"], work / "b", clock).items()})
     return scores
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="configs/tiny.yaml")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_experiment("configs/tiny.yaml", (QUICK if args.quick else []) + args.set)
+    name = load_yaml(args.config).get("name", "")
+    if args.quick and name not in QUICK:
+        raise SystemExit(f"--quick knows {', '.join(QUICK)}; give --set overrides for {name}")
+    cfg = load_experiment(args.config, (QUICK[name] if args.quick else []) + args.set)
+    from raydistill.local_models import resolve_models
     from raydistill.run import run_experiment
 
     root = Path(tempfile.mkdtemp(prefix="orchestration-bench-"))
+    t0 = time.perf_counter()
+    cfg = resolve_models(cfg, root / "artifacts")  # local: models, built once for both
+    setup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     clock = Clock()
     plain_scores = plain_pipeline(cfg, root / "plain", clock)
     plain_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = run_experiment(cfg, root / "ray", artifacts=root / "artifacts")
+    result = run_experiment(cfg, root / "ray", artifacts=root / "artifacts",
+                            progress=lambda s: print(s, file=sys.stderr, flush=True))
     ray_s = time.perf_counter() - t0
-    stage_s = result.table.groupby("stage")["duration_s"].sum()
-    print(f"config: configs/tiny.yaml{' (quick)' if args.quick else ''} {' '.join(args.set)}; "
-          f"teacher {cfg.teacher.steps} steps, student {cfg.student.steps} steps, "
-          f"baseline {cfg.baseline}")
-    print(f"plain single-process script: {plain_s:7.1f} s   quick acc "
-          f"{plain_scores.get('student_quick_acc', float('nan')):.3f}")
-    print(f"raydistill run (Ray + ledger): {ray_s:7.1f} s   quick acc "
-          f"{result.metrics[0]['scores'].get('student_quick_acc', float('nan')):.3f}")
+    table = result.table.groupby("stage", sort=False)[["duration_s", "load_s"]].sum()
+    d = cfg.distill
+    print(f"config: {args.config}{' (quick)' if args.quick else ''} {' '.join(args.set)}; "
+          f"teacher {cfg.teacher.steps} steps, student {cfg.student.steps} steps "
+          f"(raydistill: {d.num_workers} worker(s), {d.engine} ZeRO-{d.zero_stage}; plain: one "
+          f"process), baseline {cfg.baseline}; local models built in {setup_s:.1f} s (not "
+          "counted)")
+    acc = "student_quick_acc"
+    print(f"plain single-process script:   {plain_s:7.1f} s   student quick acc "
+          f"{plain_scores.get(acc, float('nan')):.3f}")
+    print(f"raydistill run (Ray + ledger): {ray_s:7.1f} s   student quick acc "
+          f"{result.metrics[0]['scores'].get(acc, float('nan')):.3f}")
     print(f"wall-time ratio raydistill / plain: {ray_s / plain_s:.2f} (target <= 1.15)")
-    print(f"time inside measured stage windows: {stage_s.sum():.1f} s; outside them (Ray start, "
-          f"actor and worker start-up, teardown): {ray_s - stage_s.sum():.1f} s")
-    print(f"  {'stage':<24} {'raydistill window s':>20} {'plain s':>9}")
-    for stage, secs in stage_s.items():
-        plain = clock.s.get(stage)
-        print(f"  {stage:<24} {secs:20.1f} {'' if plain is None else f'{plain:9.1f}'}")
-    print("  (raydistill's evaluation windows include the inference probes' model loads; the "
-          "plain evaluation includes its probes)")
+    inside = table["duration_s"].sum()
+    print(f"time inside measured stage windows: {inside:.1f} s; outside them (Ray start, "
+          f"sampler, actor and worker start-up, teardown): {ray_s - inside:.1f} s")
+    print(f"  {'stage':<24} {'raydistill window s':>20} {'of which load s':>16} {'plain s':>9}")
+    for stage, row in table.iterrows():
+        plain = clock.s.pop(stage, None)
+        print(f"  {stage:<24} {row.duration_s:20.1f} {row.load_s:16.1f} "
+              f"{'' if plain is None else f'{plain:9.1f}'}")
+    for stage, secs in clock.s.items():
+        print(f"  {stage:<24} {'(outside windows)':>20} {'':>16} {secs:9.1f}")
+    print("  (raydistill's evaluation windows include the models' loads; the plain inference "
+          "laps include their warm-up pass, which raydistill runs outside its windows)")
 
 
 if __name__ == "__main__":

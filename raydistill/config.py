@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from raydistill.errors import ConfigError
 from raydistill.strict import apply_overrides, from_dict, load_yaml, to_dict
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
