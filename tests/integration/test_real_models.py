@@ -194,12 +194,16 @@ def test_logit_kd_refuses_two_vocabularies(world, capsys):
 def test_cache_from_a_zero3_sharded_teacher_matches_the_pool(world):
     """Logit caching as a Ray Train job over the teacher sharded across 2 workers gives the
     cache the actor pool gives (same response positions, same top-k, to bf16 rounding)."""
+    import dataclasses
+
     from raydistill.distill.logit_cache import read_cache
     from raydistill.distill.sharded_cache import build_sharded_cache
 
     out = world.root / "sharded-cache"
     out.mkdir()
-    build_sharded_cache(world.cfg, world.synthetic.path, world.teacher.path, out, world.run_dir,
+    cfg = dataclasses.replace(world.cfg, generation=dataclasses.replace(
+        world.cfg.generation, num_actors=2, cache_engine="zero3"))
+    build_sharded_cache(cfg, world.synthetic.path, world.teacher.path, out, world.run_dir,
                         world.session.namespace, "sharded-cache", use_gpu=False)
     assert len(list(out.glob("part-*.parquet"))) == 2  # one shard per worker
     pool, sharded = read_cache(world.cache.path), read_cache(out)
