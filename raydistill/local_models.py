@@ -35,15 +35,15 @@ def resolve_models(cfg: ExperimentConfig, root: Path) -> ExperimentConfig:
     """The config with every `local:` model replaced by its directory (built if missing)."""
     if not (is_local(cfg.teacher.model) or is_local(cfg.student.model)):
         return cfg
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
 
     from raydistill.data.local_models import make_local_models
 
-    disable_progress_bars()  # save_pretrained's bars are not this command's output
+    hf_logging.disable_progress_bar()  # save_pretrained's bars are not this command's output
     try:
         dirs = make_local_models(Path(root) / "local_models")
     finally:
-        enable_progress_bars()
+        hf_logging.enable_progress_bar()
     out = cfg
     for role in ("teacher", "student"):
         model = getattr(cfg, role).model
