@@ -14,6 +14,7 @@ retried after a lost node or a resumed sweep never has two attempts' energy adde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -130,6 +131,10 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     ledger_trial = f"{trial}~{uuid.uuid4().hex[:6]}"
     space = load_space(ctx.space_path)
     cfg = resolve_models(space.config_for(params), Path(ctx.artifacts))
+    # A failed student is retried by Tune, not restarted inside Ray Train: the retry is a new
+    # ledger attempt, so the lost one's energy is kept apart as waste (it resumes from the last
+    # checkpoint the lost attempt reported, through the shared Ray Train run name below).
+    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, max_failures=0))
     run_dir = Path(ctx.run_dir)
     client = LedgerClient(ctx.namespace)
     control = ray.get_actor("sweep-control", namespace=ctx.namespace)
