@@ -9,12 +9,8 @@ import pytest
 from raydistill.cli import main
 
 # The published architectures (config.json fields) of the Llama config's two models.
-LLAMA_8B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
-            "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
-            "vocab_size": 128256, "tie_word_embeddings": False}
-LLAMA_1B = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
-            "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 8192,
-            "vocab_size": 128256, "tie_word_embeddings": True}
+from tests.unit.test_memory_estimate import LLAMA_31_8B as LLAMA_8B
+from tests.unit.test_memory_estimate import LLAMA_32_1B as LLAMA_1B
 
 
 @pytest.fixture
