@@ -46,9 +46,9 @@ QUICK = {  # by the config's name; data.splits.* and steps, the shapes and recip
     "tiny": ["data.splits.test=100", "data.splits.dev=50", "data.splits.labelled=200",
              "data.splits.train=600", "teacher.steps=150", "student.steps=150",
              "evaluation.limit=100"],
-    "local-chat": ["data.splits.test=60", "data.splits.dev=20", "data.splits.labelled=120",
-                   "data.splits.train=240", "teacher.steps=60", "student.steps=40",
-                   "evaluation.limit=60", "evaluation.inference_prompts=30",
+    "local-chat": ["data.splits.test=40", "data.splits.dev=20", "data.splits.labelled=120",
+                   "data.splits.train=240", "teacher.steps=20", "student.steps=40",
+                   "evaluation.limit=40", "evaluation.inference_prompts=30",
                    "training.checkpoint_every=20"],
 }
 
