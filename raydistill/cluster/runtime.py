@@ -39,7 +39,9 @@ def init_ray(address: str | None, namespace: str, num_cpus: int | None = None) -
         kwargs.pop("dashboard_host")
     elif num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
-    ray.init(address=address, **kwargs)
+    # address "local": start a private cluster even when another one (`ray start`, another
+    # user's run) is up on this machine; None would join that one
+    ray.init(address=address or "local", **kwargs)
 
 
 def on_driver_node(soft: bool = False):

@@ -104,8 +104,9 @@ def lm_eval_scores(model, tokenizer, own_task_dir: Path | None, tasks: list[str]
     if named:
         runs.append((named, list(include), tokenizer.bos_token_id is not None, chat_template))
     for names, paths, bos, chat in runs:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=64,
-                  max_length=model_max_length(model, tokenizer), add_bos_token=bos)
+        cls = _rendered_prompt_lm() if names is own else HFLM
+        lm = cls(pretrained=model, tokenizer=tokenizer, device=device, batch_size=64,
+                 max_length=model_max_length(model, tokenizer), add_bos_token=bos)
         manager = TaskManager(include_path=paths or None)
         result = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
                                  log_samples=False, verbosity="ERROR",
@@ -116,6 +117,23 @@ def lm_eval_scores(model, tokenizer, own_task_dir: Path | None, tasks: list[str]
             if acc is not None:
                 scores[task] = float(acc)
     return scores
+
+
+def _rendered_prompt_lm():
+    from lm_eval.models.huggingface import HFLM
+
+    class RenderedPromptLM(HFLM):
+        """lm-eval's HFLM for prompts rendered by a chat template. HFLM moves a context's
+        trailing whitespace into the scored continuation (right for few-shot text, where the
+        space belongs to the answer's first word); a template's prompt ends with its own
+        newline ("<|im_start|>assistant\n"), which is not part of the answer the model was
+        trained to write. Here context and answer are tokenized apart, as in training."""
+
+        def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+            return (self.tok_encode(context, add_special_tokens=False),
+                    self.tok_encode(continuation, add_special_tokens=False))
+
+    return RenderedPromptLM
 
 
 def _cuda() -> bool:

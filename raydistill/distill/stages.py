@@ -28,12 +28,14 @@ def train_model_remote(model_cfg: dict, data_path: str, out: str, namespace: str
     """Train (or fetch) the teacher in one measured window on the node this task runs on."""
     from raydistill.cluster.windows import StageWindow, worker_devices
 
-    with StageWindow(namespace, trial_id, stage, devices=worker_devices()) as window:
-        return train_lm(model_cfg, data_path, out, seed, data_cfg, window.add_tokens)
+    with StageWindow(namespace, trial_id, stage, devices=worker_devices(),
+                     phase="load") as window:
+        return train_lm(model_cfg, data_path, out, seed, data_cfg, window.add_tokens,
+                        window.loaded)
 
 
 def train_lm(model_cfg: dict, data_path: str, out: str, seed: int, data_cfg: dict,
-             add_tokens=lambda n: None) -> dict:
+             add_tokens=lambda n: None, loaded=lambda: None) -> dict:
     """The teacher: a tiny causal LM trained from scratch, or a pretrained one fetched (steps 0)
     or fine-tuned (steps > 0), on the gold rows in `data_path`; saved to `out`. Plain torch:
     the Ray task above measures it."""
@@ -70,6 +72,7 @@ def train_lm(model_cfg: dict, data_path: str, out: str, seed: int, data_cfg: dic
     gen = torch.Generator().manual_seed(seed)
     model.train()
     tokens = 0
+    loaded()  # the model load and the data's tokenisation are the window's load phase
     for step in range(model_cfg["steps"]):
         pick = torch.randint(len(examples), (model_cfg["batch_size"],), generator=gen)
         batch = pad_batch([examples[i] for i in pick.tolist()], tokenizer.pad_token_id)
