@@ -48,7 +48,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
 
     progress = progress or log.info
     inputs = footprint_inputs(cfg)  # a bad region fails now, not after the run
-    artifacts = artifacts or Path(out).parent / "artifacts"
+    # absolute: Ray Train workers and Ray tasks do not run in this process's directory
+    artifacts = Path(artifacts or Path(out).parent / "artifacts").resolve()
     cfg = resolve_models(cfg, artifacts)
     # a pair that cannot do the method fails now, not after the teacher stages
     log.info(tokenizer_check(cfg, local_only=False))
