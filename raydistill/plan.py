@@ -70,13 +70,13 @@ def tokenizer_check(cfg: ExperimentConfig, local_only: bool = True) -> str:
             raise
         return ("tokenizers: not checked here (not in the local hub cache); the run checks them "
                 "before its first stage")
-    from raydistill.data.format import check_vocabulary
+    from raydistill.data.format import check_vocabulary, same_vocabulary
 
     if method in ("logit", "feature"):
         check_vocabulary(teacher, student, cfg.teacher.model, cfg.student.model,
                          f"{method} KD")
         return f"tokenizers: one vocabulary ({len(teacher):,} tokens): {method} KD can run"
-    same = len(teacher) == len(student) and teacher.get_vocab() == student.get_vocab()
+    same = same_vocabulary(teacher, student)
     return (f"tokenizers: {'one vocabulary' if same else 'two vocabularies'} "
             f"({len(teacher):,} / {len(student):,} tokens); {method} works with either")
 

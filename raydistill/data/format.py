@@ -95,10 +95,15 @@ def stop_ids(tokenizer: Any, model_dir: str | Path | None = None) -> list[int]:
     return ids
 
 
+def same_vocabulary(a: Any, b: Any) -> bool:
+    """Whether two tokenizers give every token the same id."""
+    return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
+
 def check_vocabulary(teacher_tok: Any, student_tok: Any, teacher_name: str, student_name: str,
                      why: str) -> None:
     """Refuse a teacher and student whose token ids mean different things (`why` needs one)."""
-    if len(teacher_tok) == len(student_tok) and teacher_tok.get_vocab() == student_tok.get_vocab():
+    if same_vocabulary(teacher_tok, student_tok):
         return
     raise ConfigError(f"{why} needs one vocabulary, but the teacher's tokenizer ({teacher_name}, "
                       f"{len(teacher_tok):,} tokens) and the student's ({student_name}, "

@@ -137,7 +137,7 @@ def check_pair(cfg, method: str, teacher_path: Path) -> bool:
     """Whether teacher and student share a vocabulary; refuses the methods that need one."""
     from transformers import AutoTokenizer
 
-    from raydistill.data.format import check_vocabulary
+    from raydistill.data.format import check_vocabulary, same_vocabulary
 
     if not cfg.student.model:
         return True  # a tiny student is built on the teacher's tokenizer
@@ -147,11 +147,7 @@ def check_pair(cfg, method: str, teacher_path: Path) -> bool:
         name = cfg.teacher.model or "the built-in teacher"
         check_vocabulary(teacher_tok, student_tok, name, cfg.student.model, f"{method} KD")
         return True
-    try:
-        check_vocabulary(teacher_tok, student_tok, "", "", "")
-        return True
-    except ConfigError:
-        return False
+    return same_vocabulary(teacher_tok, student_tok)
 
 
 def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path,
