@@ -32,7 +32,8 @@ CI = ["data.splits.test=40", "data.splits.dev=20", "data.splits.labelled=150",
       "evaluation.inference_prompts=30", "training.checkpoint_every=30", "baseline=false"]
 
 STAGE_COLUMNS = ["trial_id", "stage", "tokens", "tokens_per_s", "load_s", "work_s", "load_j",
-                 "work_j", "j_per_token", "j_per_token_incl_load", "energy_method"]
+                 "work_j", "j_per_token", "j_per_token_incl_load", "generated_tokens",
+                 "j_per_generated_token", "energy_method"]
 TRAIN_KEYS = ["tokens_per_s_rank0", "train_s", "load_s", "precision", "world", "engine",
               "zero_stage", "mfu", "mfu_basis", "first_loss", "final_loss"]
 
@@ -65,7 +66,8 @@ def main() -> None:
           + (" -- CPU estimate (idle + (TDP - idle) x utilisation; no RAPL or NVML on this "
              "box): the joules are a model, not a measurement" if estimated else ""))
     print("tokens_per_s = tokens / work_s (steady state); j_per_token = work_j / tokens; "
-          "j_per_token_incl_load = (load_j + work_j) / tokens")
+          "j_per_token_incl_load = (load_j + work_j) / tokens; j_per_generated_token = work_j / "
+          "generated_tokens (the tokens the model wrote; empty where a stage generates none)")
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     print("student training (metrics.json['train'], rank 0):")
     for trial, train in metrics["train"].items():

@@ -18,6 +18,8 @@ def energy_frame(rows: Iterable[EnergyRow | dict]) -> pd.DataFrame:
     records = [r if isinstance(r, dict) else r.__dict__ for r in rows]
     df = pd.DataFrame.from_records(records, columns=ENERGY_COLUMNS)
     df["phase"] = df["phase"].fillna(WORK)  # rows from before phases: all of it was work
+    # rows from before generated tokens were counted: none of their tokens is known generated
+    df["generated_tokens"] = df["generated_tokens"].fillna(0).astype("int64")
     return df
 
 
@@ -32,6 +34,7 @@ def stage_device_table(df: pd.DataFrame) -> pd.DataFrame:
         above_idle_j=("above_idle_j", "sum"),
         duration_s=("duration_s", "sum"),
         tokens=("tokens", "sum"),
+        generated_tokens=("generated_tokens", "sum"),
         method=("method", lambda s: "+".join(sorted(set("+".join(s).split("+"))))),
         shared=("shared", "any"),
         gap_s=("gap_s", "sum"),
@@ -55,11 +58,19 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
     and `load_s` / `work_s` are the spans of each phase's windows (on several nodes the phases
     may overlap, so their sum can exceed `duration_s`). `j_per_token` is steady state (work_j
     per token); `j_per_token_incl_load` charges the load to the tokens as well.
+
+    `generated_tokens` is the part of `tokens` the model generated (decode). Where a stage has
+    some, `prompt_tokens` = tokens − generated_tokens (what it read), `j_per_generated_token` =
+    work_j / generated_tokens (steady state: the figure cited for generation) and
+    `generated_tokens_per_s` = generated_tokens / work_s; all three are NaN for a stage that
+    generated nothing (training: its tokens are neither prompt nor generated).
     """
     if df.empty:
         return df
     if "phase" not in df.columns:
         df = df.assign(phase=WORK)
+    if "generated_tokens" not in df.columns:  # rows from before generated tokens were counted
+        df = df.assign(generated_tokens=0)
     # A row's own duration is measured on its node's monotonic clock (NTP cannot step it); the
     # stage's span is taken from the earliest start to the latest (start + duration).
     df = df.assign(_end_s=df["t_start_s"] + df["duration_s"])
@@ -79,8 +90,8 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
         unmeasured_max_j=("unmeasured_max_j", "sum"),
         interpolated=("interpolated", "any"),  # some window too short to be measured
     ).reset_index()
-    tokens = df.drop_duplicates("window_id").groupby(STAGE_KEYS, sort=False)["tokens"]
-    out = out.merge(tokens.sum().reset_index(), on=STAGE_KEYS)
+    counts = df.drop_duplicates("window_id").groupby(STAGE_KEYS, sort=False)
+    out = out.merge(counts[["tokens", "generated_tokens"]].sum().reset_index(), on=STAGE_KEYS)
     out["duration_s"] = out.pop("_end_s") - out["t_start_s"]
     for phase in PHASES:
         out[f"{phase}_j"], out[f"{phase}_s"] = _phase_totals(df, out, phase)
@@ -92,6 +103,16 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
     out["j_per_token"] = out["work_j"] / per_token
     out["j_per_token_incl_load"] = out["energy_j"] / per_token
     out["tokens_per_s"] = out["tokens"] / out["work_s"].where(out["work_s"] > 0)  # steady state
+    return _generated_columns(out)
+
+
+def _generated_columns(out: pd.DataFrame) -> pd.DataFrame:
+    """prompt_tokens, j_per_generated_token, generated_tokens_per_s (see `stage_totals`): NaN
+    where a stage generated nothing."""
+    generated = out["generated_tokens"].where(out["generated_tokens"] > 0)
+    out["prompt_tokens"] = out["tokens"] - generated
+    out["j_per_generated_token"] = out["work_j"] / generated  # steady state
+    out["generated_tokens_per_s"] = generated / out["work_s"].where(out["work_s"] > 0)
     return out
 
 

@@ -14,6 +14,8 @@ from raydistill.energy.log import KIND_BATCH, KIND_EVENT, SegmentWriter
 from raydistill.results import results_table
 
 WATTS = {"n1": 100.0, "n2": 50.0}
+# Of a window's 100 × n tokens, those its model generated (the rest were prompts), by stage.
+GENERATED = {"teacher_generation": 25}
 # trial -> (quality, [(stage, node, start, end)])
 TRIALS = {
     "setup": (None, [("teacher_training", "n1", 0.0, 10.0)]),
@@ -42,7 +44,8 @@ def make_sweep_dir(root: Path) -> Path:
             n += 1
             w = Window(f"w{n}", trial, stage, node, (f"GPU-{node}",), start, None, 100 * n, None)
             records.append((KIND_EVENT, LedgerState.open_event(w)))
-            records.append((KIND_EVENT, LedgerState.close_event(f"w{n}", end, 100 * n, None)))
+            records.append((KIND_EVENT, LedgerState.close_event(
+                f"w{n}", end, 100 * n, None, generated_tokens=GENERATED.get(stage, 0) * n)))
     writer.append(records)
     writer.close()
     state = LedgerState()

@@ -104,12 +104,15 @@ class _Ledger:
 
     async def close_window(
         self, window_id: str, t_end_s: float, tokens: int = 0, cpu_time_s: float | None = None,
-        t_end_mono_s: float | None = None,
+        t_end_mono_s: float | None = None, generated_tokens: int = 0,
     ) -> None:
+        """Close (or move the end of) a window: `tokens` it processed so far, of which
+        `generated_tokens` the model generated (ValueError unless 0 <= generated <= tokens)."""
         if window_id not in self.state.windows:
             raise KeyError(f"window {window_id!r} was never opened")
         await self._commit([(KIND_EVENT, LedgerState.close_event(
-            window_id, t_end_s, tokens, cpu_time_s, t_end_mono_s))])
+            window_id, t_end_s, tokens, cpu_time_s, t_end_mono_s,
+            generated_tokens=generated_tokens))])
 
     async def split_window(
         self, window_id: str, new_window_id: str, t_s: float, cpu_time_s: float | None = None,

@@ -38,6 +38,8 @@ class StageWindow(contextlib.ContextDecorator):
     judged by: `with StageWindow(...) as w: load(); w.loaded(); work(); w.add_tokens(n)`
     closes a "load" window where loading ended and opens a "work" window from that instant.
     A window that is all load (an engine started on its own) is `StageWindow(..., phase="load")`.
+    A stage that generates says how many of its tokens the model wrote:
+    `w.add_tokens(prompt + generated, generated=generated)`.
     """
 
     def __init__(
@@ -60,12 +62,20 @@ class StageWindow(contextlib.ContextDecorator):
         self.ledger_name = ledger_name
         self.phase = phase
         self.tokens = 0
+        self.generated_tokens = 0  # of self.tokens, those the model generated
         self.window: Window | None = None  # the open one: after loaded(), the work window
         self.load_window: Window | None = None  # the load window loaded() closed, if any
         self.t_end_s: float | None = None
 
-    def add_tokens(self, n: int) -> None:
-        self.tokens += int(n)
+    def add_tokens(self, n: int, generated: int = 0) -> None:
+        """Count `n` more tokens the stage processed, of which `generated` the model wrote
+        (decode); the rest it read (prompts). J per generated token is work_j / generated."""
+        n, generated = int(n), int(generated)
+        if generated < 0 or generated > n:
+            raise ValueError(f"add_tokens: generated must be between 0 and n ({n}), "
+                             f"got {generated}")
+        self.tokens += n
+        self.generated_tokens += generated
 
     @property
     def duration_s(self) -> float:
@@ -87,6 +97,7 @@ class StageWindow(contextlib.ContextDecorator):
         self._ledger = ray.get_actor(self.ledger_name, namespace=self.namespace)
         node = self.node_id or ray.get_runtime_context().get_node_id()
         self.tokens = 0
+        self.generated_tokens = 0
         self.load_window = None
         self.t_end_s = None
         self._cpu0 = cpu_time_s()
@@ -102,8 +113,9 @@ class StageWindow(contextlib.ContextDecorator):
         """The model is loaded: everything so far was loading. Closes the current window now as
         phase "load" and opens a "work" window of the same trial, stage, node and devices from
         the same instant (no gap, no overlap), in one ledger commit. Tokens counted before and
-        after belong to the work window; `checkpoint()` and the exit close the work window.
-        Called again, it marks the work window so far as load too (loading in steps)."""
+        after (generated ones too) belong to the work window; `checkpoint()` and the exit close
+        the work window. Called again, it marks the work window so far as load too (loading
+        in steps)."""
         if self.window is None:
             raise RuntimeError("StageWindow.loaded() used outside a with block")
         t_s, t_mono_s, cpu_s = time.time(), time.monotonic(), cpu_time_s()
@@ -115,7 +127,8 @@ class StageWindow(contextlib.ContextDecorator):
         self.window, self._cpu0, self.t_end_s = work, cpu_s, None
 
     def checkpoint(self) -> None:
-        """Move the window's end to now (and record tokens so far) without leaving it.
+        """Move the window's end to now (and record tokens, generated ones too, so far)
+        without leaving it.
 
         For work whose last moment is not known ahead, such as an actor in a Ray Data pool:
         after each batch the window is closed again at the batch's end, so whenever the actor
@@ -129,7 +142,7 @@ class StageWindow(contextlib.ContextDecorator):
         self.t_end_s = time.time()
         ray.get(self._ledger.close_window.remote(
             self.window.window_id, self.t_end_s, self.tokens, cpu_time_s() - self._cpu0,
-            time.monotonic()))
+            time.monotonic(), generated_tokens=self.generated_tokens))
 
     def __exit__(self, *exc) -> None:
         self._close()

@@ -211,7 +211,7 @@ def evaluate_remote(models: dict[str, str], test_jsonl: str, namespace: str, tri
             acc, generated = exact_match(model, tokenizer, rows, stop=stop,
                                          pattern=data_cfg["answer_pattern"], **gen)
             scores[f"{name}_quick_acc"] = acc
-            window.add_tokens(generated)
+            window.add_tokens(generated, generated=generated)  # counts generated ones only
             if eval_cfg["lm_eval"]:
                 task_dir = write_lm_eval_task(rows, tokenizer, Path(lm_eval_dir) / name)
                 tasks = [TASK_NAME, *eval_cfg["lm_eval_tasks"]]
@@ -246,5 +246,5 @@ def _steady_inference(namespace: str, trial_id: str, name: str, devices: tuple[s
             generated += n
             if window.duration_s >= min_s:
                 break
-        window.add_tokens(generated)
+        window.add_tokens(generated, generated=generated)  # counts generated ones only
     return generated

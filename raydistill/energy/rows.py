@@ -3,7 +3,8 @@
 Each row says what was measured (`energy_j`, by counter, sampled power, estimate or replay),
 what was only interpolated (`held_s`, `interpolated`), and what nobody measured (`unmeasured_s`,
 with a bound): a number we print is one someone will cite. Each row carries its window's
-`phase`, so that loading a model is never reported as what a token costs.
+`phase`, so that loading a model is never reported as what a token costs, and its window's
+`tokens` with the part of them the model generated (`generated_tokens`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class EnergyRow:
     interpolated: bool = False  # fewer than 2 samples inside: the figure is interpolation
     final: bool = False  # closed and measured past its end: the figure will not change
     phase: str = WORK  # the window's: "load" (model load, start-up) or "work" (steady state)
+    generated_tokens: int = 0  # the part of `tokens` the model generated (the window's)
 
 
 def energy_rows(state: LedgerState) -> list[EnergyRow]:
@@ -108,7 +110,8 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
         window_id=w.window_id, trial_id=w.trial_id, stage=w.stage, node_id=w.node_id,
         device_id=device_id, device_kind=kind, t_start_s=w.t_start_s, t_end_s=t_end,
         duration_s=end - start, tokens=w.tokens, energy_j=energy, idle_j=idle,
-        above_idle_j=energy - idle, open=w.t_end_s is None, phase=w.phase, **base)
+        above_idle_j=energy - idle, open=w.t_end_s is None, phase=w.phase,
+        generated_tokens=w.generated_tokens, **base)
 
 
 def _device_rows(

@@ -218,6 +218,9 @@ class Window:
     t_start_mono_s: float | None = None
     t_end_mono_s: float | None = None
     phase: str = WORK  # one of PHASES
+    # The part of `tokens` the model generated (decode); the rest (tokens - generated_tokens)
+    # it read (prompts). 0 for work that generates nothing, and for windows recorded without it.
+    generated_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -227,17 +230,20 @@ class Window:
     @staticmethod
     def from_event(ev: dict) -> Window:
         """The window a `window_open` record describes. Fields it lacks take their defaults
-        (older logs: no monotonic times, phase "work"); fields this version does not know
+        (older logs: no monotonic times, phase "work", no generated tokens); fields this
+        version does not know
         (newer logs) are left out."""
         fields = {k: v for k, v in ev.items() if k in Window.__dataclass_fields__}
         return Window(**{**fields, "devices": tuple(fields["devices"])})
 
     def closed(self, ev: dict) -> Window:
         """This window as a `window_close` record leaves it (the record may name its phase:
-        a window found to have been loading is closed as phase "load")."""
+        a window found to have been loading is closed as phase "load"; records written before
+        generated tokens were counted read as 0 of them)."""
         return replace(self, t_end_s=ev["t_end_s"], tokens=ev["tokens"],
                        cpu_time_s=ev.get("cpu_time_s"), t_end_mono_s=ev.get("t_end_mono_s"),
-                       phase=ev.get("phase", self.phase))
+                       phase=ev.get("phase", self.phase),
+                       generated_tokens=int(ev.get("generated_tokens", 0)))
 
     def continued(self, window_id: str, t_s: float, t_mono_s: float | None) -> Window:
         """The work window that takes over from this one at `t_s` (wall) / `t_mono_s`: the same
@@ -262,12 +268,18 @@ def window_open_event(w: Window) -> bytes:
 
 
 def window_close_event(window_id: str, t_end_s: float, tokens: int, cpu_time_s: float | None,
-                       t_end_mono_s: float | None = None, phase: str | None = None) -> bytes:
+                       t_end_mono_s: float | None = None, phase: str | None = None,
+                       generated_tokens: int = 0) -> bytes:
     """Fields added since the first logs are optional, so that every log still replays:
-    `t_end_mono_s`, and `phase`, the phase the window is closed as (None keeps the one it was
-    opened with)."""
+    `t_end_mono_s`, `phase`, the phase the window is closed as (None keeps the one it was
+    opened with), and `generated_tokens`, how many of `tokens` the model generated (read as 0
+    where a record lacks it)."""
+    tokens, generated_tokens = int(tokens), int(generated_tokens)
+    if generated_tokens and not 0 < generated_tokens <= tokens:  # 0 is always valid
+        raise ValueError(f"window {window_id}: generated_tokens must be between 0 and tokens "
+                         f"({tokens}), got {generated_tokens}")
     ev = {"type": "window_close", "window_id": window_id, "t_end_s": t_end_s,
-          "tokens": int(tokens), "cpu_time_s": cpu_time_s}
+          "tokens": tokens, "cpu_time_s": cpu_time_s, "generated_tokens": generated_tokens}
     if t_end_mono_s is not None:
         ev["t_end_mono_s"] = t_end_mono_s
     if phase is not None:

@@ -51,6 +51,22 @@ def _metrics_table(data: ReportData) -> pd.DataFrame:
     return per
 
 
+STAGE_COLUMNS = ("trial_id", "stage", "side", "energy_j", "load_j", "work_j", "duration_s",
+                 "load_s", "tokens", "j_per_token", "j_per_token_incl_load", "generated_tokens",
+                 "j_per_generated_token", "energy_method", "co2e_g", "water_l")
+
+
+def _stage_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The stages as the report shows them; generated tokens only where a stage has some
+    (blank elsewhere, as J per generated token is). Results from before phases or generated
+    tokens lack some columns: they are left out."""
+    shown = results[[c for c in STAGE_COLUMNS if c in results.columns]].copy()
+    if "generated_tokens" in shown.columns:
+        shown["generated_tokens"] = shown["generated_tokens"].where(
+            shown["generated_tokens"] > 0).astype(float)  # NaN: shown as the others are
+    return shown
+
+
 def _png(fig) -> tuple[str, bytes, bytes]:
     png, svg = io.BytesIO(), io.BytesIO()
     fig.savefig(png, format="png", dpi=110)
@@ -78,12 +94,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                         "</figcaption></figure>")
     metrics = _metrics_table(data)
     rules = design_rules(data)
-    stage_cols = [c for c in ("trial_id", "stage", "side", "energy_j", "load_j", "work_j",
-                              "duration_s", "load_s", "tokens", "j_per_token",
-                              "j_per_token_incl_load", "energy_method", "co2e_g", "water_l")
-                  if c in data.results.columns]  # results from before phases lack some
+    stages = _stage_table(data.results)
     tables_md = ("## Seed metrics and footprint\n\n" + metrics.to_markdown(index=False)
-                 + "\n\n## Stages\n\n" + data.results[stage_cols].to_markdown(index=False)
+                 + "\n\n## Stages\n\n" + stages.to_markdown(index=False)
                  + "\n\n## Trials\n\n" + data.trials.to_markdown(index=False) + "\n\n"
                  + "## Design rules (computed)\n\n" + "\n".join(f"- {r}" for r in rules) + "\n")
     body = "\n".join([
@@ -95,7 +108,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         + "".join(f"<li>{html.escape(r)}</li>" for r in rules) + "</ul>",
         "<h2>Seed metrics and footprint</h2>" + metrics.to_html(index=False, na_rep="–"),
         "<h2>Figures</h2>", *sections,
-        "<h2>Stages</h2>" + data.results[stage_cols].to_html(index=False, na_rep="–"),
+        "<h2>Stages</h2>" + stages.to_html(index=False, na_rep="–"),
     ])
     page = ("<!doctype html><html><head><meta charset=utf-8><title>raydistill report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
