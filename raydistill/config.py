@@ -257,6 +257,9 @@ class TrainingConfig:
                               "training.min_lr_ratio in [0, 1]")
 
 
+ENGINES = ("hf", "vllm", "auto")
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 8
@@ -266,11 +269,45 @@ class GenerationConfig:
     # Logit caching: an actor pool (Ray Data, a whole teacher per actor) or zero3, a Ray Train
     # job of num_actors workers over one ZeRO-3-sharded teacher (for a teacher > one GPU).
     cache_engine: str = "pool"
+    # The teacher's inference engine: hf (transformers generate, static batches), vllm
+    # (continuous batching, paged KV cache; top-k logprobs come back with each generated token,
+    # so synthetic data and its logit cache are one pass), or auto (vllm where it is installed
+    # and serves this model, else hf; the run says which and why).
+    engine: str = "hf"
+    # Sampling, as a practitioner sets it (all in the synthetic data's content address):
+    # temperature 0 = greedy; n completions per prompt (n > 1 needs temperature > 0); seed
+    # None = the experiment's seed; stop = strings that end a completion (cut before them).
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    # vLLM's share of accelerator memory for weights + KV cache (on its CPU backend: of host
+    # memory); 0 = auto (0.9 on a GPU, 0.1 on CPU, where the 0.9 default refuses to start).
+    gpu_memory_utilization: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("generation.max_new_tokens", self.max_new_tokens)
         _positive("generation.batch_size", self.batch_size)
         _positive("generation.gpus_per_actor", self.gpus_per_actor)
+        _positive("generation.n", self.n)
+        if self.engine not in ENGINES:
+            raise ConfigError(f"generation.engine {self.engine!r} unknown; valid: "
+                              f"{', '.join(ENGINES)}")
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 2):
+            raise ConfigError("generation.temperature must lie in [0, 2] (0 = greedy; vLLM's "
+                              f"range), got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ConfigError(f"generation.top_p must lie in (0, 1], got {self.top_p!r}")
+        if self.n > 1 and self.temperature == 0:
+            raise ConfigError(f"generation.n = {self.n} with temperature 0 writes {self.n} "
+                              "identical greedy completions; set generation.temperature > 0")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ConfigError(f"generation.stop must be non-empty strings, got {self.stop!r}")
+        if not (isinstance(self.gpu_memory_utilization, (int, float))
+                and 0 <= self.gpu_memory_utilization < 1):
+            raise ConfigError("generation.gpu_memory_utilization must lie in [0, 1) (0 = auto), "
+                              f"got {self.gpu_memory_utilization!r}")
         if self.cache_engine not in ("pool", "zero3"):
             raise ConfigError(f"generation.cache_engine {self.cache_engine!r} unknown; valid: "
                               "pool, zero3")

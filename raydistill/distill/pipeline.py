@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
@@ -55,6 +55,7 @@ class Pipeline:
         self.progress = progress or log.info
         self.use_gpu = _has_gpu()
         self._splits: DataSplits | None = None
+        self._engine: tuple[str, str] | None = None
 
     # ---- shared pieces --------------------------------------------------------------------
     def _stage_energy_j(self, trial_id: str, stage: str) -> float:
@@ -104,15 +105,42 @@ class Pipeline:
         return inputs
 
     def _synthetic_inputs(self, teacher_key: str) -> dict:
+        from raydistill.distill.sampling import sampling_of
+
+        # the engine too: its numerics differ, and a sweep over engines must not share one
         return {"teacher": teacher_key, "prompts": self.data().digests["train"],
                 "max_prompt_tokens": self.cfg.data.max_prompt_tokens,
-                "max_new_tokens": self.cfg.generation.max_new_tokens, "decoding": "greedy"}
+                "engine": self.engine()[0], **sampling_of(self.cfg.generation, self.cfg.seed)}
 
     def _cache_inputs(self, teacher_key: str, synthetic_key: str) -> dict:
         d = self.cfg.distill
         return {"teacher": teacher_key, "data": synthetic_key, "top_k": d.top_k,
                 "temperature": d.temperature, "dtype": d.cache_dtype,
-                "max_seq_len": self.cfg.training.max_seq_len, "positions": "response"}
+                "max_seq_len": self.cfg.training.max_seq_len, "positions": "response",
+                "engine": self.cache_engine()}
+
+    # ---- which engine runs the teacher ------------------------------------------------------
+    def engine(self) -> tuple[str, str]:
+        """(hf | vllm, why) for generation.engine, decided once per run from the teacher's
+        architecture (auto falls back to hf where vLLM is missing or cannot serve it)."""
+        if self._engine is None:
+            from raydistill.distill.teacher_vllm import choose_engine
+            from raydistill.plan import architecture
+
+            arch = None
+            if self.cfg.generation.engine != "hf":
+                arch, _ = architecture(self.cfg.teacher.model, self.cfg.teacher.tiny)
+            self._engine = choose_engine(self.cfg.generation.engine, arch, self.use_gpu)
+        return self._engine
+
+    def cache_engine(self) -> str:
+        """What computes the logit cache: zero3, vllm (its raw logprobs are log_softmax at
+        T = 1, so only a cache at temperature 1 can come from it), or the hf actor pool."""
+        if self.cfg.generation.cache_engine == "zero3":
+            return "zero3"
+        if self.engine()[0] == "vllm" and self.cfg.distill.temperature == 1.0:
+            return "vllm"
+        return "hf"
 
     def planned_reuse(self, method: str) -> set[str]:
         """The stages whose artifact a trial of `method` would find already built (free)."""
@@ -139,23 +167,71 @@ class Pipeline:
 
         return self._artifact("teacher_model", inputs, "setup", "teacher_training", build)
 
-    def synthetic_data(self, teacher: Artifact, data: DataSplits, trial_id: str) -> Artifact:
+    def teacher_side(self, teacher: Artifact, data: DataSplits, trial_id: str,
+                     method: str) -> dict[str, Artifact]:
+        """The synthetic data and, for cached logit KD, its logit cache. On vLLM both come from
+        one teacher pass (the top-k logprobs of each token come back as it is generated)."""
+        out = {}
+        cached = method == "logit" and self.cfg.distill.top_k > 0
+        one_pass = cached and self.cache_engine() == "vllm"
+        cache_inputs = None
+        if one_pass:
+            key = artifact_key("synthetic_data", self._synthetic_inputs(teacher.key))
+            cache_inputs = self._cache_inputs(teacher.key, key)
+            if self.store.get("synthetic_data", self._synthetic_inputs(teacher.key)) is not None:
+                cache_inputs = None  # the text exists: cache over it (prompt_logprobs) if needed
+        out["synthetic_data"] = self.synthetic_data(teacher, data, trial_id, cache_inputs)
+        if cached:
+            # built in this very pass: this trial's, not a reuse
+            built = self.store.get("logit_cache", cache_inputs) if cache_inputs else None
+            out["logit_cache"] = (replace(built, reused=False) if built is not None else
+                                  self.logit_cache(teacher, out["synthetic_data"], trial_id))
+        return out
+
+    def synthetic_data(self, teacher: Artifact, data: DataSplits, trial_id: str,
+                       cache_inputs: dict | None = None) -> Artifact:
+        """The synthetic data set; with `cache_inputs` (vLLM) its logit cache in the same pass,
+        committed as its own artifact whose manifest says the pass was paid for once."""
+        from raydistill.distill.sampling import sampling_of
         from raydistill.distill.stages import prompt_rows
         from raydistill.distill.teacher import TeacherGenerator, run_pool
 
-        g = self.cfg.generation
+        g, d = self.cfg.generation, self.cfg.distill
         inputs = self._synthetic_inputs(teacher.key)
+        engine, why = self.engine()
+        ctor = {"model_path": str(teacher.path), "namespace": self.session.namespace,
+                "trial_id": trial_id, "max_new_tokens": g.max_new_tokens,
+                "max_prompt_tokens": self.cfg.data.max_prompt_tokens,
+                "sampling": sampling_of(g, self.cfg.seed)}
+        staging: dict[str, Path] = {}
 
         def build(out: Path) -> dict:
-            run_pool(TeacherGenerator, prompt_rows(data["train"]), out,
-                     batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
-                     gpus_per_actor=g.gpus_per_actor,
-                     ctor={"model_path": str(teacher.path), "namespace": self.session.namespace,
-                           "trial_id": trial_id, "max_new_tokens": g.max_new_tokens,
-                           "max_prompt_tokens": self.cfg.data.max_prompt_tokens})
-            return {}
+            self.progress(f"teacher_generation: engine {why}")
+            stage_cls: type = TeacherGenerator
+            if engine == "vllm":
+                from raydistill.distill.teacher_vllm import VllmTeacherGenerator
 
-        return self._artifact("synthetic_data", inputs, trial_id, "teacher_generation", build)
+                stage_cls = VllmTeacherGenerator
+                ctor.update(gpus=g.gpus_per_actor, memory_fraction=g.gpu_memory_utilization)
+                if cache_inputs is not None:
+                    staging["cache"] = self.store.staging("logit_cache")
+                    ctor["cache"] = {"dir": str(staging["cache"]), "top_k": d.top_k,
+                                     "dtype": d.cache_dtype,
+                                     "max_seq_len": self.cfg.training.max_seq_len}
+            run_pool(stage_cls, prompt_rows(data["train"]), out, batch_size=g.batch_size,
+                     num_actors=g.num_actors, use_gpu=self.use_gpu,
+                     gpus_per_actor=g.gpus_per_actor, ctor=ctor)
+            return {"engine": engine, "one_pass_cache": cache_inputs is not None}
+
+        synthetic = self._artifact("synthetic_data", inputs, trial_id, "teacher_generation",
+                                   build)
+        if "cache" in staging and cache_inputs is not None:
+            cache = self.store.commit("logit_cache", cache_inputs, staging["cache"], {
+                "trial_id": trial_id, "stage": "teacher_generation", "engine": "vllm",
+                "energy_j": 0.0, "paid_by": f"synthetic_data:{synthetic.key} (one pass)"})
+            self.progress(f"teacher_logit_caching: written by the generation pass "
+                          f"({cache.key}); no second teacher pass")
+        return synthetic
 
     def logit_cache(self, teacher: Artifact, synthetic: Artifact, trial_id: str) -> Artifact:
         from raydistill.distill.examples import read_synthetic
@@ -163,23 +239,32 @@ class Pipeline:
 
         d, g = self.cfg.distill, self.cfg.generation
         inputs = self._cache_inputs(teacher.key, synthetic.key)
+        engine = self.cache_engine()
 
         def build(out: Path) -> dict:
-            if g.cache_engine == "zero3":
+            if engine == "zero3":
                 from raydistill.distill.sharded_cache import build_sharded_cache
 
                 build_sharded_cache(self.cfg, synthetic.path, teacher.path, out, self.run_dir,
                                     self.session.namespace, trial_id, self.use_gpu)
                 return {"engine": "zero3"}
-            run_pool(TeacherLogitCacher, read_synthetic(synthetic.path), out,
-                     batch_size=g.batch_size, num_actors=g.num_actors, use_gpu=self.use_gpu,
-                     gpus_per_actor=g.gpus_per_actor,
-                     ctor={"model_path": str(teacher.path), "namespace": self.session.namespace,
-                           "trial_id": trial_id, "top_k": d.top_k,
-                           "temperature": d.temperature, "dtype": d.cache_dtype,
-                           "max_prompt_tokens": self.cfg.data.max_prompt_tokens,
-                           "max_seq_len": self.cfg.training.max_seq_len})
-            return {}
+            ctor = {"model_path": str(teacher.path), "namespace": self.session.namespace,
+                    "trial_id": trial_id, "top_k": d.top_k, "dtype": d.cache_dtype,
+                    "max_prompt_tokens": self.cfg.data.max_prompt_tokens,
+                    "max_seq_len": self.cfg.training.max_seq_len}
+            stage_cls: type = TeacherLogitCacher
+            if engine == "vllm":
+                from raydistill.distill.teacher_vllm import VllmTeacherLogitCacher
+
+                stage_cls = VllmTeacherLogitCacher
+                ctor.update(gpus=g.gpus_per_actor, memory_fraction=g.gpu_memory_utilization)
+            else:
+                ctor["temperature"] = d.temperature
+            self.progress(f"teacher_logit_caching: engine {engine}")
+            run_pool(stage_cls, read_synthetic(synthetic.path), out, batch_size=g.batch_size,
+                     num_actors=g.num_actors, use_gpu=self.use_gpu,
+                     gpus_per_actor=g.gpus_per_actor, ctor=ctor)
+            return {"engine": engine}
 
         return self._artifact("logit_cache", inputs, trial_id, "teacher_logit_caching", build)
 
@@ -226,13 +311,10 @@ class Pipeline:
             data_path = data["labelled"]
             cache = None
         else:
-            synthetic = self.synthetic_data(teacher, data, trial_id)
-            outcome.artifacts["synthetic_data"] = synthetic
-            data_path = synthetic.path
-            cache = None
-            if method == "logit" and self.cfg.distill.top_k > 0:
-                cache = self.logit_cache(teacher, synthetic, trial_id)
-                outcome.artifacts["logit_cache"] = cache
+            side = self.teacher_side(teacher, data, trial_id, method)
+            outcome.artifacts.update(side)
+            data_path = side["synthetic_data"].path
+            cache = side.get("logit_cache")
         path, outcome.train_metrics = self.student(trial_id, method, teacher, data_path, cache)
         outcome.student_path = str(path)
         # the teacher is scored once per run, with the first trial; baselines score the student

@@ -17,13 +17,12 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 
-def load_model_and_tokenizer(path: str, for_generation: bool = False,
-                             single_device: bool = False):
+def load_model_and_tokenizer(path: str, single_device: bool = False):
     """A causal LM and its tokenizer from a hub id or a directory made by save_pretrained.
     An actor holding several GPUs splits the model over them, unless `single_device` (a Ray
     Train worker: its GPU is `ray.train.torch.get_device()`)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if single_device and torch.cuda.is_available():
         import ray.train.torch
@@ -39,12 +38,17 @@ def load_model_and_tokenizer(path: str, for_generation: bool = False,
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.eval()
+    return model, load_tokenizer(path)
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer, with a pad token (its EOS where it has none)."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # decoder-only generation needs the prompts aligned on the right edge
-    tokenizer.padding_side = "left" if for_generation else "right"
-    return model, tokenizer
+    return tokenizer
 
 
 def _threads(n: int) -> None:
@@ -70,7 +74,8 @@ class _WindowedActor:
 
 
 class TeacherGenerator(_WindowedActor):
-    """Ray Data UDF: conversations → greedy teacher completions (the synthetic data set).
+    """Ray Data UDF: conversations → teacher completions (the synthetic data set), on HF
+    `generate` in static batches (`teacher_vllm.VllmTeacherGenerator` is the vLLM engine).
 
     The model load is the window's `load` phase; the batches are its `work` phase, so J per
     generated token is the steady-state figure."""
@@ -78,14 +83,15 @@ class TeacherGenerator(_WindowedActor):
     stage = "teacher_generation"
 
     def __init__(self, model_path: str, namespace: str, trial_id: str, max_new_tokens: int,
-                 max_prompt_tokens: int, threads: int = 1) -> None:
+                 max_prompt_tokens: int, sampling: dict | None = None, threads: int = 1) -> None:
         from raydistill.data.format import stop_ids
 
         _threads(threads)
         self._open(namespace, trial_id)
-        self.model, self.tokenizer = load_model_and_tokenizer(model_path, for_generation=True)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_path)
         self.stop = stop_ids(self.tokenizer, model_path)
         self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
+        self.sampling = sampling or {"decoding": "greedy", "n": 1, "seed": 0, "stop": []}
         self.window.loaded()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -95,26 +101,62 @@ class TeacherGenerator(_WindowedActor):
 
         conversations = [json.loads(m) for m in batch["messages"]]
         prompts = [prompt_ids(self.tokenizer, m, self.max_prompt_tokens) for m in conversations]
-        out = generate_ids(self.model, self.tokenizer, prompts, self.max_new_tokens, self.stop)
-        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in out]
-        read = sum(len(p) for p in prompts)
-        generated = [len(ids) + int(done) for ids, done in out]  # the EOS is generated too
-        # tokens the teacher processed: the prompts it read plus the tokens it wrote
-        self._done(read + sum(generated))
-        return {"example_id": batch["example_id"], "id": batch["id"],
-                "messages": batch["messages"], "completion": texts,
-                "completion_ids": [np.asarray(ids, dtype=np.int32) for ids, _ in out],
-                "finished": np.asarray([done for _, done in out]),
-                "prompt_tokens": np.asarray([len(p) for p in prompts]),
-                "generated_tokens": np.asarray(generated)}
+        seed = int(self.sampling["seed"]) + int(batch["example_id"][0])
+        out = generate_completions(self.model, self.tokenizer, prompts, self.max_new_tokens,
+                                   self.stop, self.sampling, seed)
+        rows = synthetic_rows(batch, prompts, out, self.tokenizer)
+        generated = int(rows["generated_tokens"].sum())
+        # tokens the teacher processed: the prompts it read (once, however many completions
+        # each gets) plus the tokens it wrote
+        self.window.add_tokens(sum(len(p) for p in prompts) + generated, generated=generated)
+        self.window.checkpoint()
+        return rows
+
+
+def synthetic_rows(batch: dict, prompts: list[list[int]], out: list[list[Any]],
+                   tokenizer) -> dict[str, Any]:
+    """The synthetic data's rows: one per completion (n per prompt), ids unique."""
+    from raydistill.distill.sampling import output_example_id
+
+    n = max(len(c) for c in out)
+    cols: dict[str, list] = {k: [] for k in ("example_id", "prompt_example_id", "id", "messages",
+                                             "completion", "completion_ids", "finished",
+                                             "prompt_tokens", "generated_tokens")}
+    for i, completions in enumerate(out):
+        for j, c in enumerate(completions):
+            cols["example_id"].append(output_example_id(batch["example_id"][i], j, n))
+            cols["prompt_example_id"].append(int(batch["example_id"][i]))
+            cols["id"].append(batch["id"][i])
+            cols["messages"].append(batch["messages"][i])
+            cols["completion"].append(tokenizer.decode(list(c.ids), skip_special_tokens=True))
+            cols["completion_ids"].append(np.asarray(c.ids, dtype=np.int32))
+            cols["finished"].append(c.finished)
+            cols["prompt_tokens"].append(len(prompts[i]))
+            cols["generated_tokens"].append(c.generated_tokens)
+    arrays = {k: np.asarray(v) for k, v in cols.items() if k != "completion_ids"}
+    return {**arrays, "completion_ids": cols["completion_ids"]}
 
 
 def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
                  stop: list[int]) -> list[tuple[list[int], bool]]:
-    """Greedy completions of token-id prompts (left-padded, as decoder-only generation needs):
-    each as (ids before the first stop token, whether a stop token ended it)."""
+    """Greedy completions of token-id prompts: each as (ids before the first stop token,
+    whether a stop token ended it)."""
+    out = generate_completions(model, tokenizer, prompts, max_new_tokens, stop)
+    return [(list(c[0].ids), c[0].finished) for c in out]
+
+
+def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                         stop: list[int], sampling: dict | None = None, seed: int = 0
+                         ) -> list[list[Any]]:
+    """n completions of each token-id prompt (left-padded, as decoder-only generation needs),
+    greedy or sampled as `sampling` says (`sampling.sampling_of`), ended as every engine ends
+    them (`sampling.end_completion`)."""
     import torch
 
+    from raydistill.distill.sampling import end_completion
+
+    s = sampling or {"decoding": "greedy", "n": 1, "stop": []}
+    n, stops = int(s.get("n", 1)), list(s.get("stop", []))
     pad = tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -122,15 +164,38 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.as_tensor(p)
         attn[i, width - len(p):] = 1
+    kw: dict[str, Any] = {"do_sample": False}
+    if s.get("decoding") == "sample":
+        kw = {"do_sample": True, "temperature": s["temperature"], "top_p": s["top_p"],
+              "top_k": 0, "num_return_sequences": n}
+        torch.manual_seed(seed)  # per batch, from its first example: reproducible
+    if stops:
+        # not generate(stop_strings=...): that matches across the prompt's end too (a prompt
+        # ending in "\n\n" stops "\n\n" after one token); vLLM matches the completion only
+        kw["stopping_criteria"] = [_StopInCompletion(tokenizer, stops, width)]
     with torch.no_grad():
         out = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                             eos_token_id=stop)
-    results = []
-    for row in out[:, width:].tolist():
-        cut = next((j for j, t in enumerate(row) if t in stop), None)
-        results.append((row if cut is None else row[:cut], cut is not None))
-    return results
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stop,
+                             **kw)
+    rows = out[:, width:].tolist()
+    done = [end_completion(r, stop, stops, tokenizer.decode) for r in rows]
+    per = n if kw["do_sample"] else 1
+    return [done[i * per:(i + 1) * per] for i in range(len(prompts))]
+
+
+class _StopInCompletion:
+    """Stops each row once its completion (the tokens after the prompt) contains a stop
+    string; `sampling.end_completion` then cuts there, as on vLLM."""
+
+    def __init__(self, tokenizer, stops: list[str], prompt_width: int) -> None:
+        self.tokenizer, self.stops, self.width = tokenizer, stops, prompt_width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:])
+        return torch.tensor([any(s in t for s in self.stops) for t in texts],
+                            device=input_ids.device)
 
 
 class TeacherLogitCacher(_WindowedActor):

@@ -169,11 +169,9 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     data_path = data["labelled"]
     artifacts: dict = {}
     if method != "none":
-        synthetic = pipe.synthetic_data(teacher, data, ledger_trial)
-        artifacts["synthetic_data"] = synthetic
-        if method == "logit" and cfg.distill.top_k > 0:
-            cache = pipe.logit_cache(teacher, synthetic, ledger_trial)
-            artifacts["logit_cache"] = cache
+        artifacts = pipe.teacher_side(teacher, data, ledger_trial, method)
+        synthetic = artifacts["synthetic_data"]
+        cache = artifacts.get("logit_cache")
         for kind, art in artifacts.items():
             if art.reused:
                 reused_cost[kind] = float(art.built_by.get("energy_j") or 0.0)

