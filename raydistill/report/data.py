@@ -150,6 +150,7 @@ def design_rules(data: ReportData) -> list[str]:
         setting = ", ".join(f"{c[6:]}={row[c]}" for c in params) or "its settings"
         rules.append(f"Under an energy budget of {row['energy_j']:,.1f} J the best trial is "
                      f"{row['trial_id']} ({setting}) at quality {row['quality']:.3f}.")
+    rules.extend(engine_rules(done))
     wasted = data.trials.get("wasted_j")
     if wasted is not None and wasted.sum() > 0:
         rules.append(f"Stopped, failed and retried attempts wasted {wasted.sum():,.1f} J "
@@ -167,3 +168,25 @@ def _load_rule(main: pd.DataFrame, total: float) -> list[str]:
     return [f"Loading models took {load:,.1f} J ({load / total:.0%} of all measured energy), "
             f"most of it in {top['stage']} of {top['trial_id']} ({top['load_j']:,.1f} J of its "
             f"{top['energy_j']:,.1f} J); J/token figures are steady state and leave it out."]
+
+
+def engine_rules(done: pd.DataFrame) -> list[str]:
+    """What the teacher's inference engine did to the teacher side, per engine the sweep tried
+    (means over its finished trials; J per generated token is steady state, measured)."""
+    col = "param.generation.engine"
+    if col not in done.columns or "teacher_side_j" not in done:
+        return []
+    taught = done[done["teacher_side_j"] > 0]  # the no-teacher baselines ran no engine
+    if taught[col].nunique() < 2:
+        return []
+    parts = []
+    for engine, g in taught.groupby(col):
+        ept = pd.to_numeric(g.get("teacher_j_per_generated_token"), errors="coerce").mean()
+        n_star = pd.to_numeric(g.get("n_star"), errors="coerce").dropna()
+        n_text = (f"N* {n_star.mean():,.1f}" if len(n_star) else
+                  "no N*: no baseline trial, or its student training was not cheaper")
+        parts.append(f"{engine}: teacher side {g['teacher_side_j'].mean():,.1f} J "
+                     f"({pd.to_numeric(g['teacher_share'], errors='coerce').mean():.0%} of the "
+                     f"trial), {ept:.3g} J per generated token, {n_text}")
+    return ["Teacher engine (means over the finished trials a teacher taught): "
+            + "; ".join(parts) + "."]

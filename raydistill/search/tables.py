@@ -19,6 +19,7 @@ import pandas as pd
 from raydistill.pareto import hypervolume_2d, knee_point, pareto_front
 
 STAGE_OF = {"synthetic_data": "teacher_generation", "logit_cache": "teacher_logit_caching"}
+TEACHER_STAGES = tuple(STAGE_OF.values())
 
 
 def attempt_energy(table: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -108,7 +109,9 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
                "forecast_j": fc.get("before"), "forecast_profile_j": fc.get("profile"),
                "forecast_error": fc.get("before_error"),
                "forecast_profile_error": fc.get("profile_error"),
-               "wasted_j": wasted, "error": res.get("error")}
+               "wasted_j": wasted, "error": res.get("error"),
+               **teacher_figures(table, final_attempt, marginal + max(0.0, reused),
+                                 own, kept, max(0.0, reused))}
         for name, value in res.get("config", {}).items():
             row[f"param.{name}"] = value
         for key, value in m.items():
@@ -119,7 +122,38 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
     if not out.empty:
         view = control.get("energy_view", "full")
         out["energy_j"] = out[f"energy_{view}_j"]
+        out["n_star"] = n_star_column(out)
     return out
+
+
+def teacher_figures(table: pd.DataFrame, attempt: str | None, full_j: float,
+                    own: dict[str, float], kept: dict[str, float], reused_j: float) -> dict:
+    """A trial's teacher side in the full view (its own teacher stages, artifacts its lost
+    attempts built, artifacts it reused at their build cost), its share of the trial's full
+    energy, and the steady-state J per generated token of the generation it ran itself."""
+    side = sum(own.get(s, 0.0) for s in TEACHER_STAGES) + sum(kept.values()) + reused_j
+    gen = table[(table["trial_id"] == attempt) & (table["stage"] == "teacher_generation")] \
+        if len(table) and attempt else table.iloc[0:0]
+    generated = float(gen["generated_tokens"].sum()) if "generated_tokens" in gen else 0.0
+    work = float(gen["work_j"].sum()) if "work_j" in gen else 0.0
+    return {"teacher_side_j": side, "teacher_share": side / full_j if full_j > 0 else None,
+            "student_training_j": own.get("student_training", 0.0),
+            "teacher_generated_tokens": generated,
+            "teacher_j_per_generated_token": work / generated if generated > 0 else None}
+
+
+def n_star_column(trials: pd.DataFrame) -> pd.Series:
+    """N* = teacher side ÷ (E_training of the no-teacher baseline − the trial's E_training),
+    against the mean of the sweep's finished `distill.method: none` trials; None where the sweep
+    has none, or where distillation did not make training cheaper (it never breaks even)."""
+    method = trials.get("param.distill.method")
+    finished = trials["status"] == "finished"
+    if method is None or not (finished & (method == "none")).any():
+        return pd.Series([None] * len(trials), index=trials.index, dtype=object)
+    base = float(trials.loc[finished & (method == "none"), "student_training_j"].mean())
+    saved = base - trials["student_training_j"]
+    ok = (saved > 0) & (trials["teacher_side_j"] > 0) & (method != "none")
+    return (trials["teacher_side_j"] / saved).where(ok, None).astype(object)
 
 
 def pareto_table(trials: pd.DataFrame, param_names: list[str]) -> pd.DataFrame:

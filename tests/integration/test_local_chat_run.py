@@ -1,10 +1,12 @@
 """`raydistill run configs/local-chat.yaml` end to end, CI-sized, on the Llama pair: the
 shipped laptop config with real architectures, a real tokenizer and chat template, a teacher
-fine-tuned first, logit KD from a top-k cache with a ZeRO-3 student on 2 workers, and lm-eval
-on the test split plus a local task YAML named like an installed task. (The no-teacher
+fine-tuned first, synthetic data and its top-k cache from one vLLM pass (the CPU build), logit
+KD with a ZeRO-3 student on 2 workers, and lm-eval on the test split plus a local task YAML
+named like an installed task. (The no-teacher
 baseline is left to test_pipeline_run, to keep the suite's time.)"""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,6 +21,7 @@ CI_SIZE = [
     "teacher.model=local:llama-teacher", "student.model=local:llama-student",
     "teacher.steps=8", "teacher.batch_size=16", "student.steps=4", "student.batch_size=8",
     "training.checkpoint_every=2", "generation.batch_size=32", "generation.max_new_tokens=8",
+    "generation.engine=vllm",
     "evaluation.limit=8", "evaluation.inference_prompts=8", "evaluation.inference_min_s=0.3",
     "sampling.source=constant:40", "sampling.hz=20", "sampling.push_interval_s=0.5",
     "sampling.idle_s=0", "baseline=false",  # the baseline's run is test_pipeline_run's
@@ -54,10 +57,16 @@ def test_local_chat_runs_every_stage(run):
     run_dir, code = run
     assert code == 0
     table = pd.read_parquet(run_dir / "results.parquet")
-    for stage in ("teacher_training", "teacher_generation", "teacher_logit_caching",
-                  "student_training", "evaluation"):
+    for stage in ("teacher_training", "teacher_generation", "student_training", "evaluation"):
         assert stage in set(table["stage"]), stage
+    # one teacher pass on vLLM: the cache came back with the generated tokens
+    assert "teacher_logit_caching" not in set(table["stage"])
+    gen = table[table["stage"] == "teacher_generation"].iloc[0]
+    assert 0 < gen["generated_tokens"] < gen["tokens"]
+    assert gen["prompt_tokens"] == gen["tokens"] - gen["generated_tokens"]
+    assert gen["j_per_generated_token"] == pytest.approx(gen["work_j"] / gen["generated_tokens"])
     work = table[table["stage"].isin(["teacher_generation", "student_training"])]
+    assert len(work) == 2
     assert (work["load_j"] > 0).all() and (work["tokens_per_s"] > 0).all()
     # J/token is the steady-state figure; the load is reported apart
     assert (work["j_per_token"] < work["j_per_token_incl_load"]).all()
@@ -87,3 +96,18 @@ def test_data_splits_are_written_with_their_digests(run):
     test_ids = {json.loads(line)["id"] for line in (run_dir / "data" / "test.jsonl").open()}
     train_ids = {json.loads(line)["id"] for line in (run_dir / "data" / "train.jsonl").open()}
     assert not test_ids & train_ids
+
+
+def test_one_vllm_pass_wrote_both_artifacts(run):
+    run_dir, _ = run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    arts = metrics["artifacts"]["local-chat"]
+    synthetic = json.loads((Path(arts["synthetic_data"]["path"]) / "_artifact.json").read_text())
+    cache = json.loads((Path(arts["logit_cache"]["path"]) / "_artifact.json").read_text())
+    assert synthetic["inputs"]["engine"] == "vllm" and synthetic["built_by"]["one_pass_cache"]
+    assert synthetic["inputs"]["decoding"] == "greedy" and synthetic["inputs"]["n"] == 1
+    assert cache["inputs"]["engine"] == "vllm"
+    assert cache["built_by"]["stage"] == "teacher_generation"
+    assert cache["built_by"]["paid_by"] == f"synthetic_data:{arts['synthetic_data']['key']} " \
+                                           "(one pass)"
+    assert cache["built_by"]["energy_j"] == 0.0  # paid once, by the generation pass
