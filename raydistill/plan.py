@@ -113,6 +113,13 @@ def dry_run(cfg: ExperimentConfig) -> tuple[str, bool]:
     teacher, t_from = architecture(cfg.teacher.model, cfg.teacher.tiny)
     student, s_from = architecture(cfg.student.model, cfg.student.tiny)
     lines += [f"teacher architecture: {t_from}", f"student architecture: {s_from}"]
+    if cfg.generation.engine != "hf":
+        from raydistill.distill.teacher_vllm import choose_engine
+
+        # for the GPUs named in `hardware`, not this machine (as the memory plan)
+        on_gpu = not cfg.hardware.gpu.lower().startswith("none")
+        _, why = choose_engine(cfg.generation.engine, teacher, on_gpu)
+        lines.append(f"teacher engine: {why}")
     if teacher is None or student is None:
         lines.append("memory estimate: skipped (an architecture is not reachable; download the "
                      "model or give a local path)")

@@ -14,6 +14,7 @@ import yaml
 
 from raydistill.config import ExperimentConfig, to_dict
 from raydistill.energy.footprint import FootprintInputs
+from raydistill.errors import ConfigError
 from raydistill.io import atomic_write, atomic_write_text, prepare_run_dir
 from raydistill.results import results_table, seed_metrics
 
@@ -36,6 +37,16 @@ def footprint_inputs(cfg: ExperimentConfig) -> FootprintInputs:
                            water_l_per_kwh=f.water_l_per_kwh)
 
 
+def check_engine_installed(engine: str) -> None:
+    """generation.engine vllm without vLLM: a one-line error that says how to install it."""
+    if engine != "vllm":
+        return
+    from raydistill.distill.teacher_vllm import INSTALL, vllm_version
+
+    if vllm_version() is None:
+        raise ConfigError(f"generation.engine vllm: vLLM is not installed; {INSTALL}")
+
+
 def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
                    artifacts: Path | None = None,
                    progress: Callable[[str], None] | None = None) -> RunResult:
@@ -53,6 +64,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
     cfg = resolve_models(cfg, artifacts)
     # a pair that cannot do the method fails now, not after the teacher stages
     log.info(tokenizer_check(cfg, local_only=False))
+    check_engine_installed(cfg.generation.engine)  # so does an engine that is not installed
     run_dir = prepare_run_dir(out)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     namespace = namespace_for(run_dir)

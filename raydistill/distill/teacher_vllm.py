@@ -59,6 +59,8 @@ def unsupported(arch: dict | None, on_gpu: bool) -> str | None:
     if arch is None:
         return "the teacher's config.json cannot be read"
     names = arch.get("architectures") or [FAMILY_ARCH.get(arch.get("model_type", ""), "")]
+    # importing vLLM logs its platform probing (Triton, CPU backend): not this run's news
+    logging.getLogger("vllm").setLevel(logging.ERROR)
     from vllm import ModelRegistry
 
     if not set(names) & set(ModelRegistry.get_supported_archs()):

