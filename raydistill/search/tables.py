@@ -153,7 +153,9 @@ def n_star_column(trials: pd.DataFrame) -> pd.Series:
     base = float(trials.loc[finished & (method == "none"), "student_training_j"].mean())
     saved = base - trials["student_training_j"]
     ok = (saved > 0) & (trials["teacher_side_j"] > 0) & (method != "none")
-    return (trials["teacher_side_j"] / saved).where(ok, None).astype(object)
+    values = [float(t / d) if good else None
+              for t, d, good in zip(trials["teacher_side_j"], saved, ok, strict=True)]
+    return pd.Series(values, index=trials.index, dtype=object)
 
 
 def pareto_table(trials: pd.DataFrame, param_names: list[str]) -> pd.DataFrame:

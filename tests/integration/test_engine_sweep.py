@@ -1,11 +1,12 @@
 """`raydistill sweep` over the teacher's engine, CI-sized: the shipped engines space (local
-Qwen2 pair, chat tasks; hf vs vllm × logit KD vs the no-teacher baseline) with small splits.
-
-The vLLM trial's cache comes from its generation pass (no logit-caching stage), the hf trial's
-from a second pass; both trials' J per generated token are measured figures, and the report's
-engine rule puts the two engines' teacher side and N* side by side.
+Qwen2 pair, chat tasks, hf vs vllm) with small splits, and methods sft then logit, so that each
+engine's logit trial caches over synthetic text its sft trial already wrote: on vLLM with
+`prompt_logprobs` in its Ray Data actor pool, on hf with a second forward pass. (The one-pass
+cache, written while generating, is test_local_chat_run's.) Both engines' J per generated token
+are measured figures, and the report's engine rule puts the engines side by side.
 """
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +36,7 @@ def sweep(tmp_path_factory):
     space = yaml.safe_load((ROOT / "search_spaces" / "engines.yaml").read_text())
     space["base"] = str(ROOT / "configs" / "local-chat.yaml")
     space["set"] = {**space["set"], **CI_SET}
+    space["params"]["distill.method"] = {"grid": ["sft", "logit"]}
     path = root / "engines.yaml"
     path.write_text(yaml.safe_dump(space))
     out = root / "sweep"
@@ -47,17 +49,22 @@ def test_both_engines_run_and_are_measured(sweep):
     assert code == 0
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 4 and (trials["status"] == "finished").all()
-    logit = trials[trials["param.distill.method"] == "logit"].set_index(
-        "param.generation.engine")
+    by = {m: trials[trials["param.distill.method"] == m].set_index("param.generation.engine")
+          for m in ("sft", "logit")}
+    logit = by["logit"]
     for engine in ("hf", "vllm"):
-        assert logit.loc[engine, "teacher_j_per_generated_token"] > 0
+        sft = by["sft"].loc[engine]
+        assert sft["teacher_generated_tokens"] > 0 and sft["teacher_j_per_generated_token"] > 0
         assert 0 < logit.loc[engine, "teacher_share"] < 1
     stages = pd.read_parquet(out / "results.parquet")
     by_trial = stages.groupby("trial_id")["stage"].apply(set)
-    hf, vllm = logit.loc["hf", "ledger_trial"], logit.loc["vllm", "ledger_trial"]
-    assert "teacher_logit_caching" in by_trial[hf]  # hf: a second teacher pass
-    assert "teacher_logit_caching" not in by_trial[vllm]  # vllm: one pass
-    assert "teacher_generation" in by_trial[vllm]
+    for engine in ("hf", "vllm"):
+        # the sft trial wrote the text; the logit trial reused it and cached over it
+        assert by_trial[logit.loc[engine, "ledger_trial"]] >= {"teacher_logit_caching"}
+        assert "teacher_generation" not in by_trial[logit.loc[engine, "ledger_trial"]]
+    caches = {json.loads(m.read_text())["inputs"]["engine"]
+              for m in out.glob("artifacts/logit_cache/*/_artifact.json")}
+    assert caches == {"hf", "vllm"}
 
 
 def test_report_compares_the_engines(sweep):
