@@ -294,7 +294,11 @@ class GenerationConfig:
         if self.engine not in ENGINES:
             raise ConfigError(f"generation.engine {self.engine!r} unknown; valid: "
                               f"{', '.join(ENGINES)}")
-        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 2):
+        if isinstance(self.stop, str):
+            raise ConfigError(f"generation.stop must be a list of strings, got {self.stop!r}; "
+                              f"write [{self.stop!r}]")
+        if not (isinstance(self.temperature, (int, float)) and not isinstance(
+                self.temperature, bool) and 0 <= self.temperature <= 2):
             raise ConfigError("generation.temperature must lie in [0, 2] (0 = greedy; vLLM's "
                               f"range), got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):

@@ -32,14 +32,28 @@ class Completion:
 
 def cut_at_stop(ids: Sequence[int], decode: Callable[[Sequence[int]], str],
                 stops: Sequence[str]) -> int | None:
-    """Index of the token whose decoding first contains one of `stops`, or None."""
-    if not stops:
+    """Index of the token whose decoding first contains one of `stops`, or None.
+
+    One decode when no stop string is there (the common case: the engine stopped at it, or
+    never met one), else a bisection over prefixes (a prefix's text contains a stop string
+    from the token that completes it on): O(log n) decodes, not one per token."""
+    if not stops or not ids:
         return None
-    for j in range(len(ids)):
-        text = decode(ids[: j + 1])
-        if any(s in text for s in stops):
-            return j
-    return None
+
+    def has_stop(n: int) -> bool:
+        text = decode(ids[:n])
+        return any(s in text for s in stops)
+
+    if not has_stop(len(ids)):
+        return None
+    lo, hi = 1, len(ids)  # the shortest prefix with a stop string has length in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if has_stop(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo - 1
 
 
 def end_completion(ids: Sequence[int], stop_ids: Sequence[int], stops: Sequence[str],

@@ -189,11 +189,15 @@ class _StopInCompletion:
 
     def __init__(self, tokenizer, stops: list[str], prompt_width: int) -> None:
         self.tokenizer, self.stops, self.width = tokenizer, stops, prompt_width
+        # a stop string of L characters ends within the last L + 1 tokens (each token is at
+        # least one character; +1 for a token it only partly fills): decode only those
+        self.tail = max(len(s) for s in stops) + 1
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        texts = self.tokenizer.batch_decode(input_ids[:, self.width:])
+        start = max(self.width, input_ids.shape[1] - self.tail)
+        texts = self.tokenizer.batch_decode(input_ids[:, start:])
         return torch.tensor([any(s in t for s in self.stops) for t in texts],
                             device=input_ids.device)
 

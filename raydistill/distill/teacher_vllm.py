@@ -98,7 +98,9 @@ def make_llm(model_path: str, *, gpus: int, max_model_len: int, top_k: int, seed
     import torch
 
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # ERROR: every start logs a harmless "chat template warmup failed" traceback at WARNING
+    # (we pass token ids, so vLLM needs no tokenizer); real failures still raise
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     on_gpu = torch.cuda.is_available()
     if not on_gpu:  # vLLM sizes its CPU threads from OMP_NUM_THREADS (else: 1 per worker)
         os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
