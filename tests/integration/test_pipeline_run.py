@@ -79,8 +79,10 @@ def test_every_stage_measured_and_exact_on_constant_power(first_run):
     assert (table["energy_j"] > 0).all()
     # one constant device, stages one after another: energy = power × the stage's span
     for row in table.itertuples():
-        # (abs: a window's ends are float64 epoch seconds, ~0.2 µs apart at best)
-        assert row.energy_j == pytest.approx(WATTS * row.duration_s, rel=1e-6, abs=1e-4), \
+        # (abs: a window's ends are float64 epoch seconds, ~0.2 µs apart at best, and a span
+        # over several processes' windows adds wall-clock starts to monotonic durations,
+        # which drift apart by microseconds: 1e-3 J is 25 µs at 40 W; seen 3 µs)
+        assert row.energy_j == pytest.approx(WATTS * row.duration_s, rel=1e-6, abs=1e-3), \
             row.stage
     assert set(table["energy_method"]) == {"estimated"}
     # inference EPT in steady state: each probe window long enough to be measured
