@@ -107,7 +107,9 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
 
 def summary(result: RunResult) -> str:
     cols = ["trial_id", "stage", "energy_j", "load_j", "duration_s", "tokens", "tokens_per_s",
-            "j_per_token", "energy_method", "co2e_g"]
+            "j_per_token", "generated_tokens", "j_per_generated_token", "energy_method",
+            "co2e_g"]
+    cols = [c for c in cols if c in result.table.columns]
     from raydistill.results import format_table
 
     lines = [format_table(result.table[cols], floats="{:,.3f}"), ""]
