@@ -65,7 +65,8 @@ class RungBook:
             done += 1
             if not (math.isfinite(quality) and math.isfinite(energy_j)):
                 continue  # no quality measured: record nothing, judge nothing
-            others = dict(self.records[rung])
+            # a retried trial's own earlier record at this rung is not another trial
+            others = {o: pt for o, pt in self.records[rung].items() if o != trial_id}
             self.records[rung][trial_id] = (quality, energy_j)
             if len(others) < self.min_trials:
                 self.decisions.append((trial_id, rung, CONTINUE, f"{len(others)} others"))
@@ -83,6 +84,13 @@ class RungBook:
             self.decisions.append((trial_id, rung, CONTINUE, "not dominated"))
         self.passed[trial_id] = done
         return action
+
+    def restart(self, trial_id: str) -> None:
+        """The trial failed and will run again: its retry is judged at every rung it reaches,
+        the ones its lost attempt passed included (its records there are replaced by the
+        retry's when it reaches them)."""
+        self.passed.pop(trial_id, None)
+        self.decisions.append((trial_id, math.nan, CONTINUE, "restarted after an error"))
 
     def remove(self, trial_id: str) -> None:
         """Forget a trial's progress marker (its rung records stay: they are history)."""

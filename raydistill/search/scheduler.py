@@ -37,6 +37,12 @@ class EnergyParetoScheduler(FIFOScheduler):
         action = self.book.record(trial.trial_id, float(progress), quality, energy)
         return TrialScheduler.STOP if action == STOP else TrialScheduler.CONTINUE
 
+    def on_trial_error(self, tune_controller, trial) -> None:
+        # Tune calls this before it requeues a failed trial for a retry (and for a final
+        # failure, before on_trial_remove): without it the retry would skip every rung the
+        # lost attempt had passed and never be judged there
+        self.book.restart(trial.trial_id)
+
     def on_trial_complete(self, tune_controller, trial, result) -> None:
         self.book.remove(trial.trial_id)
 

@@ -142,6 +142,37 @@ def test_scheduler_driven_through_its_hooks():
     assert "1 stopped" in sched.debug_string()
 
 
+def test_a_retried_trial_is_judged_again_at_the_rungs_its_lost_attempt_passed():
+    """Tune calls on_trial_error, then on_trial_add, before it reruns a failed trial (same id).
+    The retry must be judged at the rungs again, and never against its own lost attempt."""
+    sched = EnergyParetoScheduler(rungs=[0.5], margin=0.05, min_trials=1)
+    good, flaky = fake_trial("good"), fake_trial("flaky")
+    ctl = None
+    sched.on_trial_result(ctl, good, {"progress": 0.5, "quality": 0.9, "energy_j": 10.0})
+    # the first attempt passes the rung on fair terms (it is not dominated), then errors
+    assert sched.on_trial_result(ctl, flaky, {"progress": 0.5, "quality": 0.95,
+                                              "energy_j": 9.0}) == TrialScheduler.CONTINUE
+    sched.on_trial_error(ctl, flaky)
+    sched.on_trial_add(ctl, flaky)
+    assert sched.on_trial_result(ctl, flaky, {"progress": 0.2, "quality": 0.1,
+                                              "energy_j": 4.0}) == TrialScheduler.CONTINUE
+    # the retry reaches the rung again, dominated by `good`: stopped (before the fix it was
+    # never judged, its lost attempt having passed the rung)
+    assert sched.on_trial_result(ctl, flaky, {"progress": 0.5, "quality": 0.3,
+                                              "energy_j": 30.0}) == TrialScheduler.STOP
+    assert sched.book.records[0.5]["flaky"] == (0.3, 30.0)  # the retry's record replaces it
+
+
+def test_a_retry_is_not_compared_with_its_own_lost_attempt():
+    book = RungBook([0.5], margin=0.0, min_trials=1)
+    assert book.record("t", 0.5, 0.9, 10.0) == CONTINUE
+    book.restart("t")
+    # its lost attempt (0.9, 10 J) would dominate it, but is not another trial: with no other
+    # trial at the rung, min_trials is not met and nothing is judged
+    assert book.record("t", 0.5, 0.5, 20.0) == CONTINUE
+    assert book.decisions[-1][3] == "0 others"
+
+
 # ---- budgets and forecasts ------------------------------------------------------------------
 
 def test_budget_refuses_what_does_not_fit_and_counts_waste():
