@@ -20,6 +20,7 @@ class BudgetTracker:
     trial_j: float | None = None
     spent_j: float = 0.0
     trials: dict[str, tuple[float, str]] = field(default_factory=dict)
+    closed_by: str | None = None  # the first trial refused: admission ends there
 
     def __post_init__(self) -> None:
         for name, v in (("total budget", self.total_j), ("trial budget", self.trial_j)):
@@ -34,6 +35,18 @@ class BudgetTracker:
             return False, (f"forecast {forecast_j:,.1f} J does not fit: {left:,.1f} J of "
                            f"{self.total_j:,.1f} J left")
         return True, f"forecast {forecast_j:,.1f} J fits in {left:,.1f} J left"
+
+    def admit(self, trial_id: str, forecast_j: float) -> tuple[bool, str]:
+        """Whether `trial_id` may start. The first refusal ends admission: every later trial is
+        refused too (so a cheaper one cannot slip in after a dearer one was turned away and the
+        sweep's set of trials stays the searcher's order), while trials already admitted run
+        to their end; they were admitted with the budget they need."""
+        if self.closed_by is not None:
+            return False, f"admission closed since trial {self.closed_by} was refused"
+        ok, reason = self.start_check(forecast_j)
+        if not ok:
+            self.closed_by = trial_id
+        return ok, reason
 
     def trial_over(self, energy_j: float) -> bool:
         return self.trial_j is not None and energy_j > self.trial_j

@@ -4,7 +4,8 @@
 forecaster. Before a trial spends anything it asks `admit`: the forecast of the trial (from
 finished trials, teacher artifacts already built counted as free) must fit in what the budget has
 left, where "spent" is read from the ledger, not from what trials claimed. `BudgetStopper` is the
-Tune stopper that ends a trial passing its own budget and the whole sweep once a trial was refused.
+Tune stopper that ends a trial passing its own budget. A refused trial ends admission (every
+later one is refused at once, spending nothing); the trials already admitted run to their end.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class SweepControl:
         forecast = float(sum(stages.values())) if stages else None
         self.forecasts[ledger_trial] = {"before": forecast}
         self.budget.spent_j = self.spent_j()
-        ok, reason = self.budget.start_check(forecast or 0.0)
+        ok, reason = self.budget.admit(trial, forecast or 0.0)
         if not ok:
             self.refused.append(trial)
         return {"ok": ok, "reason": reason, "forecast_j": forecast}
@@ -128,19 +129,19 @@ def start_control(namespace: str, total_j: float | None, trial_j: float | None,
 
 
 class BudgetStopper(Stopper):
-    """Tune stopper: a trial past its own budget stops; the sweep stops once one was refused."""
+    """Tune stopper: a trial past its own budget stops. A refusal does not stop the sweep's
+    running trials (`stop_all` stays False): admission is closed in the control actor, so the
+    trials Tune still starts are refused before they spend anything."""
 
     def __init__(self, namespace: str, trial_j: float | None) -> None:
         # the control actor is looked up by name, never held: Tune pickles its stopper into the
         # experiment state, and a resumed sweep runs on a new cluster with a new control actor
         self.namespace = namespace
         self.trial_j = trial_j
-        self._refused = False
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         if result.get("status") == "stopped_by_budget":
-            self._refused = True
-            return True
+            return True  # a refused trial's only result: it is done
         spent = result.get("energy_marginal_j", 0.0)
         if self.trial_j is not None and math.isfinite(spent) and spent > self.trial_j:
             log.warning("trial %s passed its budget: %.1f J > %.1f J", trial_id, spent,
@@ -151,4 +152,4 @@ class BudgetStopper(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self._refused
+        return False

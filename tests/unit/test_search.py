@@ -175,6 +175,24 @@ def test_a_retry_is_not_compared_with_its_own_lost_attempt():
 
 # ---- budgets and forecasts ------------------------------------------------------------------
 
+def test_one_refusal_ends_admission_but_not_the_admitted_trials():
+    from raydistill.search.control import BudgetStopper
+
+    b = BudgetTracker(total_j=1000.0)
+    b.spent_j = 100.0
+    assert b.admit("t1", 300.0)[0] and b.admit("t2", 300.0)[0]
+    b.spent_j = 700.0  # t1 and t2 running, 600 J spent between them
+    ok, why = b.admit("t3", 400.0)
+    assert not ok and "does not fit" in why
+    ok, why = b.admit("t4", 10.0)  # it would fit, but admission is closed
+    assert not ok and why == "admission closed since trial t3 was refused"
+    stopper = BudgetStopper("ns", trial_j=None)
+    assert stopper("t3", {"status": "stopped_by_budget"})  # the refused trial ends
+    # the admitted trials go on: the stopper neither stops them nor the sweep
+    assert not stopper("t1", {"progress": 0.5, "energy_marginal_j": 250.0})
+    assert not stopper.stop_all()
+
+
 def test_budget_refuses_what_does_not_fit_and_counts_waste():
     b = BudgetTracker(total_j=1000.0, trial_j=300.0)
     b.spent_j = 800.0
