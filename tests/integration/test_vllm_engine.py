@@ -11,6 +11,7 @@ start). Tolerances, both engines in float32 on CPU:
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -27,6 +28,18 @@ MAX_NEW = 12
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    """An engine in this process. vLLM rewrites the process environment as it starts
+    (LD_PRELOAD of its libgomp, OMP_NUM_THREADS, KMP_*, VLLM_*); the teardown puts it back,
+    or Ray workers started later by other modules inherit it and vLLM's CPU attention refuses
+    their thread count ("thread_num == thread_num (2 vs. 1)", seen when this module ran first).
+    In a run the engine lives in its actor's own process, which nothing is started from."""
+    saved = dict(os.environ)
+    yield from _world(tmp_path_factory)
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _world(tmp_path_factory):
     from raydistill.distill.teacher import load_model_and_tokenizer
     from raydistill.distill.teacher_vllm import make_llm
 
@@ -44,7 +57,7 @@ def world(tmp_path_factory):
         (sharp / f).write_text((models["llama-teacher"] / f).read_text())
     llm = make_llm(str(sharp), gpus=1, max_model_len=256, top_k=K, seed=0,
                    memory_fraction=0.1, tokenizer=True, threads=2)
-    return {"llm": llm, "model": model, "tok": tok, "path": sharp, "models": models}
+    yield {"llm": llm, "model": model, "tok": tok, "path": sharp, "models": models}
 
 
 @pytest.fixture(scope="module")
