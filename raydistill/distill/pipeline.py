@@ -175,11 +175,10 @@ class Pipeline:
         cached = method == "logit" and self.cfg.distill.top_k > 0
         one_pass = cached and self.cache_engine() == "vllm"
         cache_inputs = None
-        if one_pass:
-            key = artifact_key("synthetic_data", self._synthetic_inputs(teacher.key))
-            cache_inputs = self._cache_inputs(teacher.key, key)
-            if self.store.get("synthetic_data", self._synthetic_inputs(teacher.key)) is not None:
-                cache_inputs = None  # the text exists: cache over it (prompt_logprobs) if needed
+        inputs = self._synthetic_inputs(teacher.key)
+        # where the text exists already, the cache is made over it (prompt_logprobs) if needed
+        if one_pass and self.store.get("synthetic_data", inputs) is None:
+            cache_inputs = self._cache_inputs(teacher.key, artifact_key("synthetic_data", inputs))
         out["synthetic_data"] = self.synthetic_data(teacher, data, trial_id, cache_inputs)
         if cached:
             # built in this very pass: this trial's, not a reuse
@@ -225,7 +224,7 @@ class Pipeline:
 
         synthetic = self._artifact("synthetic_data", inputs, trial_id, "teacher_generation",
                                    build)
-        if "cache" in staging and cache_inputs is not None:
+        if "cache" in staging:  # the pass wrote the cache too (a reused text never builds)
             cache = self.store.commit("logit_cache", cache_inputs, staging["cache"], {
                 "trial_id": trial_id, "stage": "teacher_generation", "engine": "vllm",
                 "energy_j": 0.0, "paid_by": f"synthetic_data:{synthetic.key} (one pass)"})

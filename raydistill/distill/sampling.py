@@ -13,6 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# the sampling settings of a greedy completion, for callers that set none (`sampling_of`'s keys)
+GREEDY: dict[str, Any] = {"decoding": "greedy", "temperature": 0.0, "top_p": 1.0, "n": 1,
+                          "seed": 0, "stop": []}
+
 
 @dataclass(frozen=True)
 class Completion:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raydistill.distill.sampling import GREEDY
+
 log = logging.getLogger(__name__)
 
 
@@ -68,8 +70,10 @@ class _WindowedActor:
                                   phase="load")
         self.window.__enter__()
 
-    def _done(self, tokens: int) -> None:
-        self.window.add_tokens(tokens)
+    def _done(self, tokens: int, generated: int = 0) -> None:
+        """A batch is done: count its tokens (`generated` of them written by the model) and
+        move the window's end to now."""
+        self.window.add_tokens(tokens, generated=generated)
         self.window.checkpoint()
 
 
@@ -91,7 +95,7 @@ class TeacherGenerator(_WindowedActor):
         self.model, self.tokenizer = load_model_and_tokenizer(model_path)
         self.stop = stop_ids(self.tokenizer, model_path)
         self.max_new_tokens, self.max_prompt_tokens = max_new_tokens, max_prompt_tokens
-        self.sampling = sampling or {"decoding": "greedy", "n": 1, "seed": 0, "stop": []}
+        self.sampling = sampling or GREEDY
         self.window.loaded()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -108,8 +112,7 @@ class TeacherGenerator(_WindowedActor):
         generated = int(rows["generated_tokens"].sum())
         # tokens the teacher processed: the prompts it read (once, however many completions
         # each gets) plus the tokens it wrote
-        self.window.add_tokens(sum(len(p) for p in prompts) + generated, generated=generated)
-        self.window.checkpoint()
+        self._done(sum(len(p) for p in prompts) + generated, generated)
         return rows
 
 
@@ -155,7 +158,7 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
 
     from raydistill.distill.sampling import end_completion
 
-    s = sampling or {"decoding": "greedy", "n": 1, "stop": []}
+    s = sampling or GREEDY
     n, stops = int(s.get("n", 1)), list(s.get("stop", []))
     pad = tokenizer.pad_token_id
     width = max(len(p) for p in prompts)

@@ -246,8 +246,7 @@ class VllmTeacherGenerator(_VllmActor):
                                 self.cache["dtype"])
             _write_shard(table, Path(self.cache["dir"]))
         generated = int(rows["generated_tokens"].sum())
-        self.window.add_tokens(sum(len(p) for p in prompts) + generated, generated=generated)
-        self.window.checkpoint()
+        self._done(sum(len(p) for p in prompts) + generated, generated)
         return rows
 
 
@@ -269,8 +268,7 @@ class VllmTeacherLogitCacher(_VllmActor):
     def __call__(self, batch: dict[str, np.ndarray]):
         table, tokens = prompt_cache(self.llm, self.tokenizer, batch, self.top_k, self.dtype,
                                      self.max_prompt_tokens, self.max_seq_len)
-        self.window.add_tokens(tokens)
-        self.window.checkpoint()
+        self._done(tokens)
         return table
 
 

@@ -17,9 +17,9 @@ import math
 import pandas as pd
 
 from raydistill.pareto import hypervolume_2d, knee_point, pareto_front
+from raydistill.results import TEACHER_STAGES
 
 STAGE_OF = {"synthetic_data": "teacher_generation", "logit_cache": "teacher_logit_caching"}
-TEACHER_STAGES = tuple(STAGE_OF.values())
 
 
 def attempt_energy(table: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -95,23 +95,22 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
             wasted += marginal
         # what the final attempt reported as reused (the manifests' build costs), less the
         # artifacts its own earlier attempts built: those are in `marginal` already
-        reused = (m.get("energy_full_j", marginal) - m.get("energy_marginal_j", marginal)
-                  - sum(float(artifacts[k].get("energy_j") or 0.0) for k in kept))
+        reused = max(0.0, m.get("energy_full_j", marginal) - m.get("energy_marginal_j", marginal)
+                     - sum(float(artifacts[k].get("energy_j") or 0.0) for k in kept))
         fc = forecasts.get(final_attempt, {})
         row = {"trial_id": trial, "ledger_trial": final_attempt, "status": status,
                "attempts": len(attempts) or 1,
                "quality": float(m.get("quality", float("nan"))) if status == "finished"
                else float("nan"),
                "progress": float(m.get("progress", 0.0)),
-               "energy_marginal_j": marginal, "energy_full_j": marginal + max(0.0, reused),
+               "energy_marginal_j": marginal, "energy_full_j": marginal + reused,
                "energy_amortized_j": amortized_j(final_attempt or "", own, artifacts,
                                                  consumers, trial),
                "forecast_j": fc.get("before"), "forecast_profile_j": fc.get("profile"),
                "forecast_error": fc.get("before_error"),
                "forecast_profile_error": fc.get("profile_error"),
                "wasted_j": wasted, "error": res.get("error"),
-               **teacher_figures(table, final_attempt, marginal + max(0.0, reused),
-                                 own, kept, max(0.0, reused))}
+               **teacher_figures(table, final_attempt, marginal + reused, own, kept, reused)}
         for name, value in res.get("config", {}).items():
             row[f"param.{name}"] = value
         for key, value in m.items():

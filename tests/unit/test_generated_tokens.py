@@ -14,7 +14,7 @@ from raydistill.cluster.ledger_actor import _Ledger
 from raydistill.cluster.windows import StageWindow
 from raydistill.energy.ledger import LedgerState
 from raydistill.energy.log import KIND_BATCH, KIND_EVENT, SegmentWriter, read_log
-from raydistill.energy.samples import ALL_DEVICES, Window, window_close_event
+from raydistill.energy.samples import window_close_event
 from raydistill.energy.simrun import SimRun
 from raydistill.report.data import load_report_data
 from raydistill.report.html import _stage_table, write_report
@@ -28,6 +28,7 @@ from tests.unit.test_phases import (
     _Handle,
     counter_tol_j,
     loading_node,
+    split_stage,
     truth_j,
 )
 
@@ -38,14 +39,7 @@ def generation_stage(run: SimRun, trial: str = "t1", stage: str = "teacher_gener
                      tokens: int = TOKENS, generated: int = GENERATED) -> None:
     """What a generating StageWindow writes: load until SPLIT, then work until T1 with
     `tokens` processed, `generated` of them generated."""
-    (w0, m0), (ws, ms), (w1, m1) = run.at(T0), run.at(SPLIT), run.at(T1)
-    load = Window(f"{trial}-load", trial, stage, run.node_id, ALL_DEVICES, w0, t_start_mono_s=m0)
-    run.apply(KIND_EVENT, LedgerState.open_event(load))
-    run.apply(KIND_EVENT, LedgerState.close_event(load.window_id, ws, 0, None, ms, "load"))
-    work = load.continued(f"{trial}-work", ws, ms)
-    run.apply(KIND_EVENT, LedgerState.open_event(work))
-    run.apply(KIND_EVENT, LedgerState.close_event(work.window_id, w1, tokens, None, m1,
-                                                  generated_tokens=generated))
+    split_stage(run, trial, stage, tokens, generated)
 
 
 @pytest.fixture

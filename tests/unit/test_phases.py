@@ -45,7 +45,7 @@ def truth_j(node: SimNode, state: LedgerState, a: float, b: float) -> float:
 
 
 def split_stage(run: SimRun, trial: str = "t1", stage: str = "teacher_generation",
-                tokens: int = TOKENS) -> None:
+                tokens: int = TOKENS, generated: int = 0) -> None:
     """What `StageWindow.loaded()` writes: a window closed as load at SPLIT, and its work
     window opened at that same instant."""
     w0, m0 = run.at(T0)
@@ -56,7 +56,8 @@ def split_stage(run: SimRun, trial: str = "t1", stage: str = "teacher_generation
     run.apply(KIND_EVENT, LedgerState.close_event(load.window_id, ws, 0, None, ms, "load"))
     work = load.continued(f"{trial}-work", ws, ms)
     run.apply(KIND_EVENT, LedgerState.open_event(work))
-    run.apply(KIND_EVENT, LedgerState.close_event(work.window_id, w1, tokens, None, m1))
+    run.apply(KIND_EVENT, LedgerState.close_event(work.window_id, w1, tokens, None, m1,
+                                                  generated_tokens=generated))
 
 
 @pytest.fixture
