@@ -9,10 +9,10 @@
       student.lr: {loguniform: [1.0e-4, 1.0e-2]}
       distill.top_k: {grid: [16, 64]}
       student.steps: {int: [200, 1000]}
-    search: {algorithm: nsga2, num_samples: 8, max_concurrent: 1, seed: 0}
+    search: {algorithm: nsga2, num_samples: 8, max_concurrent: 1, seed: 0, repeats: 1}
     objective: {quality: student_quick_acc, energy: full}
     scheduler: {kind: pareto, rungs: [0.3, 0.6], margin: 0.05, min_trials: 2, min_spread: 0.05}
-    budget: {total_kwh: null, trial_kwh: null}
+    budget: {total_kwh: null, trial_kwh: null, prior_trial_kwh: null}
 
 Every parameter name and value is checked against the experiment config before anything runs:
 each choice/grid value and both ends of a range must build a valid `ExperimentConfig`.
@@ -56,6 +56,8 @@ class SearchSettings:
     num_samples: int = 8
     max_concurrent: int = 1
     seed: int = 0
+    population: int | None = None  # NSGA-II generation size; None: sized to the sweep
+    repeats: int = 1  # runs of each configuration, so figures carry their spread
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class SchedulerSettings:
 class Budget:
     total_kwh: float | None = None
     trial_kwh: float | None = None
+    prior_trial_kwh: float | None = None  # stated forecast for a trial before any has finished
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,12 @@ def _check(space: SearchSpace) -> None:
         raise ConfigError(f"scheduler.margin must be >= 0, got {sch.margin}")
     if not (isinstance(sch.min_spread, (int, float)) and sch.min_spread >= 0):
         raise ConfigError(f"scheduler.min_spread must be >= 0, got {sch.min_spread}")
-    for name, v in (("budget.total_kwh", b.total_kwh), ("budget.trial_kwh", b.trial_kwh)):
+    if s.population is not None and not (isinstance(s.population, int) and s.population >= 2):
+        raise ConfigError(f"search.population must be an integer >= 2, got {s.population}")
+    if not (isinstance(s.repeats, int) and s.repeats >= 1):
+        raise ConfigError(f"search.repeats must be an integer >= 1, got {s.repeats}")
+    for name, v in (("budget.total_kwh", b.total_kwh), ("budget.trial_kwh", b.trial_kwh),
+                    ("budget.prior_trial_kwh", b.prior_trial_kwh)):
         if v is not None and not (isinstance(v, (int, float)) and v > 0):
             raise ConfigError(f"{name} must be > 0, got {v}")
     if s.algorithm == "grid":

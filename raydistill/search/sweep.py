@@ -28,19 +28,17 @@ from raydistill.io import atomic_write, atomic_write_text, check_run_format, pre
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("nsga2", "tpe", "random", "grid")
-
-
 def _search_alg(space, seed: int):
-    algo = space.search.algorithm
-    if algo in ("random", "grid"):
-        return None  # Tune's BasicVariantGenerator: grid_search points or random draws
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    """Tune's searcher for the space (None: Tune's own random or grid variants), wrapped so that
+    each configuration runs `search.repeats` times."""
+    from raydistill.search.searcher import make_searcher
 
-    sampler = (optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2"
-               else optuna.samplers.TPESampler(seed=seed))
-    return OptunaSearch(metric=["quality", "energy_j"], mode=["max", "min"], sampler=sampler)
+    alg = make_searcher(space, seed)
+    if alg is None or space.search.repeats == 1:
+        return alg
+    from ray.tune.search import Repeater
+
+    return Repeater(alg, repeat=space.search.repeats)
 
 
 def _scheduler(space):
@@ -128,7 +126,7 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
                 param_space=to_tune(space, for_optuna=alg is not None),
                 tune_config=tune.TuneConfig(
                     search_alg=alg, scheduler=_scheduler(space),
-                    num_samples=1 if space.search.algorithm == "grid" else space.search.num_samples,
+                    num_samples=_num_samples(space),
                     max_concurrent_trials=space.search.max_concurrent),
                 run_config=tune.RunConfig(name="sweep", storage_path=str(tune_dir), stop=stopper,
                                           failure_config=tune.FailureConfig(max_failures=1),
@@ -142,6 +140,13 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
     return _write_outputs(run_dir, space, base, grid, rows, control_report,
                           {"total_kwh": total_kwh, "trial_kwh": trial_kwh},
                           time.time() - started)
+
+
+def _num_samples(space) -> int:
+    """Tune's num_samples: a grid runs once per repeat (Tune repeats the whole grid); a
+    searcher's trials are `num_samples` configurations, each run `repeats` times."""
+    s = space.search
+    return s.repeats if s.algorithm == "grid" else s.num_samples * s.repeats
 
 
 def _j(kwh: float | None) -> float | None:
@@ -258,4 +263,4 @@ def forecast_table(plan: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ALGORITHMS", "dry_run", "forecast_table", "run_sweep"]
+__all__ = ["dry_run", "forecast_table", "run_sweep"]
