@@ -136,6 +136,20 @@ class _Ledger:
     async def energy_rows(self) -> list[dict]:
         return [r.__dict__ for r in self.state.energy_rows()]
 
+    async def trial_rows(self, trial_id: str) -> list[dict]:
+        """One trial's rows (equal to its rows in `energy_rows`), computed from its own windows
+        and the ones overlapping them: what a running trial polls."""
+        return [r.__dict__ for r in self.state.trial_rows(trial_id)]
+
+    async def trial_energy(self, trial_ids: list[str]) -> dict[str, dict[str, float]]:
+        """{trial: {stage: J}} for the given trials (per-trial queries, not the whole sweep)."""
+        out: dict[str, dict[str, float]] = {}
+        for trial_id in trial_ids:
+            stages = out.setdefault(trial_id, {})
+            for r in self.state.trial_rows(trial_id):
+                stages[r.stage] = stages.get(r.stage, 0.0) + r.energy_j
+        return out
+
     async def windows(self) -> list[dict]:
         return [w.__dict__ for w in self.state.windows.values()]
 

@@ -89,6 +89,13 @@ class Session:
         self.fleet.flush()
         return ray.get(self.ledger.energy_rows.remote())
 
+    def trial_energy(self, trial_id: str) -> dict[str, float]:
+        """{stage: J} of one trial, from a per-trial query of the ledger."""
+        import ray
+
+        self.fleet.flush()
+        return ray.get(self.ledger.trial_energy.remote([trial_id]))[trial_id]
+
     def close(self) -> list[dict]:
         import ray
 

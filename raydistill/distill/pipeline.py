@@ -59,8 +59,7 @@ class Pipeline:
 
     # ---- shared pieces --------------------------------------------------------------------
     def _stage_energy_j(self, trial_id: str, stage: str) -> float:
-        rows = self.session.energy_rows()
-        return sum(r["energy_j"] for r in rows if r["trial_id"] == trial_id and r["stage"] == stage)
+        return float(self.session.trial_energy(trial_id).get(stage, 0.0))
 
     def _artifact(self, kind: str, inputs: dict, trial_id: str, stage: str,
                   build: Callable[[Path], dict]) -> Artifact:

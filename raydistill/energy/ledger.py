@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raydistill.energy.log import KIND_BATCH, KIND_EVENT
-from raydistill.energy.rows import EnergyRow, energy_rows
+from raydistill.energy.rows import EnergyRow, energy_rows, trial_rows
 from raydistill.energy.samples import (
     DeviceInfo,
     SampleBatch,
@@ -86,6 +86,12 @@ class LedgerState:
         self.max_hold_s = max_hold_s
         self.seen: set[tuple[str, int]] = set()
         self.windows: dict[str, Window] = {}
+        # indexes for per-trial queries: window ids by trial and by node, in opening order
+        self._by_trial: dict[str, list[str]] = defaultdict(list)
+        self._by_node: dict[str, list[str]] = defaultdict(list)
+        # per node: the timeline spans of its closed windows with monotonic times (they never
+        # move), as arrays, so a per-trial query finds its neighbours without a Python loop
+        self._span_index: dict[str, tuple[np.ndarray, np.ndarray, list[str], list[str]]] = {}
         self.samplers: dict[str, dict] = {}  # sampler_id -> {node_id, started_s, retired_s}
         self.n_samples = 0
         self.duplicates = 0
@@ -139,6 +145,7 @@ class LedgerState:
         mono = batch.t_mono_s
         if mono is None or (len(batch) and np.isnan(mono).any()):
             self._wall_only.add(node)
+            self._span_index.pop(node, None)
             mono = None
         for i, info in enumerate(batch.devices):
             sel = batch.device_idx == i
@@ -173,12 +180,17 @@ class LedgerState:
         kind = ev["type"]
         if kind == "window_open":
             w = Window.from_event(ev)
+            if w.window_id not in self.windows:
+                self._by_trial[w.trial_id].append(w.window_id)
+                self._by_node[w.node_id].append(w.window_id)
             self.windows[w.window_id] = w
+            self._span_index.pop(w.node_id, None)
         elif kind == "window_close":
             w = self.windows.get(ev["window_id"])
             if w is None:
                 raise KeyError(f"window {ev['window_id']!r} was never opened")
             self.windows[w.window_id] = w.closed(ev)
+            self._span_index.pop(w.node_id, None)
         elif kind == "sampler_start":
             self.samplers[ev["sampler_id"]] = {
                 "node_id": ev["node_id"], "started_s": ev["t_s"], "retired_s": None
@@ -254,10 +266,9 @@ class LedgerState:
                          series: _Series) -> list[_Baseline]:
         """The device's idle baselines measured while no window held it, by end time."""
         kind = next(iter(series.infos)).device_kind
-        held = [self._span(w) for w in self.windows.values()
-                if w.node_id == node_id and w.claims(device_id, kind)]
         valid = [b for b in series.baselines.values()
-                 if not any(a < b.t_to and e > b.t_from for a, e in held)]
+                 if not any(w.claims(device_id, kind) and self._inside(w, b.t_from, b.t_to)
+                            for w in self.overlapping(node_id, b.t_from, b.t_to))]
         return sorted(valid, key=lambda b: b.t_to)
 
     def _span(self, w: Window) -> tuple[float, float]:
@@ -286,6 +297,51 @@ class LedgerState:
         """One row per window × device, in time order (see `rows.py`)."""
         self._parse_pending()
         return energy_rows(self)
+
+    def trial_window_ids(self, trial_id: str) -> list[str]:
+        return list(self._by_trial.get(trial_id, ()))
+
+    def node_windows(self, node_id: str) -> list[Window]:
+        return [self.windows[wid] for wid in self._by_node.get(node_id, ())]
+
+    def overlapping(self, node_id: str, lo: float, hi: float) -> list[Window]:
+        """The node's windows whose span meets [lo, hi] on its timeline (open ones included)."""
+        self._parse_pending()
+        index = self._span_index.get(node_id)
+        if index is None:
+            index = self._span_index[node_id] = self._build_span_index(node_id)
+        starts, ends, fixed, moving = index
+        hit = np.flatnonzero((starts <= hi) & (ends >= lo))
+        out = [self.windows[fixed[i]] for i in hit]
+        for wid in moving:  # open, or without monotonic times: their spans can still move
+            w = self.windows[wid]
+            a, b = self._span(w)
+            if a <= hi and b >= lo:
+                out.append(w)
+        return out
+
+    def _inside(self, w: Window, t_from: float, t_to: float) -> bool:
+        """Whether the window held its devices strictly inside (t_from, t_to)."""
+        a, e = self._span(w)
+        return a < t_to and e > t_from
+
+    def _build_span_index(self, node_id: str):
+        fixed, moving, spans = [], [], []
+        mono = self.uses_mono(node_id)
+        for w in self.node_windows(node_id):
+            if (mono and w.t_end_s is not None and w.t_start_mono_s is not None
+                    and w.t_end_mono_s is not None):
+                fixed.append(w.window_id)
+                spans.append(self._span(w))
+            else:
+                moving.append(w.window_id)
+        arr = np.array(spans, dtype=float).reshape(-1, 2)
+        return arr[:, 0], arr[:, 1], fixed, moving
+
+    def trial_rows(self, trial_id: str) -> list[EnergyRow]:
+        """One trial's rows, as in `energy_rows` (see `rows.trial_rows`)."""
+        self._parse_pending()
+        return trial_rows(self, trial_id)
 
 
 def _idle_at(valid: list[_Baseline], t: np.ndarray) -> np.ndarray:

@@ -77,6 +77,33 @@ def energy_rows(state: LedgerState) -> list[EnergyRow]:
     return rows
 
 
+def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
+    """The rows of one trial's windows only, equal to its rows in `energy_rows(state)`.
+
+    A device's energy is split among the windows that hold it at the same time, so each of the
+    trial's devices is charged against the windows that overlap the trial's own span on it; the
+    rest of the sweep's windows are skipped before any integration. Cost: the trial's windows
+    and their neighbours in time, not every window of the sweep (what a trial polls)."""
+    mine = [state.windows[wid] for wid in state.trial_window_ids(trial_id)]
+    rows: list[EnergyRow] = []
+    for node_id in sorted({w.node_id for w in mine}):
+        own_node = [w for w in mine if w.node_id == node_id]
+        devices = state.devices(node_id)
+        for device_id, kind in devices:
+            own = [w for w in own_node if w.claims(device_id, kind)]
+            if not own:
+                continue
+            spans = [state._span(w) for w in own]
+            lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+            others = [w for w in state.overlapping(node_id, lo, hi)
+                      if w.trial_id != trial_id and w.claims(device_id, kind)]
+            rows.extend(_device_rows(state, node_id, device_id, kind, own + others,
+                                     report=own))
+        rows.extend(_unmatched_rows(state, node_id, own_node, {d for d, _ in devices}))
+    rows.sort(key=lambda r: (r.t_start_s, r.window_id, r.device_id))
+    return rows
+
+
 def _unmatched_rows(state: LedgerState, node_id: str, windows: list[Window],
                 sampled: set[str]) -> list[EnergyRow]:
     """A window that holds a device no sampler measured gets a row that says so (all of
@@ -115,15 +142,17 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
 
 
 def _device_rows(
-state: LedgerState, node_id: str, device_id: str, kind: str, windows: list[Window]
+state: LedgerState, node_id: str, device_id: str, kind: str, windows: list[Window],
+report: list[Window] | None = None,
 ) -> list[EnergyRow]:
+    """Rows of `report` (default: all `windows`), charged against all of `windows`."""
     tl = state.timeline(node_id, device_id)
     series = state._series[(node_id, device_id)]
     spans = {w.window_id: state._span(w) for w in windows}
     charged, idle, shared = _split(windows, spans, tl, kind in SHARED_KINDS)
     sources = "+".join(sorted({i.source for i in series.infos}))
     rows = []
-    for w in windows:
+    for w in windows if report is None else report:
         start, end = spans[w.window_id]
         whole = tl.between("energy", start, end)
         measured = tl.between("measured", start, end)

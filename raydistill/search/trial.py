@@ -58,12 +58,12 @@ class LedgerClient:
     def energy_rows(self) -> list[dict]:
         return ray.get(self.ledger.energy_rows.remote())
 
+    def trial_rows(self, ledger_trial: str) -> list[dict]:
+        """The trial's own rows: a per-trial query, not a recomputation of the whole sweep."""
+        return ray.get(self.ledger.trial_rows.remote(ledger_trial))
+
     def trial_energy(self, ledger_trial: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for r in self.energy_rows():
-            if r["trial_id"] == ledger_trial:
-                out[r["stage"]] = out.get(r["stage"], 0.0) + r["energy_j"]
-        return out
+        return ray.get(self.ledger.trial_energy.remote([ledger_trial]))[ledger_trial]
 
 
 def stage_units(cfg) -> dict[str, float]:
@@ -233,7 +233,7 @@ def _profile(client: LedgerClient, control, ledger_trial: str, params: dict, uni
     """The trial's forecast from its first steps (see search.forecast)."""
     from raydistill.search.forecast import profile_stage_j
 
-    rows = [r for r in client.energy_rows() if r["trial_id"] == ledger_trial]
+    rows = client.trial_rows(ledger_trial)
     student = [r for r in rows if r["stage"] == "student_training"]
     if not student:
         return None
