@@ -12,7 +12,14 @@ from pathlib import Path
 import pandas as pd
 
 from raydistill.io import atomic_write, atomic_write_text
-from raydistill.report.data import ReportData, design_rules, load_report_data
+from raydistill.report.data import (
+    ReportData,
+    definitions,
+    design_rules,
+    figure_text,
+    load_report_data,
+    payback_frame,
+)
 from raydistill.report.exports import emissions_frame, model_card_yaml
 from raydistill.report.figures import FIGURES
 
@@ -45,10 +52,21 @@ def _metrics_table(data: ReportData) -> pd.DataFrame:
         m = pd.DataFrame([{"trial_id": x["trial_id"], "E_run_j": x["E_run_j"],
                            "EPT_student_j_per_token": x["EPT_inference_student"],
                            "OM_perf": x["OM_perf"].get("quick_acc"),
-                           "Eff_overall": x["Eff_overall"], "teacher_share": x["teacher_share"],
-                           "N_star": x["N_star"]} for x in data.metrics])
-        per = per.merge(m, on="trial_id", how="left")
+                           "Eff_overall": x["Eff_overall"], "teacher_share": x["teacher_share"]}
+                          for x in data.metrics])
+        per = per.merge(m, on="trial_id", how="left").merge(_payback(data), on="trial_id",
+                                                            how="left")
     return per
+
+
+def _payback(data: ReportData) -> pd.DataFrame:
+    """N* and break-even tokens with their intervals (see the definitions), not the bare
+    ratio of two noisy figures."""
+    frame = payback_frame(data)
+    return pd.DataFrame({"trial_id": frame["trial_id"],
+                         "N_star": [figure_text(r, "n_star") for _, r in frame.iterrows()],
+                         "tokens_star": [figure_text(r, "break_even_tokens")
+                                         for _, r in frame.iterrows()]})
 
 
 STAGE_COLUMNS = ("trial_id", "stage", "side", "energy_j", "load_j", "work_j", "duration_s",
@@ -98,7 +116,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     tables_md = ("## Seed metrics and footprint\n\n" + metrics.to_markdown(index=False)
                  + "\n\n## Stages\n\n" + stages.to_markdown(index=False)
                  + "\n\n## Trials\n\n" + data.trials.to_markdown(index=False) + "\n\n"
-                 + "## Design rules (computed)\n\n" + "\n".join(f"- {r}" for r in rules) + "\n")
+                 + "## Design rules (computed)\n\n" + "\n".join(f"- {r}" for r in rules) + "\n"
+                 + "\n## Definitions\n\n"
+                 + "\n".join(f"- **{term}**: {text}" for term, text in definitions()) + "\n")
     body = "\n".join([
         f"<h1>raydistill report: {html.escape(data.run_dir.name)}</h1>",
         f"<p class=meta>{html.escape(_methods(data))}. {data.kind} directory with "
@@ -106,6 +126,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         f"hypervolume {data.hypervolume:.4g}; knee {data.knee}.</p>",
         "<h2>Design rules (computed from this data)</h2><ul>"
         + "".join(f"<li>{html.escape(r)}</li>" for r in rules) + "</ul>",
+        "<h2>Definitions</h2><dl>" + "".join(
+            f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>"
+            for term, text in definitions()) + "</dl>",
         "<h2>Seed metrics and footprint</h2>" + metrics.to_html(index=False, na_rep="–"),
         "<h2>Figures</h2>", *sections,
         "<h2>Stages</h2>" + stages.to_html(index=False, na_rep="–"),

@@ -3,9 +3,10 @@
 import math
 
 import pandas as pd
+import pytest
 
 from raydistill.report.data import engine_rules
-from raydistill.search.tables import n_star_column, teacher_figures
+from raydistill.search.tables import derived_figures, n_star_column, teacher_figures
 
 
 def _ledger() -> pd.DataFrame:
@@ -38,9 +39,12 @@ def _trials(**extra) -> pd.DataFrame:
         "param.distill.method": ["none", "logit", "logit", "none"],
         "param.generation.engine": ["hf", "hf", "vllm", "vllm"],
         "teacher_side_j": [0.0, 300.0, 100.0, 0.0],
+        "teacher_side_error_j": [0.0, 3.0, 1.0, 0.0],
         "teacher_share": [0.0, 0.6, 0.3, 0.0],
         "teacher_j_per_generated_token": [math.nan, 0.5, 0.1, math.nan],
-        "student_training_j": [200.0, 150.0, 250.0, 220.0], **extra})
+        "teacher_error_j_per_generated_token": [math.nan, 0.025, 0.01, math.nan],
+        "student_training_j": [200.0, 150.0, 250.0, 220.0],
+        "student_training_error_j": [1.0, 1.0, 1.0, 1.0], **extra})
 
 
 def test_n_star_against_the_mean_baseline_and_never_when_not_cheaper():
@@ -53,12 +57,34 @@ def test_n_star_against_the_mean_baseline_and_never_when_not_cheaper():
     assert n_star_column(no_base).isna().all()
 
 
+def test_n_star_bounds_from_the_baseline_spread_and_the_stated_errors():
+    d = derived_figures(_trials())
+    # baseline 210 J: stated 1 J and the standard error of (200, 220), 10 J, in quadrature
+    base_err = math.hypot(1.0, 10.0)
+    saved_low, saved_high = 60.0 - (base_err + 1.0), 60.0 + (base_err + 1.0)
+    assert d["n_star_verdict"][1] == "distinguishable"
+    assert d["n_star_low"][1] == pytest.approx(297.0 / saved_high)
+    assert d["n_star_high"][1] == pytest.approx(303.0 / saved_low)
+    assert d["n_star_verdict"][2] == "never"  # 40 J dearer, clear of its 12 J error
+    assert d["n_star_verdict"][0] is None  # a baseline has no N*
+    assert list(d["repeats"]) == [1, 1, 1, 1]
+
+
 def test_engine_rule_compares_taught_trials_per_engine():
     t = _trials()
     t["n_star"] = n_star_column(t)
-    (rule,) = engine_rules(t)
-    assert "hf: teacher side 300.0 J (60% of the trial), 0.5 J per generated token, N* 5.0" \
-        in rule
-    assert "vllm: teacher side 100.0 J (30% of the trial), 0.1 J per generated token, no N*" \
-        in rule
+    (rule, comparison) = engine_rules(t)
+    assert "hf: teacher side 300.0 J ± 3.0 J (60% of the trial), 0.5 J ± 0.025 J per " \
+        "generated token, N* 5 (4.18–6.19)" in rule
+    assert "vllm: teacher side 100.0 J ± 1.0 J (30% of the trial), 0.1 J ± 0.01 J per " \
+        "generated token, N* never" in rule
+    # 0.1 ± 0.01 J is clear of 0.5 ± 0.025 J: the comparison is stated
+    assert comparison.startswith("Teacher engine vllm uses less energy per generated token "
+                                 "than hf")
     assert engine_rules(t[t["param.generation.engine"] == "hf"]) == []  # one engine: no rule
+
+
+def test_engine_comparison_is_left_out_when_the_intervals_overlap():
+    t = _trials(**{"teacher_error_j_per_generated_token": [math.nan, 0.3, 0.2, math.nan]})
+    (rule,) = engine_rules(t)  # 0.5 ± 0.3 and 0.1 ± 0.2 overlap: no "uses less" rule
+    assert "uses less" not in rule
