@@ -2,10 +2,14 @@
 
 `SweepControl` (a named actor in the sweep's namespace) holds the energy budget and the
 forecaster. Before a trial spends anything it asks `admit`: the forecast of the trial (from
-finished trials, teacher artifacts already built counted as free) must fit in what the budget has
-left, where "spent" is read from the ledger, not from what trials claimed. `BudgetStopper` is the
-Tune stopper that ends a trial passing its own budget. A refused trial ends admission (every
-later one is refused at once, spending nothing); the trials already admitted run to their end.
+finished trials, teacher artifacts already built counted as free; before any has finished, a
+stated prior, the trial cap or an even split of the budget: `forecast.admission_forecast`) must
+fit in what the budget has left after the running trials' reservations, where "spent" and each
+running trial's use are read from the ledger, not from what trials claimed. A refused trial ends
+admission (every later one is refused at once, spending nothing); the trials already admitted
+run on. `BudgetStopper` is the Tune stopper that ends a trial passing its own budget, and every
+running trial once the sweep's budget is spent (they are marked, their energy kept as waste).
+`ReleaseCallback` frees a trial's reservation when Tune ends it, however it ended.
 """
 
 from __future__ import annotations
@@ -14,26 +18,34 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import ray
+from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from raydistill.search.budget import BudgetTracker
-from raydistill.search.forecast import Forecaster, forecast_error
+from raydistill.search.forecast import Forecaster, admission_forecast, forecast_error
 
 log = logging.getLogger(__name__)
 
 CONTROL_NAME = "sweep-control"
+SPENT_TTL_S = 2.0  # how stale the sweep's spent figure may be when the stopper asks
 
 
 class SweepControl:
     def __init__(self, namespace: str, total_j: float | None, trial_j: float | None,
-                 history_path: str | None = None) -> None:
+                 history_path: str | None = None, prior_trial_j: float | None = None,
+                 n_trials: int = 1) -> None:
         from raydistill.cluster.ledger_actor import get_ledger
 
         self.ledger = get_ledger(namespace)
         self.budget = BudgetTracker(total_j, trial_j)
+        self.prior_trial_j, self.n_trials = prior_trial_j, n_trials
+        self.ledger_of: dict[str, str] = {}  # Tune trial -> its running ledger attempt
+        self.n_finished = 0
+        self._spent_at = -math.inf
         self.forecaster = Forecaster()
         self.forecasts: dict[str, dict] = {}  # ledger trial -> {"before": J, "profile": J}
         self.consumers: dict[str, set[str]] = {}
@@ -43,6 +55,7 @@ class SweepControl:
         for rec in self._history():  # a resumed sweep learns from the trials already finished
             self.forecaster.add_finished(rec["params"], rec["stage_energy_j"], rec["units"])
             self.forecasts[rec["ledger_trial"]] = rec["forecast"]
+            self.n_finished = max(self.n_finished, rec["forecast"].get("order") or 0)
 
     def _history(self) -> list[dict]:
         if self.history_path is None or not self.history_path.exists():
@@ -56,8 +69,18 @@ class SweepControl:
         return out
 
     def spent_j(self) -> float:
+        """Everything the sweep's ledger holds (setup, every trial, waste)."""
         rows = ray.get(self.ledger.energy_rows.remote())
+        self._spent_at = time.monotonic()
         return float(sum(r["energy_j"] for r in rows))
+
+    def _running_use_j(self) -> dict[str, float]:
+        """What each running (reserved) trial has used so far, by per-trial ledger queries."""
+        ids = {t: self.ledger_of[t] for t in self.budget.reserved if t in self.ledger_of}
+        if not ids:
+            return {}
+        used = ray.get(self.ledger.trial_energy.remote(list(ids.values())))
+        return {t: sum(used.get(lt, {}).values()) for t, lt in ids.items()}
 
     def _predict(self, params: dict, units: dict, reused: list[str]) -> dict[str, float]:
         return self.forecaster.predict(params, units, set(reused)) or {}
@@ -65,13 +88,40 @@ class SweepControl:
     def admit(self, trial: str, ledger_trial: str, params: dict, units: dict,
               reused: list[str]) -> dict:
         stages = self._predict(params, units, reused)
-        forecast = float(sum(stages.values())) if stages else None
-        self.forecasts[ledger_trial] = {"before": forecast}
+        forecast, source = admission_forecast(
+            float(sum(stages.values())) if stages else None, self.prior_trial_j,
+            self.budget.trial_j, self.budget.total_j, self.n_trials)
+        self.forecasts[ledger_trial] = {"before": forecast, "source": source, "trial": trial}
         self.budget.spent_j = self.spent_j()
-        ok, reason = self.budget.admit(trial, forecast or 0.0)
-        if not ok:
+        used = self._running_use_j()
+        rec = self.forecasts[ledger_trial]
+        rec["spent_at_admission_j"] = self.budget.spent_j
+        rec["reserved_at_admission_j"] = self.budget.reserved_j(used)
+        ok, reason = self.budget.admit(trial, forecast or 0.0, used)
+        rec["admitted"] = ok
+        if ok:
+            self.ledger_of[trial] = ledger_trial
+        else:
             self.refused.append(trial)
-        return {"ok": ok, "reason": reason, "forecast_j": forecast}
+        return {"ok": ok, "reason": reason, "forecast_j": forecast, "forecast_source": source}
+
+    def over_budget(self) -> bool:
+        """Whether the sweep budget is spent (re-read from the ledger at most every
+        SPENT_TTL_S): if so, admission closes and the stopper ends the running trials."""
+        if self.budget.total_j is None:
+            return False
+        if time.monotonic() - self._spent_at > SPENT_TTL_S:
+            self.budget.spent_j = self.spent_j()
+        if self.budget.exhausted:
+            self.budget.close(f"the sweep budget was spent ({self.budget.spent_j:,.1f} J of "
+                              f"{self.budget.total_j:,.1f} J)")
+            return True
+        return False
+
+    def release(self, trial: str) -> None:
+        """A trial ended (finished, stopped or failed): its reservation is freed."""
+        self.budget.release(trial)
+        self.ledger_of.pop(trial, None)
 
     def consume(self, trial: str, artifact_keys: list[str]) -> dict[str, int]:
         for key in artifact_keys:
@@ -85,7 +135,10 @@ class SweepControl:
         prior = self._predict(params, units, [])
         total = sum(v for s, v in done_j.items() if s not in ("student_training", "evaluation"))
         total += student_j + prior.get("evaluation", 0.0)
-        self.forecasts.setdefault(ledger_trial, {})["profile"] = total
+        rec = self.forecasts.setdefault(ledger_trial, {})
+        rec["profile"] = total
+        if rec.get("trial") is not None:  # what the trial holds back from others from now on
+            self.budget.reserve(rec["trial"], total)
         return total
 
     def finished(self, trial: str, ledger_trial: str, params: dict, units: dict,
@@ -96,6 +149,9 @@ class SweepControl:
         actual = sum(used.values())
         rec = self.forecasts.setdefault(ledger_trial, {})
         rec["actual"] = actual
+        self.n_finished += 1
+        rec["order"] = self.n_finished  # finishing order: the forecast score starts at the 4th
+        self.release(trial)
         for key in ("before", "profile"):
             if rec.get(key) is not None:
                 rec[f"{key}_error"] = forecast_error(rec[key], actual)
@@ -118,38 +174,72 @@ class SweepControl:
 
 
 def start_control(namespace: str, total_j: float | None, trial_j: float | None,
-                  history_path: str | None = None):
+                  history_path: str | None = None, prior_trial_j: float | None = None,
+                  n_trials: int = 1):
     from raydistill.cluster.runtime import on_driver_node
 
     actor = ray.remote(num_cpus=0)(SweepControl)
     # on the driver's node: its state (forecasts, artifact consumers) must outlive a worker node
     return actor.options(name=CONTROL_NAME, namespace=namespace, get_if_exists=False,
                          scheduling_strategy=on_driver_node()).remote(
-        namespace, total_j, trial_j, history_path)
+        namespace, total_j, trial_j, history_path, prior_trial_j, n_trials)
 
 
 class BudgetStopper(Stopper):
-    """Tune stopper: a trial past its own budget stops. A refusal does not stop the sweep's
-    running trials (`stop_all` stays False): admission is closed in the control actor, so the
-    trials Tune still starts are refused before they spend anything."""
+    """Tune stopper: a trial past its own budget stops, and so does every running trial once the
+    sweep's budget is spent (the control actor then closes admission too). A refusal alone does
+    not stop the running trials (`stop_all` stays False): they were admitted with reservations
+    for what they need, and the trials Tune still starts are refused before they spend."""
 
-    def __init__(self, namespace: str, trial_j: float | None) -> None:
+    def __init__(self, namespace: str, trial_j: float | None,
+                 total_j: float | None = None) -> None:
         # the control actor is looked up by name, never held: Tune pickles its stopper into the
         # experiment state, and a resumed sweep runs on a new cluster with a new control actor
         self.namespace = namespace
         self.trial_j = trial_j
+        self.total_j = total_j
+
+    def _control(self):
+        return ray.get_actor(CONTROL_NAME, namespace=self.namespace)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        if result.get("status") == "stopped_by_budget":
+        status = result.get("status")
+        if status == "stopped_by_budget":
             return True  # a refused trial's only result: it is done
+        if status == "finished":
+            return False  # its last result: nothing left to stop
         spent = result.get("energy_marginal_j", 0.0)
         if self.trial_j is not None and math.isfinite(spent) and spent > self.trial_j:
             log.warning("trial %s passed its budget: %.1f J > %.1f J", trial_id, spent,
                         self.trial_j)
-            control = ray.get_actor(CONTROL_NAME, namespace=self.namespace)
-            ray.get(control.note_stop.remote(trial_id, "stopped_by_budget"))
+            ray.get(self._control().note_stop.remote(trial_id, "stopped_by_budget"))
+            return True
+        if self.total_j is not None and ray.get(self._control().over_budget.remote()):
+            log.warning("the sweep budget is spent: stopping trial %s", trial_id)
+            ray.get(self._control().note_stop.remote(trial_id, "stopped_by_budget"))
             return True
         return False
 
     def stop_all(self) -> bool:
         return False
+
+
+class ReleaseCallback(Callback):
+    """Frees a trial's budget reservation whenever Tune ends it: finished, stopped by the
+    scheduler or the budget, or failed (a retry is admitted again, as a new attempt)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def _release(self, trial) -> None:
+        try:
+            control = ray.get_actor(CONTROL_NAME, namespace=self.namespace)
+            ray.get(control.release.remote(trial.trial_id))
+        except ValueError:  # the control actor is gone: the sweep is ending
+            log.debug("no control actor to release %s", trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._release(trial)

@@ -74,3 +74,52 @@ def profile_stage_j(power_w: float, t_start_s: float, t_ready_s: float, t_now_s:
 def forecast_error(predicted: float, actual: float) -> float:
     """Relative error (predicted − actual) / actual; nan when actual is 0."""
     return (predicted - actual) / actual if actual else math.nan
+
+
+FORECAST_SOURCES = ("learned", "prior", "trial_cap", "even_split", "none")
+
+
+def admission_forecast(learned_j: float | None, prior_j: float | None, trial_cap_j: float | None,
+                       total_j: float | None, n_trials: int) -> tuple[float | None, str]:
+    """The forecast a trial is admitted with, and where it came from, in order of trust:
+
+    learned     from the finished trials (per-unit costs × this trial's work units)
+    prior       the space's stated `budget.prior_trial_kwh`
+    trial_cap   the per-trial budget: the most a trial may spend (a conservative reservation)
+    even_split  the sweep budget spread over the sweep's trials
+    none        no budget at all: nothing to check, nothing reserved
+
+    so the first trials are never admitted with a forecast of zero."""
+    if learned_j is not None:
+        return float(learned_j), "learned"
+    if prior_j is not None:
+        return float(prior_j), "prior"
+    if trial_cap_j is not None:
+        return float(trial_cap_j), "trial_cap"
+    if total_j is not None:
+        return float(total_j) / max(1, n_trials), "even_split"
+    return None, "none"
+
+
+def score_forecasts(forecasts: dict[str, dict], from_trial: int = 4) -> dict:
+    """How good the forecasts were: per trial (in finishing order) forecast vs actual, and the
+    median absolute relative error of each kind over the trials from the `from_trial`-th on
+    (the first ones are forecast from little or nothing)."""
+    done = sorted((rec for rec in forecasts.values() if rec.get("order") is not None),
+                  key=lambda rec: rec["order"])
+    out: dict = {"from_trial": from_trial, "trials": len(done)}
+    for kind in ("before", "profile"):
+        errors = [abs(rec[f"{kind}_error"]) for rec in done[from_trial - 1:]
+                  if rec.get(f"{kind}_error") is not None
+                  and math.isfinite(rec[f"{kind}_error"])]
+        out[f"{kind}_median_abs_error"] = _median(errors)
+        out[f"{kind}_n"] = len(errors)
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2

@@ -66,7 +66,7 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
     from ray import tune
 
     from raydistill.cluster.runtime import Session, init_ray, namespace_for
-    from raydistill.search.control import BudgetStopper, start_control
+    from raydistill.search.control import BudgetStopper, ReleaseCallback, start_control
     from raydistill.search.space import load_space
     from raydistill.search.trial import TrialContext, run_trial
     from raydistill.search.tune_space import to_tune
@@ -108,12 +108,13 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
     session = Session(run_dir, namespace, base.sampling).start()
     started = time.time()
     control = start_control(namespace, _j(total_kwh), _j(trial_kwh),
-                            str(run_dir / "history.jsonl"))
+                            str(run_dir / "history.jsonl"), _j(budget.prior_trial_kwh),
+                            _trial_count(space))
     ctx = TrialContext(str(Path(space_path).resolve()), str(run_dir), namespace,
                        str(run_dir / "artifacts"), space.objective.quality,
                        space.objective.energy)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})
-    stopper = BudgetStopper(namespace, _j(trial_kwh))
+    stopper = BudgetStopper(namespace, _j(trial_kwh), _j(total_kwh))
     try:
         if resume:
             progress(f"resuming the sweep in {run_dir}")
@@ -129,6 +130,7 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
                     num_samples=_num_samples(space),
                     max_concurrent_trials=space.search.max_concurrent),
                 run_config=tune.RunConfig(name="sweep", storage_path=str(tune_dir), stop=stopper,
+                                          callbacks=[ReleaseCallback(namespace)],
                                           failure_config=tune.FailureConfig(max_failures=1),
                                           verbose=1))
         grid = tuner.fit()
@@ -149,6 +151,15 @@ def _num_samples(space) -> int:
     return s.repeats if s.algorithm == "grid" else s.num_samples * s.repeats
 
 
+def _trial_count(space) -> int:
+    """How many trials the sweep plans (what an even split of its budget divides by)."""
+    if space.search.algorithm == "grid":
+        from raydistill.search.space import grid_points
+
+        return len(grid_points(space)) * space.search.repeats
+    return _num_samples(space)
+
+
 def _j(kwh: float | None) -> float | None:
     return None if kwh is None else kwh * 3.6e6
 
@@ -157,6 +168,7 @@ def _write_outputs(run_dir: Path, space, base, grid, rows: list[dict], control: 
                    budget: dict, wall_s: float) -> dict:
     from raydistill.results import results_table
     from raydistill.run import footprint_inputs
+    from raydistill.search.forecast import score_forecasts
     from raydistill.search.tables import pareto_table, sweep_summary, trials_table
 
     table = results_table(rows, footprint_inputs(base))
@@ -170,6 +182,8 @@ def _write_outputs(run_dir: Path, space, base, grid, rows: list[dict], control: 
     trials = trials_table(results, table, control, _artifact_costs(run_dir / "artifacts"))
     pareto = pareto_table(trials, [p.name for p in space.params])
     summary = sweep_summary(space, trials, pareto, table, control, budget, wall_s)
+    summary["forecast_score"] = score_forecasts(control.get("forecasts", {}))
+    summary["forecasts"] = control.get("forecasts", {})
     atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write(run_dir / "trials.parquet", lambda p: trials.to_parquet(p, index=False))
     atomic_write(run_dir / "pareto.csv", lambda p: pareto.to_csv(p, index=False))

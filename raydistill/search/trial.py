@@ -152,12 +152,13 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
                                                  "reason": admitted["reason"]}))
         return
     forecast = admitted["forecast_j"]
+    source = {"forecast_source": admitted["forecast_source"]}
 
     def report(progress: float, quality: float | None, extra: dict | None = None) -> dict:
         own = client.trial_energy(ledger_trial)
         views = energy_views(own, reused_cost, consumers, built)
         metrics = trial_metrics(progress, quality, views, ctx.energy_view, forecast,
-                                ledger_trial, extra)
+                                ledger_trial, {**source, **(extra or {})})
         tune.report(metrics)
         return metrics
 
@@ -165,11 +166,16 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     teacher = pipe.teacher_model(data)
     reused_cost: dict[str, float] = {}
     built: set[str] = set()
+    consumers: dict[str, int] = {}
     cache = None
     data_path = data["labelled"]
     artifacts: dict = {}
     if method != "none":
-        artifacts = pipe.teacher_side(teacher, data, ledger_trial, method)
+        # the teacher stages run in a thread while this one reports the trial's live energy
+        # (progress 0), so its cap and the sweep budget are checked while the teacher works
+        artifacts = _while_reporting(lambda: pipe.teacher_side(teacher, data, ledger_trial,
+                                                               method),
+                                     lambda: report(0.0, None), "teacher-side")
         synthetic = artifacts["synthetic_data"]
         cache = artifacts.get("logit_cache")
         for kind, art in artifacts.items():
@@ -226,6 +232,30 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
         f"score.{k}": v for k, v in result["scores"].items()}})
     ray.get(control.finished.remote(trial, ledger_trial, params, units,
                                     client.trial_energy(ledger_trial), final))
+
+
+def _while_reporting(work, report, name: str):
+    """Run `work()` in a thread, calling `report()` every POLL_S until it ends; its result, or
+    its exception re-raised here. A trial Tune stops ends inside `report` (Tune kills the
+    actor), taking the thread with it."""
+    done: dict = {}
+
+    def target() -> None:
+        try:
+            done["value"] = work()
+        except BaseException as exc:  # re-raised in the trial's own thread below
+            done["error"] = exc
+
+    worker = threading.Thread(target=target, name=name, daemon=True)
+    worker.start()
+    while True:
+        worker.join(POLL_S)
+        if not worker.is_alive():
+            break
+        report()
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
 
 
 def _profile(client: LedgerClient, control, ledger_trial: str, params: dict, units: dict,

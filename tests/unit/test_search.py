@@ -182,7 +182,7 @@ def test_one_refusal_ends_admission_but_not_the_admitted_trials():
     b.spent_j = 100.0
     assert b.admit("t1", 300.0)[0] and b.admit("t2", 300.0)[0]
     b.spent_j = 700.0  # t1 and t2 running, 600 J spent between them
-    ok, why = b.admit("t3", 400.0)
+    ok, why = b.admit("t3", 400.0, {"t1": 300.0, "t2": 300.0})
     assert not ok and "does not fit" in why
     ok, why = b.admit("t4", 10.0)  # it would fit, but admission is closed
     assert not ok and why == "admission closed since trial t3 was refused"
