@@ -209,7 +209,9 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
     OM_perf = student score ÷ teacher score; Eff_overall = OM_perf(quick acc) × EPT_teacher ÷
     EPT_student on the same fixed inference prompts (the teacher's taken from `teacher_trial`
     when this trial did not run it); N* = E_teacher_side ÷ (E_baseline_training −
-    E_distilled_training) when that difference is positive, else None: it never breaks even.
+    E_distilled_training), with bounds from each figure's stated error: `N_star_verdict` says
+    "distinguishable" (N_star and its bounds given), "never" (the distilled training clearly
+    costs more) or "not distinguishable" (the saving's interval spans zero; no number).
     """
     energy, work, tokens = _stage_values(table, trial_id)
     e_run = float(sum(v for s, v in energy.items() if not s.startswith("inference_")))
@@ -230,14 +232,36 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
             ept_t = t_work["inference_teacher"] / t_tokens["inference_teacher"]
     ept_s = ept.get("inference_student")
     eff = om["quick_acc"] * ept_t / ept_s if "quick_acc" in om and ept_t and ept_s else None
-    n_star = None
-    if baseline_trial is not None:
-        base_energy, _, _ = _stage_values(table, baseline_trial)
-        saved = base_energy.get("student_training", 0.0) - energy.get("student_training", 0.0)
-        if saved > 0 and teacher_side > 0:
-            n_star = teacher_side / saved
+    n_star = _n_star(table, trial_id, baseline_trial) if baseline_trial is not None else None
     return {"trial_id": trial_id, "E_run_j": e_run, "teacher_side_j": teacher_side,
             "teacher_share": teacher_side / e_run if e_run else None, "EPT_j_per_token": ept,
             "EPT_incl_load_j_per_token": ept_incl_load, "EPT_inference_teacher": ept_t,
             "EPT_inference_student": ept_s,
-            "OM_perf": om, "Eff_overall": eff, "N_star": n_star, "scores": scores}
+            "OM_perf": om, "Eff_overall": eff, "scores": scores,
+            "N_star": n_star.value if n_star is not None else None,
+            "N_star_low": n_star.low if n_star is not None else None,
+            "N_star_high": n_star.high if n_star is not None else None,
+            "N_star_verdict": n_star.verdict if n_star is not None else None}
+
+
+def _stage_interval(table: pd.DataFrame, trial_id: str, stages: tuple[str, ...]):
+    """A trial's energy over `stages` with its stated error (see energy.accuracy)."""
+    from raydistill.energy.accuracy import summed_error_j
+    from raydistill.search.uncertainty import Interval
+
+    mine = table[(table["trial_id"] == trial_id) & table["stage"].isin(stages)]
+    method = mine["energy_method"] if "energy_method" in mine.columns else [None] * len(mine)
+    bound = mine["unmeasured_max_j"] if "unmeasured_max_j" in mine.columns else [0.0] * len(mine)
+    figures = list(zip(mine["energy_j"], method, bound, strict=True))
+    return Interval(float(mine["energy_j"].sum()), summed_error_j(figures))
+
+
+def _n_star(table: pd.DataFrame, trial_id: str, baseline_trial: str):
+    """N* = teacher side ÷ (baseline training − distilled training), with the bounds the
+    stated errors allow: a number only where the saving's interval is clear of zero."""
+    from raydistill.search.uncertainty import difference, ratio_bounds
+
+    teacher = _stage_interval(table, trial_id, tuple(TEACHER_STAGES))
+    saved = difference(_stage_interval(table, baseline_trial, ("student_training",)),
+                       _stage_interval(table, trial_id, ("student_training",)))
+    return ratio_bounds(teacher, saved)

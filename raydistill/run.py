@@ -105,6 +105,16 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
                      {o.trial_id: o.train_metrics for o in outcomes})
 
 
+def _n_star_text(m: dict) -> str:
+    """N* with its bounds where the stated errors make it a number, else the verdict."""
+    from raydistill.search.uncertainty import Ratio, fmt_ratio
+
+    if m.get("N_star_verdict") is None:
+        return "n/a (no baseline)"
+    return fmt_ratio(Ratio(m["N_star_verdict"], m["N_star"], m["N_star_low"],
+                           m["N_star_high"]))
+
+
 def summary(result: RunResult) -> str:
     cols = ["trial_id", "stage", "energy_j", "load_j", "duration_s", "tokens", "tokens_per_s",
             "j_per_token", "generated_tokens", "j_per_generated_token", "energy_method",
@@ -116,7 +126,7 @@ def summary(result: RunResult) -> str:
     for m in result.metrics:
         om = ", ".join(f"{k} {v:.2f}" for k, v in m["OM_perf"].items())
         sc = ", ".join(f"{k} {v:.3f}" for k, v in m["scores"].items())
-        n_star = "never" if m["N_star"] is None else f"{m['N_star']:.1f}"
+        n_star = _n_star_text(m)
         eff = "n/a" if m["Eff_overall"] is None else f"{m['Eff_overall']:.2f}"
         share = "n/a" if m["teacher_share"] is None else f"{m['teacher_share']:.1%}"
         lines += [f"[{m['trial_id']}] E_run {m['E_run_j']:,.1f} J (teacher side {share}); "

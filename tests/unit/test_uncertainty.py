@@ -278,3 +278,25 @@ def test_a_run_directory_reports_its_n_star_with_the_interval():
     rules = design_rules(data)
     assert not any("pays back after" in r or "never breaks even" in r for r in rules)
     assert any(r.startswith("[x] N* is not distinguishable") for r in rules)
+
+
+def test_run_summary_n_star_is_a_number_only_where_the_saving_is_clear():
+    """seed_metrics (what `raydistill run` prints): the 0.06 J case is not a number."""
+    from raydistill.results import seed_metrics
+
+    def table(saved_j: float) -> pd.DataFrame:
+        rows = [("kd", "teacher_generation", 50.0), ("kd", "student_training", 100.0),
+                ("base", "student_training", 100.0 + saved_j)]
+        return pd.DataFrame([{"trial_id": t, "stage": s, "energy_j": e, "work_j": e,
+                              "tokens": 0, "energy_method": "counter",
+                              "unmeasured_max_j": 0.0} for t, s, e in rows])
+
+    noisy = seed_metrics(table(0.06), "kd", {}, baseline_trial="base")
+    assert noisy["N_star"] is None and noisy["N_star_verdict"] == "not distinguishable"
+    clear = seed_metrics(table(50.0), "kd", {}, baseline_trial="base")
+    # saved = 150 ± 7.5 − 100 ± 5 = 50 ± 12.5 J; teacher 50 ± 2.5 J
+    assert clear["N_star"] == pytest.approx(1.0)
+    assert clear["N_star_low"] == pytest.approx(47.5 / 62.5)
+    assert clear["N_star_high"] == pytest.approx(52.5 / 37.5)
+    dearer = seed_metrics(table(-60.0), "kd", {}, baseline_trial="base")
+    assert dearer["N_star_verdict"] == "never"
