@@ -31,7 +31,7 @@ from raydistill.config import ExperimentConfig, apply_overrides, from_dict, load
 from raydistill.errors import ConfigError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "int")
-ALGORITHMS = ("nsga2", "tpe", "random", "grid")
+ALGORITHMS = ("nsga2", "motpe", "tpe", "gp", "random", "grid")  # tpe: motpe's old name
 ENERGY_VIEWS = ("full", "amortized", "marginal")
 SCHEDULERS = ("pareto", "fifo", "asha")
 TOP_KEYS = ("base", "set", "params", "search", "objective", "scheduler", "budget")
