@@ -36,9 +36,10 @@ def _search_alg(space, seed: int):
     alg = make_searcher(space, seed)
     if alg is None or space.search.repeats == 1:
         return alg
-    from ray.tune.search import Repeater
+    from raydistill.search.searcher import repeat
 
-    return Repeater(alg, repeat=space.search.repeats)
+    # not Tune's Repeater: it reads one scalar metric and would average stopped repeats in
+    return repeat(alg, space.search.repeats)
 
 
 def _scheduler(space):

@@ -207,3 +207,17 @@ def test_repeats_that_all_failed_are_a_failure():
 def test_once_is_not_wrapped():
     s = searcher()
     assert srch.repeat(s, 1) is s
+
+
+def test_the_sweep_repeats_configurations_with_both_objectives():
+    """`search.repeats: 2` wraps the searcher in ObjectiveRepeater (Tune's Repeater reads one
+    scalar metric); a grid has no searcher to wrap and stays Tune's own."""
+    from raydistill.search.sweep import _num_samples, _search_alg
+
+    space = SimpleNamespace(search=SearchSettings(algorithm="nsga2", num_samples=6, repeats=2))
+    assert isinstance(_search_alg(space, 0), srch.ObjectiveRepeater)
+    assert _num_samples(space) == 12
+    once = SimpleNamespace(search=SearchSettings(algorithm="nsga2", num_samples=6))
+    assert isinstance(_search_alg(once, 0), srch.TruthfulOptunaSearch)
+    grid = SimpleNamespace(search=SearchSettings(algorithm="grid", repeats=3))
+    assert _search_alg(grid, 0) is None and _num_samples(grid) == 3
