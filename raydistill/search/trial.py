@@ -112,6 +112,16 @@ def trial_metrics(progress: float, quality: float | None, views: dict[str, float
             "ledger_trial": ledger_trial, "status": "running", **(extra or {})}
 
 
+def training_check(data: dict, every: int, dev_n: int = 64) -> dict:
+    """What the in-training quality check reads: the `dev` split, never `test`. The rungs,
+    the budget stopper and the searcher's partial view decide on dev; a trial's reported
+    quality is its test score, measured once after training (`Pipeline.evaluate`)."""
+    if Path(data["dev"]).resolve() == Path(data["test"]).resolve():
+        raise ValueError(f"the dev and test splits are one file ({data['dev']}): decisions "
+                         f"would be taken on the test set")
+    return {"progress_every": every, "dev_path": str(data["dev"]), "dev_n": dev_n}
+
+
 def reports_during_training(progress: float) -> bool:
     """Whether a progress line is reported to Tune while the student trains. Progress 1 is kept
     for the final report, after evaluation: a scheduler with max_t = 1 (ASHA) stops a trial
@@ -191,7 +201,7 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
 
     out = inside(run_dir, f"students/{ledger_trial}")
     every = max(1, cfg.student.steps // ctx.progress_points)
-    extra = {"progress_every": every, "dev_path": str(data["dev"]), "dev_n": 64}
+    extra = training_check(data, every)
     done: dict = {}
 
     def train() -> None:

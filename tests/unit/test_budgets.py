@@ -104,3 +104,13 @@ def test_forecast_score_counts_from_the_fourth_trial():
     assert score["before_median_abs_error"] == pytest.approx(0.10)  # of 0.10, 0.05, 0.20
     assert score["profile_median_abs_error"] == pytest.approx(0.05)
     assert score_forecasts({})["before_median_abs_error"] is None
+
+
+def test_in_training_decisions_read_dev_never_test(tmp_path):
+    from raydistill.search.trial import training_check
+
+    data = {"dev": tmp_path / "dev.jsonl", "test": tmp_path / "test.jsonl"}
+    check = training_check(data, every=5)
+    assert check["dev_path"] == str(data["dev"]) and check["progress_every"] == 5
+    with pytest.raises(ValueError, match="decisions would be taken on the test set"):
+        training_check({"dev": data["test"], "test": data["test"]}, every=5)
