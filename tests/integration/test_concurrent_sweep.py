@@ -39,7 +39,7 @@ def concurrent_sweep(tmp_path_factory):
     smoke["base"] = str(ROOT / "configs" / "tiny.yaml")
     smoke["set"].update({"sampling.source": f"simulate:{sim}", "sampling.hz": 10,
                          "sampling.push_interval_s": 0.5, "sampling.idle_s": 0.0,
-                         "teacher.steps": 20, "student.steps": 12,
+                         "teacher.steps": 5, "student.steps": 12,
                          "data.splits.train": 150, "data.splits.test": 40,
                          "evaluation.limit": 20, "evaluation.inference_prompts": 10})
     smoke["search"] = {"algorithm": "grid", "max_concurrent": 4}
