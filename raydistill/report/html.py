@@ -12,16 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from raydistill.io import atomic_write, atomic_write_text
-from raydistill.report.data import (
-    ReportData,
-    definitions,
-    design_rules,
-    figure_text,
-    load_report_data,
-    payback_frame,
-)
+from raydistill.report.data import ReportData, load_report_data
 from raydistill.report.exports import emissions_frame, model_card_yaml
 from raydistill.report.figures import FIGURES
+from raydistill.report.rules import definitions, design_rules, figure_text, payback_frame
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from raydistill.report.data import engine_rules
-from raydistill.search.tables import derived_figures, n_star_column, teacher_figures
+from raydistill.report.rules import engine_rules
+from raydistill.search.derived import derived_figures, n_star_column
+from raydistill.search.tables import teacher_figures
 
 
 def _ledger() -> pd.DataFrame:

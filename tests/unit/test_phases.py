@@ -18,7 +18,8 @@ from raydistill.energy.log import KIND_BATCH, KIND_EVENT, read_log
 from raydistill.energy.samples import ALL_DEVICES, Window
 from raydistill.energy.simrun import SimRun
 from raydistill.energy.simulate import PowerTrace, SimNode, gpu_node
-from raydistill.report.data import ReportData, design_rules
+from raydistill.report.data import ReportData
+from raydistill.report.rules import design_rules
 from raydistill.results import energy_frame, results_table, seed_metrics
 
 LOAD_W, WORK_W = 150.0, 600.0  # the GPU while a model loads from disk, then while generating

@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from raydistill.report.data import design_rules, load_report_data
+from raydistill.report.data import load_report_data
 from raydistill.report.exports import CODECARBON_COLUMNS
 from raydistill.report.figures import energy_by_stage, pareto_frontier, power_over_time
 from raydistill.report.html import write_report
+from raydistill.report.rules import design_rules
 from tests.report_fixture import WATTS, make_sweep_dir
 
 

@@ -15,8 +15,10 @@ from raydistill.energy.accuracy import (
     relative_error,
     stated_error_j,
 )
-from raydistill.report.data import ReportData, design_rules, figure_text, payback_frame
-from raydistill.search.tables import derived_figures, repeats_interval, trials_table
+from raydistill.report.data import ReportData
+from raydistill.report.rules import design_rules, figure_text, payback_frame
+from raydistill.search.derived import derived_figures, repeats_interval
+from raydistill.search.tables import trials_table
 from raydistill.search.uncertainty import (
     DISTINGUISHABLE,
     NEVER,

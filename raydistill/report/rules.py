@@ -1,0 +1,294 @@
+"""The design rules a report states, computed from its data with their intervals (pure).
+
+The rules carry each figure's error (its stated measurement error and, over repeats, their
+spread) and are made only where the interval supports them: N* and the deployer's break-even
+tokens* when distinguishable, one stage or engine below another when intervals do not overlap.
+`definitions` says what each derived figure is, for the report to print beside them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pandas as pd
+
+from raydistill.energy.accuracy import STATED_RELATIVE_ERROR
+from raydistill.report.data import ReportData
+from raydistill.search.derived import (
+    DERIVED_COLUMNS,
+    break_even_ratio,
+    configuration_keys,
+    derived_figures,
+    error_figures,
+    n_star_ratio,
+    repeats_interval,
+    rows_error_j,
+)
+from raydistill.search.tables import teacher_figures
+from raydistill.search.uncertainty import (
+    DISTINGUISHABLE,
+    NEVER,
+    Interval,
+    Ratio,
+    difference,
+    distinguishable,
+    fmt_interval,
+    fmt_ratio,
+)
+
+
+def design_rules(data: ReportData) -> list[str]:
+    """Statements computed from the data, each with the numbers behind it and their errors; a
+    statement whose interval does not support it is not made (see `definitions`)."""
+    rules: list[str] = []
+    r = data.results
+    main = r[~r["stage"].str.startswith("inference_")]
+    if len(main):
+        total = main["energy_j"].sum()
+        rules.extend(_stage_rules(main))
+        rules.extend(_load_rule(main, total))
+    rules.extend(payback_rules(data))
+    done = data.trials[data.trials["status"] == "finished"]
+    front = done[done["trial_id"].isin(data.pareto_ids)].sort_values("energy_j")
+    params = [c for c in data.trials.columns if c.startswith("param.")]
+    for _, row in front.iterrows():
+        setting = ", ".join(f"{c[6:]}={row[c]}" for c in params) or "its settings"
+        rules.append(f"Under an energy budget of {row['energy_j']:,.1f} J the best trial is "
+                     f"{row['trial_id']} ({setting}) at quality {row['quality']:.3f}.")
+    rules.extend(engine_rules(done))
+    wasted = data.trials.get("wasted_j")
+    if wasted is not None and wasted.sum() > 0:
+        rules.append(f"Stopped, failed and retried attempts wasted {wasted.sum():,.1f} J "
+                     f"({wasted.sum() / max(main['energy_j'].sum(), 1e-12):.0%} of the sweep).")
+    return rules
+
+
+def _interval(rows: pd.DataFrame, value: str = "energy_j") -> Interval:
+    """The sum of `rows[value]` with its stated error (errors of a sum add)."""
+    return Interval(float(rows[value].sum()), rows_error_j(rows, value))
+
+
+def _stage_rules(main: pd.DataFrame) -> list[str]:
+    """The largest stage (named only when its interval is clear of the next one's) and the
+    teacher side's share, each with its stated error."""
+    stages = {s: _interval(g) for s, g in main.groupby("stage", sort=False)}
+    total = main["energy_j"].sum()
+    ranked = sorted(stages.items(), key=lambda kv: -kv[1].value)
+    top, first = ranked[0]
+    share = first.value / total if total else 0.0
+    if len(ranked) == 1 or distinguishable(first, ranked[1][1]):
+        rules = [f"The largest stage is {top}: {fmt_interval(first)} (stated) of {total:,.1f} J "
+                 f"({share:.0%})."]
+    else:
+        tied = [s for s, iv in ranked if iv.overlaps(first)]
+        rules = [f"The largest stages, {', '.join(tied)}, are not distinguishable within their "
+                 f"stated errors ({'; '.join(f'{s} {fmt_interval(stages[s])}' for s in tied)})."]
+    teacher = _interval(main[main["side"] == "teacher"])
+    setup = _interval(main[main["side"] == "setup"])
+    rules.append(f"Teacher-side work (generation + logit caching) took {fmt_interval(teacher)} "
+                 f"({teacher.value / total:.0%} of all measured energy); training the teacher "
+                 f"(setup) took {fmt_interval(setup)} more ({setup.value / total:.0%}).")
+    return rules
+
+
+def _load_rule(main: pd.DataFrame, total: float) -> list[str]:
+    """How much went to loading models, which per-token figures leave out (results from before
+    phases have no load_j)."""
+    if "load_j" not in main.columns or not main["load_j"].sum() > 0:
+        return []
+    load = _interval(main, "load_j")
+    top = main.loc[main["load_j"].idxmax()]
+    return [f"Loading models took {fmt_interval(load)} ({load.value / total:.0%} of all "
+            f"measured energy), most of it in {top['stage']} of {top['trial_id']} "
+            f"({top['load_j']:,.1f} J of its {top['energy_j']:,.1f} J); J/token figures are "
+            f"steady state and leave it out."]
+
+
+# ---- N* and the deployer's break-even, per configuration ------------------------------------
+
+
+def run_trials(data: ReportData) -> pd.DataFrame:
+    """A run directory's trials as a sweep's trials table has them (teacher side, student
+    training, evaluation, inference EPT, each with its stated error), from its results: the
+    `<name>-baseline` trial is the no-teacher baseline (`raydistill run` names it so)."""
+    method = str(data.config.get("distill", {}).get("method", "distilled"))
+    r = data.results
+    rows = []
+    for m in data.metrics:
+        tid = m["trial_id"]
+        mine = r[(r["trial_id"] == tid) & ~r["stage"].str.startswith("inference_")]
+        own = mine.groupby("stage")["energy_j"].sum().to_dict()
+        full = float(sum(own.values()))
+        rows.append({"trial_id": tid, "status": "finished", "param.trial": tid,
+                     "quality": m.get("scores", {}).get("student_quick_acc", math.nan),
+                     "param.distill.method": "none" if tid.endswith("-baseline") else method,
+                     **teacher_figures(r, tid, full, own, {}, 0.0),
+                     **error_figures(r, tid, own, {}, 0.0, {}, [])})
+    return pd.DataFrame(rows)
+
+
+def payback_frame(data: ReportData) -> pd.DataFrame:
+    """The trials with N* and break-even tokens of their configuration (DERIVED_COLUMNS),
+    computed afresh from the figures and errors the table holds."""
+    trials = run_trials(data) if data.kind == "run" else data.trials
+    if trials.empty or "status" not in trials.columns:
+        return trials
+    kept = trials.drop(columns=[c for c in DERIVED_COLUMNS if c in trials.columns])
+    return kept.join(derived_figures(kept))
+
+
+def figure_text(row: pd.Series | dict, prefix: str) -> str:
+    """'12.5 (8.33–25)', 'not distinguishable', 'never' or '–' (no such figure)."""
+    verdict = row.get(f"{prefix}_verdict")
+    if not isinstance(verdict, str):
+        return "–"
+    if verdict != DISTINGUISHABLE:
+        return verdict
+    return fmt_ratio(Ratio(verdict, row[prefix], row[f"{prefix}_low"], row[f"{prefix}_high"]))
+
+
+def payback_rules(data: ReportData) -> list[str]:
+    """N* and break-even statements, one configuration at a time (its finished repeats)."""
+    frame = payback_frame(data)
+    if frame.empty or "teacher_side_j" not in frame.columns:
+        return []
+    done = frame[frame["status"] == "finished"]
+    base = done[done.get("param.distill.method", pd.Series("", index=done.index)) == "none"]
+    baseline = repeats_interval(base, "student_training_j", "student_training_error_j")
+    params = [c for c in done.columns if c.startswith("param.") and c != "param.trial"]
+    rules = []
+    for _, group in done.groupby(configuration_keys(done), sort=False):
+        label = _label(group, params if data.kind == "sweep" else [])
+        if not group.index.isin(base.index).any():
+            rules.extend(_n_star_rule(label, group, baseline))
+        rules.extend(_break_even_rule(label, group))
+    return rules
+
+
+def _label(group: pd.DataFrame, params: list[str]) -> str:
+    ids = ", ".join(str(t) for t in group["trial_id"])
+    first = group.iloc[0]
+    setting = ", ".join(f"{c[6:]}={first[c]}" for c in params)
+    repeats = f", {len(group)} repeats" if len(group) > 1 else ""
+    return f"[{ids}{': ' + setting if setting else ''}{repeats}]"
+
+
+def _n_star_rule(label: str, group: pd.DataFrame, baseline: Interval | None) -> list[str]:
+    side = repeats_interval(group, "teacher_side_j", "teacher_side_error_j")
+    training = repeats_interval(group, "student_training_j", "student_training_error_j")
+    ratio = n_star_ratio(side, training, baseline)
+    if ratio is None or side is None or training is None or baseline is None:
+        return []
+    saved = difference(baseline, training)
+    if ratio.known:
+        return [f"{label} Caching and generating with the teacher pays back after N* = "
+                f"{fmt_ratio(ratio)} reuses of its artifacts (teacher side {fmt_interval(side)}; "
+                f"student training {fmt_interval(saved)} cheaper than the no-teacher baseline)."]
+    if ratio.verdict == NEVER:
+        dearer = difference(training, baseline)
+        return [f"{label} Distillation never breaks even on energy against the no-teacher "
+                f"baseline: its student training cost {fmt_interval(dearer)} more; its gain is "
+                f"quality: {pd.to_numeric(group['quality'], errors='coerce').mean():.3f}."]
+    return [f"{label} N* is not distinguishable: the student training saved "
+            f"{fmt_interval(saved)} against the no-teacher baseline, an interval that includes "
+            f"0; no payback by reuse is claimed."]
+
+
+def _break_even_rule(label: str, group: pd.DataFrame) -> list[str]:
+    bill = repeats_interval(group, "bill_j", "bill_error_j")
+    teacher = repeats_interval(group, "ept_teacher_j_per_token", "ept_teacher_error_j_per_token")
+    student = repeats_interval(group, "ept_student_j_per_token", "ept_student_error_j_per_token")
+    ratio = break_even_ratio(bill, teacher, student)
+    if ratio is None or bill is None or teacher is None or student is None:
+        return []
+    epts = (f"EPT teacher {fmt_interval(teacher, 'J/token')}, student "
+            f"{fmt_interval(student, 'J/token')}, steady state")
+    if ratio.known:
+        return [f"{label} Serving the student instead of the teacher pays back the whole "
+                f"distillation bill B = {fmt_interval(bill)} after tokens* = {fmt_ratio(ratio)} "
+                f"inference tokens ({epts})."]
+    if ratio.verdict == NEVER:
+        return [f"{label} The student costs more per inference token than the teacher ({epts}):"
+                f" serving it instead never pays back the bill of {fmt_interval(bill)}."]
+    return [f"{label} Break-even tokens* are not distinguishable: the student's J per token is "
+            f"within error of the teacher's ({epts})."]
+
+
+def engine_rules(done: pd.DataFrame) -> list[str]:
+    """What the teacher's inference engine did to the teacher side, per engine the sweep tried:
+    means over its finished trials with their errors (stated, and the spread over the engine's
+    trials); J per generated token is steady state, measured. One engine is said to use less
+    energy per generated token than another only when their intervals do not overlap."""
+    col = "param.generation.engine"
+    if col not in done.columns or "teacher_side_j" not in done:
+        return []
+    taught = done[done["teacher_side_j"] > 0]  # the no-teacher baselines ran no engine
+    if taught[col].nunique() < 2:
+        return []
+    base = done[done.get("param.distill.method", pd.Series("", index=done.index)) == "none"]
+    baseline = repeats_interval(base, "student_training_j", "student_training_error_j")
+    parts, ept = [], {}
+    for engine, g in taught.groupby(col):
+        side = repeats_interval(g, "teacher_side_j", "teacher_side_error_j")
+        per_token = repeats_interval(g, "teacher_j_per_generated_token",
+                                     "teacher_error_j_per_generated_token")
+        ratio = n_star_ratio(side, repeats_interval(g, "student_training_j",
+                                                    "student_training_error_j"), baseline)
+        n_text = ("no N*: no baseline trial" if ratio is None else f"N* {fmt_ratio(ratio)}")
+        ept_text = "no J per generated token" if per_token is None else \
+            f"{fmt_interval(per_token, 'J')} per generated token"
+        if per_token is not None:
+            ept[str(engine)] = per_token
+        parts.append(f"{engine}: teacher side {fmt_interval(side)} "
+                     f"({pd.to_numeric(g['teacher_share'], errors='coerce').mean():.0%} of the "
+                     f"trial), {ept_text}, {n_text}")
+    rules = ["Teacher engine (means over the finished trials a teacher taught): "
+             + "; ".join(parts) + "."]
+    return rules + _engine_comparisons(ept)
+
+
+def _engine_comparisons(ept: dict[str, Interval]) -> list[str]:
+    """'A uses less energy per generated token than B' for each pair whose intervals do not
+    overlap; nothing for a pair they cannot tell apart."""
+    out = []
+    for (a, ia), (b, ib) in itertools.combinations(sorted(ept.items(), key=lambda kv: kv[1].value),
+                                                   2):
+        if distinguishable(ia, ib):
+            out.append(f"Teacher engine {a} uses less energy per generated token than {b}: "
+                       f"{fmt_interval(ia, 'J')} against {fmt_interval(ib, 'J')}.")
+    return out
+
+
+def definitions() -> list[tuple[str, str]]:
+    """The derived figures and their uncertainty, as the report defines them."""
+    stated = ", ".join(f"{m} ±{e:.0%}" for m, e in STATED_RELATIVE_ERROR.items() if e > 0)
+    return [
+        ("N*", "N* = T ÷ (E_train,baseline − E_train,distilled): how many times the teacher's "
+               "artifacts (generation + logit caching, energy T) must be reused before the "
+               "student training each reuse saves against the no-teacher baseline (mean of the "
+               "finished distill.method: none trials) has paid for them. Given as N* (low–high),"
+               " from the ends of the intervals of T and of the difference; 'not "
+               "distinguishable' when the difference's interval includes 0; 'never' when "
+               "distilled training is clearly dearer."),
+        ("tokens*", "tokens* = B ÷ (EPT_teacher − EPT_student), B = teacher side + student "
+                    "training + evaluation: the inference tokens served by the student instead "
+                    "of the teacher that pay back the whole distillation bill. EPT is the "
+                    "steady-state energy per token of the inference probes: work-phase J ÷ "
+                    "tokens of each trial's inference_teacher / inference_student window, run "
+                    "after an untimed warm-up pass (per trial, as the probe ran in it). Same "
+                    "interval logic as N*; 'never' when the student is clearly costlier per "
+                    "token."),
+        ("stated error", f"Each energy figure's error, stated from how it was measured: "
+                         f"{stated}; a figure mixing methods takes the worst, unmeasured time "
+                         f"adds its bound, and errors of a sum add. Conservative, documented "
+                         f"assumptions (raydistill/energy/accuracy.py), not measured by this "
+                         f"run."),
+        ("repeats", "With search.repeats ≥ 2 the trials with identical parameters are repeats: "
+                    "a figure is their mean, and its error the stated error and the standard "
+                    "error of the mean over the repeats, in quadrature."),
+        ("rules", "Differences add their inputs' errors, so their interval holds every "
+                  "difference of values inside the inputs' intervals. A rule is stated only "
+                  "when its interval supports it: a payback when distinguishable, one stage or "
+                  "engine below another when their intervals do not overlap."),
+    ]
