@@ -68,8 +68,10 @@ def model_card_co2(data: ReportData, trial_id: str | None = None) -> dict:
     return {"co2_eq_emissions": {
         "emissions": float(mine["co2e_g"].sum()),  # grams, as the model card expects
         "source": f"raydistill ledger ({', '.join(methods)}); intensity "
-                  f"{mine['co2e_method'].iloc[0] if len(mine) else 'n/a'}",
-        "training_type": "fine-tuning (knowledge distillation, teacher work included)",
+                  f"{mine['co2e_method'].iloc[0] if len(mine) else 'n/a'}; knowledge "
+                  f"distillation, teacher-side work included",
+        # the Hub's model-card spec allows only these two values; distillation fine-tunes
+        "training_type": "fine-tuning",
         "geographical_location": region,
         "hardware_used": f"{int(mine['devices'].max()) if len(mine) else 0} device(s) per stage",
         "trial": trial,

@@ -61,6 +61,8 @@ def test_report_is_self_contained_with_every_export(sweep_dir, tmp_path):
     block = card["co2_eq_emissions"]
     mine = table[table["trial_id"].isin([block["trial"], "setup"])]
     assert block["emissions"] == pytest.approx(mine["co2e_g"].sum())
+    assert block["training_type"] in ("pre-training", "fine-tuning")  # the Hub's two values
+    assert "distillation" in block["source"]
     assert (tmp_path / "out" / "tables.md").read_text().count("|") > 20
 
 
