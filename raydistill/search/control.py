@@ -47,7 +47,10 @@ class SweepControl:
         self.n_finished = 0
         self._spent_at = -math.inf
         self.forecaster = Forecaster()
-        self.forecasts: dict[str, dict] = {}  # ledger trial -> {"before": J, "profile": J}
+        # ledger trial -> its forecasts ("before", "source", "profile"), what admission saw
+        # ("spent_at_admission_j", "reserved_at_admission_j", "admitted") and, once finished,
+        # "actual", the errors and its finishing "order"
+        self.forecasts: dict[str, dict] = {}
         self.consumers: dict[str, set[str]] = {}
         self.refused: list[str] = []
         self.stopped: dict[str, str] = {}
@@ -91,12 +94,12 @@ class SweepControl:
         forecast, source = admission_forecast(
             float(sum(stages.values())) if stages else None, self.prior_trial_j,
             self.budget.trial_j, self.budget.total_j, self.n_trials)
-        self.forecasts[ledger_trial] = {"before": forecast, "source": source, "trial": trial}
         self.budget.spent_j = self.spent_j()
         used = self._running_use_j()
-        rec = self.forecasts[ledger_trial]
-        rec["spent_at_admission_j"] = self.budget.spent_j
-        rec["reserved_at_admission_j"] = self.budget.reserved_j(used)
+        rec = self.forecasts[ledger_trial] = {
+            "before": forecast, "source": source, "trial": trial,
+            "spent_at_admission_j": self.budget.spent_j,
+            "reserved_at_admission_j": self.budget.reserved_j(used)}
         ok, reason = self.budget.admit(trial, forecast or 0.0, used)
         rec["admitted"] = ok
         if ok:
@@ -214,10 +217,12 @@ class BudgetStopper(Stopper):
                         self.trial_j)
             ray.get(self._control().note_stop.remote(trial_id, "stopped_by_budget"))
             return True
-        if self.total_j is not None and ray.get(self._control().over_budget.remote()):
-            log.warning("the sweep budget is spent: stopping trial %s", trial_id)
-            ray.get(self._control().note_stop.remote(trial_id, "stopped_by_budget"))
-            return True
+        if self.total_j is not None:
+            control = self._control()
+            if ray.get(control.over_budget.remote()):
+                log.warning("the sweep budget is spent: stopping trial %s", trial_id)
+                ray.get(control.note_stop.remote(trial_id, "stopped_by_budget"))
+                return True
         return False
 
     def stop_all(self) -> bool:

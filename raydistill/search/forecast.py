@@ -76,9 +76,6 @@ def forecast_error(predicted: float, actual: float) -> float:
     return (predicted - actual) / actual if actual else math.nan
 
 
-FORECAST_SOURCES = ("learned", "prior", "trial_cap", "even_split", "none")
-
-
 def admission_forecast(learned_j: float | None, prior_j: float | None, trial_cap_j: float | None,
                        total_j: float | None, n_trials: int) -> tuple[float | None, str]:
     """The forecast a trial is admitted with, and where it came from, in order of trust:

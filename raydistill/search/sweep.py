@@ -28,18 +28,15 @@ from raydistill.io import atomic_write, atomic_write_text, check_run_format, pre
 
 log = logging.getLogger(__name__)
 
+
 def _search_alg(space, seed: int):
-    """Tune's searcher for the space (None: Tune's own random or grid variants), wrapped so that
-    each configuration runs `search.repeats` times."""
-    from raydistill.search.searcher import make_searcher
+    """Tune's searcher for the space (None for a grid: Tune's own variants), running each
+    configuration `search.repeats` times (not Tune's Repeater: it reads one scalar metric and
+    would average stopped repeats in)."""
+    from raydistill.search.searcher import make_searcher, repeat
 
     alg = make_searcher(space, seed)
-    if alg is None or space.search.repeats == 1:
-        return alg
-    from raydistill.search.searcher import repeat
-
-    # not Tune's Repeater: it reads one scalar metric and would average stopped repeats in
-    return repeat(alg, space.search.repeats)
+    return None if alg is None else repeat(alg, space.search.repeats)
 
 
 def _scheduler(space):
