@@ -1,6 +1,7 @@
 """The command line: the only place that prints.
 
     raydistill measure [--source SPEC] [--hz N] [--out DIR] [--address ADDR] -- COMMAND ...
+    raydistill measure --stage NAME --run DIR [--trial T] [--tokens N] -- COMMAND ...
     raydistill ledger DIR [--csv]
     raydistill run CONFIG [--out DIR] [--set k=v ...] [--address ADDR]
 
@@ -31,6 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default=None, help="run directory (default runs/measure-<time>)")
     m.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster)")
     m.add_argument("--idle-s", type=float, default=1.0, help="idle baseline length (s)")
+    m.add_argument("--stage", default=None,
+                   help="measure the command as this stage of --run (e.g. teacher_generation)")
+    m.add_argument("--run", dest="run_dir", default=None,
+                   help="with --stage: the run directory to append the stage to (made if new)")
+    m.add_argument("--trial", default=None,
+                   help="with --stage: the trial the stage belongs to (default: the run's)")
+    m.add_argument("--tokens", type=int, default=None,
+                   help="with --stage: tokens the command processed (or let it write them to "
+                        "$RAYDISTILL_TOKENS_FILE as 'TOKENS [GENERATED]')")
+    m.add_argument("--generated-tokens", type=int, default=0,
+                   help="with --stage: of --tokens, those the model generated")
     m.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
 
     r = sub.add_parser("run", help="run one distillation experiment, every stage measured")
@@ -104,6 +116,18 @@ def _measure(args: argparse.Namespace) -> int:
     if not cmd:
         raise ConfigError("measure needs a command after --, e.g. raydistill measure -- sleep 5")
     cfg = SamplingConfig(source=args.source, hz=args.hz, idle_s=args.idle_s)
+    if args.stage is not None or args.run_dir is not None:
+        from raydistill.measure import measure_stage
+
+        if args.stage is None or args.run_dir is None or args.out is not None:
+            raise ConfigError("measure: --stage and --run go together (and without --out), "
+                              "e.g. raydistill measure --stage teacher_generation --run "
+                              "runs/x -- python gen.py")
+        staged = measure_stage(cmd, cfg, Path(args.run_dir), args.stage, trial=args.trial,
+                               tokens=args.tokens, generated_tokens=args.generated_tokens,
+                               address=args.address)
+        print(staged.summary())
+        return staged.returncode
     out = Path(args.out or f"runs/measure-{time.strftime('%Y%m%d-%H%M%S')}")
     result = measure_command(cmd, cfg, out, address=args.address)
     print(result.summary())

@@ -1,8 +1,10 @@
-"""`raydistill measure`: any command inside one window, on a local or joined Ray cluster."""
+"""`raydistill measure`: any command inside one window, on a local or joined Ray cluster; with
+`--stage NAME --run DIR`, as one stage of a run that several commands add to."""
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from raydistill.config import SamplingConfig, to_dict
+from raydistill.errors import ConfigError
 from raydistill.io import atomic_write, atomic_write_text, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -79,3 +82,75 @@ def measure_command(
         method="+".join(sorted(set(df["method"]))), sources="+".join(sorted(set(df["sources"]))),
         gap_s=float(df["gap_s"].max()) if len(df) else 0.0, devices=len(df),
     )
+
+
+# ---- `measure --stage NAME --run DIR`: one stage of a run made of shell commands -------------
+
+TOKENS_ENV = "RAYDISTILL_TOKENS_FILE"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    run_dir: Path
+    trial_id: str
+    stage: str
+    returncode: int
+    duration_s: float
+    energy_j: float
+    tokens: int
+    stages: int  # stages the run directory holds now
+
+    def summary(self) -> str:
+        per = f", {self.energy_j / self.tokens:.4g} J/token" if self.tokens else ""
+        return "\n".join([
+            f"stage:       {self.trial_id}/{self.stage}: {self.energy_j:,.1f} J in "
+            f"{self.duration_s:.2f} s, {self.tokens:,} tokens{per}",
+            f"run dir:     {self.run_dir} ({self.stages} stage(s); `raydistill report "
+            f"{self.run_dir}` draws them)",
+            f"exit code:   {self.returncode}",
+        ])
+
+
+def read_tokens_file(path: Path) -> tuple[int, int]:
+    """(tokens, generated) a command wrote as 'TOKENS [GENERATED]'; (0, 0) when it wrote none."""
+    if not path.is_file() or not path.read_text().strip():
+        return 0, 0
+    parts = path.read_text().split()
+    try:
+        tokens, generated = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ConfigError(f"${TOKENS_ENV} must hold 'TOKENS [GENERATED]' as integers, got "
+                          f"{path.read_text().strip()[:40]!r}") from None
+    return tokens, generated
+
+
+def measure_stage(cmd: list[str], cfg: SamplingConfig, run_dir: Path, stage: str,
+                  trial: str | None = None, tokens: int | None = None,
+                  generated_tokens: int = 0, address: str | None = None) -> StageResult:
+    """Run `cmd` as stage `stage` of the run in `run_dir` (made when new, appended to when not):
+    the directory's results then cover every stage measured into it so far."""
+    import tempfile
+
+    from raydistill.tracking import track
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens_file = Path(tmp) / "tokens"
+        with track(out=run_dir, address=address, trial=trial, sampling=cfg) as run, \
+                run.stage(stage) as s:
+            log.info("running %s as %s/%s", " ".join(cmd), run.trial, stage)
+            env = {**os.environ, TOKENS_ENV: str(tokens_file)}
+            try:
+                returncode = subprocess.run(cmd, check=False, env=env).returncode
+            except FileNotFoundError:
+                returncode = 127
+                log.error("command not found: %s", cmd[0])
+            written, written_generated = read_tokens_file(tokens_file)
+            n = tokens if tokens is not None else written
+            s.add_tokens(n, generated=generated_tokens if tokens is not None
+                         else written_generated)
+    import pandas as pd
+
+    table = pd.read_parquet(run.run_dir / "results.parquet")
+    mine = table[(table["trial_id"] == run.trial) & (table["stage"] == stage)]
+    return StageResult(run.run_dir, run.trial, stage, returncode, s.window.duration_s,
+                       float(mine["energy_j"].sum()), int(mine["tokens"].sum()), len(table))

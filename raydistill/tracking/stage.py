@@ -1,0 +1,155 @@
+"""One stage of a tracked run: a ledger window on this node for the devices this process holds.
+
+Which devices: in a Ray task or actor, the GPUs Ray gave it (`worker_devices`, as the pipeline
+does); in a plain process (the script itself, a torchrun rank), the GPU of its LOCAL_RANK when
+torchrun launched it, else every GPU it can see, named by UUID the way the samplers key them.
+A process with no GPU holds none: its windows are charged the node's CPU, DRAM or estimate, split
+by CPU time with any other window open on the node at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from raydistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from raydistill.tracking.run import Run
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(run: Run) -> None:
+    """Connect this process to the run's cluster when it is not connected yet (a torchrun rank,
+    a subprocess): as a driver of its own, on this node's raylet."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or run.address
+    if not address:
+        raise ConfigError("raydistill.stage: this process is not on the run's Ray cluster and "
+                          "RAY_ADDRESS is not set; start it from the tracked process, or set "
+                          "RAY_ADDRESS to the cluster's address")
+    ray.init(address=address, namespace=run.namespace, logging_level=logging.WARNING,
+             log_to_driver=False)
+
+
+def _in_ray_worker() -> bool:
+    import ray
+
+    return ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
+def process_devices(environ: os._Environ | dict | None = None) -> tuple[str, ...]:
+    """The GPUs this process holds, as UUIDs where they can be told (see the module doc)."""
+    from raydistill.cluster.windows import (
+        _pynvml,
+        _torch_cuda_uuid,
+        map_worker_gpus,
+        worker_devices,
+    )
+
+    env = os.environ if environ is None else environ
+    if _in_ray_worker():
+        return worker_devices()
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [s.strip() for s in visible.split(",") if s.strip()]
+    else:
+        count = _gpu_count()
+        ids = [str(i) for i in range(count)]
+    if not ids:
+        return ()
+    local_rank = env.get("LOCAL_RANK")
+    if local_rank is not None and local_rank.isdigit() and int(local_rank) < len(ids):
+        ids = [ids[int(local_rank)]]  # torchrun: rank i works on cuda:LOCAL_RANK
+    devices, warnings = map_worker_gpus(ids, env, _torch_cuda_uuid(), _pynvml())
+    for warning in warnings:
+        log.warning("stage devices: %s", warning)
+    return devices
+
+
+def _gpu_count() -> int:
+    """GPUs this process can see without CUDA_VISIBLE_DEVICES: torch's count, else NVML's."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    from raydistill.cluster.windows import _pynvml
+
+    nvml = _pynvml()
+    if nvml is None:
+        return 0
+    try:
+        nvml.nvmlInit()
+    except Exception:  # no driver: a CPU machine
+        return 0
+    try:
+        return int(nvml.nvmlDeviceGetCount())
+    finally:
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()
+
+
+class Stage:
+    """`with run.stage(...) as s:`; `s.add_tokens(n, generated=g)`; `s.loaded()` after a model
+    load; `s.energy_j` is the ledger's figure so far (live while open, whole once closed)."""
+
+    def __init__(self, run: Run, name: str, trial: str, tokens: int = 0,
+                 generated_tokens: int = 0, devices: str | Sequence[str] = "auto") -> None:
+        if not name or "/" in name:
+            raise ConfigError(f"stage name {name!r}: give a non-empty name without '/', e.g. "
+                              "teacher_generation, student_training, evaluation")
+        if not trial or "/" in trial:
+            raise ConfigError(f"trial {trial!r}: give a non-empty id without '/'")
+        self.run, self.name, self.trial = run, name, trial
+        self._tokens, self._generated = int(tokens), int(generated_tokens)
+        self._devices = devices
+        self.window = None
+
+    def __enter__(self) -> Stage:
+        from raydistill.cluster.windows import StageWindow
+
+        ensure_ray(self.run)
+        devices = process_devices() if self._devices == "auto" else tuple(self._devices)
+        self.window = StageWindow(self.run.namespace, self.trial, self.name, devices=devices)
+        self.window.__enter__()
+        if self._tokens:
+            self.window.add_tokens(self._tokens, generated=self._generated)
+        log.info("stage %s [%s] open on %d device(s)", self.name, self.trial, len(devices))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.window.__exit__(*exc)
+
+    def add_tokens(self, n: int, generated: int = 0) -> None:
+        self._window().add_tokens(n, generated=generated)
+
+    def loaded(self) -> None:
+        """Everything so far was loading (a model, an engine): see `StageWindow.loaded`."""
+        self._window().loaded()
+
+    def checkpoint(self) -> None:
+        """Record the tokens so far and move the window's end to now, staying open."""
+        self._window().checkpoint()
+
+    @property
+    def tokens(self) -> int:
+        return self._window().tokens
+
+    @property
+    def energy_j(self) -> float:
+        """This stage's energy in the ledger so far, over all of its windows (every process's)."""
+        return self.run.stage_energy_j(self.trial, self.name, settle=False)
+
+    def _window(self):
+        if self.window is None:
+            raise RuntimeError("use the stage inside its `with` block")
+        return self.window
