@@ -167,10 +167,10 @@ def test_measure_stage_appends_commands_into_one_run(local_ray, sampling, tmp_pa
 def test_a_failing_script_still_writes_its_run_and_says_so(local_ray, sampling, tmp_path):
     cfg, _ = sampling
     out = tmp_path / "fails"
-    with pytest.raises(ZeroDivisionError), raydistill.track(out=out, sampling=cfg) as run:
-        with run.stage("teacher_generation"):
-            time.sleep(0.3)
-            1 / 0  # noqa: B018
+    with (pytest.raises(ZeroDivisionError), raydistill.track(out=out, sampling=cfg) as run,
+          run.stage("teacher_generation")):
+        time.sleep(0.3)
+        1 / 0  # noqa: B018
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["error"].startswith("ZeroDivisionError")
     assert len(pd.read_parquet(out / "results.parquet")) == 1
@@ -187,6 +187,6 @@ def test_bad_input_is_refused_before_any_work(local_ray, sampling, tmp_path):
             run.scores("y", {"student_acc": "high"})
         with pytest.raises(ConfigError, match="which stage"):
             run.artifact("logit_cache", tmp_path)
-    with pytest.raises(ConfigError, match="no run is being tracked"):
-        with raydistill.stage("evaluation"):
-            pass
+    with pytest.raises(ConfigError, match="no run is being tracked"), \
+            raydistill.stage("evaluation"):
+        pass
