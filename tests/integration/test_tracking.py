@@ -21,12 +21,13 @@ from raydistill.measure import measure_stage
 pytestmark = pytest.mark.slow
 
 NOW = time.time()
-GPU = "GPU-sim-track-0000"
+GPU, GPU2 = "GPU-sim-track-0000", "GPU-sim-track-0001"
 # an H100-like GPU (absolute counter refreshed every 20 ms, 1 s-averaged power) on a 1 Hz
 # on/off load, and a RAPL package with DRAM, in real time: figures hold to the true integral
 SIM = {"gpus": [{"uuid": GPU, "refresh_s": 0.02, "power_w": {"square": {
            "period_s": 1.0, "on_w": 400.0, "off_w": 100.0, "start_s": NOW - 10,
-           "until_s": NOW + 3 * 3600}}}],
+           "until_s": NOW + 3 * 3600}}},
+                {"uuid": GPU2, "refresh_s": 0.02, "power_w": 250.0}],
        "rapl": [{"package": 0, "power_w": 150.0, "dram_w": 20.0}]}
 TOL_J = 400.0 * (2 * 0.02 + 0.05)  # counter refresh at each edge, a few ms of stamps
 
@@ -190,3 +191,51 @@ def test_bad_input_is_refused_before_any_work(local_ray, sampling, tmp_path):
     with pytest.raises(ConfigError, match="no run is being tracked"), \
             raydistill.stage("evaluation"):
         pass
+
+
+RANK = """
+import os, time, torch.distributed as dist, raydistill
+dist.init_process_group("gloo")
+with raydistill.stage("student_training", trial="ddp") as s:
+    time.sleep(0.8 + 0.4 * dist.get_rank())
+    s.add_tokens(100 * (dist.get_rank() + 1))
+dist.barrier()
+"""
+
+
+def test_every_torchrun_rank_opens_its_own_window_and_the_stage_is_their_union(
+        local_ray, sampling, tmp_path, monkeypatch):
+    cfg, sim_path = sampling
+    script = tmp_path / "rank.py"
+    script.write_text(RANK)
+    # two ranks on this node, each on the GPU of its LOCAL_RANK
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"{GPU},{GPU2}")
+    out = tmp_path / "ddp"
+    with raydistill.track(out=out, sampling=cfg, trial="ddp"):
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-port", "29533", str(script)], check=True, timeout=300)
+    rows = ledger_rows(out)
+    windows = rows.drop_duplicates("window_id")
+    assert len(windows) == 2
+    held = {frozenset(d for d in rows[rows["window_id"] == w]["device_id"]
+                      if d.startswith("GPU-")) for w in windows["window_id"]}
+    assert held == {frozenset({GPU}), frozenset({GPU2})}
+    table = pd.read_parquet(out / "results.parquet").set_index("stage")
+    stage = table.loc["student_training"]
+    assert stage["tokens"] == 300 and stage["nodes"] == 1
+    # the stage is the union of both ranks' windows: each GPU over its rank's window, and the
+    # node's CPU and DRAM split between the two by CPU time where they overlap
+    node = load_node(sim_path)
+    gpus = rows[rows["device_id"].str.startswith("GPU-")]
+    shared = rows[~rows["device_id"].str.startswith("GPU-")]
+    spans: list[list[float]] = []  # the union of the two windows' spans
+    for a, d in sorted(zip(shared["t_start_s"], shared["duration_s"], strict=True)):
+        if spans and a <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], a + d)
+        else:
+            spans.append([a, a + d])
+    truth = truth_j(sim_path, gpus) + sum(node.truth_j(dev, a, b) for a, b in spans
+                                          for dev in set(shared["device_id"]))
+    assert stage["energy_j"] == pytest.approx(truth, abs=2 * TOL_J)
+    gpu2 = rows[rows["device_id"] == GPU2]
+    assert gpu2["energy_j"].sum() == pytest.approx(250.0 * gpu2["duration_s"].sum(), rel=0.02)
