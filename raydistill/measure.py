@@ -132,6 +132,9 @@ def measure_stage(cmd: list[str], cfg: SamplingConfig, run_dir: Path, stage: str
     import tempfile
 
     from raydistill.tracking import track
+    from raydistill.tracking.stage import check_names
+
+    check_names(stage, trial)  # before anything starts or is written
 
     with tempfile.TemporaryDirectory() as tmp:
         tokens_file = Path(tmp) / "tokens"

