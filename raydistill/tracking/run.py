@@ -154,6 +154,8 @@ class Run:
             time.sleep(2.0 / self.sampling.hz)  # two polls: a sample past the window's end
         if self._session is not None:
             self._session.fleet.flush()
+        else:  # a copy in a worker or a rank: ask each node's sampler by its name
+            _flush_samplers(self.namespace, self.sampling.push_timeout_s)
         energy = ray.get(get_ledger(self.namespace).trial_energy.remote([trial]))[trial]
         return float(energy.get(stage, 0.0))
 
@@ -188,6 +190,24 @@ class Run:
         """Training figures (tokens/s, steps, ...) shown beside the trial's energy."""
         self.state.train.setdefault(trial, {}).update(figures)
         save_state(self.run_dir, self.state)
+
+
+def _flush_samplers(namespace: str, timeout_s: float) -> None:
+    import ray
+
+    from raydistill.cluster.fleet import alive_nodes, sampler_name
+
+    refs = []
+    for node in alive_nodes():
+        try:
+            refs.append(ray.get_actor(sampler_name(node), namespace=namespace).flush.remote())
+        except ValueError:  # no sampler on that node (yet): nothing of it to flush
+            continue
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=timeout_s)
+        except Exception as exc:  # a figure a little behind, not a failed stage
+            log.warning("a sampler could not flush: %s", type(exc).__name__)
 
 
 def track(out: str | Path = "runs/tracked", address: str | None = None, source: str = "auto",

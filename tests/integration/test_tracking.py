@@ -71,7 +71,8 @@ def ledger_rows(run_dir):
 def remote_stage(run, seconds):
     with run.stage("teacher_logit_caching", trial="gkd-a", tokens=300):
         time.sleep(seconds)
-    return ray.get_runtime_context().get_node_id()
+    # settled from the worker: its copy of the run flushes the samplers by name
+    return run.stage_energy_j("gkd-a", "teacher_logit_caching")
 
 
 CHILD = """
@@ -92,7 +93,7 @@ def test_a_scripts_stages_are_measured_exactly_and_report_like_a_native_run(
             s.add_tokens(1000, generated=800)
         run.artifact("synthetic_data", tmp_path / "gen.jsonl", stage="teacher_generation",
                      inputs={"teacher": "sim"})
-        ray.get(remote_stage.remote(run, 0.6))  # a Ray task of the job
+        from_worker_j = ray.get(remote_stage.remote(run, 0.6))  # a Ray task of the job
         # a process started here, holding no GPU of its own
         subprocess.run([sys.executable, "-c", CHILD], check=True,
                        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -120,6 +121,8 @@ def test_a_scripts_stages_are_measured_exactly_and_report_like_a_native_run(
         assert r["energy_method"] == "counter"
     assert got.loc[("gkd-a", "teacher_generation"), "generated_tokens"] == 800
     assert got.loc[("gkd-a", "teacher_logit_caching"), "tokens"] == 300
+    assert from_worker_j == pytest.approx(got.loc[("gkd-a", "teacher_logit_caching"),
+                                                  "energy_j"], rel=1e-9)
     assert got.loc[("gkd-a", "evaluation"), "tokens"] == 77
     metrics = {m["trial_id"]: m for m in json.loads((out / "metrics.json").read_text())["trials"]}
     gkd = metrics["gkd-a"]
