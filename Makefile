@@ -24,11 +24,11 @@ run: $(STAMP)
 	$(VENV)/bin/raydistill run configs/tiny.yaml --out runs/default
 
 test: $(STAMP)
-	$(PY) -m ruff check raydistill tests bench analysis
-	$(PY) -m pytest -q tests
+	$(PY) -m ruff check raydistill tests bench analysis examples
+	$(PY) -m pytest -q --durations=15 tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check raydistill tests bench analysis
+	$(PY) -m ruff check raydistill tests bench analysis examples
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
