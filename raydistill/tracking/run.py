@@ -83,7 +83,12 @@ class Run:
         from raydistill.cluster.runtime import Session, init_ray
 
         prepare_run_dir(self.run_dir)
-        self._state = load_state(self.run_dir, self.name, self._footprint)
+        self._lock = _lock_run_dir(self.run_dir)
+        try:
+            self._state = load_state(self.run_dir, self.name, self._footprint)
+        except Exception:
+            self._lock.close()
+            raise
         self._started_ray = not ray.is_initialized()
         init_ray(self.address, self.namespace)  # joins when already initialized (a Ray job)
         self._session = Session(self.run_dir, self.namespace, self.sampling).start()
@@ -117,8 +122,11 @@ class Run:
             _current, self._owner = None, False
             if self._started_ray:
                 ray.shutdown()
-        write_results(self.run_dir, rows, self.state, self._started_s, error)
-        save_state(self.run_dir, self.state)
+        try:
+            write_results(self.run_dir, rows, self.state, self._started_s, error)
+            save_state(self.run_dir, self.state)
+        finally:
+            self._lock.close()
         log.info("run written to %s", self.run_dir)
         return self.run_dir
 
@@ -190,6 +198,21 @@ class Run:
         """Training figures (tokens/s, steps, ...) shown beside the trial's energy."""
         self.state.train.setdefault(trial, {}).update(figures)
         save_state(self.run_dir, self.state)
+
+
+def _lock_run_dir(run_dir: Path):
+    """One tracked process per run directory at a time: two ledgers appending to one log would
+    interleave it. The lock goes with the process (a crash cannot leave it held)."""
+    import fcntl
+
+    fh = (run_dir / ".track.lock").open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ConfigError(f"{run_dir} is being tracked by another process; wait for it to "
+                          "finish, or track into another directory") from None
+    return fh
 
 
 def _flush_samplers(namespace: str, timeout_s: float) -> None:

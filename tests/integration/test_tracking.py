@@ -191,6 +191,10 @@ def test_bad_input_is_refused_before_any_work(local_ray, sampling, tmp_path):
             run.scores("y", {"student_acc": "high"})
         with pytest.raises(ConfigError, match="which stage"):
             run.artifact("logit_cache", tmp_path)
+    # a second tracker appending to a directory at once (a second measure --stage) is refused
+    with raydistill.track(out=tmp_path / "z", sampling=cfg), \
+            pytest.raises(ConfigError, match="being tracked by another process"):
+        raydistill.track(out=tmp_path / "z", sampling=cfg).start()
     with pytest.raises(ConfigError, match="no run is being tracked"), \
             raydistill.stage("evaluation"):
         pass
