@@ -4,6 +4,10 @@ A run directory (`raydistill run`) is read as a sweep of its trials: quality fro
 scores, energy its E_run. A sweep directory (`raydistill sweep`) brings its own trials table,
 Pareto set and summary. Power over time comes from the ledger's samples, binned. The rules
 stated about it are in `rules.py`.
+
+A run's quality is one score for all its trials (`quality_key`): `student_quick_acc` where a
+trial has it (`raydistill run`), else the first `student_*` score in the order the trials and
+their scores were recorded (a tracked run's own names, e.g. `student_token_accuracy`).
 """
 
 
@@ -19,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from raydistill.energy.footprint import grid_table
 from raydistill.errors import ConfigError
 from raydistill.pareto import hypervolume_2d, knee_point, pareto_front
 from raydistill.results import load_ledger
@@ -56,11 +61,13 @@ def load_report_data(run_dir: str | Path) -> ReportData:
         quality_name = summary.get("objective", {}).get("quality", "quality")
     else:
         metrics = json.loads((d / "metrics.json").read_text())["trials"]
+        quality_name = quality_key(metrics)
         trials = pd.DataFrame([{
             "trial_id": m["trial_id"], "status": "finished",
-            "quality": m["scores"].get("student_quick_acc", math.nan),
-            "energy_j": m["E_run_j"]} for m in metrics])
-        kind, summary, quality_name = "run", {}, "student_quick_acc"
+            "quality": (m.get("scores") or {}).get(quality_name, math.nan),
+            "energy_j": m["E_run_j"]} for m in metrics],
+            columns=["trial_id", "status", "quality", "energy_j"])
+        kind, summary = "run", {}
     done = trials[trials["status"] == "finished"].reset_index(drop=True)
     pts = done[["quality", "energy_j"]].to_numpy(dtype=float) if len(done) else np.empty((0, 2))
     front = pareto_front(pts, ("max", "min")) if len(done) else []
@@ -71,6 +78,62 @@ def load_report_data(run_dir: str | Path) -> ReportData:
     return ReportData(d, kind, results, trials, [str(done["trial_id"][i]) for i in front], hv,
                       reference, None if k is None else str(done["trial_id"][k]), metrics,
                       config, summary, quality_name, _kind_energy(d))
+
+
+DEFAULT_QUALITY = "student_quick_acc"
+
+
+def quality_key(metrics: list[dict]) -> str:
+    """The score a run's quality is: `student_quick_acc` where any trial has it, else the
+    first `student_*` score in recorded order (trials, then their scores); the default name
+    where no trial has a student score (its quality is then NaN)."""
+    names = [k for m in metrics for k in (m.get("scores") or {}) if k.startswith("student_")]
+    return DEFAULT_QUALITY if DEFAULT_QUALITY in names or not names else names[0]
+
+
+def om_key(quality_name: str) -> str | None:
+    """The OM_perf key matching a quality score ('student_quick_acc' → 'quick_acc'); None for
+    a quality that is not a student score."""
+    prefix = "student_"
+    return quality_name[len(prefix):] if quality_name.startswith(prefix) else None
+
+
+def om_perf(metric: dict, quality_name: str) -> float | None:
+    """A run trial's OM_perf for its quality score: the metrics' OM_perf under the matching
+    key, else student ÷ teacher score where both are there; None where neither is."""
+    key = om_key(quality_name)
+    if key is None:
+        return None
+    om = (metric.get("OM_perf") or {}).get(key)
+    if om is not None:
+        return float(om)
+    scores = metric.get("scores") or {}
+    student, teacher = scores.get(quality_name), scores.get(f"teacher_{key}")
+    return float(student) / float(teacher) if student is not None and teacher else None
+
+
+def water_estimated(data: ReportData) -> bool:
+    """Whether the results' water figures were estimated. Water is 0 L, not unknown, only
+    where some factor was given: a water figure above 0, or in the footprint config an on-site
+    WUE above 0, an explicit grid water intensity, or a region whose shipped row has one. No
+    footprint config and only zeros: not estimated."""
+    water = pd.to_numeric(data.results.get("water_l", pd.Series(dtype=float)), errors="coerce")
+    if (water > 0).any():
+        return True
+    fp = data.config.get("footprint") or {}
+    if not fp:
+        return False
+    if float(fp.get("wue_l_per_kwh") or 0.0) > 0 or fp.get("water_l_per_kwh") is not None:
+        return True
+    row = grid_table().get(str(fp.get("region", "WORLD")))
+    return row is not None and row.water_l_per_kwh is not None
+
+
+def embodied_or_nan(values: pd.Series) -> pd.Series:
+    """Embodied CO2e with NaN where it was not estimated: it is 0 only where there were no
+    GPU-hours or no per-GPU factor, and then it is unknown, not zero."""
+    v = pd.to_numeric(values, errors="coerce")
+    return v.where(v > 0)
 
 
 def _kind_energy(run_dir: Path) -> dict:

@@ -1,4 +1,10 @@
-"""`raydistill report DIR`: report.html (one self-contained file), figures, tables, exports."""
+"""`raydistill report DIR`: report.html (one self-contained file), figures, tables, exports.
+
+The page and tables.md open with the answer (`headline`). Tables are computed as numbers
+(`_metrics_table`, `_stage_table`: NaN where a figure is missing or was not estimated, never
+0) and turned into strings only to be shown (`units.display_frame`: three significant figures,
+units by size, unit suffixes out of the headers). The exports keep full precision.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,32 @@ from pathlib import Path
 import pandas as pd
 
 from raydistill.io import atomic_write, atomic_write_text
-from raydistill.report.data import ReportData, load_report_data
+from raydistill.report.data import (
+    ReportData,
+    embodied_or_nan,
+    load_report_data,
+    om_key,
+    om_perf,
+    water_estimated,
+)
 from raydistill.report.exports import emissions_frame, model_card_yaml
 from raydistill.report.figures import FIGURES
+from raydistill.report.headline import headline
 from raydistill.report.rules import definitions, design_rules, figure_text, payback_frame
+from raydistill.report.units import (
+    Formatter,
+    display_frame,
+    fmt_co2e_g,
+    fmt_count,
+    fmt_duration_s,
+    fmt_energy_j,
+    fmt_j_per_token,
+    fmt_pct,
+    fmt_sig,
+    fmt_text,
+    fmt_water_l,
+    or_not_estimated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +64,40 @@ def _methods(data: ReportData) -> str:
 
 
 def _metrics_table(data: ReportData) -> pd.DataFrame:
+    """Per trial: footprint (water and embodied CO2e NaN where not estimated) and, for a run,
+    its seed metrics; OM_perf is that of the run's quality score."""
     r = data.results[~data.results["stage"].str.startswith("inference_")]
     per = r.groupby("trial_id").agg(energy_j=("energy_j", "sum"), co2e_g=("co2e_g", "sum"),
                                     water_l=("water_l", "sum"),
                                     embodied_co2e_g=("embodied_co2e_g", "sum")).reset_index()
+    if not water_estimated(data):
+        per["water_l"] = float("nan")
+    per["embodied_co2e_g"] = embodied_or_nan(per["embodied_co2e_g"])
     per["embodied_share"] = per["embodied_co2e_g"] / (per["co2e_g"] + per["embodied_co2e_g"]
                                                       ).where(lambda s: s > 0)
     if data.metrics:
         m = pd.DataFrame([{"trial_id": x["trial_id"], "E_run_j": x["E_run_j"],
-                           "EPT_student_j_per_token": x["EPT_inference_student"],
-                           "OM_perf": x["OM_perf"].get("quick_acc"),
-                           "Eff_overall": x["Eff_overall"], "teacher_share": x["teacher_share"]}
+                           "EPT_student_j_per_token": x.get("EPT_inference_student"),
+                           "OM_perf": om_perf(x, data.quality_name),
+                           "Eff_overall": x.get("Eff_overall"),
+                           "teacher_share": x.get("teacher_share")}
                           for x in data.metrics])
         per = per.merge(m, on="trial_id", how="left").merge(_payback(data), on="trial_id",
                                                             how="left")
     return per
+
+
+def _metrics_display(data: ReportData, metrics: pd.DataFrame) -> pd.DataFrame:
+    om = om_key(data.quality_name) or data.quality_name
+    spec: dict[str, tuple[str, Formatter]] = {
+        "co2e_g": ("CO2e", fmt_co2e_g), "water_l": ("water", or_not_estimated(fmt_water_l)),
+        "embodied_co2e_g": ("embodied CO2e", or_not_estimated(fmt_co2e_g)),
+        "embodied_share": ("embodied share", or_not_estimated(fmt_pct)),
+        "E_run_j": ("E_run", fmt_energy_j), "EPT_student_j_per_token": ("EPT student",
+                                                                        fmt_j_per_token),
+        "OM_perf": (f"OM_perf ({om})", fmt_sig), "teacher_share": ("teacher share", fmt_pct),
+        "N_star": ("N*", fmt_text), "tokens_star": ("tokens*", fmt_text)}
+    return display_frame(metrics, spec)
 
 
 def _payback(data: ReportData) -> pd.DataFrame:
@@ -68,15 +115,35 @@ STAGE_COLUMNS = ("trial_id", "stage", "side", "energy_j", "load_j", "work_j", "d
                  "j_per_generated_token", "energy_method", "co2e_g", "water_l")
 
 
-def _stage_table(results: pd.DataFrame) -> pd.DataFrame:
+def _stage_table(results: pd.DataFrame, water_known: bool = True) -> pd.DataFrame:
     """The stages as the report shows them; generated tokens only where a stage has some
-    (blank elsewhere, as J per generated token is). Results from before phases or generated
-    tokens lack some columns: they are left out."""
+    (blank elsewhere, as J per generated token is); water NaN where it was not estimated.
+    Results from before phases or generated tokens lack some columns: they are left out."""
     shown = results[[c for c in STAGE_COLUMNS if c in results.columns]].copy()
     if "generated_tokens" in shown.columns:
         shown["generated_tokens"] = shown["generated_tokens"].where(
             shown["generated_tokens"] > 0).astype(float)  # NaN: shown as the others are
+    if not water_known and "water_l" in shown.columns:
+        shown["water_l"] = float("nan")
     return shown
+
+
+STAGE_DISPLAY: dict[str, tuple[str, Formatter]] = {
+    "load_j": ("load_energy", fmt_energy_j), "work_j": ("work_energy", fmt_energy_j),
+    "duration_s": ("duration", fmt_duration_s), "load_s": ("load_time", fmt_duration_s),
+    "tokens": ("tokens", fmt_count), "generated_tokens": ("generated_tokens", fmt_count),
+    "water_l": ("water", or_not_estimated(fmt_water_l))}
+
+
+def _trials_display(data: ReportData) -> pd.DataFrame:
+    quality = ("quality" if data.quality_name in ("", "quality")
+               else f"quality ({data.quality_name})")
+    return display_frame(data.trials, {"quality": (quality, fmt_sig)})
+
+
+def _md(frame: pd.DataFrame) -> str:
+    """A display frame as a Markdown table, its strings as they are (no re-parsing)."""
+    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def _png(fig) -> tuple[str, bytes, bytes]:
@@ -104,17 +171,21 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                         f'src="data:image/png;base64,{b64}"><figcaption>'
                         f"{html.escape(CAPTIONS[name])} <em>{html.escape(_methods(data))}</em>"
                         "</figcaption></figure>")
-    metrics = _metrics_table(data)
+    answer = headline(data)
+    metrics = _metrics_display(data, _metrics_table(data))
     rules = design_rules(data)
-    stages = _stage_table(data.results)
-    tables_md = ("## Seed metrics and footprint\n\n" + metrics.to_markdown(index=False)
-                 + "\n\n## Stages\n\n" + stages.to_markdown(index=False)
-                 + "\n\n## Trials\n\n" + data.trials.to_markdown(index=False) + "\n\n"
+    stages = display_frame(_stage_table(data.results, water_estimated(data)), STAGE_DISPLAY)
+    trials = _trials_display(data)
+    tables_md = (f"# raydistill report: {data.run_dir.name}\n\n{answer}\n\n"
+                 "## Seed metrics and footprint\n\n" + _md(metrics)
+                 + "\n\n## Stages\n\n" + _md(stages)
+                 + "\n\n## Trials\n\n" + _md(trials) + "\n\n"
                  + "## Design rules (computed)\n\n" + "\n".join(f"- {r}" for r in rules) + "\n"
                  + "\n## Definitions\n\n"
                  + "\n".join(f"- **{term}**: {text}" for term, text in definitions()) + "\n")
     body = "\n".join([
         f"<h1>raydistill report: {html.escape(data.run_dir.name)}</h1>",
+        f"<p class=headline>{html.escape(answer)}</p>",
         f"<p class=meta>{html.escape(_methods(data))}. {data.kind} directory with "
         f"{len(data.trials)} trial(s); Pareto set {', '.join(data.pareto_ids) or 'empty'}; "
         f"hypervolume {data.hypervolume:.4g}; knee {data.knee}.</p>",
@@ -123,14 +194,16 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         "<h2>Definitions</h2><dl>" + "".join(
             f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>"
             for term, text in definitions()) + "</dl>",
-        "<h2>Seed metrics and footprint</h2>" + metrics.to_html(index=False, na_rep="–"),
+        "<h2>Seed metrics and footprint</h2>" + metrics.to_html(index=False),
         "<h2>Figures</h2>", *sections,
-        "<h2>Stages</h2>" + stages.to_html(index=False, na_rep="–"),
+        "<h2>Stages</h2>" + stages.to_html(index=False),
+        "<h2>Trials</h2>" + trials.to_html(index=False),
     ])
     page = ("<!doctype html><html><head><meta charset=utf-8><title>raydistill report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-            "padding:2px 6px}.meta{color:#555}</style></head><body>" + body + "</body></html>")
+            "padding:2px 6px}.meta{color:#555}.headline{font-size:1.15em;line-height:1.45}"
+            "</style></head><body>" + body + "</body></html>")
     atomic_write_text(out / "report.html", page)
     atomic_write_text(out / "tables.md", tables_md)
     atomic_write(out / "emissions.csv", lambda p: emissions_frame(data).to_csv(p, index=False))

@@ -111,7 +111,8 @@ def _load_rule(main: pd.DataFrame, total: float) -> list[str]:
 def run_trials(data: ReportData) -> pd.DataFrame:
     """A run directory's trials as a sweep's trials table has them (teacher side, student
     training, evaluation, inference EPT, each with its stated error), from its results: the
-    `<name>-baseline` trial is the no-teacher baseline (`raydistill run` names it so)."""
+    `<name>-baseline` trial is the no-teacher baseline (`raydistill run` names it so). Quality
+    is the run's `data.quality_name` score (`data.quality_key`)."""
     method = str(data.config.get("distill", {}).get("method", "distilled"))
     r = data.results
     rows = []
@@ -121,7 +122,7 @@ def run_trials(data: ReportData) -> pd.DataFrame:
         own = mine.groupby("stage")["energy_j"].sum().to_dict()
         full = float(sum(own.values()))
         rows.append({"trial_id": tid, "status": "finished", "param.trial": tid,
-                     "quality": m.get("scores", {}).get("student_quick_acc", math.nan),
+                     "quality": (m.get("scores") or {}).get(data.quality_name, math.nan),
                      "param.distill.method": "none" if tid.endswith("-baseline") else method,
                      **teacher_figures(r, tid, full, own, {}, 0.0),
                      **error_figures(r, tid, own, {}, 0.0, {}, [])})
