@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/raydistill run configs/tiny.yaml --out runs/default
+	$(VENV)/bin/raydistill run configs/tiny.yaml --out runs/default --report
 
 test: $(STAMP)
 	$(PY) -m ruff check raydistill tests bench analysis examples

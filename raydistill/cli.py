@@ -3,7 +3,9 @@
     raydistill measure [--source SPEC] [--hz N] [--out DIR] [--address ADDR] -- COMMAND ...
     raydistill measure --stage NAME --run DIR [--trial T] [--tokens N] -- COMMAND ...
     raydistill ledger DIR [--csv]
-    raydistill run CONFIG [--out DIR] [--set k=v ...] [--address ADDR]
+    raydistill run CONFIG [--out DIR] [--set k=v ...] [--address ADDR] [--report]
+    raydistill sweep SPACE [--out DIR] [--budget-kwh X] [--resume] [--report]
+    raydistill report DIR
 
 Bad input exits with code 2 and a one-line message.
 """
@@ -16,13 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+from raydistill.console import quiet
 from raydistill.energy.sources import SPEC_FORMS
 from raydistill.errors import ConfigError, RayDistillError
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raydistill", description=__doc__.split("\n")[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and Ray's, DeepSpeed's and lm-eval's output on the "
+                        "terminal (by default it goes to RUN_DIR/logs/console.log)")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("measure", help="run any command inside one measured window")
@@ -55,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="teacher artifact cache (default: artifacts/ beside the run directory)")
     r.add_argument("--dry-run", action="store_true",
                    help="resolve the config, check tokenizers, print a per-GPU memory estimate")
+    r.add_argument("--report", action="store_true",
+                   help="write RUN_DIR/report/report.html at the end and print its path")
 
     sw = sub.add_parser("sweep", help="search distillation settings for energy and quality")
     sw.add_argument("space", help="search space YAML (see search_spaces/)")
@@ -67,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true", help="resume the sweep in --out")
     sw.add_argument("--dry-run", action="store_true",
                     help="print the trials and their forecast energy; run nothing")
+    sw.add_argument("--report", action="store_true",
+                    help="write SWEEP_DIR/report/report.html at the end and print its path")
 
     rep = sub.add_parser("report", help="report.html, figures and exports of a run or sweep")
     rep.add_argument("run_dir")
@@ -148,11 +157,29 @@ def _run(args: argparse.Namespace) -> int:
         print(text)
         return 0 if fits else 3
     out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = run_experiment(cfg, out, address=args.address,
-                            artifacts=Path(args.artifacts) if args.artifacts else None,
-                            progress=lambda msg: print(f"[raydistill] {msg}", flush=True))
-    print(summary(result))
+    with quiet(args.verbose) as console:
+        result = run_experiment(cfg, out, address=args.address,
+                                artifacts=Path(args.artifacts) if args.artifacts else None,
+                                progress=console.say, on_run_dir=_keep_logs(console))
+        console.show(summary(result))
+        _finish(console, result.run_dir, args.report)
     return 0
+
+
+def _keep_logs(console):
+    """Once the run directory exists, the libraries' output moves into RUN/logs/."""
+    return lambda run_dir: console.keep_log_in(Path(run_dir) / "logs")
+
+
+def _finish(console, run_dir: Path, report: bool) -> None:
+    """Where the rest is: the libraries' log and, with --report, the picture."""
+    if console.log_path is not None:
+        console.say(f"Ray's, DeepSpeed's and lm-eval's output: {console.log_path} "
+                    "(--verbose shows it here)")
+    if report:
+        from raydistill.report.html import write_report
+
+        console.say(f"report: {write_report(run_dir)}")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -164,20 +191,22 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out: the sweep directory to resume")
     out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = run_sweep(args.space, out, budget_kwh=args.budget_kwh,
-                        trial_budget_kwh=args.trial_budget_kwh, address=args.address,
-                        resume=args.resume,
-                        progress=lambda msg: print(f"[raydistill] {msg}", flush=True))
     from raydistill.results import format_table
 
-    cols = [c for c in ("trial_id", "status", "quality", "energy_j", "energy_marginal_j",
-                        "energy_amortized_j", "forecast_j", "forecast_profile_error", "wasted_j")
-            if c in summary["trials_table"].columns]
-    print(format_table(summary["trials_table"][cols]))
-    print(f"Pareto set: {', '.join(summary['pareto_trials']) or 'empty'}; hypervolume "
-          f"{summary['hypervolume']:.4g} (reference quality 0, energy "
-          f"{summary['reference'][1]:,.0f} J); knee {summary['knee_trial']}; wasted "
-          f"{summary['wasted_j']:,.1f} J; sweep dir {summary['run_dir']}")
+    with quiet(args.verbose) as console:
+        summary = run_sweep(args.space, out, budget_kwh=args.budget_kwh,
+                            trial_budget_kwh=args.trial_budget_kwh, address=args.address,
+                            resume=args.resume, progress=console.say,
+                            on_run_dir=_keep_logs(console))
+        cols = [c for c in ("trial_id", "status", "quality", "energy_j", "energy_marginal_j",
+                            "energy_amortized_j", "forecast_j", "forecast_profile_error",
+                            "wasted_j") if c in summary["trials_table"].columns]
+        console.show(format_table(summary["trials_table"][cols]))
+        console.show(f"Pareto set: {', '.join(summary['pareto_trials']) or 'empty'}; "
+                     f"hypervolume {summary['hypervolume']:.4g} (reference quality 0, energy "
+                     f"{summary['reference'][1]:,.0f} J); knee {summary['knee_trial']}; wasted "
+                     f"{summary['wasted_j']:,.1f} J; sweep dir {summary['run_dir']}")
+        _finish(console, Path(summary["run_dir"]), args.report)
     return 0
 
 

@@ -241,7 +241,8 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
             "N_star": n_star.value if n_star is not None else None,
             "N_star_low": n_star.low if n_star is not None else None,
             "N_star_high": n_star.high if n_star is not None else None,
-            "N_star_verdict": n_star.verdict if n_star is not None else None}
+            "N_star_verdict": n_star.verdict if n_star is not None else None,
+            "baseline_trial": baseline_trial}
 
 
 def _stage_interval(table: pd.DataFrame, trial_id: str, stages: tuple[str, ...]):

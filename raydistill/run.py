@@ -49,7 +49,8 @@ def check_engine_installed(engine: str) -> None:
 
 def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
                    artifacts: Path | None = None,
-                   progress: Callable[[str], None] | None = None) -> RunResult:
+                   progress: Callable[[str], None] | None = None,
+                   on_run_dir: Callable[[Path], None] | None = None) -> RunResult:
     import ray
 
     from raydistill.cluster.runtime import Session, init_ray, namespace_for
@@ -66,6 +67,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
     log.info(tokenizer_check(cfg, local_only=False))
     check_engine_installed(cfg.generation.engine)  # so does an engine that is not installed
     run_dir = prepare_run_dir(out)
+    if on_run_dir is not None:  # the CLI moves the libraries' log into it
+        on_run_dir(run_dir)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     namespace = namespace_for(run_dir)
     init_ray(address, namespace)

@@ -24,3 +24,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def native_run(tmp_path_factory):
+    """One CI-sized `raydistill run --report` per session (see tests/native_run.py)."""
+    from tests.native_run import make_native_run
+
+    return make_native_run(tmp_path_factory.mktemp("native"))

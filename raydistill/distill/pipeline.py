@@ -26,6 +26,12 @@ from raydistill.io import inside
 log = logging.getLogger(__name__)
 
 TEACHER_SIDE = ("teacher_generation", "teacher_logit_caching")
+# what a stage's first seconds (or minutes) are spent on, said before the wait
+WAITS = {
+    "teacher_training": "loading the teacher, then training it",
+    "teacher_generation": "starting the teacher engine and loading its weights, then generating",
+    "teacher_logit_caching": "loading the teacher, then scoring every synthetic token",
+}
 
 
 @dataclass
@@ -37,6 +43,16 @@ class TrialOutcome:
     student_path: str = ""
     train_metrics: dict = field(default_factory=dict)
     inference_tokens: dict = field(default_factory=dict)
+
+
+def _deepspeed_ops_built() -> bool:
+    """Whether this machine's torch extensions hold a DeepSpeed op already (the driver's
+    view; the workers on other nodes may still build theirs)."""
+    import os
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR")
+                or Path.home() / ".cache" / "torch_extensions")
+    return any(root.glob("*deepspeed*")) or any(root.glob("*/*deepspeed*"))
 
 
 def _has_gpu() -> bool:
@@ -69,16 +85,21 @@ class Pipeline:
             self.progress(f"{stage}: reusing {kind} {found.key} (built by "
                           f"{found.built_by.get('trial_id')}, {paid or 0:,.1f} J); not rebuilt")
             return found
-        self.progress(f"{stage}: building {kind} ...")
         started = time.time()
-        staging = self.store.staging(kind)
-        extra = build(staging)
-        artifact = self.store.commit(kind, inputs, staging,
-                                     {"trial_id": trial_id, "stage": stage, **extra})
-        energy = self._stage_energy_j(trial_id, stage)
-        self.store.record_cost(artifact, {"energy_j": energy, "seconds": time.time() - started})
-        self.progress(f"{stage}: done in {time.time() - started:.1f} s, {energy:,.1f} J")
+        with self._running(trial_id, stage, f"building {kind}: {WAITS[stage]}"):
+            staging = self.store.staging(kind)
+            extra = build(staging)
+            artifact = self.store.commit(kind, inputs, staging,
+                                         {"trial_id": trial_id, "stage": stage, **extra})
+            energy = self._stage_energy_j(trial_id, stage)
+            self.store.record_cost(artifact, {"energy_j": energy,
+                                              "seconds": time.time() - started})
         return artifact
+
+    def _running(self, trial_id: str, stage: str, waiting: str):
+        from raydistill.cluster.progress import stage_progress
+
+        return stage_progress(self.session, trial_id, stage, self.progress, waiting)
 
     # ---- stages ----------------------------------------------------------------------------
     def data(self) -> DataSplits:
@@ -274,24 +295,29 @@ class Pipeline:
         out = inside(self.run_dir, f"students/{trial_id}")  # trial ids name directories
         d = self.cfg.distill
         engine = f"deepspeed (ZeRO-{d.zero_stage})" if d.engine == "deepspeed" else d.engine
-        self.progress(f"student_training [{trial_id}]: {method}, {engine}, "
-                      f"{d.num_workers} worker(s) ...")
-        started = time.time()
-        metrics = fit_student(self.cfg, method, trial_id, self.session.namespace, teacher.path,
-                              data_path, cache.path if cache else None, out, self.run_dir,
-                              self.use_gpu, loop_extra, run_name)
-        self.progress(f"student_training [{trial_id}]: done in {time.time() - started:.1f} s, "
-                      f"loss {metrics['first_loss']:.3f} → {metrics['final_loss']:.3f}")
+        build = ("; DeepSpeed builds its ops on first use here (minutes, once)"
+                 if d.engine == "deepspeed" and not _deepspeed_ops_built() else "")
+        with self._running(trial_id, "student_training",
+                           f"{method}, {engine}: starting {d.num_workers} Ray Train "
+                           f"worker(s) and loading the models{build}"):
+            metrics = fit_student(self.cfg, method, trial_id, self.session.namespace,
+                                  teacher.path, data_path, cache.path if cache else None, out,
+                                  self.run_dir, self.use_gpu, loop_extra, run_name)
+        self.progress(f"student_training [{trial_id}]: loss {metrics['first_loss']:.3f} → "
+                      f"{metrics['final_loss']:.3f}")
         return out, metrics
 
     def evaluate(self, trial_id: str, models: dict[str, Path], data: DataSplits) -> dict:
         from raydistill.distill.stages import evaluate_remote
 
-        self.progress(f"evaluation [{trial_id}]: {', '.join(models)} ...")
-        return ray.get(evaluate_remote.options(**self._task_resources()).remote(
-            {k: str(v) for k, v in models.items()}, str(data["test"]), self.session.namespace,
-            trial_id, to_dict(self.cfg.evaluation), to_dict(self.cfg.data),
-            str(self.run_dir / "lm_eval" / trial_id), self.cfg.generation.max_new_tokens))
+        with self._running(trial_id, "evaluation",
+                           f"loading {', '.join(models)}, then lm-eval and the inference "
+                           f"probes"):
+            return ray.get(evaluate_remote.options(**self._task_resources()).remote(
+                {k: str(v) for k, v in models.items()}, str(data["test"]),
+                self.session.namespace, trial_id, to_dict(self.cfg.evaluation),
+                to_dict(self.cfg.data), str(self.run_dir / "lm_eval" / trial_id),
+                self.cfg.generation.max_new_tokens))
 
     def _task_resources(self) -> dict:
         # an explicit strategy: inside a Tune trial, tasks are otherwise captured by the

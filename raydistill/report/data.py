@@ -98,6 +98,15 @@ def om_key(quality_name: str) -> str | None:
     return quality_name[len(prefix):] if quality_name.startswith(prefix) else None
 
 
+def baseline_ids(metrics: list[dict]) -> set[str]:
+    """A run directory's no-teacher baselines: the trials another trial's N* was taken
+    against (`baseline_trial`: a tracked run names them), and `raydistill run`'s
+    `<name>-baseline`."""
+    named = {str(m["baseline_trial"]) for m in metrics if m.get("baseline_trial")}
+    return named | {str(m["trial_id"]) for m in metrics
+                    if str(m["trial_id"]).endswith("-baseline")}
+
+
 def om_perf(metric: dict, quality_name: str) -> float | None:
     """A run trial's OM_perf for its quality score: the metrics' OM_perf under the matching
     key, else student ÷ teacher score where both are there; None where neither is."""

@@ -19,6 +19,7 @@ import pandas as pd
 
 from raydistill.report.data import (
     ReportData,
+    baseline_ids,
     embodied_or_nan,
     om_key,
     om_perf,
@@ -58,7 +59,7 @@ def _cost(data: ReportData, main: pd.DataFrame) -> str:
                   else f"water {NOT_ESTIMATED}")
     trials = sorted(set(main["trial_id"].astype(str)) - {"setup"})
     scope = f"{len(trials)} trial{'s' if len(trials) != 1 else ''}"
-    if data.kind == "run" and any(t.endswith("-baseline") for t in trials):
+    if data.kind == "run" and baseline_ids(data.metrics) & set(trials):
         scope += ", the no-teacher baseline among them"
     if (main["side"] == "setup").any():
         scope += ", plus training the teacher"
@@ -84,14 +85,17 @@ def _run_quality(data: ReportData) -> str:
     for m in data.metrics:
         tid, om = str(m["trial_id"]), om_perf(m, name)
         score = (m.get("scores") or {}).get(name)
-        baseline = tid.endswith("-baseline")
+        baseline = tid in baseline_ids(data.metrics)
         if om is not None:
             text = (f"the no-teacher baseline {tid} reached {fmt_pct(om)}" if baseline else
                     f"the student of {tid} kept {fmt_pct(om)} of the teacher's {key}")
             parts.append(text + (f" ({name} {fmt_sig(score)})" if score is not None else ""))
         elif score is not None:
-            parts.append(f"{'the no-teacher baseline ' if baseline else ''}{tid} scored {name} "
-                         f"{fmt_sig(score)} (no teacher score: OM_perf not computed)")
+            teachers = [(x.get("scores") or {}).get(f"teacher_{key}") for x in data.metrics]
+            why = ("the teacher scored 0: OM_perf undefined" if 0 in teachers or 0.0 in teachers
+                   else "no teacher score: OM_perf not computed")
+            parts.append(f"{'the no-teacher baseline ' if baseline else 'trial '}{tid} scored "
+                         f"{name} {fmt_sig(score)} ({why})")
     if not parts:
         return "No scores were recorded: what the student kept of the teacher's quality is " \
                "not known."

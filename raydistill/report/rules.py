@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 from raydistill.energy.accuracy import STATED_RELATIVE_ERROR
-from raydistill.report.data import ReportData
+from raydistill.report.data import ReportData, baseline_ids
 from raydistill.search.derived import (
     DERIVED_COLUMNS,
     break_even_ratio,
@@ -115,6 +115,7 @@ def run_trials(data: ReportData) -> pd.DataFrame:
     is the run's `data.quality_name` score (`data.quality_key`)."""
     method = str(data.config.get("distill", {}).get("method", "distilled"))
     r = data.results
+    baselines = baseline_ids(data.metrics)
     rows = []
     for m in data.metrics:
         tid = m["trial_id"]
@@ -123,7 +124,7 @@ def run_trials(data: ReportData) -> pd.DataFrame:
         full = float(sum(own.values()))
         rows.append({"trial_id": tid, "status": "finished", "param.trial": tid,
                      "quality": (m.get("scores") or {}).get(data.quality_name, math.nan),
-                     "param.distill.method": "none" if tid.endswith("-baseline") else method,
+                     "param.distill.method": "none" if tid in baselines else method,
                      **teacher_figures(r, tid, full, own, {}, 0.0),
                      **error_figures(r, tid, own, {}, 0.0, {}, [])})
     return pd.DataFrame(rows)

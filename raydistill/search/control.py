@@ -248,3 +248,41 @@ class ReleaseCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._release(trial)
+
+
+class ProgressCallback(Callback):
+    """One line per trial as the sweep goes: started (with its settings), then how it ended
+    (finished, stopped by the scheduler or the budget, failed), with its quality and energy."""
+
+    def __init__(self, say) -> None:
+        self.say = say
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        import time
+
+        self.started[trial.trial_id] = time.time()
+        settings = ", ".join(f"{k}={v}" for k, v in sorted((trial.config or {}).items()))
+        self.say(f"trial {trial.trial_id} started ({len(trials)} so far): {settings}")
+
+    def _ended(self, trial, how: str) -> None:
+        import time
+
+        from raydistill.report.units import fmt_duration_s, fmt_energy_j
+
+        last = trial.last_result or {}
+        name = last.get("trial_id") or trial.trial_id
+        status = how if how == "failed" else last.get("status", how)
+        if status == "running":  # its last report was mid-training: the scheduler ended it
+            status = "stopped by the scheduler"
+        quality = last.get("quality")
+        q = "no quality" if quality is None or quality != quality else f"quality {quality:.3f}"
+        took = time.time() - self.started.get(trial.trial_id, time.time())
+        self.say(f"trial {name}: {status} after {fmt_duration_s(took)}, {q}, "
+                 f"{fmt_energy_j(last.get('energy_j', 0.0))}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial, "ended")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial, "failed")

@@ -59,12 +59,18 @@ def _scheduler(space):
 
 def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = None,
               trial_budget_kwh: float | None = None, address: str | None = None,
-              resume: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+              resume: bool = False, progress: Callable[[str], None] | None = None,
+              on_run_dir: Callable[[Path], None] | None = None) -> dict:
     import ray
     from ray import tune
 
     from raydistill.cluster.runtime import Session, init_ray, namespace_for
-    from raydistill.search.control import BudgetStopper, ReleaseCallback, start_control
+    from raydistill.search.control import (
+        BudgetStopper,
+        ProgressCallback,
+        ReleaseCallback,
+        start_control,
+    )
     from raydistill.search.space import load_space
     from raydistill.search.trial import TrialContext, run_trial
     from raydistill.search.tune_space import to_tune
@@ -97,6 +103,8 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
         import yaml
 
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(base), sort_keys=False))
+    if on_run_dir is not None:  # the CLI moves the libraries' log into it
+        on_run_dir(run_dir)
     namespace = namespace_for(run_dir)
     init_ray(address, namespace)
     from raydistill.cluster.environment import check_cluster_storage
@@ -128,7 +136,8 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
                     num_samples=_num_samples(space),
                     max_concurrent_trials=space.search.max_concurrent),
                 run_config=tune.RunConfig(name="sweep", storage_path=str(tune_dir), stop=stopper,
-                                          callbacks=[ReleaseCallback(namespace)],
+                                          callbacks=[ReleaseCallback(namespace),
+                                                     ProgressCallback(progress)],
                                           failure_config=tune.FailureConfig(max_failures=1),
                                           verbose=1))
         grid = tuner.fit()

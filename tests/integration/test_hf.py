@@ -5,6 +5,7 @@ and TRL's GKDTrainer in the README's example script, measured stage by stage."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import ray
 import raydistill
 from raydistill.config import SamplingConfig
 from raydistill.energy.simulate import load_node
+from tests.report_outline import outline
 
 pytestmark = pytest.mark.slow
 transformers = pytest.importorskip("transformers")
@@ -121,7 +123,7 @@ def test_trainer_callback_figures_equal_the_ledger_and_the_truth(world, monkeypa
         assert r["energy_j"] == pytest.approx(truth, abs=TOL_J * len(mine)), stage
 
 
-def test_trl_gkd_script_runs_measured_and_reports(world, tmp_path):
+def test_trl_gkd_script_runs_measured_and_reports(world, tmp_path, native_run):
     """The README's example: TRL's GKDTrainer plus three raydistill lines, as a user runs it
     (its own process, its own local Ray), then `raydistill report` on what it wrote."""
     pytest.importorskip("trl")
@@ -149,3 +151,22 @@ def test_trl_gkd_script_runs_measured_and_reports(world, tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     page = Path(report.stdout.strip().splitlines()[-1]).read_text()
     assert "teacher_generation" in page and 'id="fig-energy_by_stage"' in page
+    # the same report as a native `raydistill run`: its sections, figures, table columns
+    # (up to the name of the quality score) and a headline that answers the same questions
+    assert native_run.returncode == 0, native_run.stderr[-2000:]
+    ours = outline(page)
+    native = outline((native_run.run_dir / "report" / "report.html").read_text())
+    assert ours.headings == native.headings and ours.figures == native.figures
+    assert [_unqualified(t) for t in ours.tables] == [_unqualified(t) for t in native.tables]
+    for said in ("in total", "The teacher side (generation + logit caching) took", "Payback:"):
+        assert said in ours.headline and said in native.headline, said
+    teacher_acc = metrics["gkd"]["scores"]["teacher_token_acc"]
+    assert ("of the teacher's token_acc" if teacher_acc > 0 else "the teacher scored 0") \
+        in ours.headline
+    assert "the no-teacher baseline sft" in ours.headline  # scores(..., baseline="sft")
+    assert "Payback: no no-teacher baseline" not in ours.headline
+
+
+def _unqualified(columns: list[str]) -> list[str]:
+    """'OM_perf (quick_acc)' → 'OM_perf': the columns, not which score they are of."""
+    return [re.sub(r" \(.*\)$", "", c) for c in columns]

@@ -6,66 +6,61 @@ artifact, builds none, and says so.
 """
 
 import json
-import logging
+import re
 
 import pandas as pd
 import pytest
 
 from raydistill.cli import main
+from tests.native_run import SECRET, WATTS, run_argv
 
 pytestmark = pytest.mark.slow
 
-WATTS = 40.0
-CI_SIZE = [
-    "data.splits.labelled=200", "data.splits.train=300", "data.splits.test=60",
-    "data.splits.dev=20",
-    "teacher.steps=40", "student.steps=12", "student.batch_size=32",
-    "generation.batch_size=150", "evaluation.limit=40", "evaluation.inference_prompts=20",
-    "evaluation.inference_min_s=0.5",
-    f"sampling.source=constant:{WATTS}", "sampling.hz=20", "sampling.push_interval_s=0.5",
-    "sampling.idle_s=0",
-]
-
-
-def run_argv(root, name, *extra):
-    sets = [a for s in [*CI_SIZE, *extra] for a in ("--set", s)]
-    return ["run", "configs/tiny.yaml", "--artifacts", str(root / "artifacts"),
-            "--out", str(root / name), *sets]
-
-
-SECRET = "hf_raydistillSentinel0123456789"  # a token in the environment must go nowhere
-RECORDS: list[logging.LogRecord] = []  # what the driver logged during the first run
-
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    handler = logging.Handler()
-    handler.emit = RECORDS.append
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.setLevel(logging.INFO)  # progress lines are INFO: capture them too
-    root_logger.addHandler(handler)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HF_TOKEN", SECRET)
-    mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    try:
-        code = main(run_argv(root, "first"))
-    finally:
-        mp.undo()
-        root_logger.removeHandler(handler)
-        root_logger.setLevel(level)
-    return root, code
+def first_run(native_run):
+    """(root, exit code) of the session's native run (tests/native_run.py)."""
+    assert native_run.returncode == 0, native_run.stderr[-3000:]
+    return native_run.root, native_run.returncode
 
 
-def test_no_secret_reaches_the_run_directory_or_the_logs(first_run):
-    root, _ = first_run
-    files = [p for p in (root / "first").rglob("*") if p.is_file()]
+def test_no_secret_reaches_the_run_directory_or_the_logs(native_run):
+    files = [p for p in native_run.run_dir.rglob("*") if p.is_file()]
     assert len(files) > 10
     leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
     assert leaked == []
-    assert RECORDS, "the run logged nothing: the capture is broken"
-    assert not [r for r in RECORDS if SECRET in r.getMessage()]
+    log = (native_run.run_dir / "logs" / "console.log").read_text()
+    assert "raydistill.run" in log, "the run logged nothing: the capture is broken"
+    assert SECRET not in native_run.stdout + native_run.stderr + log
+
+
+# what the libraries print when they are let through (seen in a default run before)
+FOREIGN = re.compile(r"core_worker\.cc|pid=\d+\)|real_accelerator|streaming_executor|"
+                     r"\d+%\||it/s\]|WARNING|INFO|Loading weights|Writing model shards")
+
+
+def test_the_console_shows_raydistills_lines_and_the_libraries_go_to_the_log(native_run):
+    """A default run prints its progress, one line per stage, and its tables; Ray's, Ray
+    Data's, DeepSpeed's and lm-eval's output is kept, in RUN/logs/console.log."""
+    out = native_run.stdout.splitlines()
+    assert native_run.stderr == ""
+    assert [line for line in out if FOREIGN.search(line)] == []
+    progress = [line for line in out if line.startswith("[raydistill] ")]
+    for stage in ("teacher_training [setup]", "teacher_generation [tiny]",
+                  "teacher_logit_caching [tiny]", "student_training [tiny]", "evaluation [tiny]",
+                  "student_training [tiny-baseline]", "evaluation [tiny-baseline]"):
+        done = [line for line in progress if line.startswith(f"[raydistill] {stage}: done in ")]
+        assert len(done) == 1, (stage, progress)
+        assert re.search(r"done in [\d.]+ (s|min), [\d.,]+ (J|kJ)", done[0]), done[0]
+    # the long waits say what they wait for, before they wait
+    assert any("starting 1 Ray Train worker(s) and loading the models" in line
+               for line in progress)
+    # the run ends at the picture
+    assert out[-1].startswith("[raydistill] report: ") and out[-1].endswith("report.html")
+    assert (native_run.run_dir / "report" / "report.html").is_file()
+    log = (native_run.run_dir / "logs" / "console.log").read_text()
+    assert "(RayTrainWorker pid=" in log and "rank 0 step" in log  # the workers' own lines
+    assert "streaming_executor" in log  # Ray Data's
 
 
 def test_every_stage_measured_and_exact_on_constant_power(first_run):

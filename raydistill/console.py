@@ -1,0 +1,184 @@
+"""What a person running `raydistill run` or `sweep` sees: raydistill's own lines, nothing else.
+
+Ray, Ray Data, DeepSpeed, lm-eval and transformers write to the terminal from everywhere: the
+driver's C++ core worker (`core_worker.cc` `E` lines straight to file descriptor 2), Python
+loggers that captured `sys.stderr` when they were made, tqdm bars, and every Ray worker's
+output forwarded to the driver. Filtering each of them is a losing game, so `quiet` moves the
+process's file descriptors 1 and 2 to `RUN/logs/console.log` for the duration of the command
+(children, Ray's raylet included, inherit them) and gives the CLI a `Console` on a duplicate of
+the real terminal. Everything the libraries said is kept, in one file, in order; `--verbose`
+skips all of this and shows them as they come.
+
+The progress lines themselves are made by pure functions here (`stage_line`), so their format is
+tested without Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from raydistill.errors import ConfigError
+from raydistill.report.units import fmt_duration_s, fmt_energy_j, fmt_sig
+
+PREFIX = "[raydistill]"
+LOG_NAME = "console.log"
+
+
+@dataclass
+class Console:
+    """The terminal: progress lines and results go here, and only here. Everything else goes
+    to `log_path` (None: --verbose, nothing is moved)."""
+
+    stream: IO[str]
+    log_path: Path | None = None
+    _log: IO[str] | None = None
+
+    def say(self, message: str) -> None:
+        print(f"{PREFIX} {message}", file=self.stream, flush=True)
+
+    def show(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def keep_log_in(self, log_dir: Path) -> None:
+        """Move the libraries' output (so far and from now on) to `log_dir/console.log`: called
+        once the run directory exists, which is after its config was checked."""
+        if self._log is None or self.log_path is None:
+            return
+        log_dir.mkdir(parents=True, exist_ok=True)
+        target = log_dir / LOG_NAME
+        self._log.flush()
+        new = open(target, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+        new.write(self.log_path.read_text(encoding="utf-8", errors="replace"))
+        new.flush()
+        _point_std_at(new)
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+        self._log, self.log_path = new, target
+
+
+def _point_std_at(stream: IO[str]) -> None:
+    os.dup2(stream.fileno(), 1)
+    os.dup2(stream.fileno(), 2)
+    sys.stdout = sys.stderr = stream
+
+
+def _terminal(stream: IO[str], fd: int) -> tuple[IO[str], bool]:
+    """A stream on the terminal that survives fd `fd` being moved: a duplicate of the fd when
+    `stream` writes to it, else `stream` itself (pytest's capture, a notebook). The flag says
+    whether the caller owns (and must close) it."""
+    try:
+        if stream.fileno() == fd:
+            return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8",
+                             errors="replace"), True
+    except (AttributeError, OSError, ValueError):
+        pass
+    return stream, False
+
+
+class _ToTerminal(logging.Handler):
+    """raydistill's own warnings and errors, on the terminal as one line each."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "warning" if record.levelno < logging.ERROR else "error"
+            self.console.show(f"{PREFIX} {level}: {record.getMessage()}")
+        except Exception:  # a log line must never end the run
+            self.handleError(record)
+
+
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@contextlib.contextmanager
+def quiet(verbose: bool = False) -> Iterator[Console]:
+    """Within: fds 1 and 2 (and `sys.stdout`/`sys.stderr`) write to a log file, at first a
+    temporary one, then (`Console.keep_log_in`) the run's; the yielded Console writes to the
+    terminal. `verbose` changes nothing. A command that fails before it has a run directory
+    keeps its temporary log and says where it is."""
+    if verbose:
+        yield Console(sys.stdout)
+        return
+    out, own_out = _terminal(sys.stdout, 1)
+    fd, name = tempfile.mkstemp(prefix="raydistill-", suffix=".log")
+    console = Console(out, Path(name), os.fdopen(fd, "w", buffering=1, encoding="utf-8",
+                                                 errors="replace"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    streams = sys.stdout, sys.stderr
+    handler = _ToTerminal(console)
+    ours = logging.getLogger("raydistill")
+    # tqdm bars of the workers started from here (lm-eval, transformers) would fill the log
+    env = {k: os.environ.get(k) for k in QUIET_ENV}
+    failed = False
+    try:
+        _point_std_at(console._log)
+        os.environ.update(QUIET_ENV)
+        ours.addHandler(handler)
+        logging.captureWarnings(True)  # warnings.warn from any library: to the log
+        yield console
+    except ConfigError:  # bad input: its one-line message says it all
+        raise
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        logging.captureWarnings(False)
+        ours.removeHandler(handler)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        sys.stdout, sys.stderr = streams
+        console._log.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for s in saved:
+            os.close(s)
+        console._log.close()
+        if console.log_path == Path(name):  # no run directory was made
+            if failed and Path(name).stat().st_size:
+                print(f"{PREFIX} the libraries' output is in {name}", file=sys.stderr)
+            else:
+                Path(name).unlink(missing_ok=True)
+        if own_out:
+            out.close()
+
+
+# ---- progress lines (pure) -------------------------------------------------------------------
+
+
+def stage_line(stage: str, trial: str, elapsed_s: float, rows: list[dict],
+               done: bool) -> str:
+    """'teacher_generation [tiny]: done in 12.2 s, 170 J (load 161 J), 11,900 tokens/s
+    steady state', the figures the results table will hold for the stage (`stage_totals` of
+    its ledger rows); while it runs, its elapsed time and energy so far."""
+    from raydistill.results import energy_frame, stage_totals
+
+    totals = stage_totals(energy_frame(rows)) if rows else None
+    energy = float(totals["energy_j"].sum()) if totals is not None else 0.0
+    if not done:
+        return f"{stage} [{trial}]: {fmt_duration_s(elapsed_s)} so far, {fmt_energy_j(energy)}"
+    if totals is None:
+        return f"{stage} [{trial}]: done in {fmt_duration_s(elapsed_s)}, no energy measured"
+    load = float(totals["load_j"].sum())
+    parts = [f"{stage} [{trial}]: done in {fmt_duration_s(elapsed_s)}, {fmt_energy_j(energy)}"
+             + (f" (model load {fmt_energy_j(load)})" if load > 0 else "")]
+    rate = float(totals["tokens_per_s"].sum()) if len(totals) == 1 else math.nan
+    if math.isfinite(rate) and rate > 0:
+        parts.append(f"{fmt_sig(rate)} tokens/s steady state")
+    return ", ".join(parts)

@@ -1,0 +1,120 @@
+"""The console: raydistill's lines on the terminal, every library's output in the run's log
+(file descriptors moved, so C++ and child processes too), and the progress line's figures are
+the results table's."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from raydistill.console import stage_line
+from raydistill.results import energy_frame, stage_totals
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _row(window, phase, start, end, energy, tokens, device="GPU-0"):
+    return {"window_id": window, "trial_id": "t", "stage": "teacher_generation",
+            "node_id": "n1", "device_id": device, "device_kind": "gpu", "t_start_s": start,
+            "t_end_s": end, "duration_s": end - start, "tokens": tokens, "energy_j": energy,
+            "idle_j": 0.0, "above_idle_j": energy, "method": "counter", "sources": "nvml",
+            "shared": False, "share": 1.0, "n_samples": 10, "gap_s": 0.0, "n_gaps": 0,
+            "counter_resets": 0, "open": False, "phase": phase, "generated_tokens": 0}
+
+
+ROWS = [_row("w1", "load", 0.0, 4.0, 1200.0, 0), _row("w2", "work", 4.0, 6.0, 600.0, 5000),
+        _row("w2", "work", 4.0, 6.0, 400.0, 5000, device="GPU-1")]  # one window, two GPUs
+
+
+def test_the_done_line_holds_the_tables_figures():
+    line = stage_line("teacher_generation", "t", 6.04, ROWS, done=True)
+    table = stage_totals(energy_frame(ROWS)).iloc[0]
+    assert table["energy_j"] == 2200.0 and table["load_j"] == 1200.0
+    assert table["tokens_per_s"] == 2500.0  # the window's tokens once, not once per GPU
+    assert line == ("teacher_generation [t]: done in 6.04 s, 2.20 kJ (model load 1.20 kJ), "
+                    "2,500 tokens/s steady state")
+
+
+def test_running_and_unmeasured_lines():
+    assert stage_line("evaluation", "t", 20.0, ROWS[:1], done=False) == \
+        "evaluation [t]: 20.0 s so far, 1.20 kJ"
+    assert stage_line("evaluation", "t", 3.0, [], done=True) == \
+        "evaluation [t]: done in 3.00 s, no energy measured"
+    # no tokens (a teacher that only trained): no rate is invented
+    assert "tokens/s" not in stage_line("x", "t", 4.0, [_row("w", "work", 0, 4, 10.0, 0)],
+                                        done=True)
+
+
+NOISY = textwrap.dedent("""
+    import logging, os, subprocess, sys, warnings
+    from pathlib import Path
+    from raydistill.console import quiet
+    logging.basicConfig(level=logging.INFO)
+    run = Path(sys.argv[1])
+    with quiet() as console:
+        os.write(2, b"[E core_worker.cc:2465] C++ straight to fd 2\\n")
+        print("a library's print")
+        logging.getLogger("ray.data").info("streaming_executor: starting")
+        console.say("stage one: done")
+        console.keep_log_in(run / "logs")  # the run directory exists now
+        subprocess.run([sys.executable, "-c", "print('a child process, tqdm 50%|##')"])
+        warnings.warn("a DeepSpeed-style warning")
+        logging.getLogger("raydistill.x").warning("no sampler on 1 node")
+        console.say("report: " + os.environ.get("TQDM_DISABLE", "-"))
+        if len(sys.argv) > 2:
+            raise RuntimeError("boom")
+    print("after: " + os.environ.get("TQDM_DISABLE", "unset"))
+""")
+
+
+def _noisy(tmp_path, *extra):
+    return subprocess.run([sys.executable, "-c", NOISY, str(tmp_path / "run"), *extra],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_only_raydistills_lines_reach_the_terminal_and_the_log_keeps_the_rest(tmp_path):
+    proc = _noisy(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "[raydistill] stage one: done",
+        "[raydistill] warning: no sampler on 1 node",
+        "[raydistill] report: 1",  # tqdm is off for what runs inside
+        "after: unset"]  # and restored after
+    assert proc.stderr == ""
+    log = (tmp_path / "run" / "logs" / "console.log").read_text()
+    lines = ["C++ straight to fd 2", "a library's print", "streaming_executor: starting",
+             "a child process", "a DeepSpeed-style warning", "no sampler on 1 node"]
+    positions = [log.index(s) for s in lines]  # everything, in the order it came
+    assert positions == sorted(positions)
+
+
+def test_a_crash_before_the_run_directory_keeps_the_log_and_says_where(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os
+        from raydistill.console import quiet
+        with quiet():
+            os.write(2, b"what the library said before it died\\n")
+            raise RuntimeError("boom")
+    """)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1
+    note = [line for line in proc.stderr.splitlines() if "the libraries' output is in" in line]
+    assert len(note) == 1 and "RuntimeError: boom" in proc.stderr
+    kept = Path(note[0].rsplit(" ", 1)[1])
+    assert "what the library said" in kept.read_text()
+    kept.unlink()
+
+
+def test_a_crash_in_a_run_is_on_the_terminal_and_its_log_in_the_run(tmp_path):
+    proc = _noisy(tmp_path, "fail")
+    assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr
+    assert "a child process" in (tmp_path / "run" / "logs" / "console.log").read_text()
+
+
+def test_verbose_changes_nothing(capsys):
+    from raydistill.console import quiet
+
+    with quiet(verbose=True) as console:
+        print("library")
+        console.say("ours")
+    assert capsys.readouterr().out == "library\n[raydistill] ours\n"
+    assert console.log_path is None
