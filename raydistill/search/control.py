@@ -250,6 +250,14 @@ class ReleaseCallback(Callback):
         self._release(trial)
 
 
+_PROGRESS_SINK: list = [None]
+
+
+def say_to(say) -> None:
+    """Where a ProgressCallback restored from tuner.pkl (a resumed sweep) prints its lines."""
+    _PROGRESS_SINK[0] = say
+
+
 class ProgressCallback(Callback):
     """One line per trial as the sweep goes: started (with its settings), then how it ended
     (finished, stopped by the scheduler or the budget, failed), with its quality and energy."""
@@ -258,12 +266,21 @@ class ProgressCallback(Callback):
         self.say = say
         self.started: dict[str, float] = {}
 
+    # Tune pickles its callbacks into tuner.pkl (for --resume); `say` writes to a terminal
+    # stream, which does not pickle, so the pickled copy drops it and a restored callback
+    # speaks through whatever `say_to` the resuming process set.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "say": None}
+
+    def _say(self, message: str) -> None:
+        (self.say or _PROGRESS_SINK[0] or log.info)(message)
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         import time
 
         self.started[trial.trial_id] = time.time()
         settings = ", ".join(f"{k}={v}" for k, v in sorted((trial.config or {}).items()))
-        self.say(f"trial {trial.trial_id} started ({len(trials)} so far): {settings}")
+        self._say(f"trial {trial.trial_id} started ({len(trials)} so far): {settings}")
 
     def _ended(self, trial, how: str) -> None:
         import time
@@ -278,7 +295,7 @@ class ProgressCallback(Callback):
         quality = last.get("quality")
         q = "no quality" if quality is None or quality != quality else f"quality {quality:.3f}"
         took = time.time() - self.started.get(trial.trial_id, time.time())
-        self.say(f"trial {name}: {status} after {fmt_duration_s(took)}, {q}, "
+        self._say(f"trial {name}: {status} after {fmt_duration_s(took)}, {q}, "
                  f"{fmt_energy_j(last.get('energy_j', 0.0))}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

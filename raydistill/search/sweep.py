@@ -69,6 +69,7 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
         BudgetStopper,
         ProgressCallback,
         ReleaseCallback,
+        say_to,
         start_control,
     )
     from raydistill.search.space import load_space
@@ -76,6 +77,7 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
     from raydistill.search.tune_space import to_tune
 
     progress = progress or log.info
+    say_to(progress)  # a resumed sweep's callbacks come from tuner.pkl, without a terminal
     space = load_space(space_path)
     budget = space.budget
     total_kwh = budget_kwh if budget_kwh is not None else budget.total_kwh

@@ -118,3 +118,37 @@ def test_verbose_changes_nothing(capsys):
         console.say("ours")
     assert capsys.readouterr().out == "library\n[raydistill] ours\n"
     assert console.log_path is None
+
+
+class _Trial:
+    def __init__(self, trial_id, config, last_result=None):
+        self.trial_id, self.config, self.last_result = trial_id, config, last_result
+
+
+def test_sweep_progress_lines_survive_tuner_pkl(capsys):
+    """Tune pickles its callbacks into tuner.pkl: one holding the terminal must still pickle
+    (else --resume finds an empty tuner.pkl), and the restored copy speaks where it is told."""
+    from ray import cloudpickle
+
+    from raydistill.console import Console
+    from raydistill.search.control import ProgressCallback, say_to
+
+    cb = ProgressCallback(Console(stream=sys.stdout).say)
+    trial = _Trial("t1", {"lr": 0.1})
+    cb.on_trial_start(0, [trial], trial)
+    trial.last_result = {"trial_id": "a-1", "status": "finished", "quality": 0.5,
+                         "energy_j": 2500.0}
+    cb.on_trial_complete(0, [trial], trial)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[raydistill] trial t1 started (1 so far): lr=0.1"
+    assert out[1].startswith("[raydistill] trial a-1: finished after ")
+    assert out[1].endswith(", quality 0.500, 2.50 kJ")
+
+    restored = cloudpickle.loads(cloudpickle.dumps(cb))
+    heard: list[str] = []
+    say_to(heard.append)
+    try:
+        restored.on_trial_error(0, [trial], trial)
+    finally:
+        say_to(None)
+    assert heard and heard[0].startswith("trial a-1: failed after ")
