@@ -191,7 +191,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out: the sweep directory to resume")
     out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    from raydistill.results import format_table
+    from raydistill.report.units import display_frame
 
     with quiet(args.verbose) as console:
         summary = run_sweep(args.space, out, budget_kwh=args.budget_kwh,
@@ -201,7 +201,7 @@ def _sweep(args: argparse.Namespace) -> int:
         cols = [c for c in ("trial_id", "status", "quality", "energy_j", "energy_marginal_j",
                             "energy_amortized_j", "forecast_j", "forecast_profile_error",
                             "wasted_j") if c in summary["trials_table"].columns]
-        console.show(format_table(summary["trials_table"][cols]))
+        console.show(display_frame(summary["trials_table"][cols]).to_string(index=False))
         console.show(f"Pareto set: {', '.join(summary['pareto_trials']) or 'empty'}; "
                      f"hypervolume {summary['hypervolume']:.4g} (reference quality 0, energy "
                      f"{summary['reference'][1]:,.0f} J); knee {summary['knee_trial']}; wasted "

@@ -170,13 +170,22 @@ def stage_line(stage: str, trial: str, elapsed_s: float, rows: list[dict],
     from raydistill.results import energy_frame, stage_totals
 
     totals = stage_totals(energy_frame(rows)) if rows else None
-    energy = float(totals["energy_j"].sum()) if totals is not None else 0.0
     if not done:
+        if totals is None:  # 0 J would read as "measured nothing"; nothing has been opened yet
+            return f"{stage} [{trial}]: {fmt_duration_s(elapsed_s)} so far, no window open yet"
+        energy = float(totals["energy_j"].sum())
         return f"{stage} [{trial}]: {fmt_duration_s(elapsed_s)} so far, {fmt_energy_j(energy)}"
     if totals is None:
         return f"{stage} [{trial}]: done in {fmt_duration_s(elapsed_s)}, no energy measured"
+    energy = float(totals["energy_j"].sum())
     load = float(totals["load_j"].sum())
-    parts = [f"{stage} [{trial}]: done in {fmt_duration_s(elapsed_s)}, {fmt_energy_j(energy)}"
+    took = f"done in {fmt_duration_s(elapsed_s)}"
+    windows_s = float(totals["duration_s"].max())
+    if elapsed_s - windows_s > max(1.0, 0.1 * elapsed_s):
+        # the table's duration is its windows'; the rest (workers starting, the ledger's
+        # answer) was the wait before them, said so the two figures do not look contradictory
+        took += f" ({fmt_duration_s(windows_s)} in its windows)"
+    parts = [f"{stage} [{trial}]: {took}, {fmt_energy_j(energy)}"
              + (f" (model load {fmt_energy_j(load)})" if load > 0 else "")]
     rate = float(totals["tokens_per_s"].sum()) if len(totals) == 1 else math.nan
     if math.isfinite(rate) and rate > 0:

@@ -123,9 +123,11 @@ def summary(result: RunResult) -> str:
             "j_per_token", "generated_tokens", "j_per_generated_token", "energy_method",
             "co2e_g"]
     cols = [c for c in cols if c in result.table.columns]
-    from raydistill.results import format_table
+    from raydistill.report.units import display_frame
 
-    lines = [format_table(result.table[cols], floats="{:,.3f}"), ""]
+    # the report's units and three figures: "219 J", "0.204 mJ" per token, not "0.000"
+    shown = display_frame(result.table[cols])
+    lines = [shown.to_string(index=False) if len(shown) else "(no windows)", ""]
     for m in result.metrics:
         om = ", ".join(f"{k} {v:.2f}" for k, v in m["OM_perf"].items())
         sc = ", ".join(f"{k} {v:.3f}" for k, v in m["scores"].items())

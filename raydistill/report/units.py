@@ -155,13 +155,15 @@ def fmt_text(x: Any) -> str:
 def column_format(name: str, series: pd.Series) -> tuple[str, Formatter]:
     """(header, formatter) for a column by its name's unit suffix: `_j` energy, `_j_per_token`
     and `j_per_*` per token, `_g` CO2e, `_l` water, `_s` time (`t_*_s` a clock time),
-    `_share` percent; other numbers three figures (whole numbers as counts). The unit suffix
-    leaves the header where the cell says it."""
+    `_share` percent, `_per_s` a rate; other numbers three figures (whole numbers as counts).
+    The unit suffix leaves the header where the cell says it."""
     if name.startswith("j_per_") or "_j_per_" in name:
         return name, fmt_j_per_token
     for suffix, fmt in (("_j", fmt_energy_j), ("_g", fmt_co2e_g), ("_l", fmt_water_l)):
         if name.endswith(suffix):
             return name[: -len(suffix)], fmt
+    if name.endswith("_per_s"):  # a rate (tokens_per_s), not a time
+        return name, fmt_sig
     if name.endswith("_s"):
         return (name, fmt_time) if name.startswith("t_") else (name[:-2], fmt_duration_s)
     if name.endswith("_share"):

@@ -40,6 +40,12 @@ def test_running_and_unmeasured_lines():
         "evaluation [t]: 20.0 s so far, 1.20 kJ"
     assert stage_line("evaluation", "t", 3.0, [], done=True) == \
         "evaluation [t]: done in 3.00 s, no energy measured"
+    # before the first window (workers starting) there is nothing to show, not 0 J
+    assert stage_line("student_training", "t", 20.0, [], done=False) == \
+        "student_training [t]: 20.0 s so far, no window open yet"
+    # a stage that waited long before its windows says both durations, the table's in brackets
+    assert stage_line("teacher_generation", "t", 20.0, ROWS, done=True).startswith(
+        "teacher_generation [t]: done in 20.0 s (6.00 s in its windows), 2.20 kJ")
     # no tokens (a teacher that only trained): no rate is invented
     assert "tokens/s" not in stage_line("x", "t", 4.0, [_row("w", "work", 0, 4, 10.0, 0)],
                                         done=True)

@@ -268,3 +268,10 @@ def test_every_stage_has_its_own_colour_and_the_axis_its_unit(sweep_dir):
     hatched = {c.get_label() for c in ax.containers if c.patches[0].get_hatch()}
     assert hatched == {"teacher_generation (teacher side)"}
     plt.close(fig)
+
+
+def test_a_rate_is_not_read_as_a_time():
+    frame = pd.DataFrame({"tokens_per_s": [46702.8], "duration_s": [29.6]})
+    shown = display_frame(frame)
+    assert list(shown.columns) == ["tokens_per_s", "duration"]
+    assert shown.iloc[0].tolist() == ["46,700", "29.6 s"]
