@@ -147,10 +147,16 @@ class ModelConfig:
     steps: int = 300
     lr: float = 1e-3
     batch_size: int = 64  # sequences per optimizer step (all workers, all micro-batches)
+    # Teacher only: GPUs its training task (steps > 0) holds, the model's layers split over
+    # them (0 = generation.gpus_per_actor). A student is placed by distill.num_workers.
+    gpus: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
+        if self.gpus < 0:
+            raise ConfigError(f"gpus must be >= 0 (0 = generation.gpus_per_actor), got "
+                              f"{self.gpus}")
         _positive("lr", self.lr)
         _positive("batch_size", self.batch_size)
         if not self.model and not self.steps:
@@ -330,8 +336,15 @@ class EvalConfig:
     # The inference probe repeats (after one untimed warm-up pass) until its window lasts this
     # long: a window of a few sample periods is interpolation, not a measurement of EPT.
     inference_min_s: float = 3.0
+    # GPUs of the evaluation task (it loads teacher and student, layers split over them with
+    # device_map="auto"; the inference probes run there too). 0 = generation.gpus_per_actor,
+    # the GPUs one teacher actor needs.
+    gpus: int = 0
 
     def __post_init__(self) -> None:
+        if self.gpus < 0:
+            raise ConfigError(f"evaluation.gpus must be >= 0 (0 = generation.gpus_per_actor), "
+                              f"got {self.gpus}")
         _positive("evaluation.limit", self.limit)
         _positive("evaluation.inference_prompts", self.inference_prompts)
         _positive("evaluation.inference_min_s", self.inference_min_s)
@@ -367,6 +380,11 @@ class ExperimentConfig:
     footprint: FootprintConfig = field(default_factory=FootprintConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     baseline: bool = True  # also train the student without a teacher (the honest comparison)
+
+    def __post_init__(self) -> None:
+        if self.student.gpus:
+            raise ConfigError(f"student.gpus {self.student.gpus}: the student's GPUs are its "
+                              "Ray Train workers; set distill.num_workers instead")
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

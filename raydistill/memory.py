@@ -18,6 +18,13 @@ GIB = 2**30
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 TEACHER_BYTES = 2  # raydistill.distill.teacher loads every teacher on GPU in bf16
 TEACHER_MODES = ("online", "cached")
+ENGINES = ("hf", "vllm", "zero3")  # what runs a teacher actor (zero3: caching only)
+# vLLM's scheduler puts at most this many tokens through the model per step (chunked prefill):
+# EngineArgs' default max_num_batched_tokens for the LLM class on GPUs of >= 70 GB (8,192 below;
+# vllm/engine/arg_utils.py), so its activations and prompt logprobs are bounded by it, not by
+# the batch. The larger figure keeps the estimate an upper bound.
+VLLM_BATCHED_TOKENS = 16384
+EVAL_BATCH = 64  # raydistill.distill.evaluate: exact_match's and lm-eval's batch_size
 QKV_BIAS_FAMILIES = ("qwen2",)  # Qwen2 has biases on q, k, v (not o); Llama/Mistral none
 QK_NORM_FAMILIES = ("qwen3",)  # Qwen3 normalises q and k per head (two head_dim weights)
 _REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -135,22 +142,36 @@ class TrainingPlan:
     generation_batch_size: int | None = None  # sequences per teacher actor call (None = micro)
     generation_seq_len: int | None = None  # prompt + new tokens (None = max_seq_len)
     headroom_fraction: float = 0.10  # kept free for the CUDA context and fragmentation
+    generation_engine: str = "hf"  # hf | vllm (tensor parallel over gpus_per_actor)
+    caching_engine: str = "hf"  # hf | vllm (one pass with generation) | zero3 (the workers)
+    teacher_build_gpus: int = 0  # GPUs of the teacher's fine-tuning task; 0 = no build (steps 0)
+    teacher_build_batch_size: int = 1  # sequences per teacher training step (one micro-batch)
+    teacher_build_seq_len: int | None = None  # prompt + response tokens (None = max_seq_len)
+    teacher_as_is: bool = False  # a pretrained teacher used where it is (steps 0): no build
+    eval_gpus: int = 0  # GPUs of the evaluation task, models split over them (0 = not planned)
+    cluster_gpus: int = 0  # GPUs in the cluster; a role asking for more cannot be placed (0 = ?)
 
     def __post_init__(self) -> None:
         for name in ("world_size", "micro_batch_size", "max_seq_len", "gpus_per_actor",
-                     "generation_batch_size", "generation_seq_len"):
+                     "generation_batch_size", "generation_seq_len", "teacher_build_batch_size",
+                     "teacher_build_seq_len"):
             value = getattr(self, name)  # generation_* may be None (= the training figure)
-            optional = value is None and name.startswith("generation")
+            optional = value is None and name.startswith(("generation", "teacher_build"))
             if not optional and (type(value) is not int or value < 1):
                 _fail(f"{name} must be an integer >= 1, got {value!r}")
         for name, value, valid in (("precision", self.precision, DTYPE_BYTES),
                                    ("method", self.method, METHODS),
                                    ("teacher", self.teacher, TEACHER_MODES),
-                                   ("zero_stage", self.zero_stage, (0, 1, 2, 3))):
+                                   ("zero_stage", self.zero_stage, (0, 1, 2, 3)),
+                                   ("generation_engine", self.generation_engine, ENGINES[:2]),
+                                   ("caching_engine", self.caching_engine, ENGINES)):
             if value not in valid:
                 _fail(f"{name} {value!r} unknown; valid: {', '.join(map(str, valid))}")
         if not self.gpu_memory_gib > 0:
             _fail(f"gpu_memory_gib must be > 0, got {self.gpu_memory_gib!r}")
+        if min(self.teacher_build_gpus, self.eval_gpus, self.cluster_gpus) < 0:
+            _fail("teacher_build_gpus, eval_gpus and cluster_gpus must be >= 0 (0 = not planned"
+                  " / unknown)")
         if self.top_k < 0 or self.loss_chunk_tokens < 0:
             _fail("top_k and loss_chunk_tokens must be >= 0 (0 chunk tokens = unchunked)")
         if not 0 <= self.headroom_fraction < 1:
@@ -225,25 +246,86 @@ class TeacherActorMemory(_Role):
 
 
 @dataclass(frozen=True)
+class TeacherBuildMemory(_Role):
+    """One GPU of the teacher's fine-tuning task (steps > 0), layers split over its GPUs."""
+
+    weights_bytes: int = _line("teacher weights (fp32 master)")
+    gradients_bytes: int = _line("gradients")
+    optimizer_states_bytes: int = _line("optimizer states")
+    activations_bytes: int = _line("activations")
+    logits_bytes: int = _line("logits + loss")
+
+
+@dataclass(frozen=True)
+class EvaluationMemory(_Role):
+    """One GPU of the evaluation task: teacher and student loaded together, layers split over
+    its GPUs; the inference probes run in the same task on the same models."""
+
+    teacher_weights_bytes: int = _line("teacher weights")
+    student_weights_bytes: int = _line("student weights")
+    kv_cache_bytes: int = _line("KV cache")
+    activations_bytes: int = _line("activations (one layer)")
+    logits_bytes: int = _line("logits (lm-eval loglikelihood)")
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
-    """Every GPU role of the run; it fits when each role fits on its own GPU."""
+    """Every role of the run that holds a model, each on its own GPUs; it fits when each role
+    fits its GPU and asks for no more GPUs than the cluster has."""
 
     plan: TrainingPlan
     training: TrainingWorkerMemory
     generation: TeacherActorMemory | None  # None when no teacher runs (method none)
     caching: TeacherActorMemory | None  # None unless logit KD from a top-k cache
+    teacher_build: TeacherBuildMemory | None = None  # None when the teacher is not trained
+    evaluation: EvaluationMemory | None = None
 
     def roles(self) -> tuple[tuple[str, _Role], ...]:
-        n, g = self.plan.world_size, self.plan.gpus_per_actor
-        gpus = f"{g} GPU{'s' * (g > 1)} each"
-        named = ((f"training worker (x{n} GPU{'s' * (n > 1)})", self.training),
-                 (f"teacher generation actor ({gpus})", self.generation),
-                 (f"teacher caching actor ({gpus})", self.caching))
-        return tuple((name, role) for name, role in named if role is not None)
+        return tuple((name, role) for name, role, _ in self._placed() if role is not None)
+
+    def _placed(self) -> tuple[tuple[str, _Role | None, int], ...]:
+        """(name, memory, GPUs it holds at once) per role, in the order the stages run."""
+        p = self.plan
+        n, g, b, e = p.world_size, p.gpus_per_actor, p.teacher_build_gpus, p.eval_gpus
+        split = "vLLM tensor parallel" if p.generation_engine == "vllm" else "layers split"
+        cache_how = {"vllm": "vLLM tensor parallel, prompt logprobs", "hf": "layers split",
+                     "zero3": "layers split"}[p.caching_engine]
+        student = "student" if not p.teacher_in_training else (
+            "student + online teacher ZeRO-3 over them" if p.teacher_sharded
+            else "student + online teacher replicated")
+        return ((f"teacher build (x{_gpus(b)}): fine-tuning, "
+                 f"{'layers split' if b > 1 else 'one GPU'}", self.teacher_build, b),
+                (f"teacher generation actor ({_gpus(g)} each): {split}", self.generation, g),
+                (f"teacher caching actor ({_gpus(g)} each): {cache_how}", self.caching, g),
+                (f"training worker (x{_gpus(n)}): {student}", self.training, n),
+                (f"evaluation + inference probes (x{_gpus(e)}): teacher and student "
+                 f"{'layers split' if e > 1 else 'on one GPU'}", self.evaluation, e))
+
+    def unplaceable(self) -> tuple[str, ...]:
+        """One line per role that asks for more GPUs than `cluster_gpus`."""
+        c = self.plan.cluster_gpus
+        return tuple(f"{name.split(' (')[0]} asks for {_gpus(k)} but the cluster has {c} "
+                     "(hardware.gpus)" for name, role, k in self._placed()
+                     if role is not None and c and k > c)
+
+    def notes(self) -> tuple[str, ...]:
+        """What a role that holds no GPU does instead (said, not left out silently)."""
+        p, out = self.plan, []
+        if self.teacher_build is None and p.teacher_as_is:
+            out.append("teacher build: none (steps 0: the teacher is the hub model or path "
+                       "itself; nothing is loaded or copied)")
+        if self.generation is not None and self.caching is None and p.method == "logit" \
+                and p.teacher == "cached":
+            out.append("teacher caching: written by the generation pass")
+        return tuple(out)
 
     @property
     def fits(self) -> bool:
-        return all(r.fits for _, r in self.roles())
+        return all(r.fits for _, r in self.roles()) and not self.unplaceable()
+
+
+def _gpus(n: int) -> str:
+    return f"{n} GPU{'s' * (n != 1)}"
 
 
 def _training_states(psi: int, s: Architecture, p: TrainingPlan) -> tuple[int, int, int]:
@@ -298,19 +380,61 @@ def _teacher_in_training(t: Architecture, p: TrainingPlan) -> tuple[int, int]:
 
 
 def _actor(t: Architecture, p: TrainingPlan, usable: int, caching: bool) -> TeacherActorMemory:
-    """Weights and KV cache divided over gpus_per_actor (device_map="auto" splits the layers);
-    one layer's working set and the logits sit on one GPU. Generation keeps B·V last-token
-    logits; caching forwards whole sequences, B·T·V in bf16 + fp32 (the temperature softmax)."""
+    """Weights and KV cache divided over gpus_per_actor (device_map="auto" splits the layers,
+    vLLM's tensor parallelism the heads); one layer's working set and the logits sit on one GPU
+    (an upper bound under tensor parallelism). Generation keeps B·V last-token logits; HF
+    caching forwards whole sequences, B·T·V in bf16 + fp32 (the temperature softmax). vLLM puts
+    at most VLLM_BATCHED_TOKENS tokens through a step, which bounds its activations and its
+    prompt logprobs."""
     b, g = TEACHER_BYTES, p.gpus_per_actor
     batch = p.generation_batch_size or p.micro_batch_size
     seq = p.generation_seq_len or p.max_seq_len
+    vllm = (p.caching_engine if caching else p.generation_engine) == "vllm"
+    step_tokens = min(batch * seq, VLLM_BATCHED_TOKENS) if vllm else batch * seq
     kv_width = t.num_kv_heads * t.head_dim  # K and V of every layer per token
-    kv = 0 if caching else batch * seq * 2 * t.num_layers * kv_width * b // g
-    rows = batch * seq if caching else batch
+    kv = 0 if caching and not vllm else batch * seq * 2 * t.num_layers * kv_width * b // g
+    rows = step_tokens if caching else batch
     return TeacherActorMemory(
         weights_bytes=t.params * b // g, kv_cache_bytes=kv,
-        activations_bytes=batch * seq * b * t.layer_activation_elements(seq, p.flash_attention),
+        activations_bytes=step_tokens * b * t.layer_activation_elements(seq, p.flash_attention),
         logits_bytes=rows * t.vocab_size * (b + 4), usable_bytes=usable)
+
+
+def _teacher_build(t: Architecture, p: TrainingPlan, usable: int) -> TeacherBuildMemory | None:
+    """The teacher fine-tuned (distill.stages.train_lm) with its layers split over
+    teacher_build_gpus: fp32 master weights, fp32 gradients, AdamW m and v (16Ψ, the ZeRO
+    paper's mixed-precision count, §3.1) and every layer's bf16 activations (no checkpointing),
+    divided over the GPUs; the logits and their two fp32 log-softmax copies on the last one."""
+    k = p.teacher_build_gpus
+    if not k:
+        return None
+    tokens = p.teacher_build_batch_size * (p.teacher_build_seq_len or p.max_seq_len)
+    layer = t.layer_activation_elements(p.teacher_build_seq_len or p.max_seq_len,
+                                        p.flash_attention)
+    return TeacherBuildMemory(
+        weights_bytes=4 * t.params // k, gradients_bytes=4 * t.params // k,
+        optimizer_states_bytes=8 * t.params // k,
+        activations_bytes=tokens * TEACHER_BYTES * t.num_layers * layer // k,
+        logits_bytes=tokens * t.vocab_size * (TEACHER_BYTES + 2 * 4), usable_bytes=usable)
+
+
+def _evaluation(t: Architecture, s: Architecture, p: TrainingPlan, usable: int,
+                uses_teacher: bool) -> EvaluationMemory:
+    """distill.stages.evaluate_remote: both models in bf16, layers split over eval_gpus;
+    EVAL_BATCH sequences of prompt + new tokens. The larger model's KV cache and one layer's
+    working set; lm-eval's loglikelihood forward keeps B·T·V logits and their log-softmax in the
+    model's dtype on the GPU that holds the output layer."""
+    e, b = p.eval_gpus, TEACHER_BYTES
+    seq = p.generation_seq_len or p.max_seq_len
+    big = t if uses_teacher else s
+    kv = EVAL_BATCH * seq * 2 * big.num_layers * big.num_kv_heads * big.head_dim * b // e
+    vocab = max(t.vocab_size, s.vocab_size) if uses_teacher else s.vocab_size
+    return EvaluationMemory(
+        teacher_weights_bytes=t.params * b // e if uses_teacher else 0,
+        student_weights_bytes=s.params * b // e, kv_cache_bytes=kv,
+        activations_bytes=EVAL_BATCH * seq * b * big.layer_activation_elements(
+            seq, p.flash_attention),
+        logits_bytes=EVAL_BATCH * seq * vocab * 2 * b, usable_bytes=usable)
 
 
 def estimate_memory(teacher: Mapping[str, Any] | Architecture,
@@ -326,9 +450,13 @@ def estimate_memory(teacher: Mapping[str, Any] | Architecture,
     training = TrainingWorkerMemory(weights, grads, opt, _activations(s, t, p), _logits(s, p),
                                     t_weights, t_out, usable_bytes=usable)
     uses_teacher = p.method != "none"
-    caching = uses_teacher and p.method == "logit" and p.teacher == "cached"
+    cached = uses_teacher and p.method == "logit" and p.teacher == "cached"
+    # vLLM at temperature 1 writes the cache in the generation pass (pipeline.teacher_side)
+    caching = cached and not (p.caching_engine == "vllm" and p.generation_engine == "vllm")
     return MemoryPlan(p, training, _actor(t, p, usable, False) if uses_teacher else None,
-                      _actor(t, p, usable, True) if caching else None)
+                      _actor(t, p, usable, True) if caching else None,
+                      _teacher_build(t, p, usable),
+                      _evaluation(t, s, p, usable, uses_teacher) if p.eval_gpus else None)
 
 
 def _advice(label: str, p: TrainingPlan, role: _Role) -> str:
@@ -341,6 +469,10 @@ def _advice(label: str, p: TrainingPlan, role: _Role) -> str:
         return "lower batch_size or max_seq_len" if ckpt else "turn on gradient_checkpointing"
     if label == "logits + loss":
         return "lower batch_size" if p.loss_chunk_tokens else "chunk the loss (loss_chunk_tokens)"
+    if isinstance(role, TeacherBuildMemory):
+        return "raise teacher.gpus, or use the teacher as it is (teacher.steps 0)"
+    if isinstance(role, EvaluationMemory):
+        return "raise evaluation.gpus"
     if label == "teacher weights" and isinstance(role, TeacherActorMemory):
         g = -(-p.gpus_per_actor * role.total_bytes // role.usable_bytes)  # ceil
         return f"raise gpus_per_actor to {max(g, p.gpus_per_actor + 1)}"
@@ -371,4 +503,4 @@ def format_memory_plan(plan: MemoryPlan) -> str:
             label, b = role.largest_line
             advice.append(f"{name.split(' (')[0]} does not fit: largest line is {label} "
                           f"({b / GIB:.2f} GiB); {_advice(label, p, role)}")
-    return "\n".join(out + advice)
+    return "\n".join(out + list(plan.notes()) + advice + list(plan.unplaceable()))

@@ -1,9 +1,11 @@
 """`raydistill run CONFIG --dry-run`: resolve the config, check the tokenizers, estimate memory.
 
 Nothing is trained or generated (`local:` models are built if missing, a few seconds, as the
-run would). Model architectures come from each model's config.json
-(a local directory, or the hub cache when the id was downloaded before); a model that cannot be
-reached is said so, and the checks that need it are skipped, never guessed.
+run would). Model architectures come from each model's config.json (a local directory, or the
+hub cache when the id was downloaded before), else from raydistill's table of the published
+config.json files of the models the shipped configs name (`raydistill.architectures`), so a
+cluster run is planned offline; a model in none of these is said so, and the checks that need
+it are skipped, never guessed.
 """
 
 from __future__ import annotations
@@ -42,9 +44,15 @@ def architecture(model: str, tiny: dict) -> tuple[dict | None, str]:
 
         return (AutoConfig.from_pretrained(model, local_files_only=True).to_dict(),
                 f"{model} (hub cache)")
-    except Exception:  # offline, gated, misspelt: not in the cache is all a dry run can say
-        return None, (f"{model} is not in the local hub cache (huggingface-cli download "
-                      f"{model} --include config.json tokenizer*, or give a local path)")
+    except Exception:  # offline, gated, misspelt: the table, else not in the cache
+        pass
+    from raydistill.architectures import known_architecture
+
+    known = known_architecture(model)
+    if known is not None:
+        return known, f"{model} (published config.json, raydistill.architectures; offline)"
+    return None, (f"{model} is not in the local hub cache (huggingface-cli download "
+                  f"{model} --include config.json tokenizer*, or give a local path)")
 
 
 def tokenizer_check(cfg: ExperimentConfig, local_only: bool = True) -> str:
@@ -81,11 +89,16 @@ def tokenizer_check(cfg: ExperimentConfig, local_only: bool = True) -> str:
             f"({len(teacher):,} / {len(student):,} tokens); {method} works with either")
 
 
-def plan_of(cfg: ExperimentConfig) -> Any:
+def plan_of(cfg: ExperimentConfig, engine: str = "hf") -> Any:
+    """The memory plan's layout of `cfg`, its teacher served by `engine` (hf | vllm)."""
     from raydistill.memory import TrainingPlan
 
     d, t, g = cfg.distill, cfg.training, cfg.generation
     cached = d.method == "logit" and d.top_k > 0
+    # as Pipeline.cache_engine: vLLM's raw logprobs are a cache at temperature 1 only
+    cache_engine = "zero3" if g.cache_engine == "zero3" else (
+        "vllm" if engine == "vllm" and d.temperature == 1.0 else "hf")
+    data = cfg.data
     # the plan is for the GPUs named in `hardware` (auto = bf16 there), not for this machine
     precision = t.precision if t.precision != "auto" else "bf16"
     return TrainingPlan(
@@ -97,7 +110,40 @@ def plan_of(cfg: ExperimentConfig) -> Any:
         teacher_sharded=d.teacher_sharding == "zero3", top_k=max(d.top_k, 1),
         loss_chunk_tokens=t.chunk_tokens, gpus_per_actor=g.gpus_per_actor,
         generation_batch_size=g.batch_size,
-        generation_seq_len=cfg.data.max_prompt_tokens + g.max_new_tokens)
+        generation_seq_len=data.max_prompt_tokens + g.max_new_tokens,
+        generation_engine=engine, caching_engine=cache_engine,
+        teacher_build_gpus=teacher_build_gpus(cfg),
+        teacher_as_is=bool(cfg.teacher.model) and not cfg.teacher.steps,
+        teacher_build_batch_size=cfg.teacher.batch_size,
+        teacher_build_seq_len=data.max_prompt_tokens + data.max_response_tokens,
+        eval_gpus=evaluation_gpus(cfg), cluster_gpus=cfg.hardware.gpus or d.num_workers)
+
+
+def teacher_build_gpus(cfg: ExperimentConfig) -> int:
+    """GPUs the teacher_training task holds: none when the teacher is a pretrained model used
+    as it is (steps 0: nothing is loaded), else teacher.gpus (0 = generation.gpus_per_actor)."""
+    if cfg.teacher.model and not cfg.teacher.steps:
+        return 0
+    return cfg.teacher.gpus or cfg.generation.gpus_per_actor
+
+
+def evaluation_gpus(cfg: ExperimentConfig) -> int:
+    """GPUs of the evaluation task: evaluation.gpus, or the GPUs one teacher generation actor
+    holds (what the teacher needs to be served)."""
+    return cfg.evaluation.gpus or cfg.generation.gpus_per_actor
+
+
+def planned_engine(requested: str, teacher: dict | None, on_gpu: bool,
+                   choose: Any) -> tuple[str, str]:
+    """(engine, why) the cluster will use: `choose` (teacher_vllm.choose_engine) decides, but
+    an explicit vllm is planned even where this machine lacks vLLM (a laptop plans a cluster
+    run; the run itself refuses to start without it)."""
+    from raydistill.distill.teacher_vllm import INSTALL, vllm_version
+
+    if requested == "vllm" and vllm_version() is None:
+        return "vllm", f"vLLM (generation.engine: vllm; not installed here: the cluster needs " \
+                       f"it, {INSTALL})"
+    return choose(requested, teacher, on_gpu)
 
 
 def dry_run(cfg: ExperimentConfig) -> tuple[str, bool]:
@@ -113,18 +159,20 @@ def dry_run(cfg: ExperimentConfig) -> tuple[str, bool]:
     teacher, t_from = architecture(cfg.teacher.model, cfg.teacher.tiny)
     student, s_from = architecture(cfg.student.model, cfg.student.tiny)
     lines += [f"teacher architecture: {t_from}", f"student architecture: {s_from}"]
+    engine = "hf"
     if cfg.generation.engine != "hf":
         from raydistill.distill.teacher_vllm import choose_engine
 
         # for the GPUs named in `hardware`, not this machine (as the memory plan)
         on_gpu = not cfg.hardware.gpu.lower().startswith("none")
-        _, why = choose_engine(cfg.generation.engine, teacher, on_gpu)
+        engine, why = planned_engine(cfg.generation.engine, teacher, on_gpu, choose_engine)
         lines.append(f"teacher engine: {why}")
     if teacher is None or student is None:
         lines.append("memory estimate: skipped (an architecture is not reachable; download the "
                      "model or give a local path)")
         return "\n".join(lines), True
-    plan = estimate_memory(teacher, student, plan_of(cfg))
-    lines.append(f"hardware: {cfg.hardware.gpu}, {cfg.hardware.gpu_memory_gib:g} GiB per GPU")
+    plan = estimate_memory(teacher, student, plan_of(cfg, engine))
+    lines.append(f"hardware: {cfg.hardware.gpu}, {plan.plan.cluster_gpus} × "
+                 f"{cfg.hardware.gpu_memory_gib:g} GiB")
     lines.append(format_memory_plan(plan))
     return "\n".join(lines), plan.fits

@@ -39,6 +39,15 @@ class Artifact:
     built_by: dict = field(default_factory=dict)  # trial_id, stage, window ids, energy_j
     created_s: float = 0.0
     reused: bool = False  # True when this run found it already built
+    # A reference holds no files of its own: the model it names (a hub id or a local path) is
+    # the artifact. A pretrained teacher used as it is (steps 0) is one: copying 140 GB of a
+    # 70B checkpoint into the store would change nothing but the bill.
+    model: str = ""
+
+    @property
+    def location(self) -> str:
+        """Where a model artifact is loaded from: the model it names, else its directory."""
+        return self.model or str(self.path)
 
 
 class ArtifactStore:
@@ -56,7 +65,8 @@ class ArtifactStore:
             return None
         data = json.loads(manifest.read_text())
         return Artifact(kind, key, self.path(kind, key), data.get("inputs", {}),
-                        data.get("built_by", {}), data.get("created_s", 0.0), reused=True)
+                        data.get("built_by", {}), data.get("created_s", 0.0), reused=True,
+                        model=data.get("model", ""))
 
     def staging(self, kind: str) -> Path:
         """A fresh directory to build into; pass it to `commit` when the build is done."""
@@ -64,12 +74,16 @@ class ArtifactStore:
         tmp.mkdir(parents=True)
         return tmp
 
-    def commit(self, kind: str, inputs: dict, staging: Path, built_by: dict) -> Artifact:
+    def commit(self, kind: str, inputs: dict, staging: Path, built_by: dict,
+               model: str = "") -> Artifact:
+        """Move `staging` into place under its content address; `model` makes the artifact a
+        reference to that model (the directory then holds the manifest alone)."""
         key = artifact_key(kind, inputs)
         created = time.time()
         (staging / MANIFEST).write_text(json.dumps(
             {"kind": kind, "key": key, "inputs": inputs, "built_by": built_by,
-             "created_s": created}, indent=1, sort_keys=True, default=str))
+             "created_s": created, **({"model": model} if model else {})}, indent=1,
+            sort_keys=True, default=str))
         final = self.path(kind, key)
         try:
             os.replace(staging, final)
@@ -81,7 +95,7 @@ class ArtifactStore:
             if existing is None:
                 raise
             return existing
-        return Artifact(kind, key, final, inputs, built_by, created)
+        return Artifact(kind, key, final, inputs, built_by, created, model=model)
 
     def record_cost(self, artifact: Artifact, built_by: dict) -> None:
         """Add the energy figures to a committed artifact's manifest (written whole)."""

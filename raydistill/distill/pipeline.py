@@ -114,7 +114,9 @@ class Pipeline:
 
     # ---- what determines each teacher artifact (its content address) ------------------------
     def _teacher_inputs(self) -> dict:
-        inputs = {"teacher": to_dict(self.cfg.teacher), "seed": self.cfg.seed}
+        teacher = to_dict(self.cfg.teacher)
+        teacher.pop("gpus", None)  # where it trains, not what it learns
+        inputs = {"teacher": teacher, "seed": self.cfg.seed}
         if self.cfg.teacher.steps:  # a trained teacher depends on what it learned from
             d = self.cfg.data
             inputs["data"] = {"teacher_rows": self.data().digests["teacher"],
@@ -176,16 +178,36 @@ class Pipeline:
 
     def teacher_model(self, data: DataSplits) -> Artifact:
         from raydistill.distill.stages import train_model_remote
+        from raydistill.plan import teacher_build_gpus
 
         inputs = self._teacher_inputs()
+        if self.cfg.teacher.model and not self.cfg.teacher.steps:
+            return self._teacher_reference(inputs)
 
         def build(out: Path) -> dict:
-            return ray.get(train_model_remote.options(**self._task_resources()).remote(
+            gpus = teacher_build_gpus(self.cfg)
+            return ray.get(train_model_remote.options(**self._task_resources(gpus)).remote(
                 to_dict(self.cfg.teacher), str(data["teacher"]), str(out),
                 self.session.namespace, "setup", "teacher_training", self.cfg.seed,
                 to_dict(self.cfg.data)))
 
         return self._artifact("teacher_model", inputs, "setup", "teacher_training", build)
+
+    def _teacher_reference(self, inputs: dict) -> Artifact:
+        """A pretrained teacher used as it is (steps 0): the artifact is the hub id or local
+        path itself. No task runs, nothing is loaded or copied, so no teacher_training window
+        is recorded at all (its manifest says 0 J): the stages that use the teacher load it
+        from where it is, inside their own windows."""
+        found = self.store.get("teacher_model", inputs)
+        if found is not None:
+            return found
+        model = self.cfg.teacher.model
+        self.progress(f"teacher_training: none (steps 0): the teacher is {model} as it is; "
+                      "nothing loaded or copied")
+        staging = self.store.staging("teacher_model")
+        return self.store.commit("teacher_model", inputs, staging, {
+            "trial_id": "setup", "stage": "teacher_training", "pretrained": model,
+            "energy_j": 0.0, "seconds": 0.0, "reference": True}, model=model)
 
     def teacher_side(self, teacher: Artifact, data: DataSplits, trial_id: str,
                      method: str) -> dict[str, Artifact]:
@@ -218,7 +240,7 @@ class Pipeline:
         g, d = self.cfg.generation, self.cfg.distill
         inputs = self._synthetic_inputs(teacher.key)
         engine, why = self.engine()
-        ctor = {"model_path": str(teacher.path), "namespace": self.session.namespace,
+        ctor = {"model_path": teacher.location, "namespace": self.session.namespace,
                 "trial_id": trial_id, "max_new_tokens": g.max_new_tokens,
                 "max_prompt_tokens": self.cfg.data.max_prompt_tokens,
                 "sampling": sampling_of(g, self.cfg.seed)}
@@ -264,10 +286,10 @@ class Pipeline:
             if engine == "zero3":
                 from raydistill.distill.sharded_cache import build_sharded_cache
 
-                build_sharded_cache(self.cfg, synthetic.path, teacher.path, out, self.run_dir,
+                build_sharded_cache(self.cfg, synthetic.path, teacher.location, out, self.run_dir,
                                     self.session.namespace, trial_id, self.use_gpu)
                 return {"engine": "zero3"}
-            ctor = {"model_path": str(teacher.path), "namespace": self.session.namespace,
+            ctor = {"model_path": teacher.location, "namespace": self.session.namespace,
                     "trial_id": trial_id, "top_k": d.top_k, "dtype": d.cache_dtype,
                     "max_prompt_tokens": self.cfg.data.max_prompt_tokens,
                     "max_seq_len": self.cfg.training.max_seq_len}
@@ -301,28 +323,33 @@ class Pipeline:
                            f"{method}, {engine}: starting {d.num_workers} Ray Train "
                            f"worker(s) and loading the models{build}"):
             metrics = fit_student(self.cfg, method, trial_id, self.session.namespace,
-                                  teacher.path, data_path, cache.path if cache else None, out,
+                                  teacher.location, data_path, cache.path if cache else None,
+                                  out,
                                   self.run_dir, self.use_gpu, loop_extra, run_name)
         self.progress(f"student_training [{trial_id}]: loss {metrics['first_loss']:.3f} → "
                       f"{metrics['final_loss']:.3f}")
         return out, metrics
 
-    def evaluate(self, trial_id: str, models: dict[str, Path], data: DataSplits) -> dict:
+    def evaluate(self, trial_id: str, models: dict[str, Path | str], data: DataSplits) -> dict:
         from raydistill.distill.stages import evaluate_remote
+        from raydistill.plan import evaluation_gpus
 
+        resources = self._task_resources(evaluation_gpus(self.cfg))
         with self._running(trial_id, "evaluation",
                            f"loading {', '.join(models)}, then lm-eval and the inference "
                            f"probes"):
-            return ray.get(evaluate_remote.options(**self._task_resources()).remote(
+            return ray.get(evaluate_remote.options(**resources).remote(
                 {k: str(v) for k, v in models.items()}, str(data["test"]),
                 self.session.namespace, trial_id, to_dict(self.cfg.evaluation),
                 to_dict(self.cfg.data), str(self.run_dir / "lm_eval" / trial_id),
                 self.cfg.generation.max_new_tokens))
 
-    def _task_resources(self) -> dict:
+    def _task_resources(self, gpus: int = 1) -> dict:
+        """A Ray task holding `gpus` GPUs (one CPU without GPUs: CPU behaviour unchanged); the
+        model it loads spreads its layers over them (teacher.load_model_and_tokenizer)."""
         # an explicit strategy: inside a Tune trial, tasks are otherwise captured by the
         # trial's own (tiny) placement group and can never be scheduled
-        res = {"num_gpus": 1} if self.use_gpu else {"num_cpus": 1}
+        res = {"num_gpus": gpus} if self.use_gpu else {"num_cpus": 1}
         return {**res, "scheduling_strategy": "DEFAULT"}
 
     # ---- a whole trial ---------------------------------------------------------------------
@@ -342,7 +369,7 @@ class Pipeline:
         path, outcome.train_metrics = self.student(trial_id, method, teacher, data_path, cache)
         outcome.student_path = str(path)
         # the teacher is scored once per run, with the first trial; baselines score the student
-        models = {"student": path} if method == "none" else {"teacher": teacher.path,
+        models = {"student": path} if method == "none" else {"teacher": teacher.location,
                                                               "student": path}
         result = self.evaluate(trial_id, models, data)
         outcome.scores = result["scores"]

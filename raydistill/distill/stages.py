@@ -36,9 +36,13 @@ def train_model_remote(model_cfg: dict, data_path: str, out: str, namespace: str
 
 def train_lm(model_cfg: dict, data_path: str, out: str, seed: int, data_cfg: dict,
              add_tokens=lambda n: None, loaded=lambda: None) -> dict:
-    """The teacher: a tiny causal LM trained from scratch, or a pretrained one fetched (steps 0)
-    or fine-tuned (steps > 0), on the gold rows in `data_path`; saved to `out`. Plain torch:
-    the Ray task above measures it."""
+    """The teacher: a tiny causal LM trained from scratch, or a pretrained one fine-tuned
+    (steps > 0), on the gold rows in `data_path`; saved to `out`. Plain torch: the Ray task
+    above measures it. A pretrained teacher used as it is (steps 0) is never built: the
+    pipeline's artifact names the model itself (Pipeline._teacher_reference). On GPUs the
+    model's fp32 master weights spread over the task's GPUs and the forward runs in bf16."""
+    import contextlib
+
     import torch
 
     from raydistill.data.format import encode, response_ids
@@ -48,15 +52,13 @@ def train_lm(model_cfg: dict, data_path: str, out: str, seed: int, data_cfg: dic
     from raydistill.distill.tiny import build_tiny, make_tokenizer, n_params
 
     torch.set_num_threads(2)
+    if model_cfg.get("model") and not model_cfg["steps"]:
+        raise ConfigError(f"teacher {model_cfg['model']} with steps 0 is used where it is; "
+                          "nothing to build (give teacher.steps > 0 to fine-tune it)")
     if model_cfg.get("model"):
         from raydistill.distill.teacher import load_model_and_tokenizer
 
-        model, tokenizer = load_model_and_tokenizer(model_cfg["model"])
-        if not model_cfg["steps"]:  # a pretrained teacher used as it is: just fetch it
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            _copy_generation_config(model_cfg["model"], out)
-            return {"params": n_params(model), "pretrained": model_cfg["model"]}
+        model, tokenizer = load_model_and_tokenizer(model_cfg["model"], train=True)
     else:
         tokenizer = make_tokenizer()
         model = build_tiny(model_cfg.get("tiny", {}), len(tokenizer), seed)
@@ -72,12 +74,19 @@ def train_lm(model_cfg: dict, data_path: str, out: str, seed: int, data_cfg: dic
     gen = torch.Generator().manual_seed(seed)
     model.train()
     tokens = 0
+    # inputs go where the first layer is; the loss is taken where the output layer put logits
+    device = model.get_input_embeddings().weight.device
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
     loaded()  # the model load and the data's tokenisation are the window's load phase
     for step in range(model_cfg["steps"]):
         pick = torch.randint(len(examples), (model_cfg["batch_size"],), generator=gen)
         batch = pad_batch([examples[i] for i in pick.tolist()], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = masked_ce(logits, batch["input_ids"], batch["mask"])
+        with autocast:
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+        loss = masked_ce(logits, batch["input_ids"].to(logits.device),
+                         batch["mask"].to(logits.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -102,7 +111,8 @@ def _copy_generation_config(source: str, out: str) -> None:
         shutil.copy(src, Path(out) / "generation_config.json")
 
 
-def student_loop_config(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path,
+def student_loop_config(cfg, method: str, trial_id: str, namespace: str,
+                        teacher_path: Path | str,
                         data_path: Path, cache_path: Path | None, out: Path,
                         shared_vocab: bool) -> dict:
     """Everything a Ray Train worker needs, as plain data."""
@@ -133,7 +143,7 @@ def student_loop_config(cfg, method: str, trial_id: str, namespace: str, teacher
     }
 
 
-def check_pair(cfg, method: str, teacher_path: Path) -> bool:
+def check_pair(cfg, method: str, teacher_path: Path | str) -> bool:
     """Whether teacher and student share a vocabulary; refuses the methods that need one."""
     from transformers import AutoTokenizer
 
@@ -150,7 +160,7 @@ def check_pair(cfg, method: str, teacher_path: Path) -> bool:
     return same_vocabulary(teacher_tok, student_tok)
 
 
-def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path,
+def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path | str,
                 data_path: Path, cache_path: Path | None, out: Path, run_dir: Path,
                 use_gpu: bool, extra: dict | None = None, run_name: str | None = None) -> dict:
     """One Ray Train run of `student_loop`; rank 0 leaves train_metrics.json in `out`. A run

@@ -19,24 +19,30 @@ from raydistill.distill.sampling import GREEDY
 log = logging.getLogger(__name__)
 
 
-def load_model_and_tokenizer(path: str, single_device: bool = False):
+def load_model_and_tokenizer(path: str, single_device: bool = False, train: bool = False):
     """A causal LM and its tokenizer from a hub id or a directory made by save_pretrained.
-    An actor holding several GPUs splits the model over them, unless `single_device` (a Ray
-    Train worker: its GPU is `ray.train.torch.get_device()`)."""
+
+    On GPUs the model's layers are spread over every GPU this task or actor holds
+    (device_map="auto": a 70B teacher over the 8 GPUs of an evaluation task), within their
+    memory alone: what does not fit spills to no CPU copy, so it fails instead of running
+    slowly. `single_device`: a Ray Train worker, its GPU is `ray.train.torch.get_device()`.
+    Weights are bf16 on a GPU, or fp32 where `train` (the master copy the optimizer updates;
+    the caller runs the forward under bf16 autocast); always fp32 on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    if single_device and torch.cuda.is_available():
+    on_gpu = torch.cuda.is_available()
+    dtype = torch.float32 if train or not on_gpu else torch.bfloat16
+    if single_device and on_gpu:
         import ray.train.torch
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(
             ray.train.torch.get_device())
-    elif torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        # a teacher too big for one GPU: shard it over this actor's GPUs (accelerate)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16,
-                                                     device_map="auto")
-    elif torch.cuda.is_available():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to("cuda")
+    elif on_gpu:
+        gpus = {i: torch.cuda.get_device_properties(i).total_memory
+                for i in range(torch.cuda.device_count())}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map="auto",
+                                                     max_memory=gpus)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.eval()
