@@ -461,6 +461,10 @@ def estimate_memory(teacher: Mapping[str, Any] | Architecture,
 
 def _advice(label: str, p: TrainingPlan, role: _Role) -> str:
     """What to change when `label` is the largest line of a role that does not fit."""
+    if isinstance(role, TeacherBuildMemory):
+        return "raise teacher.gpus, or use the teacher as it is (teacher.steps 0)"
+    if isinstance(role, EvaluationMemory):
+        return "raise evaluation.gpus"
     z, ckpt = p.zero_stage, p.gradient_checkpointing
     need = {"student weights": 3, "gradients": 2, "optimizer states": 1}.get(label)
     if need is not None:  # the stage that partitions this line (ZeRO paper, §5)
@@ -469,10 +473,6 @@ def _advice(label: str, p: TrainingPlan, role: _Role) -> str:
         return "lower batch_size or max_seq_len" if ckpt else "turn on gradient_checkpointing"
     if label == "logits + loss":
         return "lower batch_size" if p.loss_chunk_tokens else "chunk the loss (loss_chunk_tokens)"
-    if isinstance(role, TeacherBuildMemory):
-        return "raise teacher.gpus, or use the teacher as it is (teacher.steps 0)"
-    if isinstance(role, EvaluationMemory):
-        return "raise evaluation.gpus"
     if label == "teacher weights" and isinstance(role, TeacherActorMemory):
         g = -(-p.gpus_per_actor * role.total_bytes // role.usable_bytes)  # ceil
         return f"raise gpus_per_actor to {max(g, p.gpus_per_actor + 1)}"

@@ -76,7 +76,7 @@ def test_teacher_generates_through_its_chat_template(world):
     from raydistill.data.format import prompt_ids
     from raydistill.distill.examples import read_synthetic
 
-    tok = AutoTokenizer.from_pretrained(world.teacher.path)
+    tok = AutoTokenizer.from_pretrained(world.teacher.location)
     rows = read_synthetic(world.synthetic.path)
     assert len(rows) == 64
     for r in rows[:8]:
@@ -100,8 +100,8 @@ def test_cache_holds_the_teachers_true_distribution_over_each_response(world):
     from raydistill.distill.logit_cache import read_cache
     from raydistill.distill.teacher import teacher_examples
 
-    tok = AutoTokenizer.from_pretrained(world.teacher.path)
-    model = AutoModelForCausalLM.from_pretrained(world.teacher.path).eval()
+    tok = AutoTokenizer.from_pretrained(world.teacher.location)
+    model = AutoModelForCausalLM.from_pretrained(world.teacher.location).eval()
     cache = read_cache(world.cache.path)
     rows = read_synthetic(world.synthetic.path)[:6]
     batch = {k: [r[k] for r in rows] for k in ("messages", "completion_ids", "finished")}
@@ -203,7 +203,7 @@ def test_cache_from_a_zero3_sharded_teacher_matches_the_pool(world):
     out.mkdir()
     cfg = dataclasses.replace(world.cfg, generation=dataclasses.replace(
         world.cfg.generation, num_actors=2, cache_engine="zero3"))
-    build_sharded_cache(cfg, world.synthetic.path, world.teacher.path, out, world.run_dir,
+    build_sharded_cache(cfg, world.synthetic.path, world.teacher.location, out, world.run_dir,
                         world.session.namespace, "sharded-cache", use_gpu=False)
     assert len(list(out.glob("part-*.parquet"))) == 2  # one shard per worker
     pool, sharded = read_cache(world.cache.path), read_cache(out)
