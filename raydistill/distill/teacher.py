@@ -24,7 +24,7 @@ def load_model_and_tokenizer(path: str, single_device: bool = False, train: bool
 
     On GPUs the model's layers are spread over every GPU this task or actor holds
     (device_map="auto": a 70B teacher over the 8 GPUs of an evaluation task), within their
-    memory alone: what does not fit spills to no CPU copy, so it fails instead of running
+    memory alone: nothing spills to the CPU, so a model too big fails instead of running
     slowly. `single_device`: a Ray Train worker, its GPU is `ray.train.torch.get_device()`.
     Weights are bf16 on a GPU, or fp32 where `train` (the master copy the optimizer updates;
     the caller runs the forward under bf16 autocast); always fp32 on CPU."""
@@ -39,8 +39,9 @@ def load_model_and_tokenizer(path: str, single_device: bool = False, train: bool
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(
             ray.train.torch.get_device())
     elif on_gpu:
-        gpus = {i: torch.cuda.get_device_properties(i).total_memory
-                for i in range(torch.cuda.device_count())}
+        # the GPUs' free memory and no "cpu" key: what does not fit goes to "disk", which
+        # from_pretrained refuses without an offload folder (a clear error, not a slow run)
+        gpus = {i: torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())}
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map="auto",
                                                      max_memory=gpus)
     else:
