@@ -55,6 +55,19 @@ def _deepspeed_ops_built() -> bool:
     return any(root.glob("*deepspeed*")) or any(root.glob("*/*deepspeed*"))
 
 
+def _directory_fingerprint(model: str) -> str:
+    """A digest of a local model directory's file names, sizes and modification times ("" for
+    a hub id): cheap, and it changes whenever the model is saved again."""
+    import hashlib
+
+    root = Path(model).expanduser()
+    if not root.is_dir():
+        return ""
+    stats = sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in root.rglob("*") if f.is_file())
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+
+
 def _has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
@@ -124,6 +137,9 @@ class Pipeline:
                               "max_response_tokens": d.max_response_tokens}
         if self.cfg.teacher.model and not self.cfg.teacher.tiny:
             inputs["pretrained"] = self.cfg.teacher.model
+            files = _directory_fingerprint(self.cfg.teacher.model)
+            if files:  # a local model is used where it is: new weights make a new teacher
+                inputs["files"] = files
         return inputs
 
     def _synthetic_inputs(self, teacher_key: str) -> dict:
@@ -324,8 +340,7 @@ class Pipeline:
                            f"worker(s) and loading the models{build}"):
             metrics = fit_student(self.cfg, method, trial_id, self.session.namespace,
                                   teacher.location, data_path, cache.path if cache else None,
-                                  out,
-                                  self.run_dir, self.use_gpu, loop_extra, run_name)
+                                  out, self.run_dir, self.use_gpu, loop_extra, run_name)
         self.progress(f"student_training [{trial_id}]: loss {metrics['first_loss']:.3f} → "
                       f"{metrics['final_loss']:.3f}")
         return out, metrics

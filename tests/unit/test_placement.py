@@ -237,6 +237,19 @@ def test_a_teacher_used_as_it_is_loads_nothing_and_is_its_hub_id(tmp_path, monke
     assert found.reused and found.key == art.key and found.location == art.location
 
 
+def test_a_local_teacher_saved_again_is_a_new_reference(tmp_path, monkeypatch):
+    model = tmp_path / "teacher"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = ExperimentConfig(teacher=ModelConfig(model=str(model), steps=0))
+    pipe, _ = _pipeline(tmp_path, monkeypatch, cfg, gpu=False)
+    first = pipe.teacher_model(data=None)
+    assert first.location == str(model) and pipe.teacher_model(data=None).key == first.key
+    (model / "model.safetensors").write_bytes(b"new weights")
+    second = pipe.teacher_model(data=None)
+    assert second.key != first.key and not second.reused  # its synthetic data is not reused
+
+
 def test_train_lm_refuses_to_copy_a_pretrained_teacher():
     from raydistill.distill.stages import train_lm
 
