@@ -143,7 +143,8 @@ class TrainingPlan:
     generation_seq_len: int | None = None  # prompt + new tokens (None = max_seq_len)
     headroom_fraction: float = 0.10  # kept free for the CUDA context and fragmentation
     generation_engine: str = "hf"  # hf | vllm (tensor parallel over gpus_per_actor)
-    caching_engine: str = "hf"  # hf | vllm (one pass with generation) | zero3 (the workers)
+    caching_engine: str = "hf"  # hf | vllm (one pass with generation) | zero3 (a Ray Train job)
+    caching_workers: int = 1  # zero3 caching: GPUs (workers) the teacher is sharded over
     teacher_build_gpus: int = 0  # GPUs of the teacher's fine-tuning task; 0 = no build (steps 0)
     teacher_build_batch_size: int = 1  # sequences per teacher training step (one micro-batch)
     teacher_build_seq_len: int | None = None  # prompt + response tokens (None = max_seq_len)
@@ -154,7 +155,7 @@ class TrainingPlan:
     def __post_init__(self) -> None:
         for name in ("world_size", "micro_batch_size", "max_seq_len", "gpus_per_actor",
                      "generation_batch_size", "generation_seq_len", "teacher_build_batch_size",
-                     "teacher_build_seq_len"):
+                     "teacher_build_seq_len", "caching_workers"):
             value = getattr(self, name)  # generation_* may be None (= the training figure)
             optional = value is None and name.startswith(("generation", "teacher_build"))
             if not optional and (type(value) is not int or value < 1):
@@ -287,16 +288,19 @@ class MemoryPlan:
         """(name, memory, GPUs it holds at once) per role, in the order the stages run."""
         p = self.plan
         n, g, b, e = p.world_size, p.gpus_per_actor, p.teacher_build_gpus, p.eval_gpus
+        c = p.caching_workers
         split = "vLLM tensor parallel" if p.generation_engine == "vllm" else "layers split"
-        cache_how = {"vllm": "vLLM tensor parallel, prompt logprobs", "hf": "layers split",
-                     "zero3": "layers split"}[p.caching_engine]
+        cache_how = ("vLLM tensor parallel, prompt logprobs" if p.caching_engine == "vllm"
+                     else "layers split")
         student = "student" if not p.teacher_in_training else (
             "student + online teacher ZeRO-3 over them" if p.teacher_sharded
             else "student + online teacher replicated")
         return ((f"teacher build (x{_gpus(b)}): fine-tuning, "
                  f"{'layers split' if b > 1 else 'one GPU'}", self.teacher_build, b),
                 (f"teacher generation actor ({_gpus(g)} each): {split}", self.generation, g),
-                (f"teacher caching actor ({_gpus(g)} each): {cache_how}", self.caching, g),
+                (f"teacher caching actor ({_gpus(g)} each): {cache_how}", self.caching, g)
+                if p.caching_engine != "zero3" else
+                (f"teacher caching (x{_gpus(c)}): ZeRO-3 sharded over them", self.caching, c),
                 (f"training worker (x{_gpus(n)}): {student}", self.training, n),
                 (f"evaluation + inference probes (x{_gpus(e)}): teacher and student "
                  f"{'layers split' if e > 1 else 'on one GPU'}", self.evaluation, e))
@@ -394,8 +398,11 @@ def _actor(t: Architecture, p: TrainingPlan, usable: int, caching: bool) -> Teac
     kv_width = t.num_kv_heads * t.head_dim  # K and V of every layer per token
     kv = 0 if caching and not vllm else batch * seq * 2 * t.num_layers * kv_width * b // g
     rows = step_tokens if caching else batch
+    # zero3 caching (distill.sharded_cache): a shard per worker + the largest gathered layer
+    weights = (t.params // p.caching_workers + t.largest_gathered_params) * b \
+        if caching and p.caching_engine == "zero3" else t.params * b // g
     return TeacherActorMemory(
-        weights_bytes=t.params * b // g, kv_cache_bytes=kv,
+        weights_bytes=weights, kv_cache_bytes=kv,
         activations_bytes=step_tokens * b * t.layer_activation_elements(seq, p.flash_attention),
         logits_bytes=rows * t.vocab_size * (b + 4), usable_bytes=usable)
 

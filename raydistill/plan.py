@@ -112,6 +112,7 @@ def plan_of(cfg: ExperimentConfig, engine: str = "hf") -> Any:
         generation_batch_size=g.batch_size,
         generation_seq_len=data.max_prompt_tokens + g.max_new_tokens,
         generation_engine=engine, caching_engine=cache_engine,
+        caching_workers=max(1, g.num_actors),
         teacher_build_gpus=teacher_build_gpus(cfg),
         teacher_as_is=bool(cfg.teacher.model) and not cfg.teacher.steps,
         teacher_build_batch_size=cfg.teacher.batch_size,

@@ -165,6 +165,16 @@ def test_vllm_bounds_its_step_by_its_batched_tokens_hf_does_not():
     assert vllm.fits and not hf.fits
 
 
+def test_zero3_caching_shards_the_teacher_over_its_workers():
+    t = Architecture.from_hf_config(LLAMA_70B)
+    plan = replace(PLAN, caching_engine="zero3", caching_workers=8, gpus_per_actor=1)
+    m = estimate_memory(LLAMA_70B, LLAMA_1B, plan)
+    assert m.caching.weights_bytes == 2 * (t.params // 8 + t.largest_gathered_params)
+    assert "teacher caching (x8 GPUs): ZeRO-3 sharded over them" in format_memory_plan(m)
+    assert "teacher caching asks for" in format_memory_plan(replace(m, plan=replace(
+        plan, cluster_gpus=4)))
+
+
 def test_plan_fields_are_checked():
     with pytest.raises(ConfigError, match="generation_engine 'sglang' unknown"):
         replace(PLAN, generation_engine="sglang")
