@@ -81,7 +81,8 @@ def objective(cfg: dict, engine, teacher, chosen: list[dict], pad_id: int, teach
     batch = to_device(pad_batch(chosen, pad_id), device)
     want_hidden = method in ("feature", "relational")
     logits, hidden = engine(batch["input_ids"], batch["attention_mask"], want_hidden)
-    logits = logits[..., :rows]
+    if logits.shape[-1] > rows:  # sliced only when padded: a full-width slice costs a copy
+        logits = logits[..., :rows]
     width = logits.shape[1]
     chunk = {"loss": cfg["loss"], "temperature": cfg["temperature"], "beta": cfg["beta"],
              "chunk_tokens": cfg["chunk_tokens"], "normaliser": normaliser}

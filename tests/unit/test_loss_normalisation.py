@@ -102,3 +102,44 @@ def test_normaliser_counts_every_rank_and_micro_batch():
     # world 1, two micro-batches: the loss is divided by N / 2, then by 2 by the loop
     assert step_normaliser([ex[:2], ex[2:]], world=1) == sum(RESPONSES) / 2
     assert step_normaliser([[{"input_ids": [1, 2], "prompt_len": 2}]], world=1) == 1.0
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    """One DDP rank over gloo: its two examples as two accumulated micro-batches."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        cfg, ex = cfg_of("logit", 6), examples()
+        module, _ = models("logit")
+        engine = DistributedDataParallel(module)
+        mine = [[e] for e in ex[rank::world]]  # rank 0: the 11- and 3-token responses
+        norm = step_normaliser(mine, world)
+        for chosen in mine:
+            (objective(cfg, engine, None, chosen, 0, 0, "cpu", norm) / len(mine)).backward()
+        torch.save({n: p.grad for n, p in module.named_parameters() if p.grad is not None},
+                   f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_with_accumulation_equal_one_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    module, _ = models("logit")
+    _, one = step(cfg_of("logit", 6), module, None, [examples()])
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got.keys() == one.keys()
+        for name in one:
+            torch.testing.assert_close(got[name], one[name], atol=1e-6, rtol=1e-4, msg=name)
