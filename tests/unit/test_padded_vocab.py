@@ -150,3 +150,34 @@ def test_out_of_range_ids_are_moved_into_the_tail(loss, with_tail):
     (g_want,) = torch.autograd.grad(want, student)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(g_got, g_want)
+
+
+@pytest.mark.slow  # 152k-row logits on 2 cores: seconds
+def test_qwen25_row_counts_dense_and_cached():
+    """At the real sizes: a 152,064-row teacher (Qwen2.5-7B's padding) into a 151,936-row
+    student (0.5B's), one tokenizer of 151,665 tokens; the cache holds the padded rows' ids."""
+    from raydistill.distill.tiny import build_tiny
+
+    tokens, spec = 151_665, {"hidden_size": 32, "num_attention_heads": 1,
+                             "num_hidden_layers": 1}
+    student = build_tiny(spec, 151_936, seed=1)
+    teacher = build_tiny(spec, 152_064, seed=2).eval()
+    with torch.no_grad():
+        teacher.get_output_embeddings().weight[tokens:] *= 50.0  # padded rows in its top-k
+    gen = torch.Generator().manual_seed(0)
+    chosen = []
+    for n in (6, 3):
+        ids = torch.randint(0, tokens, (4 + n,), generator=gen).tolist()
+        chosen.append({"input_ids": ids, "prompt_len": 4, "teacher_input_ids": ids,
+                       "teacher_prompt_len": 4})
+    cfg = {**loop_cfg(0), "vocab_rows": tokens, "chunk_tokens": 4}
+    loss, grad = _loss_and_grad(student, teacher, chosen, cfg)
+    assert torch.isfinite(loss) and (grad[tokens:] == 0).all()
+    for e in chosen:
+        with torch.no_grad():
+            logits = teacher(torch.tensor([e["input_ids"]])).logits[0, 3:-1]
+        cache = losses.topk_from_logits(logits, 64)
+        assert (cache.indices >= 151_936).any()
+        e.update(logprobs=cache.logprobs, indices=cache.indices, tail=cache.tail_logprob)
+    loss, grad = _loss_and_grad(student, None, chosen, {**cfg, "top_k": 64})
+    assert torch.isfinite(loss) and (grad[tokens:] == 0).all()
