@@ -18,6 +18,8 @@ Conventions
   to 0 at both ends; TRL switches to the KLs, and so do we.) TRL does not scale by T²; we do, for
   the reason above, so at T = 1 the two agree.
 - Masks are bool or 0/1 [B, T], True = counted. An all-false mask gives 0, not nan.
+- A cached id at or past the student's rows (an engine that saw a padded output layer) is a
+  token the student cannot emit: its teacher mass is moved into the tail bucket.
 - The caller runs the teacher under `torch.no_grad()`; nothing here detaches.
 """
 
