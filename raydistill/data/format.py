@@ -111,6 +111,20 @@ def check_vocabulary(teacher_tok: Any, student_tok: Any, teacher_name: str, stud
                       "student of the teacher's family")
 
 
+def shared_rows(tokenizer: Any, output_rows: dict[str, int]) -> int:
+    """The output rows every loss reads: the shared tokenizer's length. Hub checkpoints pad their
+    output layer past it (Qwen2.5-7B has 152,064 rows, 0.5B 151,936, for 151,665 tokens): rows
+    no token id reaches, cut from both sides. `output_rows` maps each model's name to its
+    config's vocab_size; a model with fewer rows than the tokenizer has tokens cannot be used."""
+    tokens = len(tokenizer)
+    for name, rows in output_rows.items():
+        if rows < tokens:
+            raise ConfigError(f"{name} has {rows:,} output rows but its tokenizer has "
+                              f"{tokens:,} tokens: its config.json vocab_size must be at least "
+                              "the tokenizer's length (a tokenizer from another checkpoint?)")
+    return tokens
+
+
 def answer_of(text: str, pattern: str = "") -> str:
     """What exact match compares: group 1 (or the whole match) of `pattern`, else the stripped
     text; commas in numbers and surrounding whitespace do not count."""

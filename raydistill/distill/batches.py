@@ -71,3 +71,32 @@ def align(teacher: torch.Tensor, index: torch.Tensor | None, width: int) -> torc
 
 def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def response_tokens(examples: list[dict]) -> int:
+    """How many positions of these examples the loss reads (`pad_batch`'s mask): each response
+    token, its EOS included."""
+    return sum(len(e["input_ids"]) - e["prompt_len"] for e in examples)
+
+
+def step_normaliser(micro_batches: list[list[dict]], world: int, device=None) -> float:
+    """What each micro-batch's summed token loss is divided by so that one optimizer step's
+    gradient is that of the mean over every response token of the global batch.
+
+    Global count N: this rank's tokens over its micro-batches of the step, summed over the
+    ranks with one all-reduce of one number (none when world is 1). The engines then average:
+    DDP and DeepSpeed divide the summed gradients by `world`, and the loop divides each
+    micro-batch's loss by the accumulation steps (DeepSpeed's `backward` does it itself). So
+    the loss handed to them is sum / (N / (world · accum)): after both divisions each token
+    weighs 1/N, however the tokens fell into micro-batches and ranks. (The transformers ≥ 4.46
+    fix: a mean per micro-batch, averaged again, gives tokens of short responses more weight.)
+    """
+    local = sum(response_tokens(b) for b in micro_batches)
+    total = local
+    if world > 1:
+        import torch.distributed as dist
+
+        count = torch.tensor([float(local)], dtype=torch.float64, device=device)
+        dist.all_reduce(count)  # SUM
+        total = int(count.item())
+    return max(total, 1) / (world * len(micro_batches))

@@ -18,6 +18,10 @@ tokens. Slicing along T keeps the slices views, so non-contiguous logits (`logit
 never copied whole. Means are over the masked count of the whole batch, not per chunk: each
 chunk's masked mean is scaled by its count / the total count, so the result equals the unchunked
 `alpha * masked_ce + (1 - alpha) * kd` to float tolerance, and so do the gradients.
+
+`normaliser`: the count to divide the summed token losses by, instead of this batch's own count.
+The training loop passes the token count of the whole optimizer step (every micro-batch of every
+rank, see `step_normaliser`), so that tokens weigh the same whatever micro-batch they fell in.
 """
 
 from __future__ import annotations
@@ -71,6 +75,14 @@ class ChunkedObjective(torch.autograd.Function):
         return grad * grad_output.to(grad.dtype), None, None
 
 
+def _check_normaliser(normaliser: float) -> float:
+    ok = isinstance(normaliser, numbers.Real) and not isinstance(normaliser, bool)
+    if not (ok and math.isfinite(normaliser) and normaliser > 0):
+        raise ValueError(f"normaliser must be a finite number > 0 (a token count), got "
+                         f"{normaliser!r}")
+    return float(normaliser)
+
+
 def _slice(teacher: Teacher, start: int, end: int) -> Teacher:
     if isinstance(teacher, TopK):
         tail = teacher.tail_logprob
@@ -82,9 +94,11 @@ def _slice(teacher: Teacher, start: int, end: int) -> Teacher:
 def chunked_kd_objective(student_logits: torch.Tensor, targets: torch.Tensor,
                          teacher: Teacher | None, mask: torch.Tensor | None = None, *,
                          loss: str = "forward_kl", alpha: float = 0.5, temperature: float = 1.0,
-                         beta: float = 0.5, chunk_tokens: int = 1024) -> torch.Tensor:
+                         beta: float = 0.5, chunk_tokens: int = 1024,
+                         normaliser: float | None = None) -> torch.Tensor:
     """α · masked-mean CE(student_logits, targets) + (1 − α) · losses.get_loss(loss) over the
     same positions, computed `chunk_tokens` tokens at a time (see the module docstring).
+    With `normaliser`, the token sums are divided by it instead of by the masked count.
 
     All tensors are aligned along [B, T]: position t's logits predict `targets[:, t]`, and the
     teacher's distribution at t is the one to match. `mask` [B, T] (bool or 0/1, None = all)
@@ -122,7 +136,7 @@ def chunked_kd_objective(student_logits: torch.Tensor, targets: torch.Tensor,
     # one host sync for all chunks' counts: empty chunks are skipped, the rest are weighted
     per_pos = F.pad(keep.sum(0), (0, len(starts) * width - bt[1]))
     counts = [int(c) for c in per_pos.view(len(starts), width).sum(1).tolist()]
-    n_total = sum(counts)
+    n_total = sum(counts) if normaliser is None else _check_normaliser(normaliser)
     spans = [(s, min(s + width, bt[1])) for s, c in zip(starts, counts, strict=True) if c > 0]
     count_of = dict(zip(starts, counts, strict=True))
 

@@ -3,8 +3,9 @@
 Sources: the teacher's synthetic data (Parquet shards of {example_id, messages, completion,
 completion_ids, finished}), the labelled gold split (JSONL, for the no-teacher baseline) and the
 teacher's logit cache (Parquet shards, top-k over each response). A rank keeps the rows whose
-example_id ≡ rank (mod world). The cache, the only large source, is never held whole: each epoch
-walks its shards in a seeded order, one shard in memory at a time, and shuffles within it.
+example_id ≡ rank (mod world), and reads only those rows (`own_rows`). The cache, the only large
+source, is never held whole: each epoch walks its shards in a seeded order, one shard's rows of
+this rank in memory at a time, and shuffles within it.
 
 Each example is built with the student's own chat template; its response is the teacher's token
 ids where the two share a vocabulary (logit and feature KD need that: the cache's positions and
@@ -33,13 +34,31 @@ def _shards(directory: str | Path) -> list[Path]:
 SYNTHETIC_COLUMNS = ["example_id", "id", "messages", "completion", "completion_ids", "finished"]
 
 
+def own_rows(path: str | Path, rank: int, world: int,
+             columns: list[str] | None = None) -> list[dict]:
+    """The rows of one Parquet file whose example_id ≡ rank (mod world), in file order.
+
+    Why: a rank of N needs 1/N of a shard, and turning a row into Python (every blob copied
+    into a bytes object) is what reading costs. So the id column is read first, a row group
+    with none of this rank's rows is never read, and of the others only this rank's rows are
+    taken before they become Python objects. (Arrow still decompresses each row group it
+    reads whole: the smaller a writer's row groups, the closer the bytes read come to 1/N.)
+    """
+    import numpy as np
+
+    parquet = pq.ParquetFile(path)
+    out: list[dict] = []
+    for g in range(parquet.metadata.num_row_groups):
+        ids = parquet.read_row_group(g, columns=["example_id"]).column(0).to_numpy()
+        mine = np.flatnonzero(ids % world == rank)
+        if mine.size:
+            out.extend(parquet.read_row_group(g, columns=columns).take(mine).to_pylist())
+    return out
+
+
 def read_synthetic(directory: str | Path, rank: int = 0, world: int = 1) -> list[dict]:
     """The synthetic rows of this rank, in example order."""
-    rows = []
-    for f in _shards(directory):
-        for r in pq.read_table(f, columns=SYNTHETIC_COLUMNS).to_pylist():
-            if r["example_id"] % world == rank:
-                rows.append(r)
+    rows = [r for f in _shards(directory) for r in own_rows(f, rank, world, SYNTHETIC_COLUMNS)]
     return sorted(rows, key=lambda r: r["example_id"])
 
 
@@ -88,9 +107,9 @@ class ExampleStream:
 
         shards = _shards(self.cfg["cache_path"])
         rng.shuffle(shards)
-        for shard in shards:  # one shard in memory at a time
+        for shard in shards:  # one shard in memory at a time, and only this rank's rows of it
             group = []
-            for raw in pq.read_table(shard).to_pylist():
+            for raw in own_rows(shard, self.rank, self.world):
                 row = self.rows.get(raw["example_id"])
                 if row is not None:
                     group.append(self.build(row, decode_row(raw)))

@@ -18,6 +18,8 @@ Conventions
   to 0 at both ends; TRL switches to the KLs, and so do we.) TRL does not scale by T²; we do, for
   the reason above, so at T = 1 the two agree.
 - Masks are bool or 0/1 [B, T], True = counted. An all-false mask gives 0, not nan.
+- A cached id at or past the student's rows (an engine that saw a padded output layer) is a
+  token the student cannot emit: its teacher mass is moved into the tail bucket.
 - The caller runs the teacher under `torch.no_grad()`; nothing here detaches.
 """
 
@@ -70,13 +72,20 @@ def topk_from_logits(logits: torch.Tensor, k: int, temperature: float = 1.0) -> 
     return TopK(values, indices, tail_logmass(logp, indices))
 
 
-def tail_logmass(logp: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+def tail_logmass(logp: torch.Tensor, indices: torch.Tensor,
+                 rows: int | None = None) -> torch.Tensor:
     """log of the probability outside `indices`, as a logsumexp over those other tokens.
 
     Equal to log(1 − Σ top-k probs), but without its cancellation: that form loses all precision
     when the top-k holds nearly all the mass, and leaves rounding noise instead of log 0 at k = V.
+    With `rows` (= V), an index equal to `rows` stands for no token and excludes nothing.
     """
-    outside = logp.scatter(-1, indices.long(), float("-inf"))
+    if rows is None:
+        outside = logp.scatter(-1, indices.long(), float("-inf"))
+    else:  # one spare column takes the no-token entries: a byte per row, no index collides
+        hit = torch.zeros((*logp.shape[:-1], rows + 1), dtype=torch.bool, device=logp.device)
+        hit.scatter_(-1, indices.long(), True)
+        outside = logp.masked_fill(hit[..., :rows], float("-inf"))
     return torch.logsumexp(outside, dim=-1).clamp(min=NEG)
 
 
@@ -101,12 +110,22 @@ def _pair(student_logits: torch.Tensor, teacher: Teacher,
             raise ValueError(f"teacher logits {tuple(teacher.shape)} != student logits "
                              f"{tuple(student_logits.shape)}")
         return torch.log_softmax(teacher.float() / temperature, dim=-1).clamp(min=NEG), log_s
+    # An id at or past the student's rows (a cache from an engine that saw a padded output
+    # layer) is a token the student cannot emit: its teacher mass joins the tail bucket and its
+    # bucket holds log 0 on both sides, instead of gathering past the end of the logits.
+    rows = log_s.shape[-1]
+    indices = teacher.indices.long()
+    valid = indices < rows
+    safe = torch.where(valid, indices, torch.zeros_like(indices))
     log_t = teacher.logprobs.float().clamp(min=NEG)
-    log_s_k = log_s.gather(-1, teacher.indices.long())
+    log_s_k = log_s.gather(-1, safe).masked_fill(~valid, NEG)
+    moved = torch.logsumexp(log_t.masked_fill(valid, float("-inf")), -1, keepdim=True)
+    log_t = log_t.masked_fill(~valid, NEG)
     if teacher.tail_logprob is None:
         return torch.log_softmax(log_t, -1), torch.log_softmax(log_s_k, -1)
     tail_t = teacher.tail_logprob.float().clamp(min=NEG).unsqueeze(-1)
-    tail_s = tail_logmass(log_s, teacher.indices).unsqueeze(-1)
+    tail_t = torch.logaddexp(tail_t, moved).clamp(min=NEG)
+    tail_s = tail_logmass(log_s, torch.where(valid, indices, rows), rows).unsqueeze(-1)
     # fp16/bf16 caches sum to 1 ± ε after rounding: renormalise so KL ≥ 0 and TVD ≤ 1 still hold
     log_t = torch.log_softmax(torch.cat([log_t, tail_t], -1), -1)
     return log_t, torch.cat([log_s_k, tail_s], -1)

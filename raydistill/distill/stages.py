@@ -115,7 +115,7 @@ def student_loop_config(cfg, method: str, trial_id: str, namespace: str,
                         teacher_path: Path | str,
                         data_path: Path, cache_path: Path | None, out: Path,
                         shared_vocab: bool) -> dict:
-    """Everything a Ray Train worker needs, as plain data."""
+    """Everything a Ray Train worker needs, as plain data (`vocab_rows`: see `vocab_rows`)."""
     d, t, data = cfg.distill, cfg.training, cfg.data
     micro = cfg.student.batch_size // (d.num_workers * t.grad_accum)
     if micro < 1 or micro * d.num_workers * t.grad_accum != cfg.student.batch_size:
@@ -137,6 +137,7 @@ def student_loop_config(cfg, method: str, trial_id: str, namespace: str,
         "student_path": student_path, "teacher_path": str(teacher_path),
         "data_path": str(data_path), "cache_path": str(cache_path) if cache_path else "",
         "out_dir": str(out), "shared_vocab": shared_vocab,
+        "vocab_rows": vocab_rows(cfg, method, teacher_path),
         "max_prompt_tokens": data.max_prompt_tokens,
         "max_response_tokens": data.max_response_tokens, "answer_pattern": data.answer_pattern,
         "max_new_tokens": cfg.generation.max_new_tokens,
@@ -158,6 +159,26 @@ def check_pair(cfg, method: str, teacher_path: Path | str) -> bool:
         check_vocabulary(teacher_tok, student_tok, name, cfg.student.model, f"{method} KD")
         return True
     return same_vocabulary(teacher_tok, student_tok)
+
+
+def vocab_rows(cfg, method: str, teacher_path: Path | str) -> int:
+    """How many output rows the student's losses read: its tokenizer's length, checked against
+    the output rows of each model whose logits the loss reads (the student; the teacher too
+    when it is run online). A tiny student is built with exactly its tokenizer's rows."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from raydistill.data.format import shared_rows
+    from raydistill.distill.train import online_teacher
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.student.model or str(teacher_path))
+    models = {}
+    if cfg.student.model:
+        models[f"student {cfg.student.model}"] = cfg.student.model
+    if online_teacher({"method": method, "top_k": cfg.distill.top_k}) and method == "logit":
+        models[f"teacher {cfg.teacher.model or teacher_path}"] = str(teacher_path)
+    rows = {name: AutoConfig.from_pretrained(path).get_text_config().vocab_size
+            for name, path in models.items()}
+    return shared_rows(tokenizer, rows)
 
 
 def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: Path | str,

@@ -51,19 +51,41 @@ def online_teacher(cfg: dict) -> bool:
 
 
 def objective(cfg: dict, engine, teacher, chosen: list[dict], pad_id: int, teacher_pad: int,
-              device) -> torch.Tensor:
-    """This micro-batch's loss: α·CE + (1−α)·KD over the response positions."""
+              device, normaliser: float | None = None) -> torch.Tensor:
+    """This micro-batch's loss: α·CE + (1−α)·KD over the response positions.
+
+    Without `normaliser`, the mean over this micro-batch's response tokens. With it (see
+    `batches.step_normaliser`), the token sum divided by it, so the step's gradient is the global
+    token mean. Feature KD is a per-token distance and counts like the CE; relational KD is one
+    figure per micro-batch (pairs and triplets of its examples), weighted by the micro-batch's
+    token count, so its mean over the step is token-weighted like every other term.
+
+    Only the first `cfg["vocab_rows"]` output rows (the shared tokenizer's length) take part:
+    hub checkpoints pad their output layer past the tokenizer (Qwen2.5-7B 152,064 rows, 0.5B
+    151,936, for 151,665 tokens), rows no token id reaches; cutting both sides to the shared rows
+    before the log-softmax (as TRL and DistillKit do) lets a teacher and student padded
+    differently meet, and keeps their mass out of every loss.
+    """
     from raydistill.distill import losses
-    from raydistill.distill.batches import align, cached_topk, pad_batch, teacher_index, to_device
+    from raydistill.distill.batches import (
+        align,
+        cached_topk,
+        pad_batch,
+        response_tokens,
+        teacher_index,
+        to_device,
+    )
     from raydistill.distill.chunked import chunked_kd_objective
 
-    method = cfg["method"]
+    method, rows = cfg["method"], cfg["vocab_rows"]
     batch = to_device(pad_batch(chosen, pad_id), device)
     want_hidden = method in ("feature", "relational")
     logits, hidden = engine(batch["input_ids"], batch["attention_mask"], want_hidden)
+    if logits.shape[-1] > rows:  # sliced only when padded: a full-width slice costs a copy
+        logits = logits[..., :rows]
     width = logits.shape[1]
     chunk = {"loss": cfg["loss"], "temperature": cfg["temperature"], "beta": cfg["beta"],
-             "chunk_tokens": cfg["chunk_tokens"]}
+             "chunk_tokens": cfg["chunk_tokens"], "normaliser": normaliser}
     if method in ("none", "sft"):
         return chunked_kd_objective(logits, batch["targets"], None, batch["mask"], alpha=1.0,
                                     **chunk)
@@ -80,7 +102,7 @@ def objective(cfg: dict, engine, teacher, chosen: list[dict], pad_id: int, teach
             target = losses.TopK(*(x.to(device) for x in (target.logprobs, target.indices,
                                                            target.tail_logprob)))
         else:
-            target = align(t_out.logits, teacher_index(chosen, width), width)
+            target = align(t_out.logits[..., :rows], teacher_index(chosen, width), width)
         return chunked_kd_objective(logits, batch["targets"], target, batch["mask"],
                                     alpha=cfg["alpha"], **chunk)
     ce = chunked_kd_objective(logits, batch["targets"], None, batch["mask"], alpha=1.0, **chunk)
@@ -94,6 +116,8 @@ def objective(cfg: dict, engine, teacher, chosen: list[dict], pad_id: int, teach
     else:  # relational: pooled over each side's own response positions
         kd = losses.relational_loss(losses.pool_hidden(hidden[-1], batch["mask"]),
                                     losses.pool_hidden(t_hidden[-1], tb["mask"]))
+    if normaliser is not None:  # a mean over this micro-batch's tokens → their share of the step
+        kd = kd * (response_tokens(chosen) / normaliser)
     return cfg["alpha"] * ce + (1 - cfg["alpha"]) * kd
 
 
@@ -105,6 +129,7 @@ def student_loop(cfg: dict[str, Any]) -> None:
 
     from raydistill.cluster.windows import StageWindow, worker_devices
     from raydistill.distill import engine as eng
+    from raydistill.distill.batches import response_tokens, step_normaliser
     from raydistill.distill.examples import ExampleStream
     from raydistill.distill.models import build_projector, build_student_model
     from raydistill.distill.student_out import (
@@ -160,16 +185,22 @@ def student_loop(cfg: dict[str, Any]) -> None:
         started, losses_seen, tokens = time.perf_counter(), [], 0
         for step in range(start["step"], cfg["steps"]):
             _maybe_fail(cfg, step, rank)
-            for _ in range(cfg["grad_accum"]):
-                chosen = next(stream)
+            # the step's micro-batches first: their token count normalises each one's loss
+            step_batches = [next(stream) for _ in range(cfg["grad_accum"])]
+            norm = step_normaliser(step_batches, world, device)
+            loss_sum = 0.0
+            for chosen in step_batches:
                 loss = objective(cfg, engine, teacher, chosen, tokenizer.pad_token_id,
-                                 teacher_tok.pad_token_id, device)
+                                 teacher_tok.pad_token_id, device, norm)
                 _backward(engine, loss, cfg)
+                loss_sum += float(loss.detach()) * norm
                 n = sum(len(e["input_ids"]) for e in chosen)
                 tokens += n
                 window.add_tokens(n)
             _optimizer_step(engine, module, optimizer, scheduler, cfg)
-            losses_seen.append(float(loss.detach()))
+            # logged: this rank's per-token mean over the step (no collective for a log line)
+            losses_seen.append(loss_sum / max(1, response_tokens(
+                [e for b in step_batches for e in b])))
             if step % max(1, cfg["steps"] // 5) == 0:
                 log.info("rank %d step %d/%d loss %.4f lr %.2e", rank, step, cfg["steps"],
                          losses_seen[-1], scheduler.get_last_lr()[0])
