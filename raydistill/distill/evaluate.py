@@ -28,7 +28,10 @@ TASK_NAME = "raydistill_test"
 def exact_match(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
                 max_prompt_tokens: int, stop: list[int], pattern: str = "",
                 batch_size: int = 64) -> tuple[float, int]:
-    """(accuracy, tokens generated) of greedy answers on rows {messages, response}."""
+    """(accuracy, tokens generated) of greedy answers on rows {messages, response}: plain
+    argmax decoding (`teacher.stated_generation`), nothing taken from the model's
+    generation_config.json but its stop ids (`stop`), so a checkpoint's repetition penalty or
+    sampling defaults do not change a score."""
     from raydistill.data.format import answer_of, prompt_ids
     from raydistill.distill.teacher import generate_ids
 
