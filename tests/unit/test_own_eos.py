@@ -105,3 +105,41 @@ def test_online_logits_swap_the_eos_columns_at_the_students_last_position(pair):
 def test_evaluation_stops_the_student_on_its_own_eos(pair, qwen_models):
     assert ENDOFTEXT in stop_ids(pair["s_tok"], qwen_models["qwen2.5-base-student"])
     assert IM_END not in stop_ids(pair["s_tok"], qwen_models["qwen2.5-base-student"])
+
+
+@pytest.mark.slow
+def test_a_base_student_trained_on_instruct_data_stops_on_its_own_eos(pair, qwen_models):
+    """End to end on the training signal: SFT on the examples the stream builds from the
+    Instruct teacher's rows, then the base student's own greedy decoding (stop ids from its
+    own files) ends each answer on <|endoftext|>. With the teacher's EOS in its targets it
+    wrote <|im_end|>, which does not stop it, and ran to the token limit."""
+    from transformers import AutoModelForCausalLM
+
+    from raydistill.data.format import prompt_ids
+    from raydistill.distill.batches import pad_batch
+    from raydistill.distill.teacher import generate_completions
+
+    path = qwen_models["qwen2.5-base-student"]
+    student = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    stream = _stream(pair, "sft", 0)
+    examples = [stream.build(r) for r in stream.rows.values()]
+    batch = pad_batch(examples, pair["s_tok"].pad_token_id)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    student.train()
+    for _ in range(60):
+        logits = student(input_ids=batch["input_ids"],
+                         attention_mask=batch["attention_mask"]).logits
+        loss = torch.nn.functional.cross_entropy(logits[batch["mask"]],
+                                                 batch["targets"][batch["mask"]])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    student.eval()
+    tok = pair["s_tok"]
+    stop = stop_ids(tok, path)
+    for messages, answer in zip(MESSAGES, ANSWERS, strict=True):
+        (c,) = generate_completions(student, tok, [prompt_ids(tok, messages, 64)], 16, stop)[0]
+        assert c.finished, f"loss {loss.item():.3g}: {tok.decode(list(c.ids))!r} never stopped"
+        # where an answer ends (its tokens may still be half learnt: the stop is the point)
+        assert len(c.ids) == len(tok(answer, add_special_tokens=False)["input_ids"])
