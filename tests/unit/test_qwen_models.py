@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from raydistill.data.format import stop_ids
+from raydistill.data.format import same_vocabulary, stop_ids
 from raydistill.data.qwen_models import (
     ADDED_TOKENS,
     ENDOFTEXT,
@@ -52,6 +52,9 @@ def test_each_variant_ends_its_turn_on_its_own_eos(tokenizers, qwen_models):
                     qwen_models["qwen2.5-instruct-teacher"]) == [IM_END, ENDOFTEXT]
     assert stop_ids(tokenizers["qwen2.5-base-student"],
                     qwen_models["qwen2.5-base-student"]) == [ENDOFTEXT]
+    # one vocabulary: logit KD between them is allowed, only the EOS differs
+    assert same_vocabulary(tokenizers["qwen2.5-base-student"],
+                           tokenizers["qwen2.5-instruct-teacher"])
 
 
 def test_chat_template_is_qwen25s(tokenizers):
