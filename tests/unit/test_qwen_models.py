@@ -105,3 +105,16 @@ def test_config_names_them_as_local_models():
         check_name(f"local:{name}")
     with pytest.raises(ConfigError, match=r"local:qwen2\.5-base-student"):
         check_name("local:qwen2.5-nope")
+
+
+def test_a_config_naming_them_resolves_to_their_directories(qwen_models, tmp_path):
+    from raydistill.config import ExperimentConfig, from_dict
+    from raydistill.local_models import resolve_models
+
+    (tmp_path / "qwen_models").symlink_to(qwen_models["qwen2.5-base-student"].parent)
+    cfg = from_dict(ExperimentConfig, {"teacher": {"model": "local:qwen2.5-instruct-teacher"},
+                                       "student": {"model": "local:qwen2.5-base-student"}})
+    out = resolve_models(cfg, tmp_path)
+    assert out.teacher.model == str(qwen_models["qwen2.5-instruct-teacher"].resolve())
+    assert out.student.model == str(qwen_models["qwen2.5-base-student"].resolve())
+    assert not (tmp_path / "local_models").exists()  # the 1,024-token set was not built
