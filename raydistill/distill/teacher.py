@@ -177,7 +177,7 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
         # not generate(stop_strings=...): that matches across the prompt's end too (a prompt
         # ending in "\n\n" stops "\n\n" after one token); vLLM matches the completion only
         kw["stopping_criteria"] = [_StopInCompletion(tokenizer, stops, width)]
-    with torch.no_grad(), _nothing_inherited(model):
+    with torch.no_grad(), stop_ids_only(model):
         out = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
                              generation_config=config, **kw)
     rows = out[:, width:].tolist()
@@ -208,14 +208,18 @@ def stated_generation(sampling: dict, max_new_tokens: int, pad: int | None, stop
 
 
 @contextmanager
-def _nothing_inherited(model):
-    """generate() with a blank `model.generation_config`: a field the stated config leaves
-    unset (bad_words_ids, suppress_tokens, no_repeat_ngram_size, min_p, ...) falls back to
-    transformers' neutral default, never to the checkpoint's file."""
+def stop_ids_only(model):
+    """Within: `model.generation_config` keeps the checkpoint's token ids (bos, eos, pad: its
+    stop ids) and nothing else, so a field a caller's config leaves unset (repetition_penalty,
+    bad_words_ids, suppress_tokens, no_repeat_ngram_size, min_p, ...) falls back to
+    transformers' neutral default, never to the checkpoint's generation_config.json. For our
+    own generate calls and for lm-eval's, which passes only its own generation kwargs."""
     from transformers import GenerationConfig
 
     saved = model.generation_config
-    model.generation_config = GenerationConfig()
+    model.generation_config = GenerationConfig(
+        bos_token_id=saved.bos_token_id, eos_token_id=saved.eos_token_id,
+        pad_token_id=saved.pad_token_id)
     try:
         yield
     finally:

@@ -14,6 +14,7 @@ from raydistill.distill.teacher import (
     generate_completions,
     load_model_and_tokenizer,
     stated_generation,
+    stop_ids_only,
 )
 from raydistill.errors import ConfigError
 
@@ -67,3 +68,15 @@ def test_bad_decoding_settings_are_refused_in_one_line(bad):
     with pytest.raises(ConfigError, match=f"generation.{next(iter(bad))}") as e:
         GenerationConfig(**bad)
     assert "\n" not in str(e.value)
+
+
+def test_stop_ids_only_keeps_the_files_token_ids_and_nothing_else(qwen_models):
+    """What lm-eval's generate (and ours) sees of the checkpoint's generation_config.json."""
+    model, _ = load_model_and_tokenizer(str(qwen_models["qwen2.5-instruct-student"]))
+    saved = model.generation_config
+    with stop_ids_only(model):
+        g = model.generation_config
+        assert g.eos_token_id == [151_645, 151_643] and g.pad_token_id == 151_643
+        assert g.repetition_penalty in (None, 1.0) and g.top_k in (None, 0, 50)
+        assert not g.do_sample and g.temperature in (None, 1.0) and g.top_p in (None, 1.0)
+    assert model.generation_config is saved and saved.repetition_penalty == 1.05
