@@ -285,6 +285,11 @@ class GenerationConfig:
     # None = the experiment's seed; stop = strings that end a completion (cut before them).
     temperature: float = 0.0
     top_p: float = 1.0
+    # Stated, never inherited: the checkpoint's generation_config.json (Qwen2.5-Instruct's asks
+    # for top_k 20 and repetition_penalty 1.05) is read for stop ids only. top_k 0 = off;
+    # repetition_penalty 1 = none (it applies to greedy decoding too).
+    top_k: int = 0
+    repetition_penalty: float = 1.0
     n: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -309,6 +314,15 @@ class GenerationConfig:
                               f"range), got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ConfigError(f"generation.top_p must lie in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool)
+                and self.top_k >= 0):
+            raise ConfigError(f"generation.top_k must be an integer >= 0 (0 = off), got "
+                              f"{self.top_k!r}")
+        if not (isinstance(self.repetition_penalty, (int, float))
+                and not isinstance(self.repetition_penalty, bool)
+                and 0 < self.repetition_penalty <= 2):
+            raise ConfigError("generation.repetition_penalty must lie in (0, 2] (1 = none), got "
+                              f"{self.repetition_penalty!r}")
         if self.n > 1 and self.temperature == 0:
             raise ConfigError(f"generation.n = {self.n} with temperature 0 writes {self.n} "
                               "identical greedy completions; set generation.temperature > 0")

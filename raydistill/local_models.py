@@ -19,6 +19,8 @@ from raydistill.errors import ConfigError
 PREFIX = "local:"
 NAMES = ("qwen2-teacher", "qwen2-student", "llama-teacher", "llama-student",
          "llama-other-vocab")
+# on the real Qwen2.5 tokenizer with hub row counts (raydistill.data.qwen_models.NAMES)
+QWEN_NAMES = ("qwen2.5-instruct-teacher", "qwen2.5-instruct-student", "qwen2.5-base-student")
 
 
 def is_local(model: str) -> bool:
@@ -26,9 +28,9 @@ def is_local(model: str) -> bool:
 
 
 def check_name(model: str) -> None:
-    if is_local(model) and model[len(PREFIX):] not in NAMES:
+    if is_local(model) and model[len(PREFIX):] not in NAMES + QWEN_NAMES:
         raise ConfigError(f"model {model!r} unknown; local models: "
-                          f"{', '.join(PREFIX + n for n in NAMES)}")
+                          f"{', '.join(PREFIX + n for n in NAMES + QWEN_NAMES)}")
 
 
 def resolve_models(cfg: ExperimentConfig, root: Path) -> ExperimentConfig:
@@ -38,10 +40,17 @@ def resolve_models(cfg: ExperimentConfig, root: Path) -> ExperimentConfig:
     from transformers.utils import logging as hf_logging
 
     from raydistill.data.local_models import make_local_models
+    from raydistill.data.qwen_models import make_qwen_models
 
+    names = {getattr(cfg, role).model[len(PREFIX):] for role in ("teacher", "student")
+             if is_local(getattr(cfg, role).model)}
     hf_logging.disable_progress_bar()  # save_pretrained's bars are not this command's output
     try:
-        dirs = make_local_models(Path(root) / "local_models")
+        dirs: dict[str, Path] = {}
+        if names - set(QWEN_NAMES):
+            dirs.update(make_local_models(Path(root) / "local_models"))
+        if names & set(QWEN_NAMES):  # only then: converting the real tokenizer takes seconds
+            dirs.update(make_qwen_models(Path(root) / "qwen_models"))
     finally:
         hf_logging.enable_progress_bar()
     out = cfg

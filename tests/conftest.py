@@ -32,3 +32,13 @@ def native_run(tmp_path_factory):
     from tests.native_run import make_native_run
 
     return make_native_run(tmp_path_factory.mktemp("native"))
+
+
+@pytest.fixture(scope="session")
+def qwen_models(tmp_path_factory):
+    """Hub-shaped Qwen2.5 models on the real Qwen tokenizer (151,665 tokens; 152,064-row
+    Instruct teacher, 151,936-row Instruct and base students), built once per session:
+    name -> directory (see raydistill/data/qwen_models.py)."""
+    from raydistill.data.qwen_models import make_qwen_models
+
+    return make_qwen_models(tmp_path_factory.mktemp("qwen_models"))

@@ -132,8 +132,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: str,
         clean_up_tokenization_spaces=False)
 
 
-def _config(family: str, tokenizer: PreTrainedTokenizerFast, **kw: Any):
-    """The family's config class, scaled down; token ids taken from the tokenizer."""
+def _config(family: str, tokenizer: PreTrainedTokenizerFast, *, vocab_size: int | None = None,
+            token_ids: dict[str, Any] | None = None, **kw: Any):
+    """The family's config class, scaled down; token ids taken from the tokenizer unless
+    `token_ids` gives them (a hub config names ids its tokenizer leaves unset, e.g. Qwen's
+    bos_token_id). `vocab_size` (output rows) may exceed the tokenizer, as hub models pad it."""
     from transformers import LlamaConfig, Qwen2Config
 
     heads, kv = kw["num_attention_heads"], kw["num_key_value_heads"]
@@ -144,8 +147,12 @@ def _config(family: str, tokenizer: PreTrainedTokenizerFast, **kw: Any):
     if heads % kv:
         raise ConfigError(f"num_attention_heads={heads} is not a multiple of "
                           f"num_key_value_heads={kv}")
-    ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ConfigError(f"vocab_size={vocab_size} is below the tokenizer's {len(tokenizer)} "
+                          "tokens: some ids would have no output row")
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id, **(token_ids or {}),
+           "vocab_size": vocab_size or len(tokenizer)}
     if family == "qwen2":
         return Qwen2Config(**kw, **ids, max_window_layers=kw["num_hidden_layers"])
     return LlamaConfig(**kw, **ids, head_dim=head_dim)
@@ -155,17 +162,21 @@ def save_model_dir(out_dir: str | Path, family: str, tokenizer: PreTrainedTokeni
                    hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_heads: int = 2,
                    num_key_value_heads: int | None = None, intermediate_size: int | None = None,
                    max_position_embeddings: int = 512, seed: int = 0,
-                   tie_word_embeddings: bool = True) -> Path:
+                   tie_word_embeddings: bool = True, vocab_size: int | None = None,
+                   token_ids: dict[str, Any] | None = None,
+                   generation: dict[str, Any] | None = None, dtype: str = "float32") -> Path:
     """Save a randomly initialised (seeded) `family` model and `tokenizer` into `out_dir`, as a
     hub checkpoint is laid out: config.json, generation_config.json (stopping at the
-    end-of-turn token), model.safetensors, tokenizer.json, tokenizer_config.json,
-    chat_template.jinja."""
+    end-of-turn token, or exactly `generation` where given: a hub file's fields), model.
+    safetensors (in `dtype`), tokenizer.json, tokenizer_config.json, chat_template.jinja.
+    `vocab_size` and `token_ids` as in `_config`."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     _check_family(family)
     config = _config(
-        family, tokenizer, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+        family, tokenizer, vocab_size=vocab_size, token_ids=token_ids,
+        hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads or num_attention_heads,
         intermediate_size=intermediate_size or 4 * hidden_size,
@@ -173,9 +184,10 @@ def save_model_dir(out_dir: str | Path, family: str, tokenizer: PreTrainedTokeni
     with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG left alone
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(**generation) if generation else GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    model.to(getattr(torch, dtype))  # seeded in fp32 (the same draw in every dtype), saved in dtype
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -207,13 +219,13 @@ def _is_built(path: Path, params: dict) -> bool:
         return False
 
 
-def _build(path: Path, family: str, tokenizer: PreTrainedTokenizerFast, shape: dict[str, int],
-           params: dict) -> None:
+def _build(path: Path, family: str, tokenizer: PreTrainedTokenizerFast, shape: dict[str, Any],
+           params: dict, **save_kw: Any) -> None:
     """Build next to `path`, then swap it in: a crash never leaves a half-made directory that
-    carries a marker, and readers never see one."""
+    carries a marker, and readers never see one. `save_kw` goes to `save_model_dir`."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(tmp, family, tokenizer, seed=params["seed"], **shape)
+    save_model_dir(tmp, family, tokenizer, seed=params["seed"], **shape, **save_kw)
     (tmp / MARKER).write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
     shutil.rmtree(path, ignore_errors=True)
     try:

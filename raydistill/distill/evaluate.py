@@ -28,7 +28,10 @@ TASK_NAME = "raydistill_test"
 def exact_match(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
                 max_prompt_tokens: int, stop: list[int], pattern: str = "",
                 batch_size: int = 64) -> tuple[float, int]:
-    """(accuracy, tokens generated) of greedy answers on rows {messages, response}."""
+    """(accuracy, tokens generated) of greedy answers on rows {messages, response}: plain
+    argmax decoding (`teacher.stated_generation`), nothing taken from the model's
+    generation_config.json but its stop ids (`stop`), so a checkpoint's repetition penalty or
+    sampling defaults do not change a score."""
     from raydistill.data.format import answer_of, prompt_ids
     from raydistill.distill.teacher import generate_ids
 
@@ -94,6 +97,8 @@ def lm_eval_scores(model, tokenizer, own_task_dir: Path | None, tasks: list[str]
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from raydistill.distill.teacher import stop_ids_only
+
     device = "cuda" if _cuda() else "cpu"
     scores: dict[str, float] = {}
     own = [t for t in tasks if t == TASK_NAME]
@@ -108,9 +113,12 @@ def lm_eval_scores(model, tokenizer, own_task_dir: Path | None, tasks: list[str]
         lm = cls(pretrained=model, tokenizer=tokenizer, device=device, batch_size=64,
                  max_length=model_max_length(model, tokenizer), add_bos_token=bos)
         manager = TaskManager(include_path=paths or None)
-        result = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
-                                 log_samples=False, verbosity="ERROR",
-                                 apply_chat_template=chat and bool(tokenizer.chat_template))
+        # a generative task decodes as the task says, not with the checkpoint's sampling
+        # defaults or repetition penalty (lm-eval passes its own kwargs only)
+        with stop_ids_only(model):
+            result = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
+                                     log_samples=False, verbosity="ERROR",
+                                     apply_chat_template=chat and bool(tokenizer.chat_template))
         for task, metrics in result["results"].items():
             acc = metrics.get("acc,none", metrics.get("exact_match,strict-match",
                                                       metrics.get("acc")))

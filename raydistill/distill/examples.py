@@ -116,27 +116,41 @@ class ExampleStream:
             yield group
 
     def build(self, row: dict, cached: dict | None = None) -> dict:
+        """One example. Each model's own end of turn ends its sequence: the teacher's response
+        ids end with the teacher's EOS (as it wrote and cached them), the student's with the
+        student's EOS (a base student of an Instruct teacher learns to stop on <|endoftext|>,
+        not on an <|im_end|> it never stops at). Where the KD target at that last position is
+        the teacher's distribution, the teacher's EOS stands for the student's there: the two
+        ids are swapped in the cached top-k (`own_eos_target`); an online teacher's logits
+        carry `eos_swap` for `swap_eos_columns`. Elsewhere the teacher's ids are kept."""
         from raydistill.data.format import encode, response_ids
 
         c = self.cfg
         messages = json.loads(row["messages"])
         limits = {"max_prompt_tokens": c["max_prompt_tokens"], "max_seq_len": c["max_seq_len"]}
+        t_eos, s_eos = self.teacher_tok.eos_token_id, self.student_tok.eos_token_id
         teacher_ids = None
         if cached is not None:
             teacher_ids = cached["input_ids"].tolist()
         elif row["completion_ids"] is not None:
-            eos = [self.teacher_tok.eos_token_id] if row["finished"] else []
+            eos = [t_eos] if row["finished"] else []
             teacher_ids = [int(i) for i in row["completion_ids"]] + eos
+        ends_on_eos = bool(row["finished"]) and bool(teacher_ids) and teacher_ids[-1] == t_eos
+        swap = c["shared_vocab"] and ends_on_eos and t_eos != s_eos
         if teacher_ids is not None and c["shared_vocab"]:
-            response = teacher_ids
+            response = [*teacher_ids[:-1], s_eos] if swap else teacher_ids
         else:
             response = response_ids(self.student_tok, row["completion"],
                                     c["max_response_tokens"], bool(row["finished"]))
         ex = encode(self.student_tok, messages, response, **limits)
+        swap = swap and ex.response_len == len(response)  # the EOS survived the length cut
         out: dict[str, Any] = {"input_ids": ex.input_ids, "prompt_len": ex.prompt_len}
         if cached is not None:  # the cache covers the response; keep what the student kept
             n = ex.response_len
-            out.update(logprobs=cached["logprobs"][:n], indices=cached["indices"][:n],
+            indices = cached["indices"][:n]
+            if swap:
+                indices = own_eos_target(indices, t_eos, s_eos)
+            out.update(logprobs=cached["logprobs"][:n], indices=indices,
                        tail=cached["tail"][:n])
         if self.online:
             if teacher_ids is None:
@@ -144,6 +158,8 @@ class ExampleStream:
                                            c["max_response_tokens"], bool(row["finished"]))
             t = encode(self.teacher_tok, messages, teacher_ids, **limits)
             out.update(teacher_input_ids=t.input_ids, teacher_prompt_len=t.prompt_len)
+            if swap:
+                out["eos_swap"] = (t_eos, s_eos)
         return out
 
     def batches(self, size: int, skip: int = 0) -> Iterator[list[dict]]:
@@ -154,3 +170,29 @@ class ExampleStream:
             next(it)
         while True:
             yield [next(it) for _ in range(size)]
+
+
+def own_eos_target(indices, teacher_eos: int, student_eos: int):
+    """A response's cached top-k ids [n, k] with the teacher's and the student's EOS ids
+    swapped at the last position (the one that predicts the end of turn): the teacher's mass
+    on ending its turn becomes the student's on ending its own. A copy; the cache is kept."""
+    out = indices.clone()
+    last = out[-1]
+    t, s = last == teacher_eos, last == student_eos
+    last[t], last[s] = student_eos, teacher_eos
+    return out
+
+
+def swap_eos_columns(logits, examples: list[dict]):
+    """Online teacher logits [B, T, V] aligned to the student's positions, with the two EOS
+    columns swapped at the position that predicts each swapped example's end of turn (see
+    `ExampleStream.build`); examples without `eos_swap` are left as they are. A copy where
+    anything changes."""
+    rows = [(i, len(e["input_ids"]) - 2, *e["eos_swap"]) for i, e in enumerate(examples)
+            if e.get("eos_swap")]
+    if not rows:
+        return logits
+    out = logits.clone()
+    for i, pos, t, s in rows:
+        out[i, pos, t], out[i, pos, s] = logits[i, pos, s], logits[i, pos, t]
+    return out

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # the sampling settings of a greedy completion, for callers that set none (`sampling_of`'s keys)
-GREEDY: dict[str, Any] = {"decoding": "greedy", "temperature": 0.0, "top_p": 1.0, "n": 1,
-                          "seed": 0, "stop": []}
+GREEDY: dict[str, Any] = {"decoding": "greedy", "temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                          "repetition_penalty": 1.0, "n": 1, "seed": 0, "stop": []}
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,15 @@ def end_completion(ids: Sequence[int], stop_ids: Sequence[int], stops: Sequence[
 
 
 def sampling_of(generation: Any, experiment_seed: int) -> dict:
-    """The sampling settings that determine a completion (the content address's part)."""
+    """Every decoding setting that determines a completion (the content address's part): both
+    engines decode from exactly these (`teacher.stated_generation`, `teacher_vllm.
+    sampling_params`), nothing from the checkpoint's generation_config.json but its stop ids
+    (which the teacher's own address covers)."""
     g = generation
     seed = experiment_seed if g.seed is None else g.seed
     decoding = "greedy" if g.temperature == 0 else "sample"
     return {"decoding": decoding, "temperature": float(g.temperature), "top_p": float(g.top_p),
+            "top_k": int(g.top_k), "repetition_penalty": float(g.repetition_penalty),
             "n": int(g.n), "seed": int(seed), "stop": list(g.stop),
             "max_new_tokens": int(g.max_new_tokens)}
 

@@ -8,6 +8,7 @@ where the actor's work did, whenever Ray Data retires the actor.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -159,14 +160,15 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
                          stop: list[int], sampling: dict | None = None, seed: int = 0
                          ) -> list[list[Any]]:
     """n completions of each token-id prompt (left-padded, as decoder-only generation needs),
-    greedy or sampled as `sampling` says (`sampling.sampling_of`), ended as every engine ends
-    them (`sampling.end_completion`)."""
+    greedy or sampled exactly as `sampling` says (`sampling.sampling_of`): nothing is taken
+    from the checkpoint's generation_config.json (`stated_generation`), ended as every engine
+    ends them (`sampling.end_completion`)."""
     import torch
 
     from raydistill.distill.sampling import end_completion
 
     s = sampling or GREEDY
-    n, stops = int(s.get("n", 1)), list(s.get("stop", []))
+    stops = list(s.get("stop", []))
     pad = tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -174,23 +176,61 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.as_tensor(p)
         attn[i, width - len(p):] = 1
-    kw: dict[str, Any] = {"do_sample": False}
-    if s.get("decoding") == "sample":
-        kw = {"do_sample": True, "temperature": s["temperature"], "top_p": s["top_p"],
-              "top_k": 0, "num_return_sequences": n}
+    config = stated_generation(s, max_new_tokens, pad, stop)
+    if config.do_sample:
         torch.manual_seed(seed)  # per batch, from its first example: reproducible
+    kw: dict[str, Any] = {}
     if stops:
         # not generate(stop_strings=...): that matches across the prompt's end too (a prompt
         # ending in "\n\n" stops "\n\n" after one token); vLLM matches the completion only
         kw["stopping_criteria"] = [_StopInCompletion(tokenizer, stops, width)]
-    with torch.no_grad():
+    with torch.no_grad(), stop_ids_only(model):
         out = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stop,
-                             **kw)
+                             generation_config=config, **kw)
     rows = out[:, width:].tolist()
     done = [end_completion(r, stop, stops, tokenizer.decode) for r in rows]
-    per = n if kw["do_sample"] else 1
+    per = config.num_return_sequences
     return [done[i * per:(i + 1) * per] for i in range(len(prompts))]
+
+
+def stated_generation(sampling: dict, max_new_tokens: int, pad: int | None, stop: list[int]):
+    """A transformers GenerationConfig that says every field that changes the output, from
+    `sampling` alone. Why: generate() fills each field its config leaves unset from the
+    checkpoint's generation_config.json (Qwen2.5-Instruct's sets repetition_penalty 1.05,
+    top_k 20, top_p 0.8, temperature 0.7) and then from transformers' defaults (top_k 50), so
+    "greedy" was greedy with a repetition penalty and sampling had a top-k nobody set; vLLM
+    (`teacher_vllm.sampling_params`) decodes from the same fields and nothing else."""
+    from transformers import GenerationConfig
+
+    sample = sampling.get("decoding") == "sample"
+    kw: dict[str, Any] = {
+        "do_sample": sample, "num_beams": 1, "max_new_tokens": max_new_tokens,
+        "min_new_tokens": 0, "pad_token_id": pad, "eos_token_id": list(stop),
+        "repetition_penalty": float(sampling.get("repetition_penalty", 1.0)),
+        "num_return_sequences": int(sampling.get("n", 1)) if sample else 1}
+    if sample:  # top_k 0 = off (transformers' own default is 50)
+        kw.update(temperature=float(sampling["temperature"]), top_p=float(sampling["top_p"]),
+                  top_k=int(sampling.get("top_k", 0)))
+    return GenerationConfig(**kw)
+
+
+@contextmanager
+def stop_ids_only(model):
+    """Within: `model.generation_config` keeps the checkpoint's token ids (bos, eos, pad: its
+    stop ids) and nothing else, so a field a caller's config leaves unset (repetition_penalty,
+    bad_words_ids, suppress_tokens, no_repeat_ngram_size, min_p, ...) falls back to
+    transformers' neutral default, never to the checkpoint's generation_config.json. For our
+    own generate calls and for lm-eval's, which passes only its own generation kwargs."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(
+        bos_token_id=saved.bos_token_id, eos_token_id=saved.eos_token_id,
+        pad_token_id=saved.pad_token_id)
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class _StopInCompletion:

@@ -116,6 +116,11 @@ def make_llm(model_path: str, *, gpus: int, max_model_len: int, top_k: int, seed
         # detokenize for stop strings
         "skip_tokenizer_init": not tokenizer,
         "enforce_eager": not on_gpu,  # CUDA graphs pay off on a GPU; on CPU nothing to capture
+        # decoding stated, never inherited: vLLM's default ("auto") loads the checkpoint's
+        # generation_config.json as default sampling parameters (Qwen2.5-Instruct's
+        # repetition_penalty 1.05, top_k 20, ...); "vllm" keeps vLLM's neutral defaults and
+        # `sampling_params` sets every field itself
+        "generation_config": "vllm",
     }
     if on_gpu and gpus > 1:
         kwargs["distributed_executor_backend"] = "mp"
@@ -138,10 +143,16 @@ def sampling_params(sampling: dict, stop_ids: list[int], max_tokens: int, top_k:
                     seed: int):
     from vllm import SamplingParams
 
+    """Every field that changes the output, from `sampling` alone (as `teacher.
+    stated_generation` for the HF engine); `top_k` here is the logprobs kept, the sampler's
+    top-k is `sampling["top_k"]` (0 = off)."""
     sample = sampling.get("decoding") == "sample"
     return SamplingParams(
         n=int(sampling.get("n", 1)), temperature=float(sampling["temperature"]) if sample else 0.0,
-        top_p=float(sampling.get("top_p", 1.0)) if sample else 1.0, seed=seed,
+        top_p=float(sampling.get("top_p", 1.0)) if sample else 1.0,
+        top_k=int(sampling.get("top_k", 0)) if sample else 0, min_p=0.0,
+        repetition_penalty=float(sampling.get("repetition_penalty", 1.0)),
+        presence_penalty=0.0, frequency_penalty=0.0, min_tokens=0, seed=seed,
         stop=list(sampling.get("stop", [])) or None, stop_token_ids=list(stop_ids),
         max_tokens=max_tokens, logprobs=top_k or None, detokenize=bool(sampling.get("stop")))
 

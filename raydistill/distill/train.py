@@ -102,7 +102,11 @@ def objective(cfg: dict, engine, teacher, chosen: list[dict], pad_id: int, teach
             target = losses.TopK(*(x.to(device) for x in (target.logprobs, target.indices,
                                                            target.tail_logprob)))
         else:
-            target = align(t_out.logits[..., :rows], teacher_index(chosen, width), width)
+            from raydistill.distill.examples import swap_eos_columns
+
+            # the teacher's EOS stands for the student's where each ends its own turn
+            target = swap_eos_columns(
+                align(t_out.logits[..., :rows], teacher_index(chosen, width), width), chosen)
         return chunked_kd_objective(logits, batch["targets"], target, batch["mask"],
                                     alpha=cfg["alpha"], **chunk)
     ce = chunked_kd_objective(logits, batch["targets"], None, batch["mask"], alpha=1.0, **chunk)

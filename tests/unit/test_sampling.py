@@ -118,13 +118,15 @@ def test_completion_generated_tokens():
 
 # ---- sampling_of ---------------------------------------------------------------------------
 
-KEYS = {"decoding", "temperature", "top_p", "n", "seed", "stop", "max_new_tokens"}
+KEYS = {"decoding", "temperature", "top_p", "top_k", "repetition_penalty", "n", "seed", "stop",
+        "max_new_tokens"}
 
 
 def test_sampling_of_greedy_takes_the_experiment_seed():
     s = sampling_of(GenerationConfig(max_new_tokens=32), experiment_seed=11)
-    assert s == {"decoding": "greedy", "temperature": 0.0, "top_p": 1.0, "n": 1, "seed": 11,
-                 "stop": [], "max_new_tokens": 32}
+    assert s == {"decoding": "greedy", "temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                 "repetition_penalty": 1.0, "n": 1, "seed": 11, "stop": [],
+                 "max_new_tokens": 32}
 
 
 def test_sampling_of_sampled_with_its_own_seed_and_stops():
@@ -132,14 +134,15 @@ def test_sampling_of_sampled_with_its_own_seed_and_stops():
                          stop=("\n\n", "###"))
     s = sampling_of(g, experiment_seed=11)
     assert set(s) == KEYS
-    assert s == {"decoding": "sample", "temperature": 0.7, "top_p": 0.9, "n": 4, "seed": 3,
-                 "stop": ["\n\n", "###"], "max_new_tokens": 16}
+    assert s == {"decoding": "sample", "temperature": 0.7, "top_p": 0.9, "top_k": 0,
+                 "repetition_penalty": 1.0, "n": 4, "seed": 3, "stop": ["\n\n", "###"],
+                 "max_new_tokens": 16}
     assert sampling_of(GenerationConfig(temperature=0.7, seed=0), 11)["seed"] == 0  # 0 is a seed
 
 
 @pytest.mark.parametrize("change", [
     {"temperature": 0.8}, {"top_p": 0.5}, {"n": 2}, {"seed": 9}, {"stop": ("x",)},
-    {"max_new_tokens": 9},
+    {"max_new_tokens": 9}, {"top_k": 20}, {"repetition_penalty": 1.05},
 ])
 def test_every_sampling_setting_changes_the_address(change):
     base = {"temperature": 1.0, "top_p": 0.95, "n": 1, "seed": 1, "stop": (),
