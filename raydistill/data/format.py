@@ -83,8 +83,8 @@ def stop_ids(tokenizer: Any, model_dir: str | Path | None = None) -> list[int]:
     """Every token that ends a turn: the tokenizer's EOS and the generation config's EOS ids
     (Llama 3 and Qwen2.5 Instruct list several; generating past them writes a second turn)."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    gen = Path(model_dir) / "generation_config.json" if model_dir else None
-    if gen is not None and gen.is_file():
+    gen = generation_config_file(model_dir) if model_dir else None
+    if gen is not None:
         eos = json.loads(gen.read_text()).get("eos_token_id")
         for i in eos if isinstance(eos, list) else [eos]:
             if isinstance(i, int) and i not in ids:
@@ -93,6 +93,22 @@ def stop_ids(tokenizer: Any, model_dir: str | Path | None = None) -> list[int]:
         raise ConfigError(f"tokenizer of {model_dir or 'the model'} has no EOS token: set "
                           "eos_token in its tokenizer_config.json")
     return ids
+
+
+def generation_config_file(model: str | Path) -> Path | None:
+    """The model's generation_config.json: in its directory, or (a hub id, as a teacher used
+    where it is names itself) in the hub cache, downloaded when the hub is reachable. None
+    when the model has none: its tokenizer's EOS is then the only stop."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        path = local / "generation_config.json"
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(str(model), "generation_config.json"))
+    except Exception:  # offline and not cached, no such file, not a hub id: no extra stops
+        return None
 
 
 def same_vocabulary(a: Any, b: Any) -> bool:

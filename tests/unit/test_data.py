@@ -583,3 +583,24 @@ def test_byte_tokenizer_prompt_is_the_plain_text():
                                           tok.eos_token_id]
     ex = encode(tok, msgs, response_ids(tok, "58", 8), max_prompt_tokens=16, max_seq_len=32)
     assert ex.prompt_len == 6 and len(ex.input_ids) == 9
+
+
+def test_stop_ids_of_a_hub_id_come_from_the_hub_cache(toks, tmp_path, monkeypatch):
+    """A teacher used where it is (steps 0) is named by its hub id, not a directory: its
+    generation_config.json's stops are read from the hub cache (offline, as on a cluster
+    that fetched the model), not silently dropped."""
+    from huggingface_hub import constants
+
+    tok = toks["llama-teacher"]
+    end_of_text = tok.convert_tokens_to_ids("<|end_of_text|>")
+    repo = tmp_path / "hub" / "models--org--teacher"
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    (snap / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [end_of_text, tok.eos_token_id]}))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert stop_ids(tok, "org/teacher") == [tok.eos_token_id, end_of_text]
+    assert stop_ids(tok, "org/not-cached") == [tok.eos_token_id]
