@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raydistill.cache_memory import DEFAULT_CHUNK_TOKENS
 from raydistill.distill.sampling import GREEDY
 
 log = logging.getLogger(__name__)
@@ -246,33 +247,39 @@ def teacher_examples(tokenizer, batch: dict, max_prompt_tokens: int, max_seq_len
 
 
 def cache_batch(model, tokenizer, batch: dict, top_k: int, temperature: float, dtype: str,
-                max_prompt_tokens: int, max_seq_len: int) -> tuple[pa.Table, int]:
+                max_prompt_tokens: int, max_seq_len: int,
+                chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> tuple[pa.Table, int]:
     """Synthetic rows → (cache rows over each response, tokens the teacher read). Log-softmax,
-    top-k and the tail mass are computed where the model runs; only top-k leaves the device."""
+    top-k and the tail mass are computed where the model runs, `chunk_tokens` response
+    positions at a time over the tokenizer's rows only (`cache_topk.response_topk`); only the
+    top-k leaves the device."""
     import torch
 
     from raydistill.distill.batches import pad_batch
-    from raydistill.distill.logit_cache import encode_rows, topk_of
+    from raydistill.distill.cache_topk import response_topk
+    from raydistill.distill.logit_cache import encode_rows
 
     examples = teacher_examples(tokenizer, batch, max_prompt_tokens, max_seq_len)
     padded = pad_batch([{"input_ids": e.input_ids, "prompt_len": e.prompt_len}
                         for e in examples], tokenizer.pad_token_id)
-    with torch.no_grad():
-        logits = model(input_ids=padded["input_ids"].to(model.device),
-                       attention_mask=padded["attention_mask"].to(model.device)).logits
-        # each response's positions: prompt_len - 1 ... len - 2 predict its tokens
-        width = max(e.response_len for e in examples)
-        starts = torch.tensor([e.prompt_len - 1 for e in examples], device=logits.device)
-        pos = (starts[:, None] + torch.arange(width, device=logits.device)[None, :])
-        pos = pos.clamp(max=logits.shape[1] - 1)
-        picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
-        values, indices, tail = topk_of(picked, top_k, temperature)
+    device = model.device
+    # each response's positions: prompt_len - 1 ... len - 2 predict its tokens
+    lengths = torch.tensor([e.response_len for e in examples])
+    flat = response_topk(model, padded["input_ids"].to(device),
+                         padded["attention_mask"].to(device),
+                         torch.tensor([e.prompt_len - 1 for e in examples]), lengths,
+                         vocab_rows=len(tokenizer), top_k=top_k, temperature=temperature,
+                         chunk_tokens=chunk_tokens)
+    width = max(1, int(lengths.max()))
+    keep = torch.arange(width)[None, :] < lengths[:, None]  # [B, W]: row-major = flat's order
+    values = torch.zeros((len(examples), width, top_k))
+    indices = torch.zeros((len(examples), width, top_k), dtype=torch.long)
+    tail = torch.zeros((len(examples), width))
+    values[keep], indices[keep], tail[keep] = (t.cpu() for t in flat)
     response = torch.zeros((len(examples), width), dtype=torch.long)
     for i, e in enumerate(examples):
         response[i, : e.response_len] = torch.as_tensor(e.input_ids[e.prompt_len:])
-    lengths = torch.tensor([e.response_len for e in examples])
-    table = encode_rows(batch["example_id"], response, lengths, values.cpu(), indices.cpu(),
-                        tail.cpu(), dtype)
+    table = encode_rows(batch["example_id"], response, lengths, values, indices, tail, dtype)
     return table, int(sum(len(e.input_ids) for e in examples))
 
 
