@@ -3,19 +3,22 @@ from the model's shape and the batch: pure arithmetic, no torch, for the dry run
 
 The path runs in phases; the peak is the resident weights plus the largest phase:
 
-1. the body's forward (no autograd, no KV cache): one decoder layer's temporaries at a time,
-   B·S·(2·H + 3·I) values (residual, its norm and the MLP's gate, activation and up
-   projections; attention's are smaller while I ≥ H), plus the B×S×S boolean attention mask;
-2. its output: the last hidden states [B, S, H] and the N picked response positions [N, H];
-3. one chunk of c = min(chunk_tokens, N) positions: its logits over the tokenizer's rows in the
-   model's dtype and one fp32 buffer the log-softmax, top-k and tail work in (in place: 4 bytes
-   per logit in fp32, 2 + 4 in bf16/fp16 while it converts), beside [N, H] and the results so
-   far (fp32 log-probs, int64 ids: 12·k + 4 bytes per position);
+1. the body's forward (no autograd, no KV cache) over g = max(1, chunk_tokens // max_seq_len)
+   rows at a time (`teacher.cache_batch`): one decoder layer's temporaries at a time,
+   g·S·(5·H + 3·I) values (the residual stream, its norm, the layer's input and output, and
+   the MLP's gate, activation and up projections; attention's are smaller while I ≥ H; the
+   5·H is what a Qwen2 layer was measured to hold), plus the g×S×S boolean attention mask;
+2. its output: the last hidden states [g, S, H] and their picked response positions;
+3. one chunk of c = min(chunk_tokens, the forward's positions) positions: its logits over
+   the tokenizer's rows in the model's dtype and one fp32 buffer the log-softmax, top-k and
+   tail work in (in place: 4 bytes per logit in fp32, 2 + 4 in bf16/fp16 while it converts),
+   beside the picked positions and the results so far (fp32 log-probs, int64 ids: 12·k + 4
+   bytes per position);
 4. the end: the results concatenated (twice 12·k + 4 per position while the chunk lists live),
    then scattered to [B, W, k] for `encode_rows` with the Arrow rows (6·k + 8 per position).
 
-Without chunking (today's `.logits` path) phase 3 is B·S·V logits plus their fp32 copies: the
-term this bound removes.
+Without chunking (the old `.logits` path, `unchunked_logits_bytes`) the batch's B·S·rows logits
+and their fp32 copies were held at once, and the body ran over all B rows together.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class CacheShape:
     kv_dim: int | None = None
     response_width: int | None = None
     output_rows: int | None = None  # rows of the checkpoint's output layer (None: vocab_rows)
+    max_seq_len: int | None = None  # what sets rows per forward (None: seq)
     tied: bool = False
 
     def __post_init__(self) -> None:
@@ -92,20 +96,30 @@ def weight_bytes(s: CacheShape) -> int:
     return DTYPE_BYTES[s.dtype] * (embed + s.layers * per_layer + s.hidden)
 
 
+def rows_per_forward(s: CacheShape) -> int:
+    """Rows the body runs at once: as many sequences as fit chunk_tokens (at least one)."""
+    return min(s.batch, max(1, s.chunk_tokens // (s.max_seq_len or s.seq)))
+
+
 def hf_cache_peak(s: CacheShape) -> CachePeak:
-    """Peak bytes of HF logit caching of one batch on one device (see the module doc)."""
+    """Peak bytes of HF logit caching of one batch on one device (see the module doc). Phases
+    1-3 are those of the batch's last forward, beside the results of the forwards before it."""
     d = DTYPE_BYTES[s.dtype]
     inter = s.intermediate or 4 * s.hidden
-    tokens, n = s.batch * s.seq, s.response_positions
+    per_result = RESULT_BYTES_PER_K * s.top_k + 4
     width = s.response_width or s.seq
-    result = n * (RESULT_BYTES_PER_K * s.top_k + 4)
-    body = tokens * d * (2 * s.hidden + 3 * inter) + s.batch * s.seq * s.seq
-    hidden = (tokens + n) * s.hidden * d
-    chunk = min(s.chunk_tokens, n) * s.vocab_rows * (4 if d == 4 else d + 4)
+    g = rows_per_forward(s)
+    n = s.response_positions
+    n_g = min(n, g * width)  # the positions one forward caches, at most
+    before = (n - n_g) * per_result
+    body = g * s.seq * d * (5 * s.hidden + 3 * inter) + g * s.seq * s.seq + before
+    hidden = (g * s.seq + n_g) * s.hidden * d + before
+    chunk = min(s.chunk_tokens, n_g) * s.vocab_rows * (4 if d == 4 else d + 4)
     # the last chunk's buffer is freed before the results are joined: phases 3 and 4 apart
-    phase3 = n * s.hidden * d + chunk + result
-    padded = s.batch * width * (RESULT_BYTES_PER_K * s.top_k + 4 + 8)
-    phase4 = max(2 * result, result + padded + n * (ROW_BYTES_PER_K * s.top_k + 8))
+    phase3 = n_g * s.hidden * d + chunk + n * per_result
+    padded = s.batch * width * (per_result + 8)
+    phase4 = max(2 * n * per_result,
+                 n * per_result + padded + n * (ROW_BYTES_PER_K * s.top_k + 8))
     return CachePeak(weights_bytes=weight_bytes(s), body_bytes=body, hidden_bytes=hidden,
                      chunk_bytes=phase3, output_bytes=phase4)
 

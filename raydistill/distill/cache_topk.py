@@ -53,6 +53,12 @@ def topk_rows(logits: torch.Tensor, k: int, temperature: float = 1.0
     return values - lse[:, None], indices, (out_lse - lse).clamp(min=NEG)
 
 
+def check_chunk_tokens(chunk_tokens: int) -> None:
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise ConfigError(f"cache chunk_tokens must be an integer >= 1 (generation."
+                          f"cache_chunk_tokens), got {chunk_tokens!r}")
+
+
 def _model_of(model):
     """The Hugging Face model: a DeepSpeed engine wraps it as `.module`."""
     return getattr(model, "module", model)
@@ -107,8 +113,7 @@ def response_topk(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     order: (log-probs [N, k] fp32, ids [N, k], log tail [N]), N = Σ lengths. Only the first
     `vocab_rows` output rows (the tokenizer's) count; at most `chunk_tokens` positions' logits
     exist at once."""
-    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-        raise ConfigError(f"cache chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
+    check_chunk_tokens(chunk_tokens)
     device = input_ids.device
     lengths = lengths.to(device)
     rows_b = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)

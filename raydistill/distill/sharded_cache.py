@@ -3,7 +3,9 @@ GPU): every worker holds 1/world of the teacher's weights, reads its share of th
 rows and writes its own cache shard. Forward passes under ZeRO-3 are collective (each layer's
 weights are gathered from all ranks), so every rank runs the same number of batches: a rank
 whose share is shorter repeats a row and drops the result. Log-softmax, top-k and the tail
-mass are computed on the device (`teacher.cache_batch`); only top-k leaves it.
+mass are computed on the device (`teacher.cache_batch`), generation.cache_chunk_tokens response
+positions at a time; the output layer's weight is gathered once per batch (so the collectives
+stay in step whatever each rank's chunk count), and only top-k leaves the device.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def cache_loop(cfg: dict[str, Any]) -> None:
                                                        "completion_ids", "finished")}
             table, tokens = cache_batch(teacher, tokenizer, batch, cfg["top_k"],
                                         cfg["temperature"], cfg["dtype"],
-                                        cfg["max_prompt_tokens"], cfg["max_seq_len"])
+                                        cfg["max_prompt_tokens"], cfg["max_seq_len"],
+                                        cfg["chunk_tokens"])
             if real:
                 tables.append(table)
                 window.add_tokens(tokens)
@@ -70,6 +73,7 @@ def build_sharded_cache(cfg, synthetic_path: Path, teacher_path: Path, out: Path
             "batch_size": g.batch_size, "top_k": d.top_k, "temperature": d.temperature,
             "dtype": d.cache_dtype, "max_prompt_tokens": cfg.data.max_prompt_tokens,
             "max_seq_len": cfg.training.max_seq_len, "out_dir": str(out),
+            "chunk_tokens": g.cache_chunk_tokens,
             "threads": 1 if workers > 1 else 2}
     TorchTrainer(cache_loop, train_loop_config=loop,
                  scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
