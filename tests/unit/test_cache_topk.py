@@ -176,3 +176,27 @@ def test_chunk_tokens_is_checked(tok):
     with pytest.raises(ConfigError, match="chunk_tokens must be an integer >= 1"):
         cache_batch(_model(len(tok)), tok, _batch(tok), 4, 1.0, "float32", 64, 96,
                     chunk_tokens=0)
+
+
+def test_vllm_steps_drop_padded_rows_into_the_tail():
+    """vLLM's prompt/generation logprobs range over every output row, padding included: those
+    ids are dropped (their mass stays in the tail), the next real ids fill the top-k, and a
+    position short of k real ids gets unlisted real ids at log 0."""
+    from types import SimpleNamespace
+
+    from raydistill.distill.teacher_vllm import cache_table
+
+    def lp(value: float, rank: int):
+        return SimpleNamespace(logprob=value, rank=rank)
+
+    rows = 300  # the tokenizer's; ids 300+ are the output layer's padding
+    steps = [[{305: lp(-0.5, 1), 7: lp(-1.5, 2), 9: lp(-2.0, 3), 11: lp(-3.0, 4)},
+              {301: lp(-0.2, 1), 302: lp(-2.5, 2), 4: lp(-3.0, 3), 0: lp(-4.0, 4)}]]
+    table = cache_table([0], [[7, 4]], steps, 3, "float32", vocab_rows=rows)
+    row = decode_row(table.to_pylist()[0])
+    assert row["indices"].tolist() == [[7, 9, 11], [4, 0, 1]]
+    assert int(row["indices"].max()) < rows
+    assert torch.allclose(row["logprobs"][0], torch.tensor([-1.5, -2.0, -3.0]))
+    assert row["logprobs"][1, 2] <= -1e4 + 1  # a filler: log 0
+    kept = torch.logsumexp(torch.tensor([-1.5, -2.0, -3.0]), 0)
+    assert torch.allclose(row["tail"][0], torch.log1p(-kept.exp()), atol=1e-5)  # 305's mass
