@@ -74,7 +74,7 @@ def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     hook = body.register_forward_hook(lambda _m, _a, out: seen.append(out[0]))
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-              logits_to_keep=torch.zeros(0, dtype=torch.long, device=input_ids.device))
+              logits_to_keep=torch.zeros(0, dtype=torch.long))  # CPU ids index any device
     finally:
         hook.remove()
     return seen[-1]
@@ -114,18 +114,20 @@ def response_topk(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     `vocab_rows` output rows (the tokenizer's) count; at most `chunk_tokens` positions' logits
     exist at once."""
     check_chunk_tokens(chunk_tokens)
-    device = input_ids.device
-    lengths = lengths.to(device)
-    rows_b = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
-    offset = torch.arange(int(lengths.sum()), device=device) - torch.repeat_interleave(
+    hidden = hidden_states(model, input_ids, attention_mask)
+    # a model split over several GPUs (accelerate) ends on another device than it starts
+    lengths, starts = lengths.to(hidden.device), starts.to(hidden.device)
+    rows_b = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    offset = torch.arange(int(lengths.sum()), device=hidden.device) - torch.repeat_interleave(
         torch.cumsum(lengths, 0) - lengths, lengths)
-    picked = hidden_states(model, input_ids, attention_mask)[rows_b, starts.to(device)[rows_b]
-                                                             + offset]
+    picked = hidden[rows_b, starts[rows_b] + offset]
+    del hidden  # [B, S, H]: only the response positions go on
     softcap = getattr(_model_of(model).config, "final_logit_softcapping", None)
     values, indices, tails = [], [], []
     with output_layer(model) as (weight, bias):
         rows = min(int(weight.shape[0]), int(vocab_rows))
         weight, bias = weight[:rows], None if bias is None else bias[:rows]
+        picked = picked.to(weight.device)
         for i in range(0, picked.shape[0], chunk_tokens):
             v, ix, t = topk_rows(_chunk_logits(picked[i:i + chunk_tokens], weight, bias, softcap),
                                  top_k, temperature)
