@@ -132,3 +132,25 @@ def unchunked_logits_bytes(s: CacheShape) -> int:
     width = s.response_width or s.seq
     picked = s.batch * width * rows
     return s.batch * s.seq * rows * d + picked * d + 2 * picked * 4
+
+
+def shape_from_hf_config(config: dict, *, tokenizer_rows: int | None, batch: int,
+                         max_seq_len: int, max_response_tokens: int,
+                         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, top_k: int = 64,
+                         dtype: str = "bf16") -> CacheShape:
+    """The worst-case CacheShape of a batch for a checkpoint's config.json (a dict): every
+    sequence max_seq_len long with a full response (+ its end of turn). `tokenizer_rows`: the
+    tokenizer's length (None: the config's vocab_size, no padding known)."""
+    hidden = int(config["hidden_size"])
+    heads = int(config.get("num_attention_heads") or 1)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    kv = int(config.get("num_key_value_heads") or heads) * head_dim
+    rows = int(config["vocab_size"])
+    width = min(max_seq_len - 1, max_response_tokens + 1)
+    return CacheShape(hidden=hidden, layers=int(config["num_hidden_layers"]),
+                      vocab_rows=min(rows, tokenizer_rows or rows), output_rows=rows,
+                      batch=batch, seq=max_seq_len, max_seq_len=max_seq_len,
+                      response_positions=batch * width, response_width=width,
+                      chunk_tokens=chunk_tokens, top_k=top_k, dtype=dtype,
+                      intermediate=config.get("intermediate_size"), kv_dim=kv,
+                      tied=bool(config.get("tie_word_embeddings", False)))

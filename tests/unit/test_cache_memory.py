@@ -142,3 +142,27 @@ def test_estimate_agrees_with_the_measured_peak(batch, rows, chunk, k, dtype, to
         dtype="bf16" if dtype == torch.bfloat16 else "fp32", intermediate=128, kv_dim=32,
         response_width=max(e.response_len for e in examples)))
     assert abs(measured - est.transient_bytes) <= tolerance * measured, (measured, est)
+
+
+def test_a_hub_config_gives_the_worst_case_shape():
+    """Llama-3.1-70B's config.json fields (128,256 rows, no padding) at a batch of 256 × 2,048:
+    the weights are 70.6 B parameters (141 GB in bf16), what caching adds stays under 4 GiB;
+    Qwen2.5-7B's padded rows: the cache reads the tokenizer's."""
+    llama70b = {"hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,
+                "num_key_value_heads": 8, "intermediate_size": 28_672, "vocab_size": 128_256,
+                "tie_word_embeddings": False}
+    from raydistill.cache_memory import shape_from_hf_config
+
+    shape = shape_from_hf_config(llama70b, tokenizer_rows=128_256, batch=256, max_seq_len=2048,
+                                 max_response_tokens=1024)
+    assert (shape.kv_dim, shape.response_positions, shape.vocab_rows) == (1024, 256 * 1025,
+                                                                          128_256)
+    peak = hf_cache_peak(shape)
+    assert 140e9 < peak.weights_bytes < 142e9
+    assert peak.transient_bytes < 4 * GIB  # chunked: 2 rows a forward, 2,050 positions
+    qwen = shape_from_hf_config({"hidden_size": 3584, "num_hidden_layers": 28,
+                                 "num_attention_heads": 28, "num_key_value_heads": 4,
+                                 "intermediate_size": 18_944, "vocab_size": 152_064},
+                                tokenizer_rows=151_665, batch=4, max_seq_len=512,
+                                max_response_tokens=64)
+    assert (qwen.vocab_rows, qwen.output_rows, qwen.kv_dim) == (151_665, 152_064, 512)
