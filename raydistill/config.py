@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raydistill.cache_memory import DEFAULT_CHUNK_TOKENS
 from raydistill.errors import ConfigError
 from raydistill.strict import apply_overrides, from_dict, load_yaml, to_dict
 
@@ -275,6 +276,10 @@ class GenerationConfig:
     # Logit caching: an actor pool (Ray Data, a whole teacher per actor) or zero3, a Ray Train
     # job of num_actors workers over one ZeRO-3-sharded teacher (for a teacher > one GPU).
     cache_engine: str = "pool"
+    # HF logit caching applies the output layer to this many response positions at a time (its
+    # logits over the vocabulary exist only per chunk: about 6 B × rows per position in bf16);
+    # the cache's content does not depend on it.
+    cache_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     # The teacher's inference engine: hf (transformers generate, static batches), vllm
     # (continuous batching, paged KV cache; top-k logprobs come back with each generated token,
     # so synthetic data and its logit cache are one pass), or auto (vllm where it is installed
@@ -301,6 +306,10 @@ class GenerationConfig:
         _positive("generation.max_new_tokens", self.max_new_tokens)
         _positive("generation.batch_size", self.batch_size)
         _positive("generation.gpus_per_actor", self.gpus_per_actor)
+        if isinstance(self.cache_chunk_tokens, bool) or not isinstance(
+                self.cache_chunk_tokens, int) or self.cache_chunk_tokens < 1:
+            raise ConfigError("generation.cache_chunk_tokens must be an integer >= 1 (response "
+                              f"positions per output-layer chunk), got {self.cache_chunk_tokens!r}")
         _positive("generation.n", self.n)
         if self.engine not in ENGINES:
             raise ConfigError(f"generation.engine {self.engine!r} unknown; valid: "

@@ -1,4 +1,5 @@
-"""The teacher's logit cache: top-k of the true log-softmax over the full vocabulary.
+"""The teacher's logit cache: top-k of the true log-softmax over the tokenizer's vocabulary
+(output rows a checkpoint pads past its tokenizer are no token: `cache_topk` leaves them out).
 
 Unlike a cache renormalised over its top-k (which loses the true probabilities), each token keeps
 its k largest log-probabilities (fp16/bf16), their vocabulary indices (int32) and the log of the
@@ -34,7 +35,9 @@ SCHEMA = pa.schema([
 
 
 def topk_of(logits: torch.Tensor, k: int, temperature: float = 1.0):
-    """(top-k log-probs, indices, log tail mass) of log_softmax(logits / T) over the full vocab."""
+    """(top-k log-probs, indices, log tail mass) of log_softmax(logits / T) over every column of
+    `logits` (cut them to the tokenizer's rows first; `cache_topk.topk_rows` does it in place
+    for the caching path)."""
     from raydistill.distill.losses import topk_from_logits
 
     cache = topk_from_logits(logits, k, temperature)

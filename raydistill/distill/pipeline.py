@@ -316,7 +316,7 @@ class Pipeline:
                 stage_cls = VllmTeacherLogitCacher
                 ctor.update(gpus=g.gpus_per_actor, memory_fraction=g.gpu_memory_utilization)
             else:
-                ctor["temperature"] = d.temperature
+                ctor.update(temperature=d.temperature, chunk_tokens=g.cache_chunk_tokens)
             self.progress(f"teacher_logit_caching: engine {engine}")
             run_pool(stage_cls, read_synthetic(synthetic.path), out, batch_size=g.batch_size,
                      num_actors=g.num_actors, use_gpu=self.use_gpu,

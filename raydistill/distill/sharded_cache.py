@@ -3,7 +3,9 @@ GPU): every worker holds 1/world of the teacher's weights, reads its share of th
 rows and writes its own cache shard. Forward passes under ZeRO-3 are collective (each layer's
 weights are gathered from all ranks), so every rank runs the same number of batches: a rank
 whose share is shorter repeats a row and drops the result. Log-softmax, top-k and the tail
-mass are computed on the device (`teacher.cache_batch`); only top-k leaves it.
+mass are computed on the device (`teacher.cache_batch`), generation.cache_chunk_tokens response
+positions at a time; the output layer's weight is gathered once per batch (so the collectives
+stay in step whatever each rank's chunk count), and only top-k leaves the device.
 """
 
 from __future__ import annotations
@@ -41,18 +43,44 @@ def cache_loop(cfg: dict[str, Any]) -> None:
         tables = []
         for b in range(batches):
             chunk = rows[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]
-            real = bool(chunk)
-            chunk = chunk or rows[:1]  # keep step with the other ranks' collective forwards
+            real = len(chunk)
+            # cache_batch's forwards are as many as ceil(rows / rows per forward): every rank
+            # pads its batch to the longest rank's with a repeated row (results dropped), so
+            # all run the same collective forwards
+            chunk = chunk + rows[:1] * (_longest(real) - real)
             batch = {k: [r[k] for r in chunk] for k in ("example_id", "messages",
                                                        "completion_ids", "finished")}
             table, tokens = cache_batch(teacher, tokenizer, batch, cfg["top_k"],
                                         cfg["temperature"], cfg["dtype"],
-                                        cfg["max_prompt_tokens"], cfg["max_seq_len"])
+                                        cfg["max_prompt_tokens"], cfg["max_seq_len"],
+                                        cfg["chunk_tokens"])
             if real:
-                tables.append(table)
-                window.add_tokens(tokens)
+                tables.append(table.slice(0, real))
+                window.add_tokens(tokens - _pad_tokens(tokenizer, rows[0], len(chunk) - real,
+                                                       cfg))
         if tables:
             write_shard(pa.concat_tables(tables), Path(cfg["out_dir"]) / f"part-{rank}.parquet")
+
+
+def _longest(n: int) -> int:
+    """The largest of every rank's n (a collective)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([n], device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _pad_tokens(tokenizer, row: dict, pads: int, cfg: dict[str, Any]) -> int:
+    """Tokens the teacher read for `pads` repeats of `row` (padding: not this rank's work)."""
+    from raydistill.distill.teacher import teacher_examples
+
+    if not pads:
+        return 0
+    one = {k: [row[k]] for k in ("messages", "completion_ids", "finished")}
+    example = teacher_examples(tokenizer, one, cfg["max_prompt_tokens"], cfg["max_seq_len"])[0]
+    return pads * len(example.input_ids)
 
 
 def build_sharded_cache(cfg, synthetic_path: Path, teacher_path: Path, out: Path, run_dir: Path,
@@ -70,6 +98,7 @@ def build_sharded_cache(cfg, synthetic_path: Path, teacher_path: Path, out: Path
             "batch_size": g.batch_size, "top_k": d.top_k, "temperature": d.temperature,
             "dtype": d.cache_dtype, "max_prompt_tokens": cfg.data.max_prompt_tokens,
             "max_seq_len": cfg.training.max_seq_len, "out_dir": str(out),
+            "chunk_tokens": g.cache_chunk_tokens,
             "threads": 1 if workers > 1 else 2}
     TorchTrainer(cache_loop, train_loop_config=loop,
                  scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raydistill.cache_memory import DEFAULT_CHUNK_TOKENS
 from raydistill.distill.sampling import GREEDY
 
 log = logging.getLogger(__name__)
@@ -260,18 +261,19 @@ class TeacherLogitCacher(_WindowedActor):
 
     def __init__(self, model_path: str, namespace: str, trial_id: str, top_k: int,
                  temperature: float, dtype: str, max_prompt_tokens: int, max_seq_len: int,
-                 threads: int = 1) -> None:
+                 threads: int = 1, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> None:
         _threads(threads)
         self._open(namespace, trial_id)
         self.model, self.tokenizer = load_model_and_tokenizer(model_path)
         self.top_k, self.temperature, self.dtype = top_k, temperature, dtype
         self.max_prompt_tokens, self.max_seq_len = max_prompt_tokens, max_seq_len
+        self.chunk_tokens = chunk_tokens
         self.window.loaded()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         table, tokens = cache_batch(self.model, self.tokenizer, batch, self.top_k,
                                     self.temperature, self.dtype, self.max_prompt_tokens,
-                                    self.max_seq_len)
+                                    self.max_seq_len, self.chunk_tokens)
         self._done(tokens)
         return table
 
@@ -293,33 +295,48 @@ def teacher_examples(tokenizer, batch: dict, max_prompt_tokens: int, max_seq_len
 
 
 def cache_batch(model, tokenizer, batch: dict, top_k: int, temperature: float, dtype: str,
-                max_prompt_tokens: int, max_seq_len: int) -> tuple[pa.Table, int]:
+                max_prompt_tokens: int, max_seq_len: int,
+                chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> tuple[pa.Table, int]:
     """Synthetic rows → (cache rows over each response, tokens the teacher read). Log-softmax,
-    top-k and the tail mass are computed where the model runs; only top-k leaves the device."""
+    top-k and the tail mass are computed where the model runs over the tokenizer's rows only,
+    in memory bounded by `chunk_tokens`: the body runs max(1, chunk_tokens // max_seq_len) rows
+    at a time and the output layer `chunk_tokens` response positions at a time
+    (`cache_topk.response_topk`); only the top-k leaves the device. The number of forwards
+    depends only on len(batch) and the arguments (ZeRO-3 ranks must run as many)."""
     import torch
 
     from raydistill.distill.batches import pad_batch
-    from raydistill.distill.logit_cache import encode_rows, topk_of
+    from raydistill.distill.cache_topk import check_chunk_tokens, response_topk
+    from raydistill.distill.logit_cache import encode_rows
 
+    check_chunk_tokens(chunk_tokens)
     examples = teacher_examples(tokenizer, batch, max_prompt_tokens, max_seq_len)
-    padded = pad_batch([{"input_ids": e.input_ids, "prompt_len": e.prompt_len}
-                        for e in examples], tokenizer.pad_token_id)
-    with torch.no_grad():
-        logits = model(input_ids=padded["input_ids"].to(model.device),
-                       attention_mask=padded["attention_mask"].to(model.device)).logits
+    rows_per_forward = max(1, chunk_tokens // max_seq_len)
+    parts = []
+    for i in range(0, len(examples), rows_per_forward):
+        group = examples[i:i + rows_per_forward]
+        padded = pad_batch([{"input_ids": e.input_ids, "prompt_len": e.prompt_len}
+                            for e in group], tokenizer.pad_token_id)
         # each response's positions: prompt_len - 1 ... len - 2 predict its tokens
-        width = max(e.response_len for e in examples)
-        starts = torch.tensor([e.prompt_len - 1 for e in examples], device=logits.device)
-        pos = (starts[:, None] + torch.arange(width, device=logits.device)[None, :])
-        pos = pos.clamp(max=logits.shape[1] - 1)
-        picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
-        values, indices, tail = topk_of(picked, top_k, temperature)
+        parts.append(response_topk(
+            model, padded["input_ids"].to(model.device),
+            padded["attention_mask"].to(model.device),
+            torch.tensor([e.prompt_len - 1 for e in group]),
+            torch.tensor([e.response_len for e in group]), vocab_rows=len(tokenizer),
+            top_k=top_k, temperature=temperature, chunk_tokens=chunk_tokens))
+    flat = [torch.cat(p).cpu() for p in zip(*parts, strict=True)]
+    del parts
+    lengths = torch.tensor([e.response_len for e in examples])
+    width = max(1, int(lengths.max()))
+    keep = torch.arange(width)[None, :] < lengths[:, None]  # [B, W]: row-major = flat's order
+    values = torch.zeros((len(examples), width, top_k))
+    indices = torch.zeros((len(examples), width, top_k), dtype=torch.long)
+    tail = torch.zeros((len(examples), width))
+    values[keep], indices[keep], tail[keep] = flat
     response = torch.zeros((len(examples), width), dtype=torch.long)
     for i, e in enumerate(examples):
         response[i, : e.response_len] = torch.as_tensor(e.input_ids[e.prompt_len:])
-    lengths = torch.tensor([e.response_len for e in examples])
-    table = encode_rows(batch["example_id"], response, lengths, values.cpu(), indices.cpu(),
-                        tail.cpu(), dtype)
+    table = encode_rows(batch["example_id"], response, lengths, values, indices, tail, dtype)
     return table, int(sum(len(e.input_ids) for e in examples))
 
 

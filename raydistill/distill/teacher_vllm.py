@@ -173,8 +173,9 @@ def vllm_generate(llm, prompts: list[list[int]], first_ids: list[int], sampling:
 
 
 def cache_table(example_ids: list[int], responses: list[list[int]], steps: list[list],
-                top_k: int, dtype: str):
-    """Logit-cache rows (logit_cache.SCHEMA) from engine top-k steps over each response."""
+                top_k: int, dtype: str, vocab_rows: int | None = None):
+    """Logit-cache rows (logit_cache.SCHEMA) from engine top-k steps over each response. With
+    `vocab_rows` (the tokenizer's length), ids past it are dropped first (`real_rows`)."""
     import torch
 
     from raydistill.distill.logit_cache import encode_rows
@@ -187,13 +188,40 @@ def cache_table(example_ids: list[int], responses: list[list[int]], steps: list[
     tail = torch.zeros((b, width))
     ids = torch.zeros((b, width), dtype=torch.long)
     for i, (resp, st) in enumerate(zip(responses, steps, strict=True)):
-        v, ix, t = topk_arrays(st[: len(resp)], top_k)
+        st = st[: len(resp)]
+        if vocab_rows is not None:
+            st = [real_rows(step, vocab_rows, top_k) for step in st]
+        v, ix, t = topk_arrays(st, top_k)
         n = len(resp)
         values[i, :n], indices[i, :n] = torch.from_numpy(v), torch.from_numpy(ix)
         tail[i, :n] = torch.from_numpy(t)
         ids[i, :n] = torch.as_tensor(resp)
     lengths = torch.tensor([len(r) for r in responses])
     return encode_rows(example_ids, ids, lengths, values, indices, tail, dtype)
+
+
+def real_rows(step: dict | None, vocab_rows: int, k: int) -> dict | None:
+    """One position's {id: logprob} without the output rows past the tokenizer.
+
+    vLLM's log-softmax runs over every row of the checkpoint's output layer, padding included
+    (Qwen2.5: 151,936 or 152,064 rows for 151,665 tokens), so a padded id can be among its
+    top-k. No student has that row (a gather past its rows crashes), so it is dropped and its
+    mass stays in the tail (the tail is 1 − the kept mass). The HF path instead excludes the
+    rows before its log-softmax (renormalised over the tokenizer); the two differ by the padded
+    rows' mass, which a trained checkpoint keeps near zero. Where fewer than k real ids remain,
+    the freed slots hold the lowest unlisted ids at log 0 (NEG): their true mass, at most the
+    k-th's each, is then in the tail, not in their bucket."""
+    from types import SimpleNamespace
+
+    from raydistill.distill.sparse_topk import NEG
+
+    if step is None:
+        return None
+    kept = {t: e for t, e in step.items() if int(t) < vocab_rows}
+    free = (t for t in range(vocab_rows) if t not in kept)
+    for _ in range(max(0, min(k, vocab_rows) - len(kept))):
+        kept[next(free)] = SimpleNamespace(logprob=NEG, rank=10**9)
+    return kept
 
 
 def _response(c: Completion, eos: int, max_seq_len: int) -> list[int]:
@@ -254,7 +282,7 @@ class VllmTeacherGenerator(_VllmActor):
             table = cache_table([int(e) for e in rows["example_id"]],
                                 [_response(c, eos, seq) for c in flat],
                                 [list(c.steps or ()) for c in flat], self.top_k,
-                                self.cache["dtype"])
+                                self.cache["dtype"], len(self.tokenizer))
             _write_shard(table, Path(self.cache["dir"]))
         generated = int(rows["generated_tokens"].sum())
         self._done(sum(len(p) for p in prompts) + generated, generated)
@@ -297,7 +325,8 @@ def prompt_cache(llm, tokenizer, batch: dict, top_k: int, dtype: str, max_prompt
                         use_tqdm=False)
     steps = [list(o.prompt_logprobs[e.prompt_len:]) for o, e in zip(outs, examples, strict=True)]
     responses = [list(e.input_ids[e.prompt_len:]) for e in examples]
-    table = cache_table([int(x) for x in batch["example_id"]], responses, steps, top_k, dtype)
+    table = cache_table([int(x) for x in batch["example_id"]], responses, steps, top_k, dtype,
+                        len(tokenizer))
     return table, int(sum(len(e.input_ids) for e in examples))
 
 
