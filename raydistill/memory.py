@@ -145,6 +145,8 @@ class TrainingPlan:
     generation_engine: str = "hf"  # hf | vllm (tensor parallel over gpus_per_actor)
     caching_engine: str = "hf"  # hf | vllm (one pass with generation) | zero3 (a Ray Train job)
     caching_workers: int = 1  # zero3 caching: GPUs (workers) the teacher is sharded over
+    cache_chunk_tokens: int = 4096  # HF caching: positions through the output layer at once
+    response_tokens: int | None = None  # HF caching: longest response cached (None = seq len)
     teacher_build_gpus: int = 0  # GPUs of the teacher's fine-tuning task; 0 = no build (steps 0)
     teacher_build_batch_size: int = 1  # sequences per teacher training step (one micro-batch)
     teacher_build_seq_len: int | None = None  # prompt + response tokens (None = max_seq_len)
@@ -401,10 +403,34 @@ def _actor(t: Architecture, p: TrainingPlan, usable: int, caching: bool) -> Teac
     # zero3 caching (distill.sharded_cache): a shard per worker + the largest gathered layer
     weights = (t.params // p.caching_workers + t.largest_gathered_params) * b \
         if caching and p.caching_engine == "zero3" else t.params * b // g
+    if caching and p.caching_engine == "hf":
+        return _hf_caching_actor(t, p, usable, weights)
     return TeacherActorMemory(
         weights_bytes=weights, kv_cache_bytes=kv,
         activations_bytes=step_tokens * b * t.layer_activation_elements(seq, p.flash_attention),
         logits_bytes=rows * t.vocab_size * (b + 4), usable_bytes=usable)
+
+
+def _hf_caching_actor(t: Architecture, p: TrainingPlan, usable: int,
+                      weights: int) -> TeacherActorMemory:
+    """HF caching (distill.cache_topk) runs the body over a few rows at a time and the output
+    layer over cache_chunk_tokens positions at a time: its transient peak is
+    cache_memory.hf_cache_peak's (checked against a measured peak in test_cache_memory), split
+    here into the body's phases and the chunk's so that the two lines add up to that peak.
+    The output rows stand for the tokenizer's (an upper bound: the padding is not cached)."""
+    from raydistill.cache_memory import CacheShape, hf_cache_peak
+
+    batch = p.generation_batch_size or p.micro_batch_size
+    response = min(p.response_tokens or p.max_seq_len, p.max_seq_len)
+    peak = hf_cache_peak(CacheShape(
+        hidden=t.hidden_size, layers=t.num_layers, vocab_rows=t.vocab_size, batch=batch,
+        seq=p.max_seq_len, response_positions=batch * response,
+        chunk_tokens=p.cache_chunk_tokens, top_k=p.top_k, dtype="bf16",
+        intermediate=t.intermediate_size, kv_dim=t.num_kv_heads * t.head_dim,
+        response_width=response, tied=t.tied_embeddings))
+    body = max(peak.body_bytes, peak.hidden_bytes)
+    return TeacherActorMemory(weights_bytes=weights, kv_cache_bytes=0, activations_bytes=body,
+                              logits_bytes=peak.transient_bytes - body, usable_bytes=usable)
 
 
 def _teacher_build(t: Architecture, p: TrainingPlan, usable: int) -> TeacherBuildMemory | None:

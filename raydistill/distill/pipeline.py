@@ -155,6 +155,9 @@ class Pipeline:
         return {"teacher": teacher_key, "data": synthetic_key, "top_k": d.top_k,
                 "temperature": d.temperature, "dtype": d.cache_dtype,
                 "max_seq_len": self.cfg.training.max_seq_len, "positions": "response",
+                # over the tokenizer's rows only (a padded output layer's rows never cached):
+                # a cache from before that rule has another address
+                "rows": "tokenizer",
                 "engine": self.cache_engine()}
 
     # ---- which engine runs the teacher ------------------------------------------------------

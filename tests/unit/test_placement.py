@@ -297,3 +297,33 @@ def test_evaluation_and_teacher_build_hold_the_gpus_their_models_need(tmp_path, 
     pipe._splits = Splits(teacher=tmp_path / "teacher.jsonl")
     art = pipe.teacher_model(pipe._splits)
     assert build.options_seen[-1]["num_gpus"] == 8 and art.location == str(art.path)
+
+
+def test_hf_caching_is_planned_by_its_chunked_peak(capsys, monkeypatch):
+    """HF caching (no vLLM, T ≠ 1, or cache_engine zero3's fallback) was planned as whole
+    [batch, sequence, vocabulary] logits: 159 GiB for the Qwen config's batch of 256, 'does NOT
+    fit'. The chunked path's peak (cache_memory.hf_cache_peak, checked against a measured peak
+    in test_cache_memory) is what the dry run now prints, line for line."""
+    from raydistill.cache_memory import CacheShape, hf_cache_peak
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["run", "configs/qwen2.5-1.5b-to-0.5b.yaml", "--dry-run",
+                 "--set", "generation.engine=hf"])
+    out = capsys.readouterr().out
+    assert code == 0 and "does NOT fit" not in out, out
+    assert "teacher caching actor (1 GPU each)" in out
+    t = Architecture.from_hf_config(KNOWN["Qwen/Qwen2.5-1.5B-Instruct"])
+    s = Architecture.from_hf_config(KNOWN["Qwen/Qwen2.5-0.5B"])
+    plan = replace(PLAN, generation_engine="hf", caching_engine="hf", generation_batch_size=256,
+                   max_seq_len=640, response_tokens=384, cache_chunk_tokens=4096, top_k=64,
+                   gpus_per_actor=1)
+    caching = estimate_memory(t, s, plan).caching
+    peak = hf_cache_peak(CacheShape(
+        hidden=t.hidden_size, layers=t.num_layers, vocab_rows=t.vocab_size, batch=256, seq=640,
+        response_positions=256 * 384, chunk_tokens=4096, top_k=64, dtype="bf16",
+        intermediate=t.intermediate_size, kv_dim=t.num_kv_heads * t.head_dim,
+        response_width=384, tied=t.tied_embeddings))
+    assert caching.activations_bytes + caching.logits_bytes == peak.transient_bytes
+    assert caching.total_gib < 8
+    half = estimate_memory(t, s, replace(plan, cache_chunk_tokens=2048)).caching
+    assert half.logits_bytes < caching.logits_bytes  # the chunk bounds it
