@@ -40,7 +40,8 @@ def progress_gathered(engine, tokenizer, cfg: dict, step: int, loss: float, rank
         counts = counts.to(device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(counts)
     if rank == 0:
-        progress(None, tokenizer, cfg, step, loss, quality=int(counts[0]) / max(1, int(counts[1])))
+        progress(None, tokenizer, cfg, step, loss, quality=int(counts[0]) / max(1, int(counts[1])),
+                 scored=int(counts[1]))
 
 
 def _dev_rows(cfg: dict) -> list[dict]:
@@ -64,13 +65,14 @@ def _correct(student, tokenizer, cfg: dict, rows: list[dict]) -> int:
 
 
 def progress(student, tokenizer, cfg: dict, step: int, loss: float,
-             quality: float | None = None) -> None:
+             quality: float | None = None, scored: int | None = None) -> None:
     """One line of progress.jsonl: the sweep's trial reads it to report quality so far (exact
     match on a small slice of the dev split) to Tune's scheduler while training goes on.
-    `quality` is given when the ranks scored the slice together (progress_gathered)."""
+    `quality` is given when the ranks scored the slice together (progress_gathered), with the
+    number of dev rows they `scored` in all."""
     if quality is None and cfg.get("dev_path") and student is not None:
         rows = _dev_rows(cfg)
-        quality = _correct(student, tokenizer, cfg, rows) / max(1, len(rows))
+        quality, scored = _correct(student, tokenizer, cfg, rows) / max(1, len(rows)), len(rows)
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     import ray
@@ -78,7 +80,8 @@ def progress(student, tokenizer, cfg: dict, step: int, loss: float,
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     with open(out / "progress.jsonl", "a") as fh:  # node_id: where rank 0 trains (for operators)
         fh.write(json.dumps({"step": step, "steps": cfg["steps"], "loss": loss,
-                             "quality": quality, "t": time.time(), "node_id": node_id}) + "\n")
+                             "quality": quality, "dev_rows": scored, "t": time.time(),
+                             "node_id": node_id}) + "\n")
 
 
 def probe_logits(engine, chosen: list[dict], pad_id: int, device) -> dict:

@@ -154,4 +154,4 @@ def test_dev_check_on_one_worker_gives_the_rank0_figure(tmp_path):
                       2, 1.0, 0)
     a, b = ((tmp_path / d / "progress.jsonl").read_text() for d in "ab")
     assert json.loads(a)["quality"] == json.loads(b)["quality"]
-    assert json.loads(b)["quality"] is not None
+    assert json.loads(b)["quality"] is not None and json.loads(b)["dev_rows"] == 12
