@@ -204,8 +204,11 @@ def save_checkpoint(engine, optimizer, scheduler, cfg: dict, step: int, consumed
     if cfg["engine"] == "deepspeed":
         engine.save_checkpoint(str(out), tag="ckpt", client_state=client)
     elif rank == 0:
+        scaler = getattr(engine, "grad_scaler", None)  # fp16: a resume keeps its loss scale
         torch.save({"model": engine.module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), **client}, out / "ddp.pt")
+                    "scheduler": scheduler.state_dict(), **client,
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {})},
+                   out / "ddp.pt")
 
 
 def load_checkpoint(engine, optimizer, scheduler, cfg: dict, directory: Path) -> dict:
@@ -217,6 +220,8 @@ def load_checkpoint(engine, optimizer, scheduler, cfg: dict, directory: Path) ->
     engine.module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") and getattr(engine, "grad_scaler", None) is not None:
+        engine.grad_scaler.load_state_dict(state["scaler"])
     return {"step": int(state["step"]), "consumed": int(state["consumed"])}
 
 

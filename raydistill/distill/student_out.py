@@ -93,8 +93,11 @@ def probe_logits(engine, chosen: list[dict], pad_id: int, device) -> dict:
     engine.eval()
     with torch.no_grad():
         logits, _ = engine(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    # DDP below fp32: fp32 weights, half-precision logits (its forward runs under autocast)
+    autocast = next(engine.parameters()).dtype == torch.float32 and \
+        logits.dtype != torch.float32
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "logits": logits.detach().cpu()}
+            "logits": logits.detach().cpu(), "autocast": autocast}
 
 
 # Significant bits of each compute dtype (stored mantissa + the implicit one).
@@ -104,12 +107,13 @@ SIGNIFICANT_BITS = {torch.float32: 24, torch.bfloat16: 8, torch.float16: 11}
 def reload_tolerance(dtype: torch.dtype, scale: float, layers: int) -> float:
     """The largest |Δ logit| the reload check lets through. fp32: 1e-3 of the logits' scale
     (ZeRO-3's gathered forward and the reload sum in other orders; fp32's roundings are 2^-24
-    of a value, far below). bf16 / fp16: the reload runs the saved weights in the same dtype,
-    but not always the engine's kernels (DDP's autocast keeps norms, softmax and the residual
-    stream in fp32, a plain bf16 model rounds them), so each residual add of each layer (two per
-    layer) and the final norm may round by u = 2^-(significant bits) of the hidden state,
-    carried into the logits: 2·(layers + 1)·u of the scale, 2.3% at 2 bf16 layers. A save that
-    missed parameters moves the logits by the order of their scale itself."""
+    of a value, far below). bf16 / fp16: the reload computes as the engine did, from weights
+    saved in that dtype; what may still differ is a rounding where the two paths store a value
+    at different points (DDP's fp32 norm weights are saved rounded to half; a reduction split
+    otherwise), each at most u = 2^-(significant bits) of the value, on the residual stream's
+    two adds per layer and the final norm, carried into the logits: 2·(layers + 1)·u of the
+    scale, 2.3% at 2 bf16 layers. A save that missed parameters moves the logits by the order
+    of their scale itself."""
     if dtype == torch.float32:
         return 1e-3 * max(1.0, scale)
     u = 2.0 ** -SIGNIFICANT_BITS[dtype]
@@ -117,14 +121,15 @@ def reload_tolerance(dtype: torch.dtype, scale: float, layers: int) -> float:
 
 
 def _check_reload(out: Path, probe: dict) -> float:
-    """Reload the saved student as a user would, in the dtype the engine computed in, and
-    compare it with the engine's outputs: a ZeRO-3 save that missed a gather shows here, not at
-    the user's first load."""
+    """Reload the saved student as a user would, computing as the engine computed (in its
+    dtype; under autocast where DDP trained under autocast), and compare it with its outputs:
+    a ZeRO-3 save that missed a gather shows here, not at the user's first load."""
     from transformers import AutoModelForCausalLM
 
-    dtype = probe["logits"].dtype
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype).eval()
-    with torch.no_grad():
+    dtype, autocast = probe["logits"].dtype, bool(probe.get("autocast"))
+    model = AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.float32 if autocast else dtype).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=autocast):
         logits = model(input_ids=probe["input_ids"],
                        attention_mask=probe["attention_mask"]).logits.float()
     keep = probe["attention_mask"].bool()

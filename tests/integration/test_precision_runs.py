@@ -6,6 +6,8 @@ and said so; had it trained bf16, the reload check would have failed every run).
 
 import dataclasses
 import json
+import math
+import types
 
 import pytest
 import torch
@@ -57,9 +59,9 @@ def test_tiny_config_trains_a_bf16_zero2_student_end_to_end(zero2_run):
     _saved_in_bf16(root / "run" / "students" / "tiny")
 
 
-def test_bf16_zero3_student_on_two_workers_checks_dev_on_both(zero2_run):
-    """ZeRO-3 over 2 workers in bf16, with the in-training dev check every 4 steps: each
-    worker scores its half of the dev rows on its own device inside one gather."""
+@pytest.fixture(scope="module")
+def world(zero2_run):
+    """One Ray cluster and ledger session over the ZeRO-2 run's teacher artifacts."""
     import ray
 
     from raydistill.cluster.runtime import Session, init_ray, namespace_for
@@ -70,9 +72,7 @@ def test_bf16_zero3_student_on_two_workers_checks_dev_on_both(zero2_run):
     root, code = zero2_run
     assert code == 0
     cfg = load_experiment("configs/tiny.yaml", [*CI_SIZE, *BF16])
-    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, zero_stage=3,
-                                                               num_workers=2))
-    run_dir = prepare_run_dir(root / "zero3")
+    run_dir = prepare_run_dir(root / "students-run")
     namespace = namespace_for(run_dir)
     init_ray(None, namespace)
     session = Session(run_dir, namespace, cfg.sampling).start()
@@ -82,11 +82,27 @@ def test_bf16_zero3_student_on_two_workers_checks_dev_on_both(zero2_run):
         teacher = pipe.teacher_model(data)  # reused, as are the next two
         synthetic = pipe.synthetic_data(teacher, data, "gen")
         cache = pipe.logit_cache(teacher, synthetic, "gen")
-        check = {"progress_every": 4, "dev_path": str(data["dev"]), "dev_n": 20}
-        out, metrics = pipe.student("z3", "logit", teacher, synthetic.path, cache, check)
+        yield types.SimpleNamespace(cfg=cfg, pipe=pipe, data=data, teacher=teacher,
+                                    synthetic=synthetic, cache=cache)
     finally:
         session.close()
         ray.shutdown()
+
+
+def _student(world, trial: str, extra: dict | None = None, training=None, **distill):
+    cfg = world.cfg
+    world.pipe.cfg = dataclasses.replace(
+        cfg, distill=dataclasses.replace(cfg.distill, **distill),
+        training=dataclasses.replace(cfg.training, **(training or {})))
+    return world.pipe.student(trial, "logit", world.teacher, world.synthetic.path, world.cache,
+                              extra)
+
+
+def test_bf16_zero3_student_on_two_workers_checks_dev_on_both(world):
+    """ZeRO-3 over 2 workers in bf16, with the in-training dev check every 4 steps: each
+    worker scores its half of the dev rows on its own device inside one gather."""
+    check = {"progress_every": 4, "dev_path": str(world.data["dev"]), "dev_n": 20}
+    out, metrics = _student(world, "z3", check, zero_stage=3, num_workers=2)
     assert metrics["world"] == 2 and metrics["zero_stage"] == 3
     assert metrics["precision"] == "bf16" and metrics["saved_dtype"] == "bfloat16"
     assert metrics["reload_max_abs_diff"] == 0.0
@@ -98,3 +114,17 @@ def test_bf16_zero3_student_on_two_workers_checks_dev_on_both(zero2_run):
     for x in checked:
         assert x["dev_rows"] == 20
         assert x["quality"] is not None and round(x["quality"] * 20, 9) % 1 == 0
+
+
+def test_ddp_fp16_student_trains_under_autocast_and_saves_fp16(world):
+    """DDP in fp16 on this CPU: fp32 parameters behind an autocast forward, a GradScaler, the
+    student saved in fp16 and reloaded within the stated tolerance."""
+    from safetensors.torch import load_file
+
+    out, metrics = _student(world, "ddp16", training={"precision": "fp16"}, engine="ddp")
+    assert metrics["precision"] == "fp16" and metrics["saved_dtype"] == "float16"
+    assert metrics["steps_run"] == 12 and math.isfinite(metrics["final_loss"])
+    assert metrics["final_loss"] < metrics["first_loss"]
+    assert {v.dtype for v in load_file(out / "model.safetensors").values()} == {torch.float16}
+    probe = torch.load(out / "probe.pt")
+    assert probe["logits"].dtype == torch.float16 and probe["autocast"]

@@ -94,8 +94,8 @@ def _trained_like(precision: str):
         for p in student.parameters():
             p.add_(0.05 * torch.randn_like(p))
     module = StudentModule(student, None)
-    if precision == "ddp-bf16":
-        eng.autocast_forward(module, "bf16", "cpu")
+    if precision.startswith("ddp-"):
+        eng.autocast_forward(module, precision.removeprefix("ddp-"), "cpu")
     else:  # what deepspeed.initialize does to the module, and _wrap after it
         buffers = eng.fp32_buffers(module)
         module.to(eng.dtype_of(precision))
@@ -103,7 +103,7 @@ def _trained_like(precision: str):
     return student, module
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16", "ddp-bf16", "fp32"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "ddp-bf16", "ddp-fp16", "fp32"])
 def test_reload_check_passes_a_whole_low_precision_save(precision, tmp_path):
     """The old check compared a bf16 forward with a float32 reload against 1e-3 of the scale,
     so every bf16 run failed after its last step."""
