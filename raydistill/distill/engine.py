@@ -183,19 +183,6 @@ def full_parameters(engine, zero_stage: int) -> Iterator[nn.Module]:
             offload._register_deepspeed_module(offload.module)
 
 
-def plain_copy(model: nn.Module, state: dict) -> nn.Module:
-    """A plain (unsharded, unwrapped) copy of `model` holding `state`, in eval mode, on CPU."""
-    copy = type(model)(model.config)
-    missing, unexpected = copy.load_state_dict(state, strict=False)
-    tied = set(getattr(copy, "_tied_weights_keys", None) or [])
-    if unexpected or set(missing) - tied - {"lm_head.weight"}:
-        raise RuntimeError(f"gathered state does not fit the model: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
-    if getattr(model.config, "tie_word_embeddings", False):
-        copy.tie_weights()
-    return copy.eval()
-
-
 def save_checkpoint(engine, optimizer, scheduler, cfg: dict, step: int, consumed: int,
                     out: Path, rank: int) -> None:
     """This rank's part of a training checkpoint (DeepSpeed: every rank writes its shards)."""
