@@ -1,8 +1,11 @@
 """The training engine's pieces: DeepSpeed configs, the LR schedule, the sharded online teacher,
 ZeRO-3 parameter gathering, saving, and Ray Train checkpoints.
 
-Precision goes through DeepSpeed's own `bf16` / `fp16` sections on GPUs (fp32 on CPU, where
-gloo and the CPU kernels want it). The online teacher is a ZeRO-3 inference engine sharded across
+Precision: what `training.precision` names trains, on a GPU or on the CPU alike (the CPU kernels
+run bf16 and fp16, and DeepSpeed's bf16/fp16 sections run over gloo); only `auto` picks fp32 on
+a CPU. Below fp32 the weights the optimizer steps stay fp32 (master weights): DeepSpeed keeps
+fp32 partitions of them itself, DDP keeps fp32 parameters and runs the forward under autocast
+(fp16 with a GradScaler). The online teacher is a ZeRO-3 inference engine sharded across
 the training workers, built the way TRL's `prepare_deepspeed` builds it: loaded under
 `HfDeepSpeedConfig` so that every rank materialises only its shard, with no optimizer.
 """
@@ -11,11 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from raydistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +32,14 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G
 
 
 def resolve_precision(precision: str) -> str:
-    """auto → bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU."""
-    if precision != "auto":
-        if precision != "fp32" and not torch.cuda.is_available():
-            log.warning("training.precision %s needs a GPU; training in fp32 on CPU", precision)
-            return "fp32"
+    """auto → bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU (bf16 is slower than
+    fp32 there for small models). A named precision is what trains, CPU included: substituting
+    fp32 would measure and report another run than the one asked for."""
+    if precision in ("bf16", "fp16", "fp32"):
         return precision
+    if precision != "auto":
+        raise ConfigError(f"training.precision {precision!r} unknown; valid: auto, bf16, fp16, "
+                         f"fp32")
     if not torch.cuda.is_available():
         return "fp32"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -55,6 +64,32 @@ def student_ds_config(cfg: dict, micro_batch: int, precision: str) -> dict:
     elif precision == "fp16":
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     return ds
+
+
+def autocast_forward(module: nn.Module, precision: str, device_type: str):
+    """DDP's mixed precision: `module` keeps its fp32 parameters (AdamW's master weights and
+    state stay fp32) and its forward runs under autocast in `precision`. Returns the GradScaler
+    fp16 needs (its smallest normal, 6e-5, lets small gradients underflow to 0 unscaled), else
+    None."""
+    if precision == "fp32":
+        return None
+    module.forward = torch.autocast(device_type, dtype=dtype_of(precision))(module.forward)
+    return torch.amp.GradScaler(device_type) if precision == "fp16" else None
+
+
+def fp32_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the module's fp32 buffers, to put back after DeepSpeed casts the module."""
+    return {n: b.detach().clone() for n, b in module.named_buffers() if b.dtype == torch.float32}
+
+
+def restore_buffers(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back buffers DeepSpeed's bf16/fp16 cast rounded. RoPE's inv_freq is one: rounded to
+    bf16 (2^-8), a rotation angle at position p is off by ~p/256 rad, so the engine would train
+    a model that is not the one it saves (a reload builds inv_freq in fp32 again)."""
+    for name, value in saved.items():
+        owner, _, leaf = name.rpartition(".")
+        sub = module.get_submodule(owner)
+        sub._buffers[leaf] = value.to(sub._buffers[leaf].device)
 
 
 def teacher_ds_config(hidden_size: int, precision: str) -> dict:
@@ -122,17 +157,30 @@ def gathered_state_dict(module: nn.Module, zero_stage: int, rank: int) -> dict |
     return state if rank == 0 else None
 
 
-def plain_copy(model: nn.Module, state: dict) -> nn.Module:
-    """A plain (unsharded, unwrapped) copy of `model` holding `state`, in eval mode, on CPU."""
-    copy = type(model)(model.config)
-    missing, unexpected = copy.load_state_dict(state, strict=False)
-    tied = set(getattr(copy, "_tied_weights_keys", None) or [])
-    if unexpected or set(missing) - tied - {"lm_head.weight"}:
-        raise RuntimeError(f"gathered state does not fit the model: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
-    if getattr(model.config, "tie_word_embeddings", False):
-        copy.tie_weights()
-    return copy.eval()
+@contextmanager
+def full_parameters(engine, zero_stage: int) -> Iterator[nn.Module]:
+    """The whole trained module on every rank, for a forward each rank runs on its own (the dev
+    check's generation). Under ZeRO-3 the parameters are gathered once (a collective) and
+    DeepSpeed's per-module fetch/release hooks are lifted while it lasts, as TRL's
+    `unwrap_model_for_generation` does: with them a rank's every forward would all-gather, and
+    ranks generating different numbers of tokens would wait on each other forever."""
+    module = getattr(engine, "module", engine)
+    if zero_stage != 3:
+        yield module
+        return
+    import deepspeed
+
+    offload = getattr(engine.optimizer, "parameter_offload", engine.optimizer)
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        for p in module.parameters():
+            p.ds_active_sub_modules.clear()
+        for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield module
+        finally:
+            offload._register_deepspeed_module(offload.module)
 
 
 def save_checkpoint(engine, optimizer, scheduler, cfg: dict, step: int, consumed: int,
@@ -143,8 +191,11 @@ def save_checkpoint(engine, optimizer, scheduler, cfg: dict, step: int, consumed
     if cfg["engine"] == "deepspeed":
         engine.save_checkpoint(str(out), tag="ckpt", client_state=client)
     elif rank == 0:
+        scaler = getattr(engine, "grad_scaler", None)  # fp16: a resume keeps its loss scale
         torch.save({"model": engine.module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), **client}, out / "ddp.pt")
+                    "scheduler": scheduler.state_dict(), **client,
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {})},
+                   out / "ddp.pt")
 
 
 def load_checkpoint(engine, optimizer, scheduler, cfg: dict, directory: Path) -> dict:
@@ -156,6 +207,8 @@ def load_checkpoint(engine, optimizer, scheduler, cfg: dict, directory: Path) ->
     engine.module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") and getattr(engine, "grad_scaler", None) is not None:
+        engine.grad_scaler.load_state_dict(state["scaler"])
     return {"step": int(state["step"]), "consumed": int(state["consumed"])}
 
 

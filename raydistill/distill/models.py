@@ -12,6 +12,7 @@ from raydistill.distill.tiny import build_tiny
 def build_student_model(cfg: dict):
     """(student, tokenizer): a pretrained student with its own tokenizer, or a tiny one built on
     the teacher's tokenizer (so that the two share one vocabulary)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = cfg["student"]
@@ -19,7 +20,11 @@ def build_student_model(cfg: dict):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if spec.get("model"):
-        model = AutoModelForCausalLM.from_pretrained(spec["model"])
+        # fp32 whatever the checkpoint's dtype: these are the weights the optimizer steps (the
+        # master weights). transformers would load a bf16 checkpoint as bf16 (dtype "auto"),
+        # and AdamW on bf16 weights loses every update under 2^-8 of a weight; DeepSpeed casts
+        # its own compute copy to bf16/fp16, DDP computes under autocast.
+        model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     else:
         model = build_tiny(spec.get("tiny", {}), len(tokenizer), cfg["seed"] + 1)
     return model, tokenizer

@@ -210,7 +210,7 @@ def student_loop(cfg: dict[str, Any]) -> None:
                          losses_seen[-1], scheduler.get_last_lr()[0])
             done = step + 1
             if cfg.get("progress_every") and done % cfg["progress_every"] == 0:
-                progress_gathered(module, tokenizer, cfg, done, losses_seen[-1], rank)
+                progress_gathered(engine, tokenizer, cfg, done, losses_seen[-1], rank)
             if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0 and \
                     done < cfg["steps"]:
                 _report_checkpoint(engine, optimizer, scheduler, cfg, done,
@@ -253,34 +253,52 @@ def _maybe_fail(cfg: dict, step: int, rank: int) -> None:
 
 
 def _wrap(module: nn.Module, optimizer, scheduler, cfg: dict, micro: int, precision: str):
+    """The training engine. Below fp32 both keep fp32 master weights: DeepSpeed its fp32
+    partitions behind a bf16/fp16 module, DDP fp32 parameters behind an autocast forward."""
     if cfg["engine"] == "deepspeed":
         import deepspeed
 
-        from raydistill.distill.engine import student_ds_config
+        from raydistill.distill.engine import fp32_buffers, restore_buffers, student_ds_config
 
+        buffers = fp32_buffers(module)
         engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler,
             config=student_ds_config(cfg, micro, precision))
+        restore_buffers(engine.module, buffers)
         return engine
     import ray.train.torch
 
-    return ray.train.torch.prepare_model(module)
+    from raydistill.distill.engine import autocast_forward
+
+    scaler = autocast_forward(module, precision, "cuda" if torch.cuda.is_available() else "cpu")
+    engine = ray.train.torch.prepare_model(module)
+    engine.grad_scaler = scaler  # read by _backward and _optimizer_step (fp16 only)
+    return engine
 
 
 def _backward(engine, loss: torch.Tensor, cfg: dict) -> None:
     if cfg["engine"] == "deepspeed":
         engine.backward(loss)  # DeepSpeed scales by the accumulation steps itself
         engine.step()  # steps the optimizer and the LR only at the accumulation boundary
-    else:
-        (loss / cfg["grad_accum"]).backward()
+        return
+    scaled = loss / cfg["grad_accum"]
+    scaler = getattr(engine, "grad_scaler", None)
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
 
 
 def _optimizer_step(engine, module, optimizer, scheduler, cfg: dict) -> None:
     if cfg["engine"] == "deepspeed":
         return
+    scaler = getattr(engine, "grad_scaler", None)
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if cfg["clip_norm"] > 0:
         torch.nn.utils.clip_grad_norm_(module.parameters(), cfg["clip_norm"])
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step when a gradient overflowed fp16
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 

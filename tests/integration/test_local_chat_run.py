@@ -25,6 +25,9 @@ CI_SIZE = [
     "evaluation.limit=8", "evaluation.inference_prompts=8", "evaluation.inference_min_s=0.3",
     "sampling.source=constant:40", "sampling.hz=20", "sampling.push_interval_s=0.5",
     "sampling.idle_s=0", "baseline=false",  # the baseline's run is test_pipeline_run's
+    # what `auto` gives on a GPU with bf16, trained here as there (this CPU has AVX-512 bf16);
+    # fp32 ZeRO-3 students are test_real_models'
+    "training.precision=bf16",
 ]
 
 
@@ -86,6 +89,8 @@ def test_scores_come_from_the_test_split_and_named_tasks(run):
     assert first.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     train = metrics["train"]["local-chat"]
     assert train["zero_stage"] == 3 and train["world"] == 2
+    # trained in bf16 on fp32 master weights, saved in bf16, reloaded and checked in bf16
+    assert train["precision"] == "bf16" and train["saved_dtype"] == "bfloat16"
     assert train["reload_max_abs_diff"] < 1e-3
 
 
