@@ -150,7 +150,7 @@ def planned_engine(requested: str, teacher: dict | None, on_gpu: bool,
 
 def dry_run(cfg: ExperimentConfig) -> tuple[str, bool]:
     """(the text to print, whether everything fits)."""
-    from raydistill.memory import estimate_memory, format_memory_plan
+    from raydistill.memory_estimate import estimate_memory, format_memory_plan
 
     lines = [f"config {cfg.name}: {cfg.distill.method} KD, teacher "
              f"{cfg.teacher.model or 'tiny'} → student {cfg.student.model or 'tiny'}, "

@@ -13,9 +13,8 @@ from raydistill.memory import (
     Architecture,
     TrainingPlan,
     count_params,
-    estimate_memory,
-    format_memory_plan,
 )
+from raydistill.memory_estimate import estimate_memory, format_memory_plan
 
 # config.json of the published checkpoints, reduced to the keys that shape the parameters
 LLAMA_31_8B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,

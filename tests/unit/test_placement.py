@@ -20,9 +20,8 @@ from raydistill.memory import (
     Architecture,
     TrainingPlan,
     count_params,
-    estimate_memory,
-    format_memory_plan,
 )
+from raydistill.memory_estimate import estimate_memory, format_memory_plan
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 SEVENTY_B = "configs/llama-3.1-70b-to-3.2-1b.yaml"
