@@ -26,8 +26,20 @@ def build_student_model(cfg: dict):
         # its own compute copy to bf16/fp16, DDP computes under autocast.
         model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     else:
-        model = build_tiny(spec.get("tiny", {}), len(tokenizer), cfg["seed"] + 1)
+        model = build_tiny(spec.get("tiny", {}), len(tokenizer), cfg["seed"] + 1, tokenizer)
+        _stop_like_the_teacher(model, tokenizer, cfg["student_path"])
     return model, tokenizer
+
+
+def _stop_like_the_teacher(model, tokenizer, teacher_path: str) -> None:
+    """A tiny student speaks the teacher's tokenizer and chat template, so it ends a turn where
+    the teacher does: the teacher's stop ids (its generation_config.json's EOS list) go into the
+    student's generation config, and so into the saved student's generation_config.json, which
+    evaluation and users read."""
+    from raydistill.data.format import stop_ids
+
+    stops = stop_ids(tokenizer, teacher_path)
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
 
 
 def build_projector(student, teacher) -> FeatureProjector:

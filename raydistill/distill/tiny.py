@@ -18,8 +18,10 @@ def make_tokenizer():
     return ByT5Tokenizer(extra_ids=0)
 
 
-def build_tiny(spec: dict, vocab_size: int, seed: int):
-    """A randomly initialised causal LM from a small config dict."""
+def build_tiny(spec: dict, vocab_size: int, seed: int, tokenizer=None):
+    """A randomly initialised causal LM from a small config dict; its pad / EOS / BOS ids are
+    `tokenizer`'s where one is given (a tiny student on a hub teacher's tokenizer), so that its
+    saved config and generation_config.json stop where its tokenizer's turns end."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     spec = dict(spec)
@@ -37,8 +39,19 @@ def build_tiny(spec: dict, vocab_size: int, seed: int):
         config = config_cls(**{**defaults, **spec})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"tiny model config: {exc}") from None
+    if tokenizer is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.bos_token_id = tokenizer.bos_token_id
     torch.manual_seed(seed)
-    return model_cls(config)
+    model = model_cls(config)
+    if tokenizer is not None:
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig(
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id)
+    return model
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -143,3 +143,24 @@ def test_a_base_student_trained_on_instruct_data_stops_on_its_own_eos(pair, qwen
         assert c.finished, f"loss {loss.item():.3g}: {tok.decode(list(c.ids))!r} never stopped"
         # where an answer ends (its tokens may still be half learnt: the stop is the point)
         assert len(c.ids) == len(tok(answer, add_special_tokens=False)["input_ids"])
+
+
+def test_a_tiny_student_on_a_hub_tokenizer_stops_where_the_teacher_does(qwen_models,
+                                                                         tmp_path):
+    """A `tiny:` student is built on the teacher's tokenizer: its saved config and
+    generation_config.json must stop on that tokenizer's end of turn. Before, build_tiny
+    hard-coded eos 1 / pad 0: on the Qwen vocabulary evaluation stopped at '"' (token 1)."""
+    from transformers import AutoConfig
+
+    from raydistill.distill.models import build_student_model
+
+    teacher = str(qwen_models["qwen2.5-instruct-teacher"])
+    model, tok = build_student_model({"student": {"tiny": {"family": "qwen2",
+                                                           "hidden_size": 64,
+                                                           "num_attention_heads": 2}},
+                                      "student_path": teacher, "seed": 0})
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert stop_ids(tok, tmp_path) == stop_ids(tok, teacher) == [IM_END, ENDOFTEXT]
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.eos_token_id == IM_END and config.pad_token_id == tok.pad_token_id
