@@ -177,7 +177,7 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.as_tensor(p)
         attn[i, width - len(p):] = 1
-    config = stated_generation(s, max_new_tokens, pad, stop)
+    config = stated_generation(s, max_new_tokens, pad, stop, padded_rows(model, tokenizer))
     if config.do_sample:
         torch.manual_seed(seed)  # per batch, from its first example: reproducible
     kw: dict[str, Any] = {}
@@ -194,7 +194,16 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
     return [done[i * per:(i + 1) * per] for i in range(len(prompts))]
 
 
-def stated_generation(sampling: dict, max_new_tokens: int, pad: int | None, stop: list[int]):
+def padded_rows(model, tokenizer) -> list[int]:
+    """Output rows past the tokenizer (a hub checkpoint pads its output layer: Qwen2.5-7B has
+    152,064 rows for 151,665 tokens): ids no text has, which generation must never write (a
+    student's loss reads the tokenizer's rows only, so such a target could not be learned)."""
+    rows = model.config.get_text_config().vocab_size
+    return list(range(len(tokenizer), rows))
+
+
+def stated_generation(sampling: dict, max_new_tokens: int, pad: int | None, stop: list[int],
+                      suppress: list[int] | None = None):
     """A transformers GenerationConfig that says every field that changes the output, from
     `sampling` alone. Why: generate() fills each field its config leaves unset from the
     checkpoint's generation_config.json (Qwen2.5-Instruct's sets repetition_penalty 1.05,
@@ -209,6 +218,8 @@ def stated_generation(sampling: dict, max_new_tokens: int, pad: int | None, stop
         "min_new_tokens": 0, "pad_token_id": pad, "eos_token_id": list(stop),
         "repetition_penalty": float(sampling.get("repetition_penalty", 1.0)),
         "num_return_sequences": int(sampling.get("n", 1)) if sample else 1}
+    if suppress:  # the padded output rows: -inf at every step, on both engines
+        kw["suppress_tokens"] = list(suppress)
     if sample:  # top_k 0 = off (transformers' own default is 50)
         kw.update(temperature=float(sampling["temperature"]), top_p=float(sampling["top_p"]),
                   top_k=int(sampling.get("top_k", 0)))

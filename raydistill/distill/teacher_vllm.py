@@ -140,7 +140,7 @@ def warm_up(llm, top_k: int) -> None:
 
 
 def sampling_params(sampling: dict, stop_ids: list[int], max_tokens: int, top_k: int,
-                    seed: int):
+                    seed: int, allowed: list[int] | None = None):
     from vllm import SamplingParams
 
     """Every field that changes the output, from `sampling` alone (as `teacher.
@@ -154,16 +154,17 @@ def sampling_params(sampling: dict, stop_ids: list[int], max_tokens: int, top_k:
         repetition_penalty=float(sampling.get("repetition_penalty", 1.0)),
         presence_penalty=0.0, frequency_penalty=0.0, min_tokens=0, seed=seed,
         stop=list(sampling.get("stop", [])) or None, stop_token_ids=list(stop_ids),
-        max_tokens=max_tokens, logprobs=top_k or None, detokenize=bool(sampling.get("stop")))
+        max_tokens=max_tokens, logprobs=top_k or None, detokenize=bool(sampling.get("stop")),
+        allowed_token_ids=allowed)
 
 
 def vllm_generate(llm, prompts: list[list[int]], first_ids: list[int], sampling: dict,
-                  stop_ids: list[int], max_new_tokens: int, top_k: int, decode
-                  ) -> list[list[Completion]]:
+                  stop_ids: list[int], max_new_tokens: int, top_k: int, decode,
+                  allowed: list[int] | None = None) -> list[list[Completion]]:
     """n completions of each prompt; request i is seeded with seed + its example id, so a
     completion does not depend on which batch or actor it landed in."""
     seed = int(sampling.get("seed", 0))
-    params = [sampling_params(sampling, stop_ids, max_new_tokens, top_k, seed + ex)
+    params = [sampling_params(sampling, stop_ids, max_new_tokens, top_k, seed + ex, allowed)
               for ex in first_ids]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     stops = list(sampling.get("stop", []))
@@ -240,11 +241,21 @@ class _VllmActor(_WindowedActor):
         self._open(namespace, trial_id)  # the engine's start-up is the window's load phase
         self.tokenizer = load_tokenizer(model_path)
         self.stop = stop_ids(self.tokenizer, model_path)
+        self.allowed = _allowed_ids(model_path, len(self.tokenizer))
         self.llm = make_llm(model_path, gpus=gpus, max_model_len=max_model_len, top_k=top_k,
                             seed=seed, memory_fraction=memory_fraction, tokenizer=tokenizer,
                             threads=threads)
         warm_up(self.llm, top_k)
         self.window.loaded()
+
+
+def _allowed_ids(model_path: str, tokenizer_rows: int) -> list[int] | None:
+    """The tokenizer's ids when the output layer is padded past them (as HF's suppress_tokens
+    in `teacher.stated_generation`: a padded row is never written), else None (no mask)."""
+    from transformers import AutoConfig
+
+    rows = AutoConfig.from_pretrained(model_path).get_text_config().vocab_size
+    return list(range(tokenizer_rows)) if rows > tokenizer_rows else None
 
 
 class VllmTeacherGenerator(_VllmActor):
@@ -274,7 +285,7 @@ class VllmTeacherGenerator(_VllmActor):
                    for m in batch["messages"]]
         out = vllm_generate(self.llm, prompts, [int(e) for e in batch["example_id"]],
                             self.sampling, self.stop, self.max_new_tokens, self.top_k,
-                            self.tokenizer.decode)
+                            self.tokenizer.decode, self.allowed)
         rows = synthetic_rows(batch, prompts, out, self.tokenizer)
         if self.cache:
             flat = [c for cs in out for c in cs]

@@ -80,3 +80,54 @@ def test_stop_ids_only_keeps_the_files_token_ids_and_nothing_else(qwen_models):
         assert g.repetition_penalty in (None, 1.0) and g.top_k in (None, 0, 50)
         assert not g.do_sample and g.temperature in (None, 1.0) and g.top_p in (None, 1.0)
     assert model.generation_config is saved and saved.repetition_penalty == 1.05
+
+
+def _boost_row(model, row: int, like: int, factor: float) -> None:
+    """Make output row `row` score `factor` × row `like`'s logit at every position."""
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[row] = head[like] * factor
+
+
+def test_padded_output_rows_are_never_written(qwen_models):
+    """The Instruct teacher's output layer has 152,064 rows for 151,665 tokens (Qwen2.5-7B's
+    padding). A padded row no text has must never be generated, greedy or sampled: the
+    student's loss reads the tokenizer's rows only. Here a padded row is made to win."""
+    path = qwen_models["qwen2.5-instruct-teacher"]
+    model, tok = load_model_and_tokenizer(str(path))
+    stop = stop_ids(tok, path)
+    prompt = prompt_ids(tok, [{"role": "user", "content": "What is 12 + 30?"}], 64)
+    (plain,) = generate_completions(model, tok, [prompt], 4, stop)
+    first = plain[0].ids[0]
+    _boost_row(model, len(tok) + 100, first, 4.0)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt]), logits_to_keep=1).logits[0, -1]
+    assert int(logits.argmax()) == len(tok) + 100  # the padded row would win
+    for sampling in (GREEDY, sampling_of(GenerationConfig(temperature=1.0, n=2), 0)):
+        (out,) = generate_completions(model, tok, [prompt], 6, stop, sampling)
+        assert all(max(c.ids, default=0) < len(tok) for c in out)
+
+
+def test_a_repetition_penalty_does_not_penalise_the_batchs_left_padding(qwen_models):
+    """The HF engine left-pads a batch with the pad id (<|endoftext|>, a stop id); vLLM never
+    pads. Were the repetition penalty to read the padding (its processor gathers over the whole
+    row), a shorter prompt's EOS would be penalised in a batch only, and the two engines would
+    write different data. transformers 5.19 does not: this holds it there. A batched
+    completion equals the same prompt's completion alone, with the EOS at a near tie."""
+    path = qwen_models["qwen2.5-instruct-student"]
+    model, tok = load_model_and_tokenizer(str(path))
+    stop = stop_ids(tok, path)
+    short = prompt_ids(tok, [{"role": "user", "content": "Hi"}], 64)
+    long = prompt_ids(tok, [{"role": "user", "content": "Reverse 'lantern', then add 12 + 30."}],
+                      64)
+    (alone,) = generate_completions(model, tok, [short], 4, stop)
+    first = alone[0].ids[0]
+    with torch.no_grad():
+        top = float(model(input_ids=torch.tensor([short]), logits_to_keep=1).logits[0, -1, first])
+    # EOS (= the pad id) just wins the first step: 10% above the top logit, whatever its sign
+    _boost_row(model, tok.pad_token_id, first, 1.1 if top > 0 else 0.9)
+    s = sampling_of(GenerationConfig(repetition_penalty=1.5), 0)
+    (alone,) = generate_completions(model, tok, [short], 8, stop, s)
+    assert alone[0].ids == () and alone[0].finished  # unpadded, nothing penalises the EOS
+    batched = generate_completions(model, tok, [long, short], 8, stop, s)
+    assert batched[1] == alone
