@@ -263,8 +263,8 @@ class TeacherBuildMemory(_Role):
 
 @dataclass(frozen=True)
 class EvaluationMemory(_Role):
-    """One GPU of the evaluation task: teacher and student loaded together, layers split over
-    its GPUs; the inference probes run in the same task on the same models."""
+    """The first GPU of the evaluation task: its share of the teacher's layers (split over the
+    task's GPUs) and the whole student; the inference probes run on the same models."""
 
     teacher_weights_bytes: int = _line("teacher weights")
     student_weights_bytes: int = _line("student weights")
@@ -306,8 +306,9 @@ class MemoryPlan:
                 if p.caching_engine != "zero3" else
                 (f"teacher caching (x{_gpus(c)}): ZeRO-3 sharded over them", self.caching, c),
                 (f"training worker (x{_gpus(n)}): {student}", self.training, n),
-                (f"evaluation + inference probes (x{_gpus(e)}): teacher and student "
-                 f"{'layers split' if e > 1 else 'on one GPU'}", self.evaluation, e))
+                (f"evaluation + inference probes (x{_gpus(e)}): "
+                 + ("teacher layers split, student on the first GPU" if e > 1
+                    else "teacher and student on one GPU"), self.evaluation, e))
 
     def unplaceable(self) -> tuple[str, ...]:
         """One line per role that asks for more GPUs than `cluster_gpus`."""

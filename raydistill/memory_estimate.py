@@ -144,7 +144,9 @@ def _teacher_build(t: Architecture, p: TrainingPlan, usable: int) -> TeacherBuil
 
 def _evaluation(t: Architecture, s: Architecture, p: TrainingPlan, usable: int,
                 uses_teacher: bool) -> EvaluationMemory:
-    """distill.stages.evaluate_remote: both models in bf16, layers split over eval_gpus;
+    """distill.stages.evaluate_remote: both models in bf16, the teacher's layers split over
+    eval_gpus, the student whole on the first GPU (device_map "sequential": its probe meters
+    that GPU alone), so the first GPU holds a teacher share and the whole student;
     EVAL_BATCH sequences of prompt + new tokens. The larger model's KV cache and one layer's
     working set; lm-eval's loglikelihood forward keeps B·T·V logits and their log-softmax in the
     model's dtype on the GPU that holds the output layer."""
@@ -155,7 +157,7 @@ def _evaluation(t: Architecture, s: Architecture, p: TrainingPlan, usable: int,
     vocab = max(t.vocab_size, s.vocab_size) if uses_teacher else s.vocab_size
     return EvaluationMemory(
         teacher_weights_bytes=t.params * b // e if uses_teacher else 0,
-        student_weights_bytes=s.params * b // e, kv_cache_bytes=kv,
+        student_weights_bytes=s.params * b, kv_cache_bytes=kv,
         activations_bytes=EVAL_BATCH * seq * b * big.layer_activation_elements(
             seq, p.flash_attention),
         logits_bytes=EVAL_BATCH * seq * vocab * 2 * b, usable_bytes=usable)

@@ -225,7 +225,7 @@ def evaluate_remote(models: dict[str, str], test_jsonl: str, namespace: str, tri
         lm_eval_scores,
         write_lm_eval_task,
     )
-    from raydistill.distill.teacher import load_model_and_tokenizer
+    from raydistill.distill.teacher import devices_of, load_model_and_tokenizer
 
     torch.set_num_threads(2)
     rows = read_rows(test_jsonl)
@@ -234,7 +234,9 @@ def evaluate_remote(models: dict[str, str], test_jsonl: str, namespace: str, tri
     loaded = {}
     with StageWindow(namespace, trial_id, "evaluation", devices=devices, phase="load") as window:
         for name, path in models.items():
-            model, tokenizer = load_model_and_tokenizer(path)
+            # the teacher's layers over every GPU of the task; the student (loaded after it)
+            # on the first GPU with room, usually one: its probe then meters that GPU alone
+            model, tokenizer = load_model_and_tokenizer(path, spread=name != "student")
             loaded[name] = (model, tokenizer, stop_ids(tokenizer, path))
         window.loaded()
         gen = {"max_new_tokens": max_new_tokens, "max_prompt_tokens": data_cfg["max_prompt_tokens"]}
@@ -254,8 +256,9 @@ def evaluate_remote(models: dict[str, str], test_jsonl: str, namespace: str, tri
     probe = rows[: eval_cfg["inference_prompts"]]
     tokens = {}
     for name, (model, tokenizer, stop) in loaded.items():
-        tokens[name] = _steady_inference(namespace, trial_id, name, devices, model, tokenizer,
-                                         stop, probe, gen, eval_cfg["inference_min_s"])
+        tokens[name] = _steady_inference(namespace, trial_id, name, devices_of(model, devices),
+                                         model, tokenizer, stop, probe, gen,
+                                         eval_cfg["inference_min_s"])
     return {"scores": scores, "inference_tokens": tokens}
 
 

@@ -21,7 +21,8 @@ from raydistill.distill.sampling import GREEDY
 log = logging.getLogger(__name__)
 
 
-def load_model_and_tokenizer(path: str, single_device: bool = False, train: bool = False):
+def load_model_and_tokenizer(path: str, single_device: bool = False, train: bool = False,
+                             spread: bool = True):
     """A causal LM and its tokenizer from a hub id or a directory made by save_pretrained.
 
     On GPUs the model's layers are spread over every GPU this task or actor holds
@@ -29,7 +30,10 @@ def load_model_and_tokenizer(path: str, single_device: bool = False, train: bool
     memory alone: nothing spills to the CPU, so a model too big fails instead of running
     slowly. `single_device`: a Ray Train worker, its GPU is `ray.train.torch.get_device()`.
     Weights are bf16 on a GPU, or fp32 where `train` (the master copy the optimizer updates;
-    the caller runs the forward under bf16 autocast); always fp32 on CPU."""
+    the caller runs the forward under bf16 autocast); always fp32 on CPU. `spread=False`
+    fills the GPUs in order instead (device_map="sequential"): a model that fits one GPU sits
+    on the first alone (evaluation's student beside a teacher split over all of them), so its
+    inference probe meters the GPU it runs on, not eight."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -44,12 +48,25 @@ def load_model_and_tokenizer(path: str, single_device: bool = False, train: bool
         # the GPUs' free memory and no "cpu" key: what does not fit goes to "disk", which
         # from_pretrained refuses without an offload folder (a clear error, not a slow run)
         gpus = {i: torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())}
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map="auto",
-                                                     max_memory=gpus)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, device_map="auto" if spread else "sequential", max_memory=gpus)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.eval()
     return model, load_tokenizer(path)
+
+
+def gpu_indices(model) -> list[int]:
+    """The local CUDA indices the model's parameters sit on (none on CPU)."""
+    return sorted({p.device.index for p in model.parameters()
+                   if p.device.type == "cuda" and p.device.index is not None})
+
+
+def devices_of(model, held: tuple[str, ...]) -> tuple[str, ...]:
+    """Of the GPUs a Ray task holds (`worker_devices()`, in the order of its local CUDA
+    indices), those the model's parameters sit on: what its own windows should meter."""
+    used = [held[i] for i in gpu_indices(model) if i < len(held)]
+    return tuple(used) if used else held
 
 
 def load_tokenizer(path: str):

@@ -81,7 +81,8 @@ def test_the_70b_config_lists_every_role_and_fits_on_8x80(capsys, monkeypatch):
                  "teacher generation actor (8 GPUs each): vLLM tensor parallel",
                  "teacher caching: written by the generation pass",
                  "training worker (x8 GPUs): student",
-                 "evaluation + inference probes (x8 GPUs): teacher and student layers split"):
+                 "evaluation + inference probes (x8 GPUs): teacher layers split, student on "
+                 "the first GPU"):
         assert role in out, role
     assert "does NOT fit" not in out and "asks for" not in out
     # the weights of each 70B role are the teacher's 141 GB over 8 GPUs
@@ -129,7 +130,7 @@ def test_evaluation_splits_both_models_over_its_gpus():
     for gpus in (1, 2, 8):
         e = estimate_memory(LLAMA_70B, LLAMA_1B, replace(PLAN, eval_gpus=gpus)).evaluation
         assert e.teacher_weights_bytes == 2 * t.params // gpus
-        assert e.student_weights_bytes == 2 * s.params // gpus
+        assert e.student_weights_bytes == 2 * s.params  # whole, on the first GPU
         assert e.kv_cache_bytes == 64 * 640 * 2 * 80 * 8 * 128 * 2 // gpus
         assert e.logits_bytes == 64 * 640 * 128256 * 2 * 2
     assert not estimate_memory(LLAMA_70B, LLAMA_1B, replace(PLAN, eval_gpus=1)).fits
@@ -326,3 +327,31 @@ def test_hf_caching_is_planned_by_its_chunked_peak(capsys, monkeypatch):
     assert caching.total_gib < 8
     half = estimate_memory(t, s, replace(plan, cache_chunk_tokens=2048)).caching
     assert half.logits_bytes < caching.logits_bytes  # the chunk bounds it
+
+
+def test_a_models_probe_meters_the_gpus_its_parameters_sit_on():
+    """Evaluation's task holds 8 GPUs for a 70B teacher; the 1B student sits on the first one.
+    Its inference probe (EPT, the distillation's payoff figure) meters that GPU, not the eight
+    of the task, seven of them idle under it."""
+    import torch
+
+    from raydistill.distill.teacher import devices_of, gpu_indices
+
+    class Param:
+        def __init__(self, index):
+            self.device = torch.device("cuda", index) if index is not None else \
+                torch.device("cpu")
+
+    class Model:
+        def __init__(self, *indices):
+            self.indices = indices
+
+        def parameters(self):
+            return [Param(i) for i in self.indices]
+
+    held = tuple(f"GPU-{i}" for i in range(8))
+    assert gpu_indices(Model(0, 0, 0)) == [0]
+    assert devices_of(Model(0, 0), held) == ("GPU-0",)
+    assert devices_of(Model(*range(8)), held) == held
+    assert devices_of(Model(2, 3), held) == ("GPU-2", "GPU-3")
+    assert devices_of(Model(None), ()) == ()  # a CPU task: its share of the node, as before
