@@ -3,7 +3,7 @@ a filter) against `examples.own_rows` (the id column first, then only this rank'
 
 A shard of `--rows` cached responses (`--seq` positions, top-`--k` bf16 values and int32 ids, as
 `logit_cache.encode_rows` writes them, zstd) is written twice: one row group (what
-`pq.write_table` gives by default) and row groups of 64 rows. For each world size, rank 1's read
+`pq.write_table` gives by default) and the writers' row groups of ROW_BLOCK (16) rows. For each world size, rank 1's read
 is timed (best of 3) and its peak Python allocations are traced (tracemalloc: the bytes turned
 into Python objects, every blob of a row copied into `bytes`).
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from raydistill.distill.examples import own_rows
-from raydistill.distill.logit_cache import encode_rows
+from raydistill.distill.examples import own_rows, owned, rank_block
+from raydistill.distill.logit_cache import ROW_BLOCK, encode_rows
 
 VOCAB_ROWS, TOKENS = 151_936, 151_665  # Qwen2.5-0.5B's output rows, its tokenizer's length
 
@@ -56,19 +56,22 @@ def main() -> None:
                         [a.seq] * a.rows, values, indices, torch.full((a.rows, a.seq), -3.0),
                         "bfloat16")
     with tempfile.TemporaryDirectory() as d:
-        for name, group in (("one row group", a.rows), ("groups of 64", 64)):
+        for name, group in (("one row group", a.rows), (f"groups of {ROW_BLOCK}", ROW_BLOCK)):
             path = Path(d) / "shard.parquet"
             pq.write_table(table, path, compression="zstd", row_group_size=group)
             mib = path.stat().st_size / 2**20
             for world in (1, 4, 8):
-                rank = 1 % world
+                rank, block = 1 % world, rank_block(a.rows, world)
 
-                def whole(path=path, world=world, rank=rank) -> list:
+                def whole(path=path, world=world, rank=rank, block=block) -> list:
                     return [r for r in pq.read_table(path).to_pylist()
-                            if r["example_id"] % world == rank]
+                            if owned(r["example_id"], rank, world, block)]
+
+                def mine(p=path, w=world, r=rank, b=block) -> list:
+                    return own_rows(p, lambda i: owned(i, r, w, b))
 
                 t_old, py_old, old = measure(whole)
-                t_new, py_new, new = measure(lambda p=path, w=world, r=rank: own_rows(p, r, w))
+                t_new, py_new, new = measure(mine)
                 if [r["example_id"] for r in new] != [r["example_id"] for r in old]:
                     raise SystemExit("own_rows returned other rows than the whole-shard read")
                 print(f"{name:14s} {mib:5.1f} MiB  world {world}: whole {t_old * 1e3:6.0f} ms "

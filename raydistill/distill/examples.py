@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 
@@ -34,31 +35,46 @@ def _shards(directory: str | Path) -> list[Path]:
 SYNTHETIC_COLUMNS = ["example_id", "id", "messages", "completion", "completion_ids", "finished"]
 
 
-def own_rows(path: str | Path, rank: int, world: int,
-             columns: list[str] | None = None) -> list[dict]:
-    """The rows of one Parquet file whose example_id ≡ rank (mod world), in file order.
+def rank_block(n: int, world: int) -> int:
+    """Rows a rank owns in a row: blocks of up to ROW_BLOCK consecutive example ids (the
+    writers' row group), smaller where the data set is small, so each rank keeps a share."""
+    from raydistill.distill.logit_cache import ROW_BLOCK
 
-    Why: a rank of N needs 1/N of a shard, and turning a row into Python (every blob copied
-    into a bytes object) is what reading costs. So the id column is read first, a row group
-    with none of this rank's rows is never read, and of the others only this rank's rows are
-    taken before they become Python objects. (Arrow still decompresses each row group it
-    reads whole: the smaller a writer's row groups, the closer the bytes read come to 1/N.)
-    """
+    return max(1, min(ROW_BLOCK, n // (2 * world)))
+
+
+def owned(ids, rank: int, world: int, block: int):
+    """Which example ids rank `rank` of `world` trains on: blocks of `block` consecutive ids,
+    dealt round-robin. Why blocks, not id mod world: the cache and the synthetic data are
+    written in row groups of ROW_BLOCK consecutive ids, and Arrow decompresses a row group
+    whole, so with blocks a rank of N reads about 1/N of the bytes; with mod every row group
+    held every rank's rows and each rank decompressed the whole data set."""
+    return (ids // block) % world == rank
+
+
+def own_rows(path: str | Path, mine, columns: list[str] | None = None) -> list[dict]:
+    """The rows of one Parquet file whose example_id `mine` (ids array → bool array) keeps,
+    in file order: the id column is read first, a row group holding none of them is never
+    read (nor decompressed), and of the others only those rows become Python objects."""
     import numpy as np
 
     parquet = pq.ParquetFile(path)
     out: list[dict] = []
     for g in range(parquet.metadata.num_row_groups):
         ids = parquet.read_row_group(g, columns=["example_id"]).column(0).to_numpy()
-        mine = np.flatnonzero(ids % world == rank)
-        if mine.size:
-            out.extend(parquet.read_row_group(g, columns=columns).take(mine).to_pylist())
+        keep = np.flatnonzero(mine(ids))
+        if keep.size:
+            out.extend(parquet.read_row_group(g, columns=columns).take(keep).to_pylist())
     return out
 
 
 def read_synthetic(directory: str | Path, rank: int = 0, world: int = 1) -> list[dict]:
-    """The synthetic rows of this rank, in example order."""
-    rows = [r for f in _shards(directory) for r in own_rows(f, rank, world, SYNTHETIC_COLUMNS)]
+    """The synthetic rows of this rank (`owned`), in example order."""
+    files = _shards(directory)
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    block = rank_block(n, world)
+    rows = [r for f in files for r in own_rows(
+        f, lambda ids: owned(ids, rank, world, block), SYNTHETIC_COLUMNS)]
     return sorted(rows, key=lambda r: r["example_id"])
 
 
@@ -66,9 +82,11 @@ def read_labelled(path: str | Path, rank: int = 0, world: int = 1) -> list[dict]
     """Gold rows as synthetic-shaped rows (the response is the gold one, complete)."""
     from raydistill.data.splits import read_rows
 
+    rows = read_rows(path)
+    block = rank_block(len(rows), world)
     return [{"example_id": i, "id": r["id"], "messages": json.dumps(r["messages"]),
              "completion": r["response"], "completion_ids": None, "finished": True}
-            for i, r in enumerate(read_rows(path)) if i % world == rank]
+            for i, r in enumerate(rows) if owned(i, rank, world, block)]
 
 
 class ExampleStream:
@@ -86,6 +104,7 @@ class ExampleStream:
             raise ValueError(f"rank {rank} of {world} has no training rows in "
                              f"{cfg['data_path']}: fewer rows than workers")
         self.rows = {r["example_id"]: r for r in rows}
+        self.ids = np.fromiter(self.rows, dtype=np.int64)
         self.cached = cfg["method"] == "logit" and cfg["top_k"] > 0
         self.online = cfg["method"] in ("feature", "relational") or (
             cfg["method"] == "logit" and cfg["top_k"] == 0)
@@ -109,7 +128,7 @@ class ExampleStream:
         rng.shuffle(shards)
         for shard in shards:  # one shard in memory at a time, and only this rank's rows of it
             group = []
-            for raw in own_rows(shard, self.rank, self.world):
+            for raw in own_rows(shard, lambda ids: np.isin(ids, self.ids)):
                 row = self.rows.get(raw["example_id"])
                 if row is not None:
                     group.append(self.build(row, decode_row(raw)))

@@ -76,8 +76,14 @@ def encode_rows(example_ids, input_ids, lengths, values, indices, tail, dtype: s
     return pa.Table.from_pydict(rows, schema=SCHEMA)
 
 
+# Rows per Parquet row group, and per block of ids a training rank owns (examples.owned):
+# Arrow decompresses a row group whole, so small groups of consecutive ids let a rank of N read
+# about 1/N of a cache. 16 rows of a 384-token top-64 bf16 response are ~2.4 MB raw.
+ROW_BLOCK = 16
+
+
 def write_shard(table: pa.Table, path: Path) -> int:
-    pq.write_table(table, path, compression="zstd")
+    pq.write_table(table, path, compression="zstd", row_group_size=ROW_BLOCK)
     return path.stat().st_size
 
 

@@ -394,4 +394,7 @@ def run_pool(stage_cls: type, rows: list[dict], out_dir: Path, *, batch_size: in
     num_actors = pool_size(num_actors, gpus_per_actor if use_gpu else 1)
     ds = ds.map_batches(stage_cls, fn_constructor_kwargs=ctor, batch_size=batch_size,
                         compute=ray.data.ActorPoolStrategy(size=num_actors), **resources)
-    ds.write_parquet(str(out_dir))
+    from raydistill.distill.logit_cache import ROW_BLOCK
+
+    # row groups of ROW_BLOCK rows: a training rank reads only the groups holding its rows
+    ds.write_parquet(str(out_dir), row_group_size=ROW_BLOCK)

@@ -17,8 +17,14 @@ import pytest
 import torch
 
 from raydistill.distill import examples as ex_mod
-from raydistill.distill.examples import ExampleStream, own_rows, read_synthetic
-from raydistill.distill.logit_cache import decode_row, encode_rows
+from raydistill.distill.examples import (
+    ExampleStream,
+    own_rows,
+    owned,
+    rank_block,
+    read_synthetic,
+)
+from raydistill.distill.logit_cache import ROW_BLOCK, decode_row, encode_rows, write_shard
 from raydistill.distill.tiny import make_tokenizer
 
 N, K, RESPONSE = 96, 64, 40  # rows; top-k; response tokens per row (a ~16 KB cache row)
@@ -73,7 +79,8 @@ def cfg(tmp_path_factory):
 
 def whole_synthetic(cfg: dict, rank: int, world: int) -> list[dict]:
     rows = [r for f in sorted(Path(cfg["data_path"]).glob("*.parquet"))
-            for r in pq.read_table(f).to_pylist() if r["example_id"] % world == rank]
+            for r in pq.read_table(f).to_pylist()
+            if owned(r["example_id"], rank, world, rank_block(N, world))]
     return sorted(rows, key=lambda r: r["example_id"])
 
 
@@ -85,7 +92,8 @@ def test_each_ranks_stream_is_unchanged(cfg, world):
         new = ExampleStream(cfg, tok, tok, rank, world)
         old = WholeShards(cfg, tok, tok, rank, world)
         per_epoch = len(new.rows)
-        assert per_epoch == len(range(rank, N, world))
+        assert per_epoch == sum(owned(i, rank, world, rank_block(N, world)) for i in range(N))
+        assert per_epoch >= N // world - rank_block(N, world)  # a fair share
         for a, b in zip(islice(new, 2 * per_epoch + 1), islice(old, 2 * per_epoch + 1),
                         strict=True):
             assert a.keys() == b.keys() and a["input_ids"] == b["input_ids"]
@@ -105,7 +113,7 @@ def test_own_rows_reads_only_the_row_groups_that_hold_a_ranks_rows(cfg, monkeypa
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
     ids = pq.read_table(shard, columns=["example_id"]).column(0).to_pylist()
     rank = ids[7] % 40  # of 40 ranks: at most 3 of the 96 ids, in one to three row groups
-    rows = own_rows(shard, rank, 40)
+    rows = own_rows(shard, lambda i: i % 40 == rank)
     assert [r["example_id"] for r in rows] == [i for i in ids if i % 40 == rank]
     holding = sorted({pos // 5 for pos, i in enumerate(ids) if i % 40 == rank})  # 5 rows a group
     assert 0 < len(holding) < pq.ParquetFile(shard).metadata.num_row_groups
@@ -135,3 +143,42 @@ def test_a_rank_decodes_its_share_of_the_bytes(cfg):
     # Reading whole holds a shard's every row as Python bytes; a rank's share is a quarter.
     assert whole > shard_bytes
     assert own < 0.5 * shard_bytes, (own, whole, shard_bytes)
+
+
+def test_a_rank_decompresses_its_share_of_a_cache_as_the_pipeline_writes_it(tmp_path,
+                                                                            monkeypatch):
+    """The cache writers (`write_shard`, the actor pools' write_parquet) put ROW_BLOCK
+    consecutive ids in a row group, and a rank owns blocks of consecutive ids: a rank of 4
+    reads about a quarter of the compressed bytes. With one row group a shard (the writers'
+    old default) and ids dealt mod world, every rank decompressed every shard whole."""
+    gen = torch.Generator().manual_seed(0)
+    n, world = 256, 4
+    for s, start in enumerate(range(0, n, 100)):  # shards of consecutive ids, as Ray Data's
+        ids = list(range(start, min(n, start + 100)))
+        table = encode_rows(ids, torch.zeros(len(ids), RESPONSE, dtype=torch.long),
+                            [RESPONSE] * len(ids),
+                            torch.randn(len(ids), RESPONSE, K, generator=gen).log_softmax(-1),
+                            torch.randint(0, 5000, (len(ids), RESPONSE, K), generator=gen),
+                            torch.full((len(ids), RESPONSE), -3.0), "bfloat16")
+        write_shard(table, tmp_path / f"part-{s}.parquet")
+    total = read = 0
+    real = pq.ParquetFile.read_row_group
+
+    def counting(self, i, columns=None, **kw):
+        nonlocal read
+        if columns != ["example_id"]:
+            read += self.metadata.row_group(i).total_byte_size
+        return real(self, i, columns=columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    block = rank_block(n, world)
+    assert block == ROW_BLOCK
+    got = []
+    for f in sorted(tmp_path.glob("*.parquet")):
+        meta = pq.ParquetFile(f).metadata
+        assert meta.num_row_groups > 1
+        total += sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        got += [r["example_id"] for r in own_rows(f, lambda i: owned(i, 1, world, block),
+                                                   ["example_id"])]
+    assert got == [i for i in range(n) if (i // block) % world == 1]
+    assert read < 0.35 * total, (read, total)
