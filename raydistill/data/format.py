@@ -107,7 +107,13 @@ def generation_config_file(model: str | Path) -> Path | None:
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(str(model), "generation_config.json"))
-    except Exception:  # offline and not cached, no such file, not a hub id: no extra stops
+    except Exception as exc:  # offline and not cached, no such file, not a hub id
+        import logging
+
+        # said, not silent: Llama-3.1-Instruct's file adds <|end_of_text|> and <|eom_id|>
+        logging.getLogger(__name__).warning(
+            "%s: no generation_config.json readable (%s); its tokenizer's EOS is the only "
+            "stop id", model, type(exc).__name__)
         return None
 
 
