@@ -122,6 +122,15 @@ def make_llm(model_path: str, *, gpus: int, max_model_len: int, top_k: int, seed
         # `sampling_params` sets every field itself
         "generation_config": "vllm",
     }
+    if not on_gpu:
+        # on CPU the share is of the machine's memory, and vLLM gives the KV cache that share
+        # minus this process's RSS: in a process that already holds models (an actor, a test
+        # session) that goes negative and the engine refuses to start. The KV cache gets the
+        # share itself, stated in bytes.
+        import psutil
+
+        kwargs["kv_cache_memory_bytes"] = int(kwargs["gpu_memory_utilization"]
+                                              * psutil.virtual_memory().total)
     if on_gpu and gpus > 1:
         kwargs["distributed_executor_backend"] = "mp"
     return LLM(**kwargs)
