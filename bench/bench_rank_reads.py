@@ -3,9 +3,9 @@ a filter) against `examples.own_rows` (the id column first, then only this rank'
 
 A shard of `--rows` cached responses (`--seq` positions, top-`--k` bf16 values and int32 ids, as
 `logit_cache.encode_rows` writes them, zstd) is written twice: one row group (what
-`pq.write_table` gives by default) and the writers' row groups of ROW_BLOCK (16) rows. For each world size, rank 1's read
-is timed (best of 3) and its peak Python allocations are traced (tracemalloc: the bytes turned
-into Python objects, every blob of a row copied into `bytes`).
+`pq.write_table` gives by default) and the writers' row groups of ROW_BLOCK (16) rows. For
+each world size, rank 1's read is timed (best of 3) and its peak Python allocations are
+traced (tracemalloc: the bytes turned into Python objects, every blob of a row copied into `bytes`).
 
     python bench/bench_rank_reads.py [--rows 1024] [--seq 128] [--k 64]
 """
