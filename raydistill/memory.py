@@ -130,6 +130,7 @@ class TrainingPlan:
     world_size: int  # Ray Train workers = GPUs of the student job
     gpu_memory_gib: float  # memory of one GPU (e.g. 80)
     zero_stage: int = 2  # the student's DeepSpeed ZeRO stage
+    engine: str = "deepspeed"  # deepspeed | ddp (fp32 parameters, autocast below fp32)
     precision: str = "bf16"  # the student's compute dtype: bf16 | fp16 | fp32
     micro_batch_size: int = 1  # sequences per GPU per step
     max_seq_len: int = 2048
@@ -168,6 +169,7 @@ class TrainingPlan:
                                    ("method", self.method, METHODS),
                                    ("teacher", self.teacher, TEACHER_MODES),
                                    ("zero_stage", self.zero_stage, (0, 1, 2, 3)),
+                                   ("engine", self.engine, ("deepspeed", "ddp")),
                                    ("generation_engine", self.generation_engine, ENGINES[:2]),
                                    ("caching_engine", self.caching_engine, ENGINES)):
             if value not in valid:

@@ -31,8 +31,13 @@ def _training_states(psi: int, s: Architecture, p: TrainingPlan) -> tuple[int, i
     Mixed precision: 2Ψ weights + 2Ψ gradients + 12Ψ (fp32 master copy, m, v) = 16Ψ; fp32:
     4Ψ + 4Ψ + 8Ψ. Stage 1 divides the optimizer states by N, stage 2 also the gradients,
     stage 3 also the weights, which then add the largest layer gathered for compute.
+    DDP below fp32 (distill.engine.autocast_forward) keeps fp32 parameters and gradients and
+    AdamW's two fp32 states, and autocast caches a low-precision copy of each weight for the
+    step: 4Ψ + bΨ weights + 4Ψ gradients + 8Ψ states, nothing divided.
     """
     b, n, z = DTYPE_BYTES[p.precision], p.world_size, p.zero_stage
+    if p.engine == "ddp":
+        return 4 * psi + (b * psi if b < 4 else 0), 4 * psi, 8 * psi
     opt = (8 if b == 4 else 12) * psi
     weights = b * psi // n + b * s.largest_gathered_params if z >= 3 else b * psi
     return weights, b * psi // n if z >= 2 else b * psi, opt // n if z >= 1 else opt

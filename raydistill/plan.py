@@ -104,6 +104,7 @@ def plan_of(cfg: ExperimentConfig, engine: str = "hf") -> Any:
     return TrainingPlan(
         world_size=d.num_workers, gpu_memory_gib=cfg.hardware.gpu_memory_gib,
         zero_stage=d.zero_stage if d.engine == "deepspeed" else 0, precision=precision,
+        engine=d.engine,
         micro_batch_size=max(1, cfg.student.batch_size // (d.num_workers * t.grad_accum)),
         max_seq_len=t.max_seq_len, gradient_checkpointing=t.gradient_checkpointing,
         method=d.method, teacher="cached" if cached else "online",

@@ -227,3 +227,20 @@ def test_memory_module_is_pure():
     code = ("import sys, raydistill.memory; heavy = {'torch', 'ray', 'transformers', 'deepspeed'}; "
             "assert not heavy & {m.split('.')[0] for m in sys.modules}, 'memory imported them'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("precision,total_psi", [("bf16", 18), ("fp32", 16)])
+def test_ddp_keeps_fp32_parameters_and_autocast_copies(precision, total_psi):
+    """DDP trains fp32 parameters under autocast (fp32 master weights, not pure bf16 AdamW):
+    4Ψ weights + 2Ψ autocast copies + 4Ψ gradients + 8Ψ AdamW = 18Ψ in bf16, against ZeRO-0's
+    16Ψ (2Ψ + 2Ψ + 12Ψ); in fp32 both are 16Ψ."""
+    s = Architecture.from_hf_config(LLAMA_32_1B)
+    plan = replace(FITS, zero_stage=0, precision=precision)
+    ddp = estimate_memory(LLAMA_31_8B, LLAMA_32_1B, replace(plan, engine="ddp")).training
+    zero0 = estimate_memory(LLAMA_31_8B, LLAMA_32_1B, plan).training
+    states = ddp.student_weights_bytes + ddp.gradients_bytes + ddp.optimizer_states_bytes
+    assert states == total_psi * s.params
+    assert zero0.student_weights_bytes + zero0.gradients_bytes + zero0.optimizer_states_bytes == \
+        16 * s.params
+    with pytest.raises(ConfigError, match="engine 'fsdp' unknown; valid: deepspeed, ddp"):
+        replace(plan, engine="fsdp")
