@@ -90,8 +90,16 @@ class Run:
             self._lock.close()
             raise
         self._started_ray = not ray.is_initialized()
-        init_ray(self.address, self.namespace)  # joins when already initialized (a Ray job)
-        self._session = Session(self.run_dir, self.namespace, self.sampling).start()
+        try:
+            init_ray(self.address, self.namespace)  # joins when already initialized (a Ray job)
+            self._session = Session(self.run_dir, self.namespace, self.sampling).start()
+        except BaseException:
+            # a failed start holds nothing: the lock is released (a notebook cell can be run
+            # again) and a Ray this call started is stopped
+            self._lock.close()
+            if self._started_ray and ray.is_initialized():
+                ray.shutdown()
+            raise
         self._owner, self._started_s = True, time.time()
         # processes started from here (torchrun ranks, servers) find the run and the cluster
         self._saved_env = {k: os.environ.get(k) for k in (ENV_RUN_DIR, ENV_NAMESPACE,
@@ -132,7 +140,9 @@ class Run:
 
     def __getstate__(self) -> dict:
         # a copy in a Ray worker: no session (the owner's), no state (written by the owner)
-        return {**self.__dict__, "_session": None, "_owner": False, "_state": None}
+        # (and no lock: an open file does not pickle, and the lock is the owner's alone)
+        return {**self.__dict__, "_session": None, "_owner": False, "_state": None,
+                "_lock": None}
 
     @property
     def state(self) -> TrackState:

@@ -107,3 +107,37 @@ def test_model_card_block_takes_the_hub_spec_fields(tmp_path):
     assert block["emissions"] == pytest.approx(mine["co2e_g"].sum())
     card = ModelCardData(co2_eq_emissions=block).to_dict()
     assert card["co2_eq_emissions"]["emissions"] == block["emissions"]
+
+
+def test_a_failed_start_releases_the_run_directory(tmp_path, monkeypatch):
+    """A start that fails after taking the lock (Ray unreachable, a sampler that cannot start)
+    must not keep it: re-running a notebook cell would otherwise say the directory is being
+    tracked by another process until the kernel restarts."""
+    import raydistill.cluster.runtime as runtime
+    from raydistill.tracking.run import Run, _lock_run_dir
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("no Ray at ray://nowhere:10001")
+
+    monkeypatch.setattr(runtime, "init_ray", unreachable)
+    run = Run(tmp_path / "run")
+    with pytest.raises(ConnectionError):
+        run.start()
+    _lock_run_dir(run.run_dir).close()  # free again: this would raise if the lock were kept
+
+
+def test_a_run_pickles_with_the_standard_pickle(tmp_path):
+    """A Run handed to a process pool or a Ray task by plain pickle: its lock (an open file)
+    stays with the owner."""
+    import pickle
+
+    from raydistill.tracking.run import Run, _lock_run_dir
+
+    run = Run(tmp_path / "run")
+    run.run_dir.mkdir(parents=True)
+    run._lock = _lock_run_dir(run.run_dir)
+    try:
+        copy = pickle.loads(pickle.dumps(run))
+    finally:
+        run._lock.close()
+    assert copy.run_dir == run.run_dir and copy._lock is None and not copy._owner
