@@ -184,11 +184,14 @@ def map_worker_gpus(ray_ids: Sequence[str | int], environ: Mapping[str, str],
     then is PCI order).
     """
     ids = [str(i).strip() for i in ray_ids]
-    found: dict[str, str] = {i: i for i in ids if i.startswith(UUID_PREFIXES)}
+    found: dict[str, str] = {i: i for i in ids if _full_uuid(i)}
     warnings: list[str] = []
     if cuda_uuid is not None:
         found.update(_through_cuda([i for i in ids if i not in found], environ, cuda_uuid,
                                    warnings))
+    prefixes = [i for i in ids if i not in found and i.startswith("GPU-")]
+    if prefixes:  # CUDA takes a unique prefix of a UUID; the samplers key the whole one
+        found.update(_by_prefix(prefixes, nvml))
     rest = [i for i in ids if i not in found]
     if rest:
         found.update(_through_nvml(rest, environ, nvml, warnings))
@@ -198,6 +201,23 @@ def map_worker_gpus(ray_ids: Sequence[str | int], environ: Mapping[str, str],
                         "a UUID: no sampler reports such a device, so the ledger reports their "
                         "energy as unmeasured")
     return tuple(found.get(i, f"gpu:{i}") for i in ids), warnings
+
+
+def _full_uuid(entry: str) -> bool:
+    """A whole GPU UUID (GPU- and 36 characters, as NVML and the samplers key GPUs) or a MIG
+    instance's; CUDA also accepts any unique prefix of a GPU UUID, which must be resolved."""
+    return entry.startswith("MIG-") or (entry.startswith("GPU-") and len(entry) >= 40)
+
+
+def cuda_visible_entries(spec: str) -> list[str]:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: entries up to the first invalid one (a negative
+    or non-numeric index that is no UUID); "-1" or "" hides every GPU."""
+    out = []
+    for entry in (e.strip() for e in spec.split(",")):
+        if not (entry.isdigit() or entry.startswith(UUID_PREFIXES)):
+            break
+        out.append(entry)
+    return out
 
 
 def _through_cuda(ids: list[str], environ: Mapping[str, str], cuda_uuid: Callable[[int], str],
@@ -235,12 +255,12 @@ def _through_nvml(ids: list[str], environ: Mapping[str, str], nvml: Any | None,
         warnings.append(f"NVML did not start ({exc}): GPU id(s) {', '.join(ids)} not mapped")
         return {}
     try:
+        out: dict[str, str] = {}
         why_not = _cuda_order_is_pci(environ, nvml)
         if why_not:
             warnings.append(f"GPU id(s) {', '.join(ids)} are CUDA indices, but {why_not}, so "
                             f"they cannot be matched to NVML's GPUs; {FIX_ORDER}")
-            return {}
-        out: dict[str, str] = {}
+            return out
         for rid in ids:
             try:
                 uuid_ = nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(int(rid)))
@@ -252,6 +272,33 @@ def _through_nvml(ids: list[str], environ: Mapping[str, str], nvml: Any | None,
     finally:
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
+
+
+def _by_prefix(prefixes: list[str], nvml: Any | None) -> dict[str, str]:
+    """Each UUID prefix's whole UUID among NVML's GPUs, where exactly one GPU has it (a
+    prefix names one GPU whatever the order); a prefix NVML cannot resolve stays as it is."""
+    out = {p: p for p in prefixes}
+    if nvml is None:
+        return out
+    try:
+        nvml.nvmlInit()
+    except Exception:
+        return out
+    try:
+        uuids = []
+        for i in range(nvml.nvmlDeviceGetCount()):
+            u = nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))
+            uuids.append(u.decode() if isinstance(u, bytes) else str(u))
+    except Exception:
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()
+    for p in prefixes:
+        match = [u for u in uuids if u.startswith(p)]
+        if len(match) == 1:
+            out[p] = match[0]
+    return out
 
 
 def _cuda_order_is_pci(environ: Mapping[str, str], nvml: Any) -> str:

@@ -49,6 +49,7 @@ def process_devices(environ: os._Environ | dict | None = None) -> tuple[str, ...
     from raydistill.cluster.windows import (
         _pynvml,
         _torch_cuda_uuid,
+        cuda_visible_entries,
         map_worker_gpus,
         worker_devices,
     )
@@ -58,7 +59,7 @@ def process_devices(environ: os._Environ | dict | None = None) -> tuple[str, ...
         return worker_devices()
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        ids = [s.strip() for s in visible.split(",") if s.strip()]
+        ids = cuda_visible_entries(visible)  # "-1" hides every GPU, as CUDA reads it
     else:
         count = _gpu_count()
         ids = [str(i) for i in range(count)]

@@ -171,3 +171,36 @@ def test_worker_devices_without_cuda_logs_the_fix(monkeypatch, caplog):
 def test_cpu_only_worker_holds_no_gpu(monkeypatch):
     _ray_ids(monkeypatch, [])
     assert worker_devices() == ()
+
+
+# ---- CUDA_VISIBLE_DEVICES as CUDA reads it (issue 27) --------------------------------------
+
+
+@pytest.mark.parametrize("spec,entries", [
+    ("-1", []), ("", []), ("0,1,-1,2", ["0", "1"]), ("2, 3", ["2", "3"]),
+    ("GPU-8932f937,1", ["GPU-8932f937", "1"]), ("0,foo,1", ["0"])])
+def test_visible_devices_are_read_as_cuda_reads_them(spec, entries):
+    assert windows.cuda_visible_entries(spec) == entries
+
+
+def test_cuda_visible_devices_minus_one_holds_no_gpu(monkeypatch):
+    """The usual way to hide every GPU: it was a `gpu:-1` device no sampler reports, so the
+    stage carried an unmeasured device instead of its share of the node's CPU."""
+    import importlib
+
+    stage = importlib.import_module("raydistill.tracking.stage")  # the module, not the function
+    monkeypatch.setattr(stage, "_in_ray_worker", lambda: False)
+    assert stage.process_devices({"CUDA_VISIBLE_DEVICES": "-1"}) == ()
+    assert stage.process_devices({"CUDA_VISIBLE_DEVICES": "-1", "LOCAL_RANK": "0"}) == ()
+
+
+def test_a_uuid_prefix_is_resolved_to_the_whole_uuid():
+    """CUDA accepts a unique prefix of a GPU's UUID; the samplers key GPUs by the whole UUID,
+    so a prefix kept as it was matched no sampler. NVML resolves it, whatever the order."""
+    node = mixed_node()  # CUDA order is not PCI order here: a prefix does not care
+    prefix = node.gpus[5].uuid[:13]
+    devices, warnings = map_worker_gpus([prefix], {"CUDA_VISIBLE_DEVICES": prefix}, None,
+                                        node.pynvml())
+    assert devices == (node.gpus[5].uuid,) and warnings == []
+    whole = node.gpus[2].uuid
+    assert map_worker_gpus([whole], {}, None, None) == ((whole,), [])  # passes through
