@@ -294,10 +294,12 @@ def _by_prefix(prefixes: list[str], nvml: Any | None) -> dict[str, str]:
     finally:
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
-    for p in prefixes:
-        match = [u for u in uuids if u.startswith(p)]
-        if len(match) == 1:
-            out[p] = match[0]
+    from raydistill.energy.nvml import visible_filter
+
+    for p in prefixes:  # CUDA's own matching of one entry (a unique prefix), as the samplers do
+        match = visible_filter(uuids, {"CUDA_VISIBLE_DEVICES": p})
+        if match:
+            out[p] = uuids[match[0]]
     return out
 
 
