@@ -179,14 +179,17 @@ class Run:
 
     # ---- what the stages made and scored -------------------------------------------------------
     def artifact(self, kind: str, path: str | Path, trial: str | None = None,
-                 stage: str | None = None, inputs: dict | None = None) -> ArtifactRecord:
+                 stage: str | None = None, inputs: dict | None = None,
+                 share: float = 1.0) -> ArtifactRecord:
         """Record that `stage` of `trial` produced `path` (a logit cache, synthetic data, a
-        checkpoint): its cost is that stage's energy, split over the trials that `use` it."""
+        checkpoint): its cost is its part of that stage's energy (the stage split among the
+        artifacts it produced, in proportion to `share`, equal by default), split over the
+        trials that `use` it."""
         if stage is None:
             raise ConfigError(f"artifact {kind!r}: say which stage produced it (stage=...)")
         record = ArtifactRecord(kind=kind, path=str(Path(path).resolve()),
                                 inputs=dict(inputs or {}), trial_id=trial or self.trial,
-                                stage=stage, created_s=time.time())
+                                stage=stage, created_s=time.time(), share=share)
         record = self.state.add_artifact(record)
         save_state(self.run_dir, self.state)
         return record

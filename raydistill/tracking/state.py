@@ -11,6 +11,7 @@ ledger and `track.json` every time a tracked run closes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,11 @@ FOOTPRINT_KEYS = ("region", "pue", "gco2_per_kwh", "hourly_csv", "wue_l_per_kwh"
 @dataclass
 class ArtifactRecord:
     """An artifact a stage produced: what made it (`inputs`, hashed into `key`), where it lies,
-    which trial and stage paid for it, and which trials used it (for amortization)."""
+    which trial and stage paid for it, and which trials used it (for amortization).
+
+    `share` weighs it against the other artifacts the same stage of the same trial produced:
+    the stage's energy is split among them in proportion to their shares (equal by default), so
+    a stage that made synthetic data and its one-pass logit cache is counted once, not twice."""
 
     kind: str
     path: str
@@ -41,8 +46,14 @@ class ArtifactRecord:
     key: str = ""
     used_by: list[str] = field(default_factory=list)
     created_s: float = 0.0
+    share: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.share, int | float) and math.isfinite(self.share)
+                and self.share > 0):
+            raise ConfigError(f"artifact {self.kind!r}: share must be a number > 0 (its weight "
+                              f"among the artifacts of stage {self.stage!r}), got {self.share!r}")
+        self.share = float(self.share)
         self.key = self.key or artifact_key(self.kind, {"path": self.path, **self.inputs})
         if self.trial_id not in self.used_by:
             self.used_by.insert(0, self.trial_id)  # the trial that built it used it
@@ -125,11 +136,19 @@ def save_state(run_dir: Path, state: TrackState) -> None:
 
 
 def artifact_costs(table: pd.DataFrame, state: TrackState) -> list[dict]:
-    """Each artifact with the energy of the stage that produced it (J, from the ledger)."""
+    """Each artifact with its part of the energy of the stage that produced it (J, from the
+    ledger): the stage's energy split among the artifacts that stage of that trial produced, in
+    proportion to their shares, so the artifacts' costs sum to the stage's energy once.
+    `stage_energy_j` is the whole stage's figure."""
+    weights: dict[tuple[str, str], float] = {}
+    for a in state.artifacts:
+        weights[(a.trial_id, a.stage)] = weights.get((a.trial_id, a.stage), 0.0) + a.share
     out = []
     for a in state.artifacts:
         mine = table[(table["trial_id"] == a.trial_id) & (table["stage"] == a.stage)]
-        out.append({**asdict(a), "energy_j": float(mine["energy_j"].sum())})
+        stage_j = float(mine["energy_j"].sum())
+        out.append({**asdict(a), "energy_j": stage_j * a.share / weights[(a.trial_id, a.stage)],
+                    "stage_energy_j": stage_j})
     return out
 
 

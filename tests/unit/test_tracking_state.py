@@ -5,6 +5,8 @@ import json
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raydistill.errors import ConfigError
 from raydistill.tracking.state import (
@@ -141,3 +143,77 @@ def test_a_run_pickles_with_the_standard_pickle(tmp_path):
     finally:
         run._lock.close()
     assert copy.run_dir == run.run_dir and copy._lock is None and not copy._owner
+
+
+# ---- one stage's energy split among the artifacts it produced (issue 27) ---------------------
+
+def test_two_artifacts_of_one_stage_split_it_instead_of_each_carrying_it():
+    """Synthetic data and its one-pass logit cache, both made by teacher_generation: each used
+    to carry the whole 100 J, so the amortized figures summed to more than was spent."""
+    state = TrackState("r")
+    data = state.add_artifact(ArtifactRecord("synthetic_data", "/d", {}, "a",
+                                             "teacher_generation"))
+    cache = state.add_artifact(ArtifactRecord("logit_cache", "/c", {}, "a",
+                                              "teacher_generation"))
+    state.use_artifact(data.key, "b")
+    state.use_artifact(cache.key, "b")
+    costs = costs_of(TABLE, state)
+    assert [c["energy_j"] for c in costs] == [50.0, 50.0]
+    assert all(c["stage_energy_j"] == 100.0 for c in costs)
+    spent = 100.0 + 40.0 + 5.0 + 60.0  # E_run of a and b (inference probes aside)
+    assert amortized_j(TABLE, "a", costs) + amortized_j(TABLE, "b", costs) == spent
+    assert amortized_j(TABLE, "b", costs) == 60.0 + 50.0
+
+
+def test_a_share_weighs_an_artifact_against_its_stage_mates():
+    state = TrackState("r")
+    state.add_artifact(ArtifactRecord("synthetic_data", "/d", {}, "a", "teacher_generation",
+                                      share=3.0))
+    state.add_artifact(ArtifactRecord("logit_cache", "/c", {}, "a", "teacher_generation"))
+    assert [c["energy_j"] for c in costs_of(TABLE, state)] == [75.0, 25.0]
+    for bad in (0, -1.0, float("nan"), "half"):
+        with pytest.raises(ConfigError, match="share must be a number > 0"):
+            ArtifactRecord("logit_cache", "/c", {}, "a", "teacher_generation", share=bad)
+
+
+def test_an_old_track_json_without_shares_loads_with_equal_shares(tmp_path):
+    (tmp_path / "track.json").write_text(json.dumps({"name": "r", "artifacts": [
+        {"kind": "synthetic_data", "path": "/d", "inputs": {}, "trial_id": "a",
+         "stage": "teacher_generation", "key": "k1", "used_by": ["a"], "created_s": 0.0}]}))
+    assert load_state(tmp_path, "r", None).artifacts[0].share == 1.0
+
+
+@st.composite
+def artifact_graphs(draw):
+    trials = [f"t{i}" for i in range(draw(st.integers(1, 5)))]
+    stages = ["teacher_generation", "teacher_logit_caching", "student_training", "evaluation"]
+    energy = st.floats(0.0, 1e6, allow_nan=False)
+    rows = [(t, s, draw(energy)) for t in trials for s in stages if draw(st.booleans())]
+    rows.append((trials[0], "inference_student", draw(energy)))  # never in E_run
+    arts = []
+    for i in range(draw(st.integers(0, 6))):
+        users = draw(st.lists(st.sampled_from(trials), max_size=len(trials), unique=True))
+        arts.append((f"k{i}", draw(st.sampled_from(trials)), draw(st.sampled_from(stages)),
+                     draw(st.floats(0.01, 10.0)), users))
+    return trials, rows, arts
+
+
+@settings(max_examples=200, deadline=None)
+@given(artifact_graphs())
+def test_amortized_figures_sum_to_what_the_trials_spent(graph):
+    """For any artifacts (several per stage, some never used by another trial, some made by a
+    stage with no energy) the amortized figures over the trials sum to their E_run."""
+    from raydistill.results import seed_metrics
+
+    trials, rows, arts = graph
+    tab = table(rows).assign(tokens=0)
+    state = TrackState("r")
+    for kind, trial, stage, share, users in arts:
+        rec = state.add_artifact(ArtifactRecord(kind, f"/{kind}", {}, trial, stage,
+                                                share=share))
+        for u in users:
+            state.use_artifact(rec.key, u)
+    costs = costs_of(tab, state)
+    amortized = sum(amortized_j(tab, t, costs) for t in trials)
+    e_run = sum(seed_metrics(tab, t, {})["E_run_j"] for t in trials)
+    assert amortized == pytest.approx(e_run, rel=1e-9, abs=1e-6)
