@@ -106,7 +106,7 @@ def visible_cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def estimate_tdp_w(model: str, threads: int, sockets: int = 1) -> tuple[float, str]:
+def estimate_tdp_w(model: str, threads: float, sockets: int = 1) -> tuple[float, str]:
     """TDP of the `threads` CPUs this process can use, spread over `sockets` packages, and how
     it was chosen (for the label).
 
@@ -115,7 +115,7 @@ def estimate_tdp_w(model: str, threads: int, sockets: int = 1) -> tuple[float, s
     `WATTS_PER_THREAD` × threads, whatever the sockets: per thread, the sockets need no cap.
     """
     sockets = max(1, int(sockets))
-    on = f"{threads} thread{'s' * (threads != 1)} on {sockets} socket{'s' * (sockets != 1)}"
+    on = f"{threads:g} thread{'s' * (threads != 1)} on {sockets} socket{'s' * (sockets != 1)}"
     for name, tdp_w, pkg_threads in TDP_TABLE:
         if name.lower() in model.lower():
             packages = min(float(sockets), threads / pkg_threads)
@@ -141,7 +141,12 @@ def _affinity_util(cpus: list[int]) -> Callable[[], float]:
 
 
 class CpuEstimateSource:
-    """power = idle + (TDP − idle) × utilisation; device "cpu:estimate", always *estimated*."""
+    """power = idle + (TDP − idle) × utilisation; device "cpu:estimate", always *estimated*.
+
+    It follows what this process may use: in a cgroup with a CPU quota (a container), the TDP of
+    min(quota, affinity mask) CPUs and the cgroup's own CPU time as utilisation; else the
+    affinity mask's CPUs and their host-wide utilisation. `root` is where /proc and
+    /sys/fs/cgroup are read (tests lay out a fake tree), `cpus` the affinity mask."""
 
     name = "cpu-estimate"
 
@@ -149,10 +154,16 @@ class CpuEstimateSource:
                  cpu_model: str | None = None, util_fn: Callable[[], float] | None = None,
                  clock: Callable[[], float] = time.time,
                  mono: Callable[[], float] = time.monotonic,
-                 sockets: int | None = None) -> None:
+                 sockets: int | None = None, root: Path = Path("/"),
+                 cpus: Sequence[int] | None = None) -> None:
+        from raydistill.energy.cgroup import cgroup_cpu, cgroup_util
+
         if not 0 <= idle_fraction <= 1:
             raise ConfigError(f"idle_fraction must lie in [0, 1], got {idle_fraction}")
-        cpus = visible_cpus()
+        cpus = list(cpus) if cpus is not None else visible_cpus()
+        group = cgroup_cpu(Path(root))
+        # a quota of 4 CPUs on a 192-thread host: the pod may use 4 CPUs' worth, not 192
+        usable = min(float(len(cpus)), group.quota_cpus) if group else float(len(cpus))
         if tdp_w is not None:
             if not (math.isfinite(tdp_w) and tdp_w > 0):
                 raise ConfigError(f"cpu-estimate TDP must be > 0 W, got {tdp_w}")
@@ -160,9 +171,18 @@ class CpuEstimateSource:
         else:
             model = cpu_model if cpu_model is not None else cpu_model_name()
             spans = sockets if sockets is not None else cpu_sockets(cpus)
-            self.tdp_w, self.how = estimate_tdp_w(model, len(cpus), spans)
+            self.tdp_w, self.how = estimate_tdp_w(model, usable, spans)
+        if group is not None:
+            self.how += (f"; followed the cgroup's CPU quota ({group.quota_cpus:g} CPUs, "
+                         f"{group.quota_file}; {len(cpus)} in the affinity mask), utilisation "
+                         f"from the cgroup's own CPU time ({group.usage_file.name})")
+        else:
+            self.how += "; followed the affinity mask (no cgroup CPU quota), host-wide utilisation"
         self.idle_w = idle_fraction * self.tdp_w
-        self.util_fn = util_fn if util_fn is not None else _affinity_util(cpus)
+        if util_fn is None:
+            util_fn = (cgroup_util(group, usable, mono) if group is not None
+                       else _affinity_util(cpus))
+        self.util_fn = util_fn
         self.clock, self.mono = clock, mono
         log.info("cpu-estimate: %s, idle %.0f%% of it", self.how, idle_fraction * 100)
 
