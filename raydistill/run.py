@@ -89,6 +89,17 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
         session.close()
         ray.shutdown()
     table = results_table(rows, inputs)
+    metrics, reused = write_run_results(run_dir, table, outcomes, started)
+    return RunResult(run_dir, table, metrics, reused,
+                     {o.trial_id: o.train_metrics for o in outcomes})
+
+
+def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
+                      started_s: float) -> tuple[list[dict], list[str]]:
+    """results.parquet and metrics.json of a native run: the main trial (`outcomes[0]`) and
+    its baseline (`outcomes[1]`, if any) with their seed metrics, training figures and the
+    teacher artifacts each used; (metrics, reused artifacts)."""
+    main = outcomes[0]
     baseline = outcomes[1].trial_id if len(outcomes) > 1 else None
     metrics = [seed_metrics(table, main.trial_id, main.scores, baseline_trial=baseline)]
     if baseline:
@@ -97,15 +108,14 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
     reused = [f"{o.trial_id}:{k}" for o in outcomes for k, a in o.artifacts.items() if a.reused]
     atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write_text(run_dir / "metrics.json", json.dumps(
-        {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started,
+        {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started_s,
          "train": {o.trial_id: o.train_metrics for o in outcomes},
          # which teacher artifacts each trial used (content keys: their manifests say what
          # made them and what they cost)
          "artifacts": {o.trial_id: {k: {"key": a.key, "reused": a.reused, "path": str(a.path)}
                                     for k, a in o.artifacts.items()} for o in outcomes}},
         indent=1, default=str))
-    return RunResult(run_dir, table, metrics, reused,
-                     {o.trial_id: o.train_metrics for o in outcomes})
+    return metrics, reused
 
 
 def _n_star_text(m: dict) -> str:

@@ -23,6 +23,7 @@ from raydistill.energy.footprint import FootprintInputs
 from raydistill.errors import ConfigError
 from raydistill.io import atomic_write, atomic_write_text
 from raydistill.results import TEACHER_STAGES, results_table, seed_metrics
+from raydistill.tracking.native import merge_top, merge_trial, read_native
 
 STATE_FILE = "track.json"
 FOOTPRINT_KEYS = ("region", "pue", "gco2_per_kwh", "hourly_csv", "wue_l_per_kwh",
@@ -67,6 +68,9 @@ class TrackState:
     baselines: dict[str, str] = field(default_factory=dict)  # distilled trial → baseline trial
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     train: dict[str, dict] = field(default_factory=dict)  # trial → training figures
+    # a `raydistill run` directory appended to: its metrics.json, footprint and per-stage
+    # energy as the native run left them (see tracking/native.py); {} for a tracked directory
+    native: dict = field(default_factory=dict)
 
     def footprint_inputs(self) -> FootprintInputs:
         return footprint_inputs(self.footprint)
@@ -110,25 +114,37 @@ def footprint_inputs(footprint: dict) -> FootprintInputs:
 
 def load_state(run_dir: Path, name: str, footprint: dict | None) -> TrackState:
     """The run's state: from track.json when the directory was tracked before; from a native
-    run's metrics.json (its scores) when it is a `raydistill run` directory; else new."""
+    run's metrics.json and config.yaml (scores, baselines, training figures, footprint, its
+    metrics kept whole for `write_results`) when it is a `raydistill run` directory; else new."""
     path = run_dir / STATE_FILE
     if path.is_file():
         data = json.loads(path.read_text())
         state = TrackState(name=data["name"], footprint=data.get("footprint", {}),
                            scores=data.get("scores", {}), baselines=data.get("baselines", {}),
                            artifacts=[ArtifactRecord(**a) for a in data.get("artifacts", [])],
-                           train=data.get("train", {}))
-        if footprint is not None and footprint != state.footprint:
-            raise ConfigError(f"{run_dir} was tracked with footprint {state.footprint}; "
-                              "pass the same footprint (or none) to append to it")
+                           train=data.get("train", {}), native=data.get("native", {}))
+        _same_footprint(run_dir, footprint, state.footprint)
         return state
     state = TrackState(name=name, footprint=dict(footprint or {}))
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file():  # a native run: keep what its trials scored
-        for m in json.loads(metrics.read_text()).get("trials", []):
+    native = read_native(run_dir, FOOTPRINT_KEYS)
+    if native is not None:  # a native run: keep its footprint, scores, baselines and figures
+        _same_footprint(run_dir, footprint, native.footprint)
+        state.footprint = dict(native.footprint)
+        state.native = {"metrics": native.metrics, "energy_j": native.energy_j}
+        state.train = dict(native.metrics.get("train", {}))
+        for m in native.metrics.get("trials", []):
             state.scores[m["trial_id"]] = dict(m.get("scores", {}))
+            if m.get("baseline_trial"):
+                state.baselines[m["trial_id"]] = m["baseline_trial"]
     footprint_inputs(state.footprint)  # a bad key or region fails before any work
     return state
+
+
+def _same_footprint(run_dir: Path, given: dict | None, kept: dict) -> None:
+    """Appending with another footprint would price the directory's stages two ways."""
+    if given is not None and footprint_inputs(given) != footprint_inputs(kept):
+        raise ConfigError(f"{run_dir} was measured with footprint {kept}; pass the same "
+                          "footprint (or none) to append to it")
 
 
 def save_state(run_dir: Path, state: TrackState) -> None:
@@ -163,10 +179,20 @@ def amortized_j(table: pd.DataFrame, trial_id: str, costs: list[dict]) -> float:
     return own + shares
 
 
+def _teacher_of(state: TrackState, trial: str) -> dict:
+    """A baseline's teacher: the distilled trial it is the baseline of (its EPT_teacher and
+    teacher scores), as `raydistill run` computes the baseline's metrics."""
+    for distilled, baseline in state.baselines.items():
+        if baseline == trial:
+            return {"teacher_trial": distilled, "teacher_scores": state.scores.get(distilled)}
+    return {}
+
+
 def write_results(run_dir: Path, rows: list, state: TrackState, started_s: float,
                   error: str | None = None) -> pd.DataFrame:
     """results.parquet and metrics.json, as `raydistill run` writes them, for every trial the
-    ledger holds; config.yaml too when the directory has none (a native run keeps its own)."""
+    ledger holds; config.yaml too when the directory has none (a native run keeps its own, and
+    its metrics.json figures: see tracking/native.py)."""
     table = results_table(rows, state.footprint_inputs())
     costs = artifact_costs(table, state) if len(table) else []
     metrics = []
@@ -176,9 +202,10 @@ def write_results(run_dir: Path, rows: list, state: TrackState, started_s: float
         baseline = state.baselines.get(trial)
         if baseline is not None and baseline not in set(table["trial_id"]):
             baseline = None  # named but never measured: no N*
-        m = seed_metrics(table, trial, state.scores.get(trial, {}), baseline_trial=baseline)
+        m = seed_metrics(table, trial, state.scores.get(trial, {}), baseline_trial=baseline,
+                         **_teacher_of(state, trial))
         m["energy_amortized_j"] = amortized_j(table, trial, costs)
-        metrics.append(m)
+        metrics.append(merge_trial(state.native, table, m) if state.native else m)
     used = {c["key"]: c for c in costs}
     artifacts = {t: {c["kind"]: {"key": c["key"], "reused": c["trial_id"] != t,
                                  "path": c["path"], "energy_j": c["energy_j"]}
@@ -186,12 +213,13 @@ def write_results(run_dir: Path, rows: list, state: TrackState, started_s: float
                  for t in (m["trial_id"] for m in metrics)}
     reused = [f"{t}:{k}" for t, kinds in artifacts.items() for k, a in kinds.items()
               if a["reused"]]
+    top = {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started_s,
+           "train": state.train, "artifacts": artifacts, "artifact_costs": costs,
+           "source": "raydistill.track", **({"error": error} if error else {})}
+    if state.native:
+        top = merge_top(state.native, top, metrics)
     atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
-    atomic_write_text(run_dir / "metrics.json", json.dumps(
-        {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started_s,
-         "train": state.train, "artifacts": artifacts, "artifact_costs": costs,
-         "source": "raydistill.track", **({"error": error} if error else {})},
-        indent=1, default=str))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(top, indent=1, default=str))
     if not (run_dir / "config.yaml").exists():
         import yaml
 
