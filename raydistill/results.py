@@ -171,6 +171,22 @@ def load_ledger(run_dir: str | Path, max_gap_s: float = 2.0) -> tuple[LedgerStat
     return state, [str(d) for d in result.damage]
 
 
+def error_notes(frame: pd.DataFrame) -> list[str]:
+    """One line per stated-error class the rows of `frame` use, with its source (or that it is
+    a judgement), for a listing of stated errors to cite them."""
+    from raydistill.energy.accuracy import error_class, methods_of
+
+    seen: dict[str, str] = {}
+    kinds = frame.get("device_kind", pd.Series("", frame.index))
+    models = frame.get("device_model", pd.Series("", frame.index)).fillna("")
+    for method, kind, model in zip(frame.get("method", []), kinds, models, strict=False):
+        for m in methods_of(method):
+            c = error_class(m, str(kind), str(model))
+            seen.setdefault(c.name, f"stated error {c.name} ±{c.relative:.0%}"
+                            f"{' (+ short-window term)' if c.refresh_s else ''}: {c.source}")
+    return list(seen.values())
+
+
 def format_table(df: pd.DataFrame, floats: str = "{:,.2f}") -> str:
     if df.empty:
         return "(no windows)"

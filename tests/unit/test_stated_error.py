@@ -18,7 +18,7 @@ from raydistill.energy.ledger import LedgerState
 from raydistill.energy.rapl import RaplSource
 from raydistill.energy.samples import Reading
 from raydistill.energy.simrun import SimRun
-from raydistill.results import results_table, seed_metrics
+from raydistill.results import energy_frame, error_notes, results_table, seed_metrics
 from raydistill.search.derived import rows_error_j
 from tests.fakes import make_rapl_tree
 from tests.ledger_helpers import feed, rows_of, window
@@ -62,6 +62,9 @@ def test_a_stage_of_counted_gpus_and_an_estimated_cpu_states_each_devices_error(
     assert 17_000.0 < expected < 18_500.0
     assert row["stated_error_j"] == pytest.approx(expected, rel=1e-3)
     assert rows_error_j(table[table["trial_id"] == "base"]) == pytest.approx(expected, rel=1e-3)
+    notes = error_notes(energy_frame(state.energy_rows()))  # what `raydistill ledger` prints
+    assert len(notes) == 2 and any("Yang, Adamek & Armour" in n for n in notes)
+    assert any(n.startswith("stated error estimated ±50%: judgement") for n in notes)
 
 
 def test_a_52_kj_training_saving_is_distinguishable_with_per_device_errors():
