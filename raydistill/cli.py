@@ -211,7 +211,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _ledger(args: argparse.Namespace) -> int:
-    from raydistill.results import energy_frame, format_table, load_ledger, stage_device_table
+    from raydistill.results import (
+        energy_frame,
+        error_notes,
+        format_table,
+        load_ledger,
+        stage_device_table,
+    )
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "ledger").is_dir():
@@ -219,8 +225,12 @@ def _ledger(args: argparse.Namespace) -> int:
     state, damage = load_ledger(run_dir, args.max_gap_s)
     for d in damage:
         print(f"warning: ledger damage kept to its valid prefix: {d}", file=sys.stderr)
-    table = stage_device_table(energy_frame(state.energy_rows()))
+    frame = energy_frame(state.energy_rows())
+    table = stage_device_table(frame)
     print(table.to_csv(index=False) if args.csv else format_table(table))
+    if not args.csv:  # where each stated error comes from, so a cited figure can cite it too
+        for note in error_notes(frame):
+            print(note)
     return 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from raydistill.energy.accuracy import stated_error_j
 from raydistill.energy.ledger import EnergyRow, LedgerState
 from raydistill.energy.log import read_log
 from raydistill.energy.samples import PHASES, WORK
@@ -20,7 +21,36 @@ def energy_frame(rows: Iterable[EnergyRow | dict]) -> pd.DataFrame:
     df["phase"] = df["phase"].fillna(WORK)  # rows from before phases: all of it was work
     # rows from before generated tokens were counted: none of their tokens is known generated
     df["generated_tokens"] = df["generated_tokens"].fillna(0).astype("int64")
+    df["device_model"] = df["device_model"].fillna("")
+    # rows from before each row stated its own error: their method's rule
+    df["stated_error_j"] = error_column(df)
     return df
+
+
+def error_column(frame: pd.DataFrame, value: str = "energy_j") -> pd.Series:
+    """The stated error (J) of each row's `value`, where the rows carry `stated_error_j` (their
+    device's class at their window length, see energy.accuracy.row_error_j); rows or tables
+    without it (old run directories) take their method's rule (`stated_error_j`). For another
+    column than energy_j (work_j: one phase of it) the relative part scales with the value and
+    the unmeasured bound is kept whole, as the method rule does."""
+    if not len(frame):
+        return pd.Series([], dtype="float64", index=frame.index)
+    col = value if value in frame.columns else "energy_j"
+    method_col = next((c for c in ("energy_method", "method") if c in frame.columns), None)
+    methods = frame[method_col] if method_col else pd.Series([None] * len(frame), frame.index)
+    bound = pd.to_numeric(frame.get("unmeasured_max_j", pd.Series(0.0, frame.index)),
+                          errors="coerce").fillna(0.0).clip(lower=0.0)
+    amount = pd.to_numeric(frame[col], errors="coerce").fillna(0.0)
+    rule = pd.Series([stated_error_j(e, m, b) for e, m, b in zip(amount, methods, bound,
+                                                                   strict=True)], frame.index)
+    if "stated_error_j" not in frame.columns:
+        return rule
+    own = pd.to_numeric(frame["stated_error_j"], errors="coerce")
+    if col != "energy_j":
+        energy = pd.to_numeric(frame["energy_j"], errors="coerce").abs()
+        scale = (amount.abs() / energy.where(energy > 0)).fillna(1.0)
+        own = (own - bound).clip(lower=0.0) * scale + bound
+    return own.where(own.notna(), rule)
 
 
 def stage_device_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -41,6 +71,7 @@ def stage_device_table(df: pd.DataFrame) -> pd.DataFrame:
         unmeasured_s=("unmeasured_s", "sum"),
         interpolated=("interpolated", "any"),
         samples=("n_samples", "sum"),
+        stated_error_j=("stated_error_j", "sum"),
     ).reset_index()
     out["node_id"] = out["node_id"].str[:12]
     return out
@@ -73,7 +104,7 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
         df = df.assign(generated_tokens=0)
     # A row's own duration is measured on its node's monotonic clock (NTP cannot step it); the
     # stage's span is taken from the earliest start to the latest (start + duration).
-    df = df.assign(_end_s=df["t_start_s"] + df["duration_s"])
+    df = df.assign(_end_s=df["t_start_s"] + df["duration_s"], stated_error_j=error_column(df))
     g = df.groupby(STAGE_KEYS, sort=False)
     out = g.agg(
         energy_j=("energy_j", "sum"),
@@ -89,6 +120,9 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
         unmeasured_s=("unmeasured_s", "sum"),
         unmeasured_max_j=("unmeasured_max_j", "sum"),
         interpolated=("interpolated", "any"),  # some window too short to be measured
+        # each row's own stated error (its device's class, unmeasured bound included), summed:
+        # a stage of counters and one estimate is not stated at the estimate's class for all
+        stated_error_j=("stated_error_j", "sum"),
     ).reset_index()
     counts = df.drop_duplicates("window_id").groupby(STAGE_KEYS, sort=False)
     out = out.merge(counts[["tokens", "generated_tokens"]].sum().reset_index(), on=STAGE_KEYS)
@@ -135,6 +169,22 @@ def load_ledger(run_dir: str | Path, max_gap_s: float = 2.0) -> tuple[LedgerStat
     for kind, payload in result.records:
         state.apply(kind, payload)
     return state, [str(d) for d in result.damage]
+
+
+def error_notes(frame: pd.DataFrame) -> list[str]:
+    """One line per stated-error class the rows of `frame` use, with its source (or that it is
+    a judgement), for a listing of stated errors to cite them."""
+    from raydistill.energy.accuracy import error_class, methods_of
+
+    seen: dict[str, str] = {}
+    kinds = frame.get("device_kind", pd.Series("", frame.index))
+    models = frame.get("device_model", pd.Series("", frame.index)).fillna("")
+    for method, kind, model in zip(frame.get("method", []), kinds, models, strict=False):
+        for m in methods_of(method):
+            c = error_class(m, str(kind), str(model))
+            seen.setdefault(c.name, f"stated error {c.name} ±{c.relative:.0%}"
+                            f"{' (+ short-window term)' if c.refresh_s else ''}: {c.source}")
+    return list(seen.values())
 
 
 def format_table(df: pd.DataFrame, floats: str = "{:,.2f}") -> str:
@@ -246,15 +296,12 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
 
 
 def _stage_interval(table: pd.DataFrame, trial_id: str, stages: tuple[str, ...]):
-    """A trial's energy over `stages` with its stated error (see energy.accuracy)."""
-    from raydistill.energy.accuracy import summed_error_j
+    """A trial's energy over `stages` with its stated error: the stages' summed per-row errors
+    where the table has them, else their method's rule (see `error_column`)."""
     from raydistill.search.uncertainty import Interval
 
     mine = table[(table["trial_id"] == trial_id) & table["stage"].isin(stages)]
-    method = mine["energy_method"] if "energy_method" in mine.columns else [None] * len(mine)
-    bound = mine["unmeasured_max_j"] if "unmeasured_max_j" in mine.columns else [0.0] * len(mine)
-    figures = list(zip(mine["energy_j"], method, bound, strict=True))
-    return Interval(float(mine["energy_j"].sum()), summed_error_j(figures))
+    return Interval(float(mine["energy_j"].sum()), float(error_column(mine).sum()))
 
 
 def _n_star(table: pd.DataFrame, trial_id: str, baseline_trial: str):

@@ -115,6 +115,15 @@ class NvmlSource:
         self.transient_errors = {u: 0 for u in self.gpus}
         self.lost: list[str] = []
         self.mig = {u: self._mig_instances(u, h) for u, h in self.gpus.items()}
+        self.models = {u: self._model(h) for u, h in self.gpus.items()}
+
+    def _model(self, handle: Any) -> str:
+        """NVML's name of the board ("NVIDIA H100 80GB HBM3"): it picks the stated error's
+        class and the peak power of unmeasured seconds; "" where NVML cannot tell."""
+        try:
+            return _text(self.nv.nvmlDeviceGetName(handle))
+        except (self.nv.NVMLError, AttributeError):
+            return ""
 
     def _open(self, count: int) -> tuple[list[Any], list[str], list[str]]:
         """Open each GPU on its own: one that refuses is skipped, not the whole node."""
@@ -222,15 +231,17 @@ class NvmlSource:
                 power_w: float | None = self.nv.nvmlDeviceGetPowerUsage(handle) / 1000.0  # mW
             except self.nv.NVMLError:
                 power_w = None
-            return Reading(uuid, "gpu", now, power_w, energy_j, path, "counter", mono)
+            return Reading(uuid, "gpu", now, power_w, energy_j, path, "counter", mono,
+                           model=self.models.get(uuid, ""))
         if path == "nvml-power-instant":
             (field,) = self.nv.nvmlDeviceGetFieldValues(handle, [self.instant_field])
             if field.nvmlReturn != 0:
                 raise self.nv.NVMLError(field.nvmlReturn)
             return Reading(uuid, "gpu", now, _field_value(field) / 1000.0, None, path,
-                           "sampled", mono)  # mW → W
+                           "sampled", mono, model=self.models.get(uuid, ""))  # mW → W
         power_w = self.nv.nvmlDeviceGetPowerUsage(handle) / 1000.0  # mW → W
-        return Reading(uuid, "gpu", now, power_w, None, path, "sampled", mono)
+        return Reading(uuid, "gpu", now, power_w, None, path, "sampled", mono,
+                       model=self.models.get(uuid, ""))
 
     def describe(self) -> str:
         paths = sorted({PATHS[i] for i in self.path.values()})

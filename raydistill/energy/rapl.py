@@ -8,6 +8,11 @@ is reported as read (µJ → J), with its range: the counter is absolute, so two
 node (an old one and its replacement) report one series, and the source keeps no state that two
 threads could race on. The ledger unwraps it; a wrap is seen between two reads, so reads must
 come more often than one wrap period (minutes even at full power).
+
+On AMD (and Hygon, Zen-derived) CPUs the same files hold a *model* of the cores' activity, not a
+measurement (Schöne et al. 2021, "Energy efficiency aspects of the AMD Zen 2 architecture"):
+their readings are labelled method "modelled", whose stated error is its own class
+(raydistill.energy.accuracy), never a counter's.
 """
 
 from __future__ import annotations
@@ -40,16 +45,46 @@ def _read_text(path: Path) -> str:
     return path.read_text().strip()
 
 
+# vendor_id of CPUs whose RAPL energy is modelled from activity rather than measured
+MODELLED_VENDORS = frozenset({"AuthenticAMD", "HygonGenuine"})
+
+
+SYSFS_POWERCAP = "/sys/class/powercap"
+
+
+def rapl_method(cpuinfo: str | Path | None = "/proc/cpuinfo") -> str:
+    """"modelled" on a CPU whose RAPL is a model (AMD, Hygon), else "counter". No or an
+    unreadable cpuinfo keeps "counter": the powercap tree is Intel's own layout."""
+    if cpuinfo is None:
+        return "counter"
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return "modelled" if value.strip() in MODELLED_VENDORS else "counter"
+    except OSError:
+        pass
+    return "counter"
+
+
 class RaplSource:
-    """Readings "cpu:package-K" (kind cpu) and "dram:package-K" (kind dram), method counter."""
+    """Readings "cpu:package-K" (kind cpu) and "dram:package-K" (kind dram), method counter
+    (Intel) or modelled (AMD, Hygon: see `rapl_method`)."""
 
     name = "rapl"
 
-    def __init__(self, root: str | Path = "/sys/class/powercap",
+    def __init__(self, root: str | Path = SYSFS_POWERCAP,
                  reader: Callable[[Path], str] = _read_text,
                  clock: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic,
+                 cpuinfo: str | Path | None = None) -> None:
         self.clock, self.mono = clock, mono
+        # The vendor of the host the tree belongs to: this host's for the real sysfs tree; a
+        # tree elsewhere (a simulated node, a test) is Intel's unless `cpuinfo` names its host's.
+        if cpuinfo is None and Path(root) == Path(SYSFS_POWERCAP):
+            cpuinfo = "/proc/cpuinfo"
+        self.method = rapl_method(cpuinfo)
         base = Path(root)
         tops = sorted(p for p in base.glob("intel-rapl:*") if p.name.count(":") == 1)
         if not tops:
@@ -86,7 +121,7 @@ class RaplSource:
     def read(self) -> list[Reading]:
         now, mono = self.clock(), self.mono()
         try:
-            return [Reading(d.device_id, d.kind, now, None, d.read_j(), "rapl", "counter",
+            return [Reading(d.device_id, d.kind, now, None, d.read_j(), "rapl", self.method,
                             mono, d.range_j) for d in self.domains]
         except PermissionError:
             raise SourceUnavailable(f"RAPL permission lost. {HINT}") from None
@@ -94,7 +129,8 @@ class RaplSource:
             raise SourceUnavailable(f"RAPL read failed: {exc}") from None
 
     def describe(self) -> str:
-        return f"rapl ({', '.join(d.device_id for d in self.domains)})"
+        modelled = ", modelled by the CPU, not measured" if self.method == "modelled" else ""
+        return f"rapl ({', '.join(d.device_id for d in self.domains)}{modelled})"
 
     def close(self) -> None:
         pass

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from raydistill.energy.accuracy import row_error_j, unmeasured_peak_w
 from raydistill.energy.samples import SHARED_KINDS, WORK, Window
 from raydistill.energy.timeline import HELD, DeviceTimeline
 
@@ -53,12 +54,17 @@ class EnergyRow:
     counter_resets: int
     open: bool  # window not closed yet: t_end_s is the latest sample time
     unmeasured_s: float = 0.0  # seconds of the window no sample measured: not in energy_j
-    unmeasured_max_j: float = 0.0  # bound on their energy: unmeasured_s × peak power seen
+    # bound on their energy: unmeasured_s × the device's peak (energy.accuracy.unmeasured_peak_w)
+    unmeasured_max_j: float = 0.0
     held_s: float = 0.0  # seconds at the edges of measured stretches filled by holding power
     interpolated: bool = False  # fewer than 2 samples inside: the figure is interpolation
     final: bool = False  # closed and measured past its end: the figure will not change
     phase: str = WORK  # the window's: "load" (model load, start-up) or "work" (steady state)
     generated_tokens: int = 0  # the part of `tokens` the model generated (the window's)
+    device_model: str = ""  # the board as its driver names it; "" when unknown
+    # This row's own stated error (energy.accuracy.row_error_j: its device's class at its
+    # window's length, plus the unmeasured bound): a stage's error is the sum of its rows'.
+    stated_error_j: float = 0.0
 
 
 def energy_rows(state: LedgerState) -> list[EnergyRow]:
@@ -107,8 +113,9 @@ def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
 def _unmatched_rows(state: LedgerState, node_id: str, windows: list[Window],
                 sampled: set[str]) -> list[EnergyRow]:
     """A window that holds a device no sampler measured gets a row that says so (all of
-    it unmeasured), and a warning: never a silent zero."""
+    it unmeasured, bounded by a GPU's peak power), and a warning: never a silent zero."""
     rows = []
+    peak_w = _unsampled_gpu_peak_w(state, node_id)
     for w in windows:
         for device_id in w.devices:
             if device_id == "*" or device_id in sampled:
@@ -122,15 +129,29 @@ def _unmatched_rows(state: LedgerState, node_id: str, windows: list[Window],
             start, end = state._span(w)
             rows.append(_row(state, w, device_id, "gpu", start, end, energy_j=0.0, idle_j=0.0,
                                   method=UNMEASURED, sources="", shared=False, share=1.0,
-                                  unmeasured_s=end - start))
+                                  unmeasured_s=end - start,
+                                  unmeasured_max_j=(end - start) * peak_w))
     return rows
+
+
+def _unsampled_gpu_peak_w(state: LedgerState, node_id: str) -> float:
+    """The power that bounds a GPU of `node_id` no sampler saw. Its model is unknown, but nodes
+    are built of one model: the largest board power among the models of the node's sampled
+    GPUs (a mixed node: the largest), else the stated default for an unknown GPU."""
+    models = {i.model for (n, _), series in state._series.items() if n == node_id
+              for i in series.infos if i.device_kind == "gpu" and i.model}
+    return max((unmeasured_peak_w("gpu", m, None) for m in models),
+               default=unmeasured_peak_w("gpu", "", None))
 
 
 def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float, end: float,
      **fields) -> EnergyRow:
     base = dict(n_samples=0, gap_s=0.0, n_gaps=0, counter_resets=0, held_s=0.0,
-                unmeasured_s=0.0, unmeasured_max_j=0.0, interpolated=False, final=False)
+                unmeasured_s=0.0, unmeasured_max_j=0.0, interpolated=False, final=False,
+                device_model="")
     base.update(fields)
+    base["stated_error_j"] = row_error_j(base["energy_j"], base["method"], kind, end - start,
+                                         base["unmeasured_max_j"], base["device_model"])
     energy, idle = base.pop("energy_j"), base.pop("idle_j")
     t_end = w.t_end_s if w.t_end_s is not None else state.to_wall(w.node_id, end)
     return EnergyRow(
@@ -151,6 +172,8 @@ report: list[Window] | None = None,
     spans = {w.window_id: state._span(w) for w in windows}
     charged, idle, shared = _split(windows, spans, tl, kind in SHARED_KINDS)
     sources = "+".join(sorted({i.source for i in series.infos}))
+    model = next((i.model for i in series.infos if i.model), "")
+    peak_w = unmeasured_peak_w(kind, model, tl.peak_w)
     rows = []
     for w in windows if report is None else report:
         start, end = spans[w.window_id]
@@ -170,8 +193,9 @@ report: list[Window] | None = None,
             sources=sources, shared=shared[w.window_id],
             share=charged[w.window_id] / whole if whole else 1.0, n_samples=n,
             gap_s=gap_s, n_gaps=n_gaps, counter_resets=tl.s.resets, held_s=held,
-            unmeasured_s=unmeasured, unmeasured_max_j=unmeasured * tl.peak_w,
-            interpolated=n < 2, final=w.t_end_s is not None and tl.end_s >= end))
+            unmeasured_s=unmeasured, unmeasured_max_j=unmeasured * peak_w,
+            interpolated=n < 2, final=w.t_end_s is not None and tl.end_s >= end,
+            device_model=model))
     return rows
 
 

@@ -16,7 +16,8 @@ import numpy as np
 from raydistill.energy.log import event_payload
 
 # How a figure was obtained; every energy number in a report carries one of these.
-METHODS = ("counter", "sampled", "estimated", "replayed")
+# "modelled": a counter whose energy is a model of activity, not a measurement (AMD's RAPL).
+METHODS = ("counter", "sampled", "modelled", "estimated", "replayed")
 # Device kinds. GPUs are charged to the windows that hold them; the others are node-level
 # devices shared by every window on the node (split by CPU-time share).
 # "mig" is a MIG instance charged a share of its parent GPU: held only by windows that name it
@@ -42,6 +43,9 @@ class Reading:
     # The counter wraps to 0 past this many joules (RAPL's max_energy_range_uj); None: it
     # does not wrap (NVML's 64-bit mJ counter), so a decrease is a reset or a glitch.
     counter_range_j: float | None = None
+    # The device's model as its driver names it ("NVIDIA H100 80GB HBM3"); "" when unknown. It
+    # picks the stated error's class and the peak power that bounds unmeasured seconds.
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class DeviceInfo:
     source: str
     method: str
     counter_range_j: float | None = None
+    model: str = ""  # "" in logs from before models were recorded
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,8 @@ class SampleBatch:
         e = np.empty(len(readings), dtype=np.float64)
         m = np.empty(len(readings), dtype=np.float64)
         for i, r in enumerate(readings):
-            info = DeviceInfo(r.device_id, r.device_kind, r.source, r.method, r.counter_range_j)
+            info = DeviceInfo(r.device_id, r.device_kind, r.source, r.method, r.counter_range_j,
+                              r.model)
             idx[i] = index.setdefault(info, len(index))
             t[i] = r.t_wall_s
             p[i] = math.nan if r.power_w is None else r.power_w

@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from raydistill.energy.accuracy import STATED_RELATIVE_ERROR
+from raydistill.energy.accuracy import CLASSES
 from raydistill.report.data import ReportData, baseline_ids
 from raydistill.search.derived import (
     DERIVED_COLUMNS,
@@ -264,7 +264,9 @@ def _engine_comparisons(ept: dict[str, Interval]) -> list[str]:
 
 def definitions() -> list[tuple[str, str]]:
     """The derived figures and their uncertainty, as the report defines them."""
-    stated = ", ".join(f"{m} ±{e:.0%}" for m, e in STATED_RELATIVE_ERROR.items() if e > 0)
+    stated = "; ".join(f"{c.name} ±{c.relative:.0%} "
+                       f"({'judgement' if c.judgement else 'sourced'}: {c.source})"
+                       for c in CLASSES.values() if c.relative > 0)
     return [
         ("N*", "N* = T ÷ (E_train,baseline − E_train,distilled): how many times the teacher's "
                "artifacts (generation + logit caching, energy T) must be reused before the "
@@ -281,11 +283,14 @@ def definitions() -> list[tuple[str, str]]:
                     "after an untimed warm-up pass (per trial, as the probe ran in it). Same "
                     "interval logic as N*; 'never' when the student is clearly costlier per "
                     "token."),
-        ("stated error", f"Each energy figure's error, stated from how it was measured: "
-                         f"{stated}; a figure mixing methods takes the worst, unmeasured time "
-                         f"adds its bound, and errors of a sum add. Conservative, documented "
-                         f"assumptions (raydistill/energy/accuracy.py), not measured by this "
-                         f"run."),
+        ("stated error", f"Each device's energy in each window carries its own error, stated "
+                         f"from how it was measured, on what, and for how long: {stated}. A "
+                         f"window shorter than a few of its sensor's refresh periods adds 2 × "
+                         f"period ÷ (coverage × length); a row mixing methods takes the worst; "
+                         f"unmeasured time adds its bound (its device's peak power); a stage "
+                         f"sums its devices' errors, and errors of a sum add. Conservative, "
+                         f"documented assumptions (raydistill/energy/accuracy.py), not measured"
+                         f" by this run."),
         ("repeats", "With search.repeats ≥ 2 the trials with identical parameters are repeats: "
                     "a figure is their mean, and its error the stated error and the standard "
                     "error of the mean over the repeats, in quadrature."),

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from raydistill.energy.accuracy import UNKNOWN_RELATIVE_ERROR, relative_error, summed_error_j
-from raydistill.results import TEACHER_STAGES
+from raydistill.energy.accuracy import UNKNOWN_RELATIVE_ERROR, relative_error
+from raydistill.results import TEACHER_STAGES, error_column
 from raydistill.search.uncertainty import (
     Interval,
     Ratio,
@@ -38,24 +38,25 @@ def _rows(table: pd.DataFrame, attempt: str | None, stage: str) -> pd.DataFrame:
 
 
 def rows_error_j(rows: pd.DataFrame, value: str = "energy_j") -> float:
-    """Stated error (J) of the sum of `rows[value]` (errors add: one meter's bias)."""
+    """Stated error (J) of the sum of `rows[value]` (errors add: one meter's bias): each row's
+    own `stated_error_j` where the table has it (the sum over its devices), else its method's
+    rule (tables from before rows stated their errors)."""
     if not len(rows):
         return 0.0
-    col = value if value in rows.columns else "energy_j"
-    method = _method_column(rows)
-    methods = rows[method] if method else [None] * len(rows)
-    bounds = rows["unmeasured_max_j"] if "unmeasured_max_j" in rows.columns else [0.0] * len(rows)
-    return summed_error_j(zip(rows[col].astype(float), methods,
-                              pd.to_numeric(pd.Series(list(bounds)), errors="coerce").fillna(0.0),
-                              strict=True))
+    return float(error_column(rows, value).sum())
 
 
 def _rows_relative_error(rows: pd.DataFrame) -> float:
-    """The worst stated relative error among rows (UNKNOWN where there are none)."""
+    """The worst stated relative error among rows: stated_error_j ÷ energy_j where the table
+    has it, else the method's rule (UNKNOWN where there are no rows or no method)."""
     method = _method_column(rows)
-    if not len(rows) or method is None:
+    if not len(rows) or (method is None and "stated_error_j" not in rows.columns):
         return UNKNOWN_RELATIVE_ERROR
-    return max(relative_error(m) for m in rows[method])
+    energy = pd.to_numeric(rows["energy_j"], errors="coerce").abs()
+    own = error_column(rows) / energy.where(energy > 0)
+    rule = [relative_error(m) for m in rows[method]] if method else [UNKNOWN_RELATIVE_ERROR] * len(
+        rows)
+    return max(float(o) if pd.notna(o) else r for o, r in zip(own, rule, strict=True))
 
 
 def per_token(table: pd.DataFrame, attempt: str | None, stage: str,
