@@ -96,12 +96,12 @@ def test_trainer_evaluations_inside_a_user_stage_are_not_halved(world, monkeypat
     outer_id = outer.window.window.window_id
     evals = rows[rows["stage"] == "evaluation"]
     assert evals["window_id"].nunique() == 2
-    assert set(evals["parent_id"]) == {outer_id}  # the evaluations ran inside the stage
     # each evaluation is charged the node's whole energy over its interval, not half of it
     for _, one in evals.groupby("window_id"):
         assert one["duration_s"].max() > 0.5
         assert one["energy_j"].sum() == pytest.approx(truth_j(sim, one), abs=TOL_J * len(one))
         assert not one["shared"].any()
+    assert set(evals["parent_id"]) == {outer_id}  # the evaluations ran inside the stage
     # and the stage with its evaluations is the outer window's truth: nothing lost or doubled
     mine = rows[rows["window_id"] == outer_id]
     assert rows["energy_j"].sum() == pytest.approx(truth_j(sim, mine), abs=TOL_J * len(mine))
