@@ -188,3 +188,28 @@ def test_a_parent_opened_after_its_child_is_no_parent_so_a_cycle_loses_no_energy
     got = by_window(st)
     assert got[("b", "GPU-a")] == pytest.approx(truth_j("GPU-a", 0.0, 10.0))
     assert got[("a", "GPU-a")] == pytest.approx(0.0)
+
+
+def test_new_work_nests_in_the_innermost_open_window_else_in_the_environments(monkeypatch):
+    import contextvars
+
+    from raydistill.cluster.windows import PARENT_ENV, _swap_open, innermost_window
+
+    def scenario() -> list[str | None]:
+        seen = [innermost_window()]
+        _swap_open(None, "outer")
+        _swap_open(None, "load")
+        seen.append(innermost_window())
+        _swap_open("load", "work")  # loaded(): the work window takes the load window's place
+        seen.append(innermost_window())
+        _swap_open("outer", None)  # closed out of order: the inner one stays innermost
+        seen.append(innermost_window())
+        _swap_open("work", None)
+        seen.append(innermost_window())
+        return seen
+
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    assert contextvars.copy_context().run(scenario) == [None, "load", "work", "work", None]
+    monkeypatch.setenv(PARENT_ENV, "measure-window")  # a process started inside a stage
+    assert contextvars.copy_context().run(scenario) == [
+        "measure-window", "load", "work", "work", "measure-window"]
