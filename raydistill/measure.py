@@ -131,6 +131,7 @@ def measure_stage(cmd: list[str], cfg: SamplingConfig, run_dir: Path, stage: str
     the directory's results then cover every stage measured into it so far."""
     import tempfile
 
+    from raydistill.cluster.windows import PARENT_ENV
     from raydistill.tracking import track
     from raydistill.tracking.stage import check_names
 
@@ -141,7 +142,11 @@ def measure_stage(cmd: list[str], cfg: SamplingConfig, run_dir: Path, stage: str
         with track(out=run_dir, address=address, trial=trial, sampling=cfg) as run, \
                 run.stage(stage) as s:
             log.info("running %s as %s/%s", " ".join(cmd), run.trial, stage)
-            env = {**os.environ, TOKENS_ENV: str(tokens_file)}
+            # the command's own windows (a torchrun rank's Trainer callback) nest in this one:
+            # they take their devices' seconds, and the stage's tokens count once (the stated
+            # `tokens` win over the ones they count, see energy/rows.py)
+            env = {**os.environ, TOKENS_ENV: str(tokens_file),
+                   PARENT_ENV: s.window.window.window_id}
             try:
                 returncode = subprocess.run(cmd, check=False, env=env).returncode
             except FileNotFoundError:

@@ -5,11 +5,18 @@ uses (wall and monotonic: the ledger integrates on the monotonic one, which NTP 
 clock skew between nodes cannot misattribute energy. CPU time (this process's, plus
 its finished children's) is recorded so that shared node devices can be split by CPU share.
 `worker_devices` names the GPUs a worker holds by UUID, the way samplers key them.
+
+Nesting: a window records the window it runs inside (`Window.parent_id`): the innermost window
+this process has open (a context variable, so threads and async tasks keep their own), else the
+window named by RAYDISTILL_PARENT_WINDOW, which a stage sets for the processes it starts (torchrun
+ranks under `raydistill measure --stage`, subprocesses of `run.stage`). The ledger takes the
+parent only where it is a window of the same node (`LedgerState.parent`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -24,6 +31,33 @@ from raydistill.cluster.ledger_actor import LEDGER_NAME
 from raydistill.energy.samples import ALL_DEVICES, LOAD, PHASES, WORK, Window
 
 log = logging.getLogger(__name__)
+
+PARENT_ENV = "RAYDISTILL_PARENT_WINDOW"
+# The windows this context has open, innermost last (a tuple: each context sees its own).
+_OPEN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "raydistill_open_windows", default=())
+
+
+def innermost_window(environ: Mapping[str, str] | None = None) -> str | None:
+    """The window new work here runs inside: this context's innermost open window, else the
+    one the process that started this one was in (PARENT_ENV), else None."""
+    stack = _OPEN.get()
+    if stack:
+        return stack[-1]
+    return (os.environ if environ is None else environ).get(PARENT_ENV) or None
+
+
+def _swap_open(old: str | None, new: str | None) -> None:
+    """Replace `old` by `new` in this context's open windows (remove it when `new` is None,
+    push `new` when `old` is None); in place, so a window closed out of order leaves the
+    others as they are."""
+    stack = list(_OPEN.get())
+    if old is not None and old in stack:
+        i = stack.index(old)
+        stack[i:i + 1] = [] if new is None else [new]
+    elif new is not None:
+        stack.append(new)
+    _OPEN.set(tuple(stack))
 
 
 def cpu_time_s() -> float:
@@ -40,6 +74,7 @@ class StageWindow(contextlib.ContextDecorator):
     A window that is all load (an engine started on its own) is `StageWindow(..., phase="load")`.
     A stage that generates says how many of its tokens the model wrote:
     `w.add_tokens(prompt + generated, generated=generated)`.
+    `parent_id`: the window this one runs inside; default ("auto") `innermost_window()`.
     """
 
     def __init__(
@@ -51,6 +86,7 @@ class StageWindow(contextlib.ContextDecorator):
         node_id: str | None = None,
         ledger_name: str = LEDGER_NAME,
         phase: str = WORK,
+        parent_id: str | None = "auto",
     ) -> None:
         if phase not in PHASES:
             raise ValueError(f"StageWindow phase must be one of {PHASES}, got {phase!r}")
@@ -61,6 +97,7 @@ class StageWindow(contextlib.ContextDecorator):
         self.node_id = node_id
         self.ledger_name = ledger_name
         self.phase = phase
+        self.parent_id = parent_id
         self.tokens = 0
         self.generated_tokens = 0  # of self.tokens, those the model generated
         self.window: Window | None = None  # the open one: after loaded(), the work window
@@ -105,8 +142,10 @@ class StageWindow(contextlib.ContextDecorator):
             window_id=self._new_id(node), trial_id=self.trial_id, stage=self.stage,
             node_id=node, devices=self.devices, t_start_s=time.time(),
             t_start_mono_s=time.monotonic(), phase=self.phase,
+            parent_id=innermost_window() if self.parent_id == "auto" else self.parent_id,
         )
         ray.get(self._ledger.open_window.remote(self.window))
+        _swap_open(None, self.window.window_id)
         return self
 
     def loaded(self) -> None:
@@ -125,6 +164,7 @@ class StageWindow(contextlib.ContextDecorator):
         self.load_window = replace(load, t_end_s=t_s, t_end_mono_s=t_mono_s, phase=LOAD,
                                    cpu_time_s=cpu_s - self._cpu0)
         self.window, self._cpu0, self.t_end_s = work, cpu_s, None
+        _swap_open(load.window_id, work.window_id)  # work started from now nests in `work`
 
     def checkpoint(self) -> None:
         """Move the window's end to now (and record tokens, generated ones too, so far)
@@ -145,7 +185,11 @@ class StageWindow(contextlib.ContextDecorator):
             time.monotonic(), generated_tokens=self.generated_tokens))
 
     def __exit__(self, *exc) -> None:
-        self._close()
+        try:
+            self._close()
+        finally:
+            if self.window is not None:
+                _swap_open(self.window.window_id, None)
 
 
 # ---- which GPUs a worker holds --------------------------------------------------------------

@@ -7,8 +7,10 @@
 - A window's energy per device comes from every sampler that read the device on that node,
   each sampler's readings a sequence of its own, merged so that nothing counts twice
   (`timeline.py`). What no sampler measured is reported as unmeasured seconds, never as joules.
-- A device claimed by several windows at once (a node's CPU package shared by two trials) is
-  split interval by interval in proportion to each window's CPU-time rate, and marked shared.
+- A window may run inside another (`Window.parent_id`): a device-second belongs to the
+  innermost window that holds the device. Only windows that really run side by side (a node's
+  CPU package shared by two trials) split a device, interval by interval in proportion to each
+  window's CPU-time rate, and are marked shared.
 - Above-idle energy subtracts the idle baseline valid for each stretch: one measured while no
   window held the device (a sampler that restarts under load measures no idle).
 - A window has a phase, "load" (model load, start-up) or "work" (steady state; older logs have
@@ -89,6 +91,7 @@ class LedgerState:
         # indexes for per-trial queries: window ids by trial and by node, in opening order
         self._by_trial: dict[str, list[str]] = defaultdict(list)
         self._by_node: dict[str, list[str]] = defaultdict(list)
+        self._opened: dict[str, int] = {}  # window id -> its place in the log's opening order
         # per node: the timeline spans of its closed windows with monotonic times (they never
         # move), as arrays, so a per-trial query finds its neighbours without a Python loop
         self._span_index: dict[str, tuple[np.ndarray, np.ndarray, list[str], list[str]]] = {}
@@ -181,6 +184,7 @@ class LedgerState:
         if kind == "window_open":
             w = Window.from_event(ev)
             if w.window_id not in self.windows:
+                self._opened[w.window_id] = len(self._opened)
                 self._by_trial[w.trial_id].append(w.window_id)
                 self._by_node[w.node_id].append(w.window_id)
             self.windows[w.window_id] = w
@@ -270,6 +274,27 @@ class LedgerState:
                  if not any(w.claims(device_id, kind) and self._inside(w, b.t_from, b.t_to)
                             for w in self.overlapping(node_id, b.t_from, b.t_to))]
         return sorted(valid, key=lambda b: b.t_to)
+
+    def parent(self, w: Window) -> Window | None:
+        """The window `w` runs inside: its recorded parent where that is a window of the same
+        node opened before it, else None (a parent on another node shares no device with it;
+        an id the ledger never saw, from a stale environment, is no parent). Parents opened
+        first can form no cycle, so no device-second is ever left without a window."""
+        p = self.windows.get(w.parent_id) if w.parent_id is not None else None
+        if p is None or p.node_id != w.node_id:
+            return None
+        if self._opened.get(p.window_id, 0) >= self._opened.get(w.window_id, 0):
+            return None
+        return p
+
+    def ancestors(self, w: Window) -> list[Window]:
+        """`w`'s parent, its parent's parent, ... (innermost first)."""
+        out: list[Window] = []
+        p = self.parent(w)
+        while p is not None:
+            out.append(p)
+            p = self.parent(p)
+        return out
 
     def _span(self, w: Window) -> tuple[float, float]:
         start = self.to_timeline(w.node_id, w.t_start_s, w.t_start_mono_s)

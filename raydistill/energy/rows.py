@@ -5,6 +5,20 @@ what was only interpolated (`held_s`, `interpolated`), and what nobody measured 
 with a bound): a number we print is one someone will cite. Each row carries its window's
 `phase`, so that loading a model is never reported as what a token costs, and its window's
 `tokens` with the part of them the model generated (`generated_tokens`).
+
+Nesting: a window may run inside another (`Window.parent_id`, resolved by `LedgerState.parent`).
+A device-second belongs to the innermost window that holds the device: where a window and one of
+its descendants both hold a device, the descendant takes it (an evaluation inside a training
+stage is charged its whole interval, the training the rest). This holds for the node's shared
+devices too (CPU, DRAM, estimates): while a child is open it is the work its parent is doing.
+Only what remains, windows that really run side by side (two trials on one node, two ranks),
+split a device, by CPU share or equally. Ancestry counts whatever the trials.
+
+Tokens: a stage's tokens are counted once. Where a window sits inside a window of the same
+trial and stage that carries tokens of its own (`measure --stage S --tokens N` around ranks
+whose callback counts too), the outer window's count is the stage's (the one the user stated)
+and the inner window's row carries 0 tokens; without such an outer count, the inner windows'
+tokens add up as before.
 """
 
 from __future__ import annotations
@@ -65,6 +79,7 @@ class EnergyRow:
     # This row's own stated error (energy.accuracy.row_error_j: its device's class at its
     # window's length, plus the unmeasured bound): a stage's error is the sum of its rows'.
     stated_error_j: float = 0.0
+    parent_id: str | None = None  # the window this one runs inside, where the ledger knows it
 
 
 def energy_rows(state: LedgerState) -> list[EnergyRow]:
@@ -154,12 +169,24 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
                                          base["unmeasured_max_j"], base["device_model"])
     energy, idle = base.pop("energy_j"), base.pop("idle_j")
     t_end = w.t_end_s if w.t_end_s is not None else state.to_wall(w.node_id, end)
+    parent = state.parent(w)
+    tokens, generated = _counted_tokens(state, w)
     return EnergyRow(
         window_id=w.window_id, trial_id=w.trial_id, stage=w.stage, node_id=w.node_id,
         device_id=device_id, device_kind=kind, t_start_s=w.t_start_s, t_end_s=t_end,
-        duration_s=end - start, tokens=w.tokens, energy_j=energy, idle_j=idle,
+        duration_s=end - start, tokens=tokens, energy_j=energy, idle_j=idle,
         above_idle_j=energy - idle, open=w.t_end_s is None, phase=w.phase,
-        generated_tokens=w.generated_tokens, **base)
+        generated_tokens=generated, parent_id=None if parent is None else parent.window_id,
+        **base)
+
+
+def _counted_tokens(state: LedgerState, w: Window) -> tuple[int, int]:
+    """(tokens, generated) of `w` as its stage counts them: none where an enclosing window
+    of the same trial and stage carries tokens (those already count this work's)."""
+    for a in state.ancestors(w):
+        if a.trial_id == w.trial_id and a.stage == w.stage and a.tokens > 0:
+            return 0, 0
+    return w.tokens, w.generated_tokens
 
 
 def _device_rows(
@@ -170,7 +197,8 @@ report: list[Window] | None = None,
     tl = state.timeline(node_id, device_id)
     series = state._series[(node_id, device_id)]
     spans = {w.window_id: state._span(w) for w in windows}
-    charged, idle, shared = _split(windows, spans, tl, kind in SHARED_KINDS)
+    ancestors = {w.window_id: {a.window_id for a in state.ancestors(w)} for w in windows}
+    charged, idle, shared = _split(windows, spans, tl, kind in SHARED_KINDS, ancestors)
     sources = "+".join(sorted({i.source for i in series.infos}))
     model = next((i.model for i in series.infos if i.model), "")
     peak_w = unmeasured_peak_w(kind, model, tl.peak_w)
@@ -200,13 +228,15 @@ report: list[Window] | None = None,
 
 
 def _split(windows: list[Window], spans: dict[str, tuple[float, float]], tl: DeviceTimeline,
-           by_cpu: bool) -> tuple[dict[str, float], dict[str, float], dict[str, bool]]:
+           by_cpu: bool, ancestors: dict[str, set[str]] | None = None,
+           ) -> tuple[dict[str, float], dict[str, float], dict[str, bool]]:
     """Charge a device's energy to overlapping windows, elementary interval by interval.
 
     Returns (joules per window, idle joules per window, shared flag per window). Within an
-    interval covered by several windows the energy goes in proportion to each window's CPU-time
-    rate (CPU seconds per wall second) when `by_cpu` and every rate is known, else in equal
-    parts.
+    interval, a window that is an ancestor (`ancestors`: window id -> its ancestors' ids) of
+    another window active there gets nothing: the innermost takes the device-second. The rest,
+    windows really side by side, share it in proportion to each window's CPU-time rate (CPU
+    seconds per wall second) when `by_cpu` and every rate is known, else in equal parts.
     """
     rates = {}
     for w in windows:
@@ -221,6 +251,9 @@ def _split(windows: list[Window], spans: dict[str, tuple[float, float]], tl: Dev
         active = [wid for wid, (s, e) in spans.items() if s <= a and e >= b]
         if not active or b <= a:
             continue
+        if ancestors:
+            outer = set().union(*(ancestors.get(wid, ()) for wid in active))
+            active = [wid for wid in active if wid not in outer]
         energy, idle = tl.between("energy", a, b), tl.between("idle", a, b)
         r = [rates[wid] for wid in active]
         if None in r or sum(r) <= 0:

@@ -227,6 +227,11 @@ class Window:
     # The part of `tokens` the model generated (decode); the rest (tokens - generated_tokens)
     # it read (prompts). 0 for work that generates nothing, and for windows recorded without it.
     generated_tokens: int = 0
+    # The window this one runs inside (an evaluation inside a training stage, a torchrun rank's
+    # window inside `measure --stage`'s): on the devices both hold, the inner one takes the
+    # device-seconds (`rows._split`). Ignored unless it names a window of the same node.
+    # None for top-level windows and for windows recorded before nesting.
+    parent_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -253,10 +258,10 @@ class Window:
 
     def continued(self, window_id: str, t_s: float, t_mono_s: float | None) -> Window:
         """The work window that takes over from this one at `t_s` (wall) / `t_mono_s`: the same
-        trial, stage, node and devices, opened at the instant this one is closed, so the two
-        neither overlap nor leave a gap between them."""
+        trial, stage, node, devices and parent, opened at the instant this one is closed, so
+        the two neither overlap nor leave a gap between them."""
         return Window(window_id, self.trial_id, self.stage, self.node_id, self.devices, t_s,
-                      t_start_mono_s=t_mono_s, phase=WORK)
+                      t_start_mono_s=t_mono_s, phase=WORK, parent_id=self.parent_id)
 
     def claims(self, device_id: str, device_kind: str) -> bool:
         if device_kind == "mig":

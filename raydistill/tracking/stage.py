@@ -5,6 +5,11 @@ does); in a plain process (the script itself, a torchrun rank), the GPU of its L
 torchrun launched it, else every GPU it can see, named by UUID the way the samplers key them.
 A process with no GPU holds none: its windows are charged the node's CPU, DRAM or estimate, split
 by CPU time with any other window open on the node at once.
+
+A stage opened inside another (the Trainer callback's evaluation inside a user's
+`run.stage("student_training")`) is recorded as its child, and so is a window that a process
+started inside the block opens (RAYDISTILL_PARENT_WINDOW, set for the block's duration): the
+innermost window takes the device-seconds, so nothing is split or counted twice.
 """
 
 from __future__ import annotations
@@ -119,6 +124,7 @@ class Stage:
         self._tokens, self._generated = int(tokens), int(generated_tokens)
         self._devices = devices
         self.window = None
+        self._env_before: str | None = None
 
     def __enter__(self) -> Stage:
         from raydistill.cluster.windows import StageWindow
@@ -127,20 +133,47 @@ class Stage:
         devices = process_devices() if self._devices == "auto" else tuple(self._devices)
         self.window = StageWindow(self.run.namespace, self.trial, self.name, devices=devices)
         self.window.__enter__()
+        self._lend_parent()
         if self._tokens:
             self.window.add_tokens(self._tokens, generated=self._generated)
         log.info("stage %s [%s] open on %d device(s)", self.name, self.trial, len(devices))
         return self
 
     def __exit__(self, *exc) -> None:
-        self.window.__exit__(*exc)
+        try:
+            self.window.__exit__(*exc)
+        finally:
+            self._restore_parent()
+
+    def _lend_parent(self) -> None:
+        """Processes started inside the block open their windows inside this one."""
+        from raydistill.cluster.windows import PARENT_ENV
+
+        self._env_before = os.environ.get(PARENT_ENV)
+        os.environ[PARENT_ENV] = self.window.window.window_id
+
+    def _restore_parent(self) -> None:
+        from raydistill.cluster.windows import PARENT_ENV
+
+        ours = set(self.window.window_ids)
+        if os.environ.get(PARENT_ENV) not in ours:
+            return  # a stage opened later and still open owns it now
+        if self._env_before is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = self._env_before
 
     def add_tokens(self, n: int, generated: int = 0) -> None:
         self._window().add_tokens(n, generated=generated)
 
     def loaded(self) -> None:
         """Everything so far was loading (a model, an engine): see `StageWindow.loaded`."""
+        from raydistill.cluster.windows import PARENT_ENV
+
         self._window().loaded()
+        if self.window.load_window is not None and \
+                os.environ.get(PARENT_ENV) == self.window.load_window.window_id:
+            os.environ[PARENT_ENV] = self.window.window.window_id
 
     def checkpoint(self) -> None:
         """Record the tokens so far and move the window's end to now, staying open."""

@@ -1,5 +1,6 @@
 """The per-trial ledger query gives a trial exactly its rows of the whole-sweep computation,
-with windows of many trials sharing a node's CPU and GPUs (split by CPU time, GPUs by UUID)."""
+with windows of many trials sharing a node's CPU and GPUs (split by CPU time, GPUs by UUID),
+and nested in one another (the innermost takes the device), across trials too."""
 
 from __future__ import annotations
 
@@ -36,20 +37,26 @@ window_spec = st.tuples(
     st.sampled_from([("GPU-a",), ("GPU-b",), ("GPU-a", "GPU-b"), ()]),
     st.floats(0.0, 18.0), st.floats(0.2, 6.0),
     st.one_of(st.none(), st.floats(0.1, 4.0)),  # cpu time (None: split equally)
-    st.booleans())  # still open
+    st.booleans(),  # still open
+    st.one_of(st.none(), st.integers(0, 12)))  # parent: an earlier window (any node) or unknown
 
 
 def _build(specs) -> LedgerState:
     state = LedgerState()
     for node in ("n1", "n2"):
         _feed(state, node, 25.0)
-    for i, (trial, node, gpus, start, length, cpu, is_open) in enumerate(specs):
+    for i, (trial, node, gpus, start, length, cpu, is_open, *parent) in enumerate(specs):
+        # nested windows: the parent is any window of any trial (on another node, or never
+        # opened, it is no parent); a stage's tokens then count once
+        p = parent[0] if parent else None
         w = Window(f"w{i}", trial, "student_training", node, gpus, start,
-                   None if is_open else start + length, 0, cpu)
+                   None if is_open else start + length, i % 3 * 10, cpu,
+                   parent_id=None if p is None else f"w{p}")
         state.apply_event({"type": "window_open", **{**w.__dict__, "t_end_s": None}})
         if not is_open:
             state.apply_event({"type": "window_close", "window_id": w.window_id,
-                               "t_end_s": start + length, "tokens": 0, "cpu_time_s": cpu})
+                               "t_end_s": start + length, "tokens": w.tokens,
+                               "cpu_time_s": cpu})
     return state
 
 
@@ -66,6 +73,7 @@ def test_trial_rows_equal_the_trials_rows_of_the_whole_sweep(specs):
         for g, w in zip(got, want, strict=True):
             assert g.energy_j == pytest.approx(w.energy_j, rel=1e-12, abs=1e-9)
             assert (g.shared, g.method) == (w.shared, w.method)
+            assert (g.tokens, g.parent_id) == (w.tokens, w.parent_id)
 
 
 def test_trials_plus_nothing_else_add_up_to_the_ledger_total():
