@@ -20,6 +20,7 @@ def energy_frame(rows: Iterable[EnergyRow | dict]) -> pd.DataFrame:
     df["phase"] = df["phase"].fillna(WORK)  # rows from before phases: all of it was work
     # rows from before generated tokens were counted: none of their tokens is known generated
     df["generated_tokens"] = df["generated_tokens"].fillna(0).astype("int64")
+    df["closed_by"] = df["closed_by"].fillna("")  # rows from before closings were marked
     return df
 
 

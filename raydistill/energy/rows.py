@@ -59,6 +59,9 @@ class EnergyRow:
     final: bool = False  # closed and measured past its end: the figure will not change
     phase: str = WORK  # the window's: "load" (model load, start-up) or "work" (steady state)
     generated_tokens: int = 0  # the part of `tokens` the model generated (the window's)
+    # what closed the window (`lifetime.py`): "" while open and for logs from before closings
+    # were marked; anything but "stage" means its process did not end it where the work did
+    closed_by: str = ""
 
 
 def energy_rows(state: LedgerState) -> list[EnergyRow]:
@@ -138,7 +141,7 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
         device_id=device_id, device_kind=kind, t_start_s=w.t_start_s, t_end_s=t_end,
         duration_s=end - start, tokens=w.tokens, energy_j=energy, idle_j=idle,
         above_idle_j=energy - idle, open=w.t_end_s is None, phase=w.phase,
-        generated_tokens=w.generated_tokens, **base)
+        generated_tokens=w.generated_tokens, closed_by=w.closed_by or "", **base)
 
 
 def _device_rows(
