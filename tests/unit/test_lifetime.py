@@ -217,3 +217,36 @@ def test_all_devices_window_of_a_dead_process_is_closed_too():
     apply(st, st.leftover_close(gone.window_id, gone.t_end_s, gone.t_end_mono_s, PROCESS_GONE))
     (row,) = st.energy_rows()
     assert row.energy_j == pytest.approx(300.0 * 7.0) and not row.open
+
+
+SIGTERMED = """
+import sys, time
+from raydistill.cluster import lifetime
+
+class Window:
+    window_ids = ("w",)
+    def close(self, closed_by, timeout_s=None):
+        print("closed", closed_by, flush=True)
+
+w = Window()
+lifetime.register(w)
+try:
+    print("ready", flush=True)
+    time.sleep(60)
+except SystemExit:
+    print("unwound", flush=True)  # where a `with` block's __exit__ closes its window: "exit"
+    raise
+"""
+
+
+def test_sigterm_unwinds_the_process_instead_of_killing_it_outright():
+    """SIGTERM's default action ends Python without `finally` or atexit: windows would stay
+    open. With a window registered, it becomes SystemExit (status 143 all the same)."""
+    import signal
+
+    child = subprocess.Popen([sys.executable, "-c", SIGTERMED], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    out, _ = child.communicate(timeout=30)
+    assert "unwound" in out and child.returncode == 128 + signal.SIGTERM
