@@ -24,6 +24,7 @@ def energy_frame(rows: Iterable[EnergyRow | dict]) -> pd.DataFrame:
     df["device_model"] = df["device_model"].fillna("")
     # rows from before each row stated its own error: their method's rule
     df["stated_error_j"] = error_column(df)
+    df["closed_by"] = df["closed_by"].fillna("")  # rows from before closings were marked
     return df
 
 

@@ -45,6 +45,7 @@ class _Ledger:
         self._pending: list[tuple[list[tuple[int, bytes]], asyncio.Future]] = []
         self._flushing = False
         self.commits = 0
+        self._closing: set[str] = set()  # windows a leftover close is being committed for
 
     # ---- the write path: group commit ------------------------------------------------------
     async def _commit(self, records: list[tuple[int, bytes]]) -> Any:
@@ -105,14 +106,53 @@ class _Ledger:
     async def close_window(
         self, window_id: str, t_end_s: float, tokens: int = 0, cpu_time_s: float | None = None,
         t_end_mono_s: float | None = None, generated_tokens: int = 0,
+        closed_by: str | None = None,
     ) -> None:
         """Close (or move the end of) a window: `tokens` it processed so far, of which
-        `generated_tokens` the model generated (ValueError unless 0 <= generated <= tokens)."""
+        `generated_tokens` the model generated (ValueError unless 0 <= generated <= tokens);
+        `closed_by` says what closed it (`energy/lifetime.py`)."""
         if window_id not in self.state.windows:
             raise KeyError(f"window {window_id!r} was never opened")
         await self._commit([(KIND_EVENT, LedgerState.close_event(
             window_id, t_end_s, tokens, cpu_time_s, t_end_mono_s,
-            generated_tokens=generated_tokens))])
+            generated_tokens=generated_tokens, closed_by=closed_by))])
+
+    async def open_windows(self, node_id: str | None = None) -> list[dict]:
+        """The open windows (of one node) with the process that opened each: what the node's
+        sampler checks for processes that are gone."""
+        keys = ("window_id", "pid", "pid_start", "host", "t_start_s", "t_start_mono_s",
+                "trial_id", "stage", "node_id")
+        return [{k: getattr(w, k) for k in keys} for w in self.state.open_windows(node_id)]
+
+    async def close_leftover(self, window_id: str, t_end_s: float,
+                             t_end_mono_s: float | None, closed_by: str) -> bool:
+        """Close a window its process did not close (gone, or the run finished first); False
+        when it was closed meanwhile (the process was quicker)."""
+        if window_id in self._closing:
+            return False
+        event = self.state.leftover_close(window_id, t_end_s, t_end_mono_s, closed_by)
+        if event is None:
+            return False
+        self._closing.add(window_id)
+        try:
+            await self._commit([(KIND_EVENT, event)])
+        finally:
+            self._closing.discard(window_id)
+        return True
+
+    async def close_open(self, closed_by: str,
+                         at: dict[str, tuple[float, float | None]] | None = None) -> list[dict]:
+        """Close every window still open, each at `at[its node]` (wall, monotonic) where
+        given, else at its node's latest sample (the end it had while open); the windows
+        closed, as `open_windows` gives them."""
+        closed = []
+        for w in await self.open_windows():
+            node = w["node_id"]
+            end = (at or {}).get(node) or self.state.latest_clocks(node) or (
+                w["t_start_s"], w["t_start_mono_s"])
+            if await self.close_leftover(w["window_id"], end[0], end[1], closed_by):
+                closed.append(w)
+        return closed
 
     async def split_window(
         self, window_id: str, new_window_id: str, t_s: float, cpu_time_s: float | None = None,

@@ -25,6 +25,7 @@ import ray
 
 from raydistill.cluster.spool import Outbox, spool_root
 from raydistill.config import SamplingConfig
+from raydistill.energy.lifetime import PROCESS_GONE, ProcessWatch
 from raydistill.energy.samples import Reading, SampleBatch
 from raydistill.energy.sources import PowerSource, describe_sources, parse_source_spec
 from raydistill.errors import SourceUnavailable
@@ -36,6 +37,9 @@ LedgerCall = Callable[..., Any]  # (method, *args) -> the ledger's answer; raise
 HARDWARE = frozenset({"nvml", "rapl"})  # spec parts a node may lack
 CPU_SIDE = frozenset({"rapl", "cpu-estimate", "constant", "replay"})  # source names
 ERROR_LOG_INTERVAL_S = 60.0  # after the first (with traceback), at most one line this often
+# How often the pusher checks that the processes of its node's open windows still live: a
+# window of a killed process ends at most this long after the process did.
+WATCH_INTERVAL_S = 2.0
 
 
 class SamplerUnhealthy(RuntimeError):
@@ -98,7 +102,8 @@ def idle_baseline(first: list[Reading], last: list[Reading]
 class _Sampler:
     def __init__(self, node_id: str, cfg: SamplingConfig, namespace: str, ledger_name: str,
                  ledger_call: LedgerCall | None = None, open_sources: OpenFn | None = None,
-                 start_threads: bool = True) -> None:
+                 start_threads: bool = True, watch: ProcessWatch | None = None,
+                 watch_interval_s: float = WATCH_INTERVAL_S) -> None:
         self.node_id = node_id
         self.cfg = cfg
         self.namespace = namespace
@@ -116,7 +121,12 @@ class _Sampler:
         self._seq = 0
         self._idle_w: dict[str, float] = {}
         self._idle_span: tuple[float, float] | None = None
-        self.counts = {"read": 0, "source_errors": 0, "poll_errors": 0, "push_errors": 0}
+        self.counts = {"read": 0, "source_errors": 0, "poll_errors": 0, "push_errors": 0,
+                       "watch_errors": 0, "windows_closed": 0}
+        # the open windows of processes on this host that are gone (killed: no atexit ran)
+        self._watch = watch or ProcessWatch()
+        self._watch_interval_s = watch_interval_s
+        self._watched_at = -math.inf
         self._outbox = Outbox(spool_root(cfg, namespace, node_id) / self.sampler_id,
                               cfg.max_pending_batches, self.counts, self.sampler_id)
         self._outbox.adopt_orphans()
@@ -265,6 +275,26 @@ class _Sampler:
                     self._push_pending()
             except Exception as exc:  # the next tick tries again
                 self._error("push_errors", exc, "push")
+            if time.monotonic() - self._watched_at >= self._watch_interval_s:
+                self.watch_processes()
+
+    def watch_processes(self) -> list[str]:
+        """Close the open windows of this node whose process is gone (`ProcessWatch`), marked
+        "process_gone"; the ids closed. Never raises: a failed check is counted and retried."""
+        self._watched_at = time.monotonic()
+        closed: list[str] = []
+        try:
+            windows = self._ledger_call("open_windows", self.node_id) or []
+            for g in self._watch.check(windows, time.time(), time.monotonic()):
+                if self._ledger_call("close_leftover", g.window_id, g.t_end_s, g.t_end_mono_s,
+                                     PROCESS_GONE):
+                    closed.append(g.window_id)
+                    log.warning("window %s: its process %d is gone; closed where it was last "
+                                "seen alive", g.window_id, g.pid)
+        except Exception as exc:
+            self._error("watch_errors", exc, "process watch")
+        self.counts["windows_closed"] += len(closed)
+        return closed
 
     # ---- the API -----------------------------------------------------------------------------
     def flush(self) -> bool:
@@ -272,7 +302,9 @@ class _Sampler:
         self._poll_once()
         with self._push_lock:
             self._cut_batch()
-            return self._push_pending()
+            done = self._push_pending()
+        self.watch_processes()  # a query or the finish then sees dead processes' windows closed
+        return done
 
     def problem(self) -> str | None:
         """Why this sampler no longer samples, or None while it does."""

@@ -27,7 +27,16 @@ from typing import Any
 
 import ray
 
+from raydistill.cluster import lifetime
 from raydistill.cluster.ledger_actor import LEDGER_NAME
+from raydistill.energy.lifetime import (
+    CHECKPOINT,
+    EXIT,
+    STAGE,
+    STAGE_ERROR,
+    host_identity,
+    process_start,
+)
 from raydistill.energy.samples import ALL_DEVICES, LOAD, PHASES, WORK, Window
 
 log = logging.getLogger(__name__)
@@ -143,9 +152,11 @@ class StageWindow(contextlib.ContextDecorator):
             node_id=node, devices=self.devices, t_start_s=time.time(),
             t_start_mono_s=time.monotonic(), phase=self.phase,
             parent_id=innermost_window() if self.parent_id == "auto" else self.parent_id,
+            pid=os.getpid(), pid_start=process_start(os.getpid()), host=host_identity(),
         )
         ray.get(self._ledger.open_window.remote(self.window))
         _swap_open(None, self.window.window_id)
+        lifetime.register(self)  # closed at this process's exit if nothing closes it before
         return self
 
     def loaded(self) -> None:
@@ -174,19 +185,29 @@ class StageWindow(contextlib.ContextDecorator):
         after each batch the window is closed again at the batch's end, so whenever the actor
         stops, its window ends where its work did.
         """
-        self._close()
+        self._close(CHECKPOINT)
 
-    def _close(self) -> None:
+    def close(self, closed_by: str = STAGE, timeout_s: float | None = None) -> None:
+        """Close the window now, marked `closed_by` in the ledger (`energy/lifetime.py`)."""
+        lifetime.unregister(self)
+        self._close(closed_by, timeout_s)
+
+    def _close(self, closed_by: str, timeout_s: float | None = None) -> None:
         if self.window is None:
             raise RuntimeError("StageWindow used outside a with block")
         self.t_end_s = time.time()
-        ray.get(self._ledger.close_window.remote(
+        ref = self._ledger.close_window.remote(
             self.window.window_id, self.t_end_s, self.tokens, cpu_time_s() - self._cpu0,
-            time.monotonic(), generated_tokens=self.generated_tokens))
+            time.monotonic(), generated_tokens=self.generated_tokens, closed_by=closed_by)
+        ray.get(ref) if timeout_s is None else ray.get(ref, timeout=timeout_s)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type=None, *exc) -> None:
         try:
-            self._close()
+            if exc_type is None:
+                self.close(STAGE)
+            else:  # the process exiting (SIGTERM, sys.exit, Ctrl-C) or the stage's own error
+                exiting = issubclass(exc_type, (SystemExit, KeyboardInterrupt))
+                self.close(EXIT if exiting else STAGE_ERROR)
         finally:
             if self.window is not None:
                 _swap_open(self.window.window_id, None)

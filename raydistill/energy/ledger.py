@@ -92,6 +92,7 @@ class LedgerState:
         self._by_trial: dict[str, list[str]] = defaultdict(list)
         self._by_node: dict[str, list[str]] = defaultdict(list)
         self._opened: dict[str, int] = {}  # window id -> its place in the log's opening order
+        self._open: dict[str, None] = {}  # ids of the open windows, in opening order
         # per node: the timeline spans of its closed windows with monotonic times (they never
         # move), as arrays, so a per-trial query finds its neighbours without a Python loop
         self._span_index: dict[str, tuple[np.ndarray, np.ndarray, list[str], list[str]]] = {}
@@ -188,12 +189,15 @@ class LedgerState:
                 self._by_trial[w.trial_id].append(w.window_id)
                 self._by_node[w.node_id].append(w.window_id)
             self.windows[w.window_id] = w
+            if w.t_end_s is None:
+                self._open[w.window_id] = None
             self._span_index.pop(w.node_id, None)
         elif kind == "window_close":
             w = self.windows.get(ev["window_id"])
             if w is None:
                 raise KeyError(f"window {ev['window_id']!r} was never opened")
             self.windows[w.window_id] = w.closed(ev)
+            self._open.pop(w.window_id, None)
             self._span_index.pop(w.node_id, None)
         elif kind == "sampler_start":
             self.samplers[ev["sampler_id"]] = {
@@ -206,6 +210,37 @@ class LedgerState:
     # ---- events as records (the actor writes these before applying them) -------------------
     open_event = staticmethod(window_open_event)
     close_event = staticmethod(window_close_event)
+
+    def open_windows(self, node_id: str | None = None) -> list[Window]:
+        """The windows not closed yet (of one node, or all), in opening order."""
+        return [w for w in (self.windows[wid] for wid in self._open)
+                if node_id is None or w.node_id == node_id]
+
+    def leftover_close(self, window_id: str, t_end_s: float, t_end_mono_s: float | None,
+                       closed_by: str) -> bytes | None:
+        """The close record of an open window that its process did not close (it is gone, or
+        the run finished first), or None when it is no longer open. It keeps what the ledger
+        knows of it (no tokens beyond those recorded: a dead process cannot tell), and ends no
+        earlier than it began."""
+        w = self.windows.get(window_id)
+        if w is None or w.t_end_s is not None:
+            return None
+        t_end_s = max(t_end_s, w.t_start_s)
+        if t_end_mono_s is not None and w.t_start_mono_s is not None:
+            t_end_mono_s = max(t_end_mono_s, w.t_start_mono_s)
+        return window_close_event(window_id, t_end_s, w.tokens, w.cpu_time_s, t_end_mono_s,
+                                  generated_tokens=w.generated_tokens, closed_by=closed_by)
+
+    def latest_clocks(self, node_id: str) -> tuple[float, float | None] | None:
+        """(wall, monotonic or None) of the node's latest sample: the end an open window has;
+        None for a node without samples."""
+        self._parse_pending()
+        if node_id not in self._latest_tl:
+            return None
+        t = self._latest_tl[node_id]
+        if self.uses_mono(node_id):
+            return self.to_wall(node_id, t), t
+        return t, None
 
     # ---- queries -----------------------------------------------------------------------------
     def uses_mono(self, node_id: str) -> bool:

@@ -80,6 +80,9 @@ class EnergyRow:
     # window's length, plus the unmeasured bound): a stage's error is the sum of its rows'.
     stated_error_j: float = 0.0
     parent_id: str | None = None  # the window this one runs inside, where the ledger knows it
+    # what closed the window (`lifetime.py`): "" while open and for logs from before closings
+    # were marked; anything but "stage" means its process did not end it where the work did
+    closed_by: str = ""
 
 
 def energy_rows(state: LedgerState) -> list[EnergyRow]:
@@ -177,7 +180,7 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
         duration_s=end - start, tokens=tokens, energy_j=energy, idle_j=idle,
         above_idle_j=energy - idle, open=w.t_end_s is None, phase=w.phase,
         generated_tokens=generated, parent_id=None if parent is None else parent.window_id,
-        **base)
+        closed_by=w.closed_by or "", **base)
 
 
 def _counted_tokens(state: LedgerState, w: Window) -> tuple[int, int]:

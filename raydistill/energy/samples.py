@@ -232,6 +232,15 @@ class Window:
     # device-seconds (`rows._split`). Ignored unless it names a window of the same node.
     # None for top-level windows and for windows recorded before nesting.
     parent_id: str | None = None
+    # The process that opened it (a window must not outlive it): its pid, its start time in
+    # clock ticks since boot (a reused pid has another), and its host's identity (boot and PID
+    # namespace, `lifetime.host_identity`). None for windows recorded without them.
+    pid: int | None = None
+    pid_start: int | None = None
+    host: str | None = None
+    # How it was closed (`lifetime.py`: "stage", "atexit", "process_gone", "finish", ...);
+    # None while open, and for windows closed before closings were marked.
+    closed_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -254,14 +263,16 @@ class Window:
         return replace(self, t_end_s=ev["t_end_s"], tokens=ev["tokens"],
                        cpu_time_s=ev.get("cpu_time_s"), t_end_mono_s=ev.get("t_end_mono_s"),
                        phase=ev.get("phase", self.phase),
-                       generated_tokens=int(ev.get("generated_tokens", 0)))
+                       generated_tokens=int(ev.get("generated_tokens", 0)),
+                       closed_by=ev.get("closed_by"))
 
     def continued(self, window_id: str, t_s: float, t_mono_s: float | None) -> Window:
         """The work window that takes over from this one at `t_s` (wall) / `t_mono_s`: the same
         trial, stage, node, devices and parent, opened at the instant this one is closed, so
         the two neither overlap nor leave a gap between them."""
         return Window(window_id, self.trial_id, self.stage, self.node_id, self.devices, t_s,
-                      t_start_mono_s=t_mono_s, phase=WORK, parent_id=self.parent_id)
+                      t_start_mono_s=t_mono_s, phase=WORK, parent_id=self.parent_id, pid=self.pid,
+                      pid_start=self.pid_start, host=self.host)
 
     def claims(self, device_id: str, device_kind: str) -> bool:
         if device_kind == "mig":
@@ -280,11 +291,11 @@ def window_open_event(w: Window) -> bytes:
 
 def window_close_event(window_id: str, t_end_s: float, tokens: int, cpu_time_s: float | None,
                        t_end_mono_s: float | None = None, phase: str | None = None,
-                       generated_tokens: int = 0) -> bytes:
+                       generated_tokens: int = 0, closed_by: str | None = None) -> bytes:
     """Fields added since the first logs are optional, so that every log still replays:
     `t_end_mono_s`, `phase`, the phase the window is closed as (None keeps the one it was
-    opened with), and `generated_tokens`, how many of `tokens` the model generated (read as 0
-    where a record lacks it)."""
+    opened with), `generated_tokens`, how many of `tokens` the model generated (read as 0
+    where a record lacks it), and `closed_by`, what closed it (`lifetime.py`)."""
     tokens, generated_tokens = int(tokens), int(generated_tokens)
     if generated_tokens and not 0 < generated_tokens <= tokens:  # 0 is always valid
         raise ValueError(f"window {window_id}: generated_tokens must be between 0 and tokens "
@@ -295,4 +306,6 @@ def window_close_event(window_id: str, t_end_s: float, tokens: int, cpu_time_s: 
         ev["t_end_mono_s"] = t_end_mono_s
     if phase is not None:
         ev["phase"] = phase
+    if closed_by is not None:
+        ev["closed_by"] = closed_by
     return event_payload(ev)

@@ -7,8 +7,13 @@ and the model card's `co2_eq_emissions` block from a run directory.
         trainer.train()
 
 TRL's trainers are Trainers, so the same callback measures GKDTrainer, SFTTrainer or DPOTrainer.
-`train()` is one `student_training` stage, `evaluate()` an `evaluation` stage (an evaluation
-during training pauses the training window, so nothing is counted twice). Every `logging_steps`
+`train()` is one `student_training` stage, `evaluate()` and `predict()` an `evaluation` stage
+(both are inference over a data set; an evaluation during training pauses the training window,
+so nothing is counted twice). No window outlives what it measures: `predict()` closes its
+window (`on_predict`), an `evaluate()` after training opens no training window, and a `train()`
+that raises closes its windows marked "train_error" (`attach` wraps `trainer.train`; a callback
+passed as `callbacks=[...]` closes a window left open when the next `train()` begins, marked
+"callback_error"; the run's finish and the process's exit close what is left). Every `logging_steps`
 the energy so far and J per token so far go into the Trainer's logs, as `raydistill/...` keys,
 so W&B, TensorBoard or MLflow plot them; the last training log carries the stage's figure once
 the samplers have read past its end, the figure `results.parquet` will hold.
@@ -17,15 +22,25 @@ the samplers have read past its end, the figure `results.parquet` will hold.
 callbacks too, and only those after it see the keys it adds. Passed as `callbacks=[...]`
 instead, it comes after them: the figures then reach `trainer.state.log_history` and the console
 but not those integrations.
+
+Tokens are counted by each rank itself, without a collective: a forward pre-hook on the model
+adds the non-padding tokens (`attention_mask.sum()`, kept on the device) of every training
+micro-batch (grad enabled: generation and evaluation run without), and the count is read when a
+window closes or a log is written. Each rank's window carries its own tokens and the stage is
+the union of the ranks' windows, so they add up. The Trainer's `include_num_input_tokens_seen`
+(a gather and a host sync every micro-batch) is left as the user set it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+from raydistill.energy.lifetime import CALLBACK_ERROR, STAGE, TRAIN_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +52,11 @@ class EnergyCallback(TrainerCallback):
                  stage: str = "student_training", eval_stage: str = "evaluation",
                  count_tokens: str = "non_padding") -> None:
         """`run`: a started `raydistill.track(...)` (None: the one this process tracks).
-        `count_tokens`: how the Trainer counts the tokens J/token divides by ("non_padding" or
-        "all"); it is switched on when the Trainer's own setting is "no"."""
+        `count_tokens`: which tokens J/token divides by: "non_padding" (the attention mask's)
+        or "all" (every input id, padding included)."""
+        if count_tokens not in ("non_padding", "all"):
+            raise ValueError(f"EnergyCallback count_tokens must be 'non_padding' or 'all', got "
+                             f"{count_tokens!r}")
         self._run, self.trial = run, trial
         self.stage_name, self.eval_stage = stage, eval_stage
         self.count_tokens = count_tokens
@@ -47,6 +65,10 @@ class EnergyCallback(TrainerCallback):
         self._tokens_at_open = 0
         self._done_tokens = 0  # tokens of the training windows closed so far
         self._training = False
+        self._counted = 0  # this rank's training tokens read back so far
+        self._pending = None  # tokens counted on the device since, not read back yet
+        self._hooked: set[int] = set()  # ids of the models the counting hook is on
+        self._world = 1  # ranks: the live J/token divides by this rank's tokens × ranks
         self.train_energy_j: float | None = None  # the stage's figure, once train() ends
         self.eval_energy_j: float | None = None
 
@@ -55,8 +77,19 @@ class EnergyCallback(TrainerCallback):
                **kwargs: Any) -> EnergyCallback:
         """Make one and put it first in `trainer`'s callbacks (see the module doc)."""
         cb = cls(run, trial, **kwargs)
-        cb.on_init_end(trainer.args, trainer.state, trainer.control)
         trainer.callback_handler.callbacks.insert(0, cb)
+        train = trainer.train
+
+        @functools.wraps(train)
+        def train_closing_on_error(*args: Any, **kw: Any) -> Any:
+            # transformers calls no callback when train() raises (OOM, a bad batch, Ctrl-C)
+            try:
+                return train(*args, **kw)
+            except BaseException:
+                cb.end_windows(TRAIN_ERROR)
+                raise
+
+        trainer.train = train_closing_on_error
         return cb
 
     @property
@@ -68,15 +101,25 @@ class EnergyCallback(TrainerCallback):
         return self._run
 
     # ---- the Trainer's events ----------------------------------------------------------------
-    def on_init_end(self, args, state, control, **kwargs):
-        if args.include_num_input_tokens_seen in ("no", False):
-            # J per token needs the tokens: the Trainer counts them when asked to
-            args.include_num_input_tokens_seen = self.count_tokens
-            log.info("EnergyCallback: counting %s input tokens for J/token", self.count_tokens)
-
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self._train is not None or self._eval is not None:  # an earlier train() raised
+            log.warning("EnergyCallback: a window of an earlier train() was still open; closed "
+                        "now, marked %r", CALLBACK_ERROR)
+            self.end_windows(CALLBACK_ERROR)
+        self._world = max(1, int(getattr(args, "world_size", 1) or 1))
+        if model is not None:
+            self._hook(model)
         self._training = True
         self._open_train(state)
+
+    def end_windows(self, closed_by: str) -> None:
+        """Close whatever window is open (training's, an evaluation's) marked `closed_by`:
+        the path out of a train() that raised."""
+        if self._eval is not None:
+            eval_stage, self._eval = self._eval, None
+            eval_stage.window.close(closed_by)
+        self._close_train(state=None, closed_by=closed_by)
+        self._training = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or not state.is_world_process_zero:
@@ -93,7 +136,7 @@ class EnergyCallback(TrainerCallback):
             fields = {"energy_j": energy}
         else:
             return
-        tokens = self._tokens_so_far(state)
+        tokens = self._tokens_so_far() * self._world  # ranks train on equal shares of batches
         if tokens:
             fields["j_per_token" if not final else "train_j_per_token"] = energy / tokens
         prefixed = {PREFIX + k: v for k, v in fields.items()}
@@ -106,6 +149,10 @@ class EnergyCallback(TrainerCallback):
             self._close_train(state)
             self._eval = self.run.stage(self.eval_stage, trial=self.trial)
             self._eval.__enter__()
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        """predict() ends: its window (opened by its first batch) closes, as an evaluation."""
+        self.on_evaluate(args, state, control, metrics=metrics, **kwargs)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self._eval is None:
@@ -124,20 +171,48 @@ class EnergyCallback(TrainerCallback):
         self._close_train(state)
         self._training = False
 
+    # ---- tokens, counted on this rank without a collective ------------------------------------
+    def _hook(self, model: Any) -> None:
+        if id(model) in self._hooked:
+            return
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+        self._hooked.add(id(model))
+
+    def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
+        import torch
+
+        if not (module.training and torch.is_grad_enabled()):  # generation, evaluation
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if self.count_tokens == "non_padding" and mask is not None and mask.dim() == 2:
+            n = mask.sum()  # a device tensor: read back only when a window closes or logs
+        elif ids is not None:
+            n = ids.numel()
+        else:
+            return
+        self._pending = n if self._pending is None else self._pending + n
+
+    def _tokens(self) -> int:
+        """This rank's training tokens so far (reads the device count back: one sync)."""
+        if self._pending is not None:
+            self._counted += int(self._pending)
+            self._pending = None
+        return self._counted
+
     # ---- windows -------------------------------------------------------------------------------
     def _open_train(self, state) -> None:
         self._train = self.run.stage(self.stage_name, trial=self.trial)
         self._train.__enter__()
-        self._tokens_at_open = int(state.num_input_tokens_seen or 0)
+        self._tokens_at_open = self._tokens()
 
-    def _close_train(self, state) -> None:
+    def _close_train(self, state, closed_by: str = STAGE) -> None:
         if self._train is None:
             return
-        if state.is_world_process_zero:  # the count is every rank's: charged to one window
-            self._train.add_tokens(int(state.num_input_tokens_seen or 0) - self._tokens_at_open)
-        self._train.__exit__(None, None, None)
-        self._done_tokens += self._train.tokens
-        self._train = None
+        train, self._train = self._train, None
+        train.add_tokens(self._tokens() - self._tokens_at_open)  # this rank's: its own window
+        train.window.close(closed_by)
+        self._done_tokens += train.tokens
 
     def _close_if_done(self, state, logs) -> bool:
         """The Trainer's last training log (the only one with train_loss, the mean over the run)
@@ -149,10 +224,8 @@ class EnergyCallback(TrainerCallback):
             return True
         return False
 
-    def _tokens_so_far(self, state) -> int:
-        open_part = 0
-        if self._train is not None:
-            open_part = int(state.num_input_tokens_seen or 0) - self._tokens_at_open
+    def _tokens_so_far(self) -> int:
+        open_part = self._tokens() - self._tokens_at_open if self._train is not None else 0
         return self._done_tokens + open_part
 
 

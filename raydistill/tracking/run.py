@@ -119,6 +119,7 @@ class Run:
         if not self._owner:
             raise RuntimeError("Run.finish: only the process that started the run finishes it")
         try:
+            self._close_leftovers()
             rows = self._session.energy_rows()
         finally:
             self._session.close()
@@ -137,6 +138,28 @@ class Run:
             self._lock.close()
         log.info("run written to %s", self.run_dir)
         return self.run_dir
+
+    def _close_leftovers(self) -> list[str]:
+        """Close every window still open, marked "finish", before the figures are computed:
+        an open window's end is the node's latest sample, and it would share its devices with
+        nothing, or with any later stage appended to this directory. This process's own
+        windows first (with their tokens), after the samplers closed those of processes that
+        are gone (at their last sign of life), then the rest at the finish."""
+        import ray
+
+        from raydistill.cluster import lifetime
+        from raydistill.energy.lifetime import FINISH
+
+        own = lifetime.close_all(FINISH)
+        self._session.fleet.flush()
+        here = {ray.get_runtime_context().get_node_id(): (time.time(), time.monotonic())}
+        rest = ray.get(self._session.ledger.close_open.remote(FINISH, here))
+        closed = own + [f"{w['window_id']} (pid {w['pid']})" for w in rest]
+        if closed:
+            log.warning("Run.finish: %d window(s) were still open; closed at the finish, marked "
+                        "'finish' (metrics.json windows_closed_by): %s", len(closed),
+                        ", ".join(closed))
+        return closed
 
     def __getstate__(self) -> dict:
         # a copy in a Ray worker: no session (the owner's), no state (written by the owner)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from raydistill.distill.artifacts import artifact_key
 from raydistill.energy.footprint import FootprintInputs
+from raydistill.energy.lifetime import closings_note
 from raydistill.errors import ConfigError
 from raydistill.io import atomic_write, atomic_write_text
 from raydistill.results import TEACHER_STAGES, results_table, seed_metrics
@@ -215,7 +216,8 @@ def write_results(run_dir: Path, rows: list, state: TrackState, started_s: float
               if a["reused"]]
     top = {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started_s,
            "train": state.train, "artifacts": artifacts, "artifact_costs": costs,
-           "source": "raydistill.track", **({"error": error} if error else {})}
+           "source": "raydistill.track", "windows_closed_by": closings_note(rows),
+           **({"error": error} if error else {})}
     if state.native:
         top = merge_top(state.native, top, metrics)
     atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))

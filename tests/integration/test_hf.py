@@ -84,7 +84,9 @@ def test_trainer_callback_figures_equal_the_ledger_and_the_truth(world, monkeypa
             args=TrainingArguments(output_dir=str(root / "ckpt"), max_steps=8,
                                    per_device_train_batch_size=4, logging_steps=2,
                                    eval_strategy="steps", eval_steps=4, report_to=[],
-                                   use_cpu=True, save_strategy="no"),
+                                   use_cpu=True, save_strategy="no",
+                                   # the Trainer's own count, to check the callback's against
+                                   include_num_input_tokens_seen="non_padding"),
             train_dataset=data, eval_dataset=data.select(range(8)),
             data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
         cb = EnergyCallback.attach(trainer, run)
