@@ -190,7 +190,11 @@ class StageWindow(contextlib.ContextDecorator):
     def close(self, closed_by: str = STAGE, timeout_s: float | None = None) -> None:
         """Close the window now, marked `closed_by` in the ledger (`energy/lifetime.py`)."""
         lifetime.unregister(self)
-        self._close(closed_by, timeout_s)
+        try:
+            self._close(closed_by, timeout_s)
+        finally:  # closed: work started from here on no longer runs inside it
+            if self.window is not None:
+                _swap_open(self.window.window_id, None)
 
     def _close(self, closed_by: str, timeout_s: float | None = None) -> None:
         if self.window is None:
@@ -202,15 +206,11 @@ class StageWindow(contextlib.ContextDecorator):
         ray.get(ref) if timeout_s is None else ray.get(ref, timeout=timeout_s)
 
     def __exit__(self, exc_type=None, *exc) -> None:
-        try:
-            if exc_type is None:
-                self.close(STAGE)
-            else:  # the process exiting (SIGTERM, sys.exit, Ctrl-C) or the stage's own error
-                exiting = issubclass(exc_type, (SystemExit, KeyboardInterrupt))
-                self.close(EXIT if exiting else STAGE_ERROR)
-        finally:
-            if self.window is not None:
-                _swap_open(self.window.window_id, None)
+        if exc_type is None:
+            self.close(STAGE)
+        else:  # the process exiting (SIGTERM, sys.exit, Ctrl-C) or the stage's own error
+            exiting = issubclass(exc_type, (SystemExit, KeyboardInterrupt))
+            self.close(EXIT if exiting else STAGE_ERROR)
 
 
 # ---- which GPUs a worker holds --------------------------------------------------------------

@@ -117,7 +117,7 @@ class EnergyCallback(TrainerCallback):
         the path out of a train() that raised."""
         if self._eval is not None:
             eval_stage, self._eval = self._eval, None
-            eval_stage.window.close(closed_by)
+            eval_stage.close(closed_by)
         self._close_train(state=None, closed_by=closed_by)
         self._training = False
 
@@ -211,7 +211,7 @@ class EnergyCallback(TrainerCallback):
             return
         train, self._train = self._train, None
         train.add_tokens(self._tokens() - self._tokens_at_open)  # this rank's: its own window
-        train.window.close(closed_by)
+        train.close(closed_by)
         self._done_tokens += train.tokens
 
     def _close_if_done(self, state, logs) -> bool:

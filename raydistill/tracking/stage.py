@@ -145,6 +145,14 @@ class Stage:
         finally:
             self._restore_parent()
 
+    def close(self, closed_by: str) -> None:
+        """Close the stage outside its `with` block (a callback's window), marked `closed_by`
+        in the ledger: as `__exit__` does, so later stages no longer nest in it."""
+        try:
+            self._window().close(closed_by)
+        finally:
+            self._restore_parent()
+
     def _lend_parent(self) -> None:
         """Processes started inside the block open their windows inside this one."""
         from raydistill.cluster.windows import PARENT_ENV
