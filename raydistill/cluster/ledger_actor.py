@@ -5,6 +5,12 @@ applied and acknowledged. Concurrent calls are committed as one group (one write
 the ledger's cost grows with the number of commits, not the number of callers. On restart the
 actor rebuilds its state by replaying the log; a damaged tail is kept to its valid prefix and
 reported.
+
+Ingestion never waits for a query: the state (not thread-safe) lives on one worker thread that
+applies committed records and answers queries in order, off the event loop. A batch is
+acknowledged once its fsync is done and its apply is queued (every later query sees it); a
+window event once it is applied too (the caller may act on the window next, and learns of a bad
+one). The event loop keeps only what deduplication needs (the accepted keys).
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,30 @@ class _Ledger:
         self._flushing = False
         self.commits = 0
         self._closing: set[str] = set()  # windows a leftover close is being committed for
+        # the event loop's own view for deduplication: keys of every batch written to the log
+        self._keys: set[tuple[str, int]] = set(self.state.seen)
+        self.duplicates = 0  # found by the event loop (the state counts those of the replay)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-state")
+
+    async def _on_state(self, fn: Callable, *args: Any) -> Any:
+        """Run fn on the state's thread, after every record committed before this call."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def _apply_group(self, accepted: list[list[tuple[int, bytes]]]) -> list[Exception | None]:
+        """Apply each caller's records in commit order (on the state's thread)."""
+        errors: list[Exception | None] = []
+        for kept in accepted:
+            try:
+                for kind, payload in kept:
+                    self.state.apply(kind, payload)
+                errors.append(None)
+            except Exception as exc:  # the caller is told where it waits; logged where not
+                errors.append(exc)
+                if all(k == KIND_BATCH for k, _ in kept):
+                    msg = f"a committed batch failed to apply: {exc!r}"
+                    self.state.warnings.append(msg)
+                    log.error(msg)
+        return errors
 
     # ---- the write path: group commit ------------------------------------------------------
     async def _commit(self, records: list[tuple[int, bytes]]) -> Any:
@@ -69,11 +102,14 @@ class _Ledger:
                     # meanwhile and become the next group.
                     await loop.run_in_executor(None, self.writer.append, blob)
                     self.commits += 1
-                    for kept, (_, fut) in zip(accepted, group, strict=True):
-                        for kind, payload in kept:
-                            self.state.apply(kind, payload)
-                        if not fut.done():
-                            fut.set_result(sum(1 for k, _ in kept if k == KIND_BATCH))
+                    self._keys.update(SampleBatch.key_of(p) for k, p in blob if k == KIND_BATCH)
+                    applied = loop.run_in_executor(self._worker, self._apply_group, accepted)
+                    for i, (kept, (_, fut)) in enumerate(zip(accepted, group, strict=True)):
+                        new = sum(1 for k, _ in kept if k == KIND_BATCH)
+                        if any(k == KIND_EVENT for k, _ in kept):
+                            applied.add_done_callback(partial(_ack_applied, i, fut, new))
+                        elif not fut.done():  # durable: acknowledged, its apply queued
+                            fut.set_result(new)
                 except Exception as exc:  # a full disk must reach every caller, not hang them
                     for _, fut in group:
                         if not fut.done():
@@ -87,8 +123,8 @@ class _Ledger:
         for kind, payload in records:
             if kind == KIND_BATCH:
                 key = SampleBatch.key_of(payload)
-                if key in self.state.seen or key in keys:
-                    self.state.duplicates += 1
+                if key in self._keys or key in keys:
+                    self.duplicates += 1
                     continue
                 keys.add(key)
             kept.append((kind, payload))
@@ -122,7 +158,8 @@ class _Ledger:
         sampler checks for processes that are gone."""
         keys = ("window_id", "pid", "pid_start", "host", "t_start_s", "t_start_mono_s",
                 "trial_id", "stage", "node_id")
-        return [{k: getattr(w, k) for k in keys} for w in self.state.open_windows(node_id)]
+        return await self._on_state(
+            lambda: [{k: getattr(w, k) for k in keys} for w in self.state.open_windows(node_id)])
 
     async def close_leftover(self, window_id: str, t_end_s: float,
                              t_end_mono_s: float | None, closed_by: str) -> bool:
@@ -130,7 +167,8 @@ class _Ledger:
         when it was closed meanwhile (the process was quicker)."""
         if window_id in self._closing:
             return False
-        event = self.state.leftover_close(window_id, t_end_s, t_end_mono_s, closed_by)
+        event = await self._on_state(  # on the state's thread: it may parse pending batches
+            self.state.leftover_close, window_id, t_end_s, t_end_mono_s, closed_by)
         if event is None:
             return False
         self._closing.add(window_id)
@@ -148,8 +186,8 @@ class _Ledger:
         closed = []
         for w in await self.open_windows():
             node = w["node_id"]
-            end = (at or {}).get(node) or self.state.latest_clocks(node) or (
-                w["t_start_s"], w["t_start_mono_s"])
+            end = (at or {}).get(node) or await self._on_state(
+                self.state.latest_clocks, node) or (w["t_start_s"], w["t_start_mono_s"])
             if await self.close_leftover(w["window_id"], end[0], end[1], closed_by):
                 closed.append(w)
         return closed
@@ -174,15 +212,19 @@ class _Ledger:
         await self._commit([(KIND_EVENT, event_payload(event))])
 
     async def energy_rows(self) -> list[dict]:
-        return [r.__dict__ for r in self.state.energy_rows()]
+        return await self._on_state(lambda: [r.__dict__ for r in self.state.energy_rows()])
 
     async def trial_rows(self, trial_id: str) -> list[dict]:
         """One trial's rows (equal to its rows in `energy_rows`), computed from its own windows
         and the ones overlapping them: what a running trial polls."""
-        return [r.__dict__ for r in self.state.trial_rows(trial_id)]
+        return await self._on_state(
+            lambda: [r.__dict__ for r in self.state.trial_rows(trial_id)])
 
     async def trial_energy(self, trial_ids: list[str]) -> dict[str, dict[str, float]]:
         """{trial: {stage: J}} for the given trials (per-trial queries, not the whole sweep)."""
+        return await self._on_state(self._trial_energy, trial_ids)
+
+    def _trial_energy(self, trial_ids: list[str]) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for trial_id in trial_ids:
             stages = out.setdefault(trial_id, {})
@@ -191,13 +233,16 @@ class _Ledger:
         return out
 
     async def windows(self) -> list[dict]:
-        return [w.__dict__ for w in self.state.windows.values()]
+        return await self._on_state(lambda: [w.__dict__ for w in self.state.windows.values()])
 
     async def stats(self) -> dict:
+        return await self._on_state(self._stats)
+
+    def _stats(self) -> dict:
         return {
             "samples": self.state.n_samples,
             "batches": len(self.state.seen),
-            "duplicates": self.state.duplicates,
+            "duplicates": self.state.duplicates + self.duplicates,
             "windows": len(self.state.windows),
             "commits": self.commits,
             "replayed_records": self.replayed_records,
@@ -209,6 +254,17 @@ class _Ledger:
 
     async def ping(self) -> bool:
         return True
+
+
+def _ack_applied(i: int, fut: asyncio.Future, new: int, applied: asyncio.Future) -> None:
+    """Acknowledge the i-th caller of a group once the group is applied (on the event loop)."""
+    if fut.done():
+        return
+    exc = applied.exception() or applied.result()[i]
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(new)
 
 
 # The actor class is defined once here; `start_ledger` gives it its options.

@@ -22,6 +22,7 @@ rebuilds exactly the same state.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raydistill.energy import incremental
+from raydistill.energy.incremental import Baselines, Chunk
 from raydistill.energy.log import KIND_BATCH, KIND_EVENT
 from raydistill.energy.rows import EnergyRow, energy_rows, trial_rows
 from raydistill.energy.samples import (
@@ -39,29 +42,12 @@ from raydistill.energy.samples import (
     window_close_event,
     window_open_event,
 )
-from raydistill.energy.timeline import (
-    DeviceTimeline,
-    Sequence,
-    bridge,
-    merge,
-    sequence_segments,
-    with_holds,
-)
+from raydistill.energy.timeline import DeviceTimeline
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GAP_S = 2.0
 DEFAULT_MAX_HOLD_S = 0.5
-
-
-@dataclass
-class _Chunk:
-    seq: int
-    t_wall: np.ndarray
-    t_mono: np.ndarray | None
-    p: np.ndarray
-    e: np.ndarray
-    info: DeviceInfo  # one per chunk: a batch's readings of a device by one source
 
 
 @dataclass
@@ -75,8 +61,31 @@ class _Baseline:
 @dataclass
 class _Series:
     infos: set[DeviceInfo] = field(default_factory=set)
-    chunks: dict[str, list[_Chunk]] = field(default_factory=lambda: defaultdict(list))
+    chunks: dict[str, list[Chunk]] = field(default_factory=lambda: defaultdict(list))
     baselines: dict[str, _Baseline] = field(default_factory=dict)  # sampler_id -> its baseline
+
+
+class _Offsets:
+    """A node's (wall, monotonic) clock pairs, one per batch, sorted both ways: the pair
+    nearest a time is a binary search, not a scan of the run's batches."""
+
+    def __init__(self) -> None:
+        self.by_wall: list[tuple[float, float]] = []
+        self.by_mono: list[tuple[float, float]] = []
+
+    def __len__(self) -> int:
+        return len(self.by_wall)
+
+    def add(self, wall: float, mono: float) -> None:
+        bisect.insort(self.by_wall, (wall, mono))  # at the end, in O(log n), when in order
+        bisect.insort(self.by_mono, (mono, wall))
+
+    @staticmethod
+    def nearest(pairs: list[tuple[float, float]], x: float) -> tuple[float, float]:
+        i = bisect.bisect_left(pairs, (x, -math.inf))
+        if i == len(pairs) or (i > 0 and x - pairs[i - 1][0] <= pairs[i][0] - x):
+            return pairs[i - 1]
+        return pairs[i]
 
 
 class LedgerState:
@@ -101,11 +110,11 @@ class LedgerState:
         self.duplicates = 0
         self.warnings: list[str] = []
         self._series: dict[tuple[str, str], _Series] = {}
-        self._timelines: dict[tuple[str, str], DeviceTimeline] = {}
+        self._timelines: dict[tuple[str, str], incremental.Entry] = {}
         self._latest_t_s: dict[str, float] = {}  # node_id -> latest sample wall time
         self._latest_tl: dict[str, float] = {}  # node_id -> latest sample on its timeline
         self._wall_only: set[str] = set()  # nodes with samples that carry no monotonic time
-        self._offsets: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (wall, mono)
+        self._offsets: dict[str, _Offsets] = defaultdict(_Offsets)
         self._methods: list[str] = []
         # Accepted batches not yet parsed into series: ingestion only checks the key and keeps
         # the bytes; queries parse (rare, and once per batch).
@@ -159,10 +168,12 @@ class LedgerState:
                 series = self._series[key] = _Series()
             series.infos.add(info)
             n = int(sel.sum())
-            series.chunks[batch.sampler_id].append(_Chunk(
-                batch.batch_seq, batch.t_wall_s[sel], None if mono is None else mono[sel],
-                batch.power_w[sel], batch.energy_counter_j[sel], info))
-            self._timelines.pop(key, None)
+            chunk = Chunk(batch.batch_seq, batch.t_wall_s[sel], None if mono is None
+                          else mono[sel], batch.power_w[sel], batch.energy_counter_j[sel], info)
+            series.chunks[batch.sampler_id].append(chunk)
+            cached = self._timelines.get(key)
+            if cached is not None and not incremental.note(cached, batch.sampler_id, chunk):
+                del self._timelines[key]  # not an append: the next query rebuilds it
             idle = batch.idle_power_w.get(info.device_id)
             if idle is not None and batch.sampler_id not in series.baselines:
                 span = batch.idle_span_s
@@ -178,7 +189,7 @@ class LedgerState:
             tl = mono if mono is not None else batch.t_wall_s
             self._latest_tl[node] = max(self._latest_tl.get(node, -math.inf), float(tl.max()))
             if mono is not None:
-                self._offsets[node].append((float(batch.t_wall_s[-1]), float(mono[-1])))
+                self._offsets[node].add(float(batch.t_wall_s[-1]), float(mono[-1]))
 
     def apply_event(self, ev: dict) -> None:
         kind = ev["type"]
@@ -253,53 +264,36 @@ class LedgerState:
             return wall_s
         if mono_s is not None:
             return mono_s
-        pairs = self._offsets[node_id]  # a window recorded without monotonic time
-        wall, mono = min(pairs, key=lambda p: abs(p[0] - wall_s))
+        # a window recorded without monotonic time: the nearest batch's clock offset
+        wall, mono = _Offsets.nearest(self._offsets[node_id].by_wall, wall_s)
         return wall_s - wall + mono
 
     def to_wall(self, node_id: str, t_s: float) -> float:
         if not self.uses_mono(node_id):
             return t_s
-        wall, mono = min(self._offsets[node_id], key=lambda p: abs(p[1] - t_s))
+        mono, wall = _Offsets.nearest(self._offsets[node_id].by_mono, t_s)
         return t_s - mono + wall
 
     def timeline(self, node_id: str, device_id: str) -> DeviceTimeline:
+        """The device's timeline: the cached one extended by the batches since the last query
+        where they append (`incremental.py`), else rebuilt from all its readings."""
         self._parse_pending()
         key = (node_id, device_id)
+        series = self._series[key]
+        mono = self.uses_mono(node_id)
+        baselines: Baselines = tuple(
+            (b.t_to, b.idle_w) for b in self._valid_baselines(node_id, device_id, series))
+        args = (self._code, self.max_gap_s, self.max_hold_s)
         cached = self._timelines.get(key)
-        if cached is None:
-            cached = self._timelines[key] = self._build_timeline(node_id, device_id)
-        return cached
+        if cached is None or not incremental.refresh(cached, mono, baselines, *args):
+            cached = self._timelines[key] = incremental.build(series.chunks, mono, baselines,
+                                                              *args)
+        return cached.tl
 
     def _code(self, method: str) -> int:
         if method not in self._methods:
             self._methods.append(method)
         return self._methods.index(method)
-
-    def _build_timeline(self, node_id: str, device_id: str) -> DeviceTimeline:
-        series = self._series[(node_id, device_id)]
-        mono = self.uses_mono(node_id)
-        baselines = self._valid_baselines(node_id, device_id, series)
-        seqs = []
-        for sampler_id, chunks in series.chunks.items():
-            chunks = sorted(chunks, key=lambda c: c.seq)  # read order: batches, then rows
-            t = np.concatenate([c.t_mono if mono and c.t_mono is not None else c.t_wall
-                                for c in chunks])
-            sizes = [len(c.t_wall) for c in chunks]
-            counter_m = np.repeat([self._code(c.info.method) for c in chunks], sizes)
-            power_m = np.repeat([self._code("sampled" if c.info.method == "counter"
-                                            else c.info.method) for c in chunks], sizes)
-            ranges = {c.info.counter_range_j for c in chunks}
-            seqs.append((float(t.min()) if t.size else math.inf, sampler_id, Sequence(
-                t, np.concatenate([c.p for c in chunks]), np.concatenate([c.e for c in chunks]),
-                counter_m, power_m, next(iter(ranges)) if len(ranges) == 1 else None,
-                _idle_at(baselines, t))))
-        seqs.sort(key=lambda x: (x[0], x[1]))  # the sampler that began first wins overlaps
-        parts = [sequence_segments(seq, self.max_gap_s) for _, _, seq in seqs]
-        merged = bridge(merge(parts), [seq for _, _, seq in seqs], self.max_gap_s)
-        pieces = with_holds(merged, self.max_hold_s)
-        all_t = np.concatenate([seq.t_s for _, _, seq in seqs])
-        return DeviceTimeline(pieces, all_t)
 
     def _valid_baselines(self, node_id: str, device_id: str,
                          series: _Series) -> list[_Baseline]:
@@ -402,13 +396,3 @@ class LedgerState:
         """One trial's rows, as in `energy_rows` (see `rows.trial_rows`)."""
         self._parse_pending()
         return trial_rows(self, trial_id)
-
-
-def _idle_at(valid: list[_Baseline], t: np.ndarray) -> np.ndarray:
-    """Idle power valid at each time: the latest valid baseline measured before it (the
-    earliest one for times before any)."""
-    if not valid:
-        return np.zeros(t.shape)
-    ends = np.array([b.t_to for b in valid])
-    idx = np.clip(np.searchsorted(ends, t, side="right") - 1, 0, None)
-    return np.array([b.idle_w for b in valid])[idx]

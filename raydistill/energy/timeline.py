@@ -136,7 +136,10 @@ def merge(parts: list[Segments]) -> Segments:
             continue
         free = _free_intervals(out)
         pieces = [_within(nxt, lo, hi) for lo, hi in free]
+        resets, disc = out.resets + nxt.resets, out.discontinuities + nxt.discontinuities
         out = _concat([out, *pieces])
+        # a sequence's resets count once, however many free intervals its pieces fall in
+        out.resets, out.discontinuities = resets, disc
     return out
 
 
@@ -213,15 +216,23 @@ def _concat(parts: list[Segments]) -> Segments:
                     discontinuities=sum(p.discontinuities for p in parts))
 
 
-def with_holds(s: Segments, max_hold_s: float) -> Segments:
+def with_holds(s: Segments, max_hold_s: float, prev_b: float = -np.inf) -> Segments:
     """Add held-power pieces of at most max_hold_s around each run of measured pieces (split
-    at the midpoint where two runs are closer than twice that)."""
+    at the midpoint where two runs are closer than twice that).
+
+    `prev_b` is the end of the measured piece just before `s` (-inf: none), so that the holds
+    of a tail of the pieces come out exactly as those of the whole: a first piece that
+    continues that one starts no run, one after a hole gets a hold split with it."""
     if len(s) == 0 or max_hold_s <= 0:
         return s
-    starts = np.concatenate(([0], np.nonzero(s.b[:-1] < s.a[1:])[0] + 1))
-    ends = np.concatenate((starts[1:] - 1, [len(s) - 1]))
-    prev_end = np.concatenate(([-np.inf], s.b[ends[:-1]]))
-    next_start = np.concatenate((s.a[starts[1:]], [np.inf]))
+    holes = np.nonzero(s.b[:-1] < s.a[1:])[0] + 1  # runs that start after a hole
+    ends = np.concatenate((holes - 1, [len(s) - 1]))  # every run's last piece
+    next_start = np.concatenate((s.a[holes], [np.inf]))
+    if prev_b < s.a[0]:
+        starts = np.concatenate(([0], holes))
+        prev_end = np.concatenate(([prev_b], s.b[holes - 1]))
+    else:  # the first piece continues the run before `s`: no hold before it
+        starts, prev_end = holes, s.b[holes - 1]
     lo = np.maximum(s.a[starts] - max_hold_s, (prev_end + s.a[starts]) / 2)
     hi = np.minimum(s.b[ends] + max_hold_s, (s.b[ends] + next_start) / 2)
     before = Segments(lo, s.a[starts].copy(), s.pa[starts], s.pa[starts],
@@ -233,41 +244,128 @@ def with_holds(s: Segments, max_hold_s: float) -> Segments:
     return out
 
 
+class _Column:
+    """An array that grows at its end in amortised O(new items) and can be cut back: a live
+    timeline appends a few pieces per batch to hundreds of thousands."""
+
+    def __init__(self, dtype: type, first: list | None = None) -> None:
+        self.buf = np.empty(64, dtype=dtype)
+        self.n = 0
+        if first:
+            self.extend(np.asarray(first, dtype=dtype))
+
+    def view(self) -> np.ndarray:
+        return self.buf[: self.n]
+
+    def extend(self, x: np.ndarray) -> None:
+        need = self.n + len(x)
+        if need > len(self.buf):
+            grown = np.empty(max(need, 2 * len(self.buf)), dtype=self.buf.dtype)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n : need] = x
+        self.n = need
+
+    def extend_accumulated(self, x: np.ndarray, op: np.ufunc, start: float) -> None:
+        """Append the running `op` (add, maximum) of x continued from `start`: the same
+        sequence of operations as over the whole array, so the values are bit-identical."""
+        self.extend(op.accumulate(np.concatenate(([start], x)).astype(self.buf.dtype))[1:])
+
+
+_FIELDS = (("a", float), ("b", float), ("pa", float), ("pb", float), ("method", np.int64),
+           ("idle_w", float), ("gap", bool))
+
+
 class DeviceTimeline:
-    """Queries over merged pieces: energy, idle energy, measured / held seconds, methods."""
+    """Queries over merged pieces: energy, idle energy, measured / held seconds, methods.
+
+    Every query is a binary search on cumulative arrays (O(log n), whatever the window's
+    length), and the pieces can be cut back and extended at the end (`replace_tail`), so a live
+    timeline follows new samples at a cost proportional to them, not to the run."""
 
     def __init__(self, pieces: Segments, sample_t_s: np.ndarray) -> None:
-        self.s = pieces
-        self.samples = np.sort(sample_t_s)
+        self._col = {f: _Column(dt) for f, dt in _FIELDS}
+        self._cum = {k: _Column(float, [0.0])
+                     for k in ("energy", "idle", "measured", "held", "gap_s")}
+        self._gap_n = _Column(np.int64, [0])
+        self._by_method: dict[int, _Column] = {}  # code -> cumulative count of its pieces
+        self._peak = _Column(float)  # running max of the pieces' power
+        self._end = _Column(float)  # running max of the measured pieces' ends
+        self._samples = _Column(float)
+        self.resets = self.discontinuities = 0
+        self.replace_tail(0, pieces, np.sort(sample_t_s))
+
+    def __len__(self) -> int:
+        return self._col["a"].n
+
+    @property
+    def s(self) -> Segments:
+        c = {f: col.view() for f, col in self._col.items()}
+        return Segments(**c, resets=self.resets, discontinuities=self.discontinuities)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self._samples.view()
+
+    @property
+    def peak_w(self) -> float:
+        n = len(self)
+        return float(self._peak.buf[n - 1]) if n else 0.0
+
+    @property
+    def end_s(self) -> float:
+        n = len(self)
+        return float(self._end.buf[n - 1]) if n else -np.inf
+
+    def replace_tail(self, keep: int, pieces: Segments, new_samples_sorted: np.ndarray) -> None:
+        """Keep the first `keep` pieces, append `pieces` (all after them) and the sample times
+        (sorted, none before the present ones); `pieces`' resets and discontinuities add up."""
+        for f, col in self._col.items():
+            col.n = keep
+            col.extend(getattr(pieces, f))
         dur = pieces.b - pieces.a
-        energy = 0.5 * (pieces.pa + pieces.pb) * dur
         held = pieces.method == HELD
-        self._cum = {
-            "energy": _cumsum(energy),
-            "idle": _cumsum(pieces.idle_w * dur),
-            "measured": _cumsum(np.where(held, 0.0, dur)),
-            "held": _cumsum(np.where(held, dur, 0.0)),
-        }
-        self.peak_w = float(np.max(np.maximum(pieces.pa, pieces.pb))) if len(pieces) else 0.0
-        self.end_s = float(pieces.b[~held].max()) if (~held).any() else -np.inf
+        parts = {"energy": 0.5 * (pieces.pa + pieces.pb) * dur, "idle": pieces.idle_w * dur,
+                 "measured": np.where(held, 0.0, dur), "held": np.where(held, dur, 0.0),
+                 "gap_s": np.where(pieces.gap, dur, 0.0)}
+        for name, x in parts.items():
+            self._extend_cum(self._cum[name], keep, x)
+        self._extend_cum(self._gap_n, keep, pieces.gap.astype(np.int64))
+        for code in np.unique(pieces.method):
+            if int(code) not in self._by_method:  # counts 0 up to here
+                self._by_method[int(code)] = _Column(np.int64, [0] * (keep + 1))
+        for code, col in self._by_method.items():
+            self._extend_cum(col, keep, (pieces.method == code).astype(np.int64))
+        for col, x in ((self._peak, np.maximum(pieces.pa, pieces.pb)),
+                       (self._end, np.where(held, -np.inf, pieces.b))):
+            col.n = keep
+            col.extend_accumulated(x, np.maximum, col.buf[keep - 1] if keep else -np.inf)
+        self._samples.extend(new_samples_sorted)
+        self.resets += pieces.resets
+        self.discontinuities += pieces.discontinuities
+
+    @staticmethod
+    def _extend_cum(col: _Column, keep: int, x: np.ndarray) -> None:
+        col.n = keep + 1
+        col.extend_accumulated(x, np.add, col.buf[keep])
 
     def _at(self, name: str, t: float) -> float:
         """Cumulative `name` from -inf up to t."""
-        s, cum = self.s, self._cum[name]
-        i = int(np.searchsorted(s.a, t, side="right")) - 1
+        c, cum = self._col, self._cum[name].buf
+        i = int(np.searchsorted(c["a"].view(), t, side="right")) - 1
         if i < 0:
             return 0.0
         base = cum[i]
-        a, b = s.a[i], s.b[i]
+        a, b = c["a"].buf[i], c["b"].buf[i]
         if t >= b:
             return float(cum[i + 1])
         x = t - a
-        held = s.method[i] == HELD
+        held = c["method"].buf[i] == HELD
         if name == "energy":
-            slope = (s.pb[i] - s.pa[i]) / (b - a)
-            part = s.pa[i] * x + 0.5 * slope * x * x
+            pa, pb = c["pa"].buf[i], c["pb"].buf[i]
+            part = pa * x + 0.5 * ((pb - pa) / (b - a)) * x * x
         elif name == "idle":
-            part = s.idle_w[i] * x
+            part = c["idle_w"].buf[i] * x
         elif name == "measured":
             part = 0.0 if held else x
         else:
@@ -277,25 +375,40 @@ class DeviceTimeline:
     def between(self, name: str, a: float, b: float) -> float:
         return self._at(name, b) - self._at(name, a) if b > a else 0.0
 
+    def _range(self, a: float, b: float) -> tuple[int, int]:
+        """Indices [lo, hi) of the pieces that meet (a, b): pieces are disjoint and sorted, so
+        their ends are sorted too."""
+        lo = int(np.searchsorted(self._col["b"].view(), a, side="right"))
+        hi = int(np.searchsorted(self._col["a"].view(), b, side="left"))
+        return lo, max(lo, hi)
+
     def methods(self, a: float, b: float) -> set[int]:
-        s = self.s
-        sel = (s.b > a) & (s.a < b)
-        return {int(m) for m in np.unique(s.method[sel])}
+        lo, hi = self._range(a, b)
+        return {code for code, col in self._by_method.items() if col.buf[hi] > col.buf[lo]}
 
     def gaps(self, a: float, b: float) -> tuple[int, float]:
-        s = self.s
-        sel = (s.b > a) & (s.a < b) & s.gap
-        return int(sel.sum()), float((np.minimum(s.b[sel], b) - np.maximum(s.a[sel], a)).sum())
+        lo, hi = self._range(a, b)
+        n = int(self._gap_n.buf[hi] - self._gap_n.buf[lo])
+        if n == 0:
+            return 0, 0.0
+        c, cum = self._col, self._cum["gap_s"].buf
+        secs = float(cum[hi] - cum[lo])
+        if c["gap"].buf[lo] and c["a"].buf[lo] < a:  # only the part inside [a, b] counts
+            secs -= a - c["a"].buf[lo]
+        if c["gap"].buf[hi - 1] and c["b"].buf[hi - 1] > b:
+            secs -= c["b"].buf[hi - 1] - b
+        return n, float(secs)
 
     def cuts_gap(self, a: float, b: float) -> bool:
         """Does an edge of [a, b] fall inside a long counter segment? Its energy is exact over
         the segment, but the share on either side of the edge is interpolated."""
-        s = self.s
-        return bool(((s.a < a) & (s.b > a) & s.gap).any() or ((s.a < b) & (s.b > b) & s.gap).any())
+        c = self._col
+        for t in (a, b):
+            i = int(np.searchsorted(c["a"].view(), t, side="left")) - 1
+            if i >= 0 and c["b"].buf[i] > t and c["gap"].buf[i]:
+                return True
+        return False
 
     def n_samples(self, a: float, b: float) -> int:
-        return int(np.searchsorted(self.samples, b, "right") - np.searchsorted(self.samples, a))
-
-
-def _cumsum(x: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0.0], np.cumsum(x)))
+        s = self.samples
+        return int(np.searchsorted(s, b, "right") - np.searchsorted(s, a))
