@@ -24,10 +24,12 @@ tokens add up as before.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from raydistill.energy.accuracy import row_error_j, unmeasured_peak_w
 from raydistill.energy.samples import SHARED_KINDS, WORK, Window
@@ -87,6 +89,7 @@ class EnergyRow:
 
 def energy_rows(state: LedgerState) -> list[EnergyRow]:
     rows: list[EnergyRow] = []
+    memo: dict = {}  # per query: each window's span, ancestors and counted tokens, once
     by_node: dict[str, list[Window]] = defaultdict(list)
     for w in state.windows.values():
         by_node[w.node_id].append(w)
@@ -95,7 +98,8 @@ def energy_rows(state: LedgerState) -> list[EnergyRow]:
         for device_id, kind in devices:
             claimants = [w for w in windows if w.claims(device_id, kind)]
             if claimants:
-                rows.extend(_device_rows(state, node_id, device_id, kind, claimants))
+                rows.extend(_device_rows(state, node_id, device_id, kind, claimants,
+                                         memo=memo))
         rows.extend(_unmatched_rows(state, node_id, windows, {d for d, _ in devices}))
     rows.sort(key=lambda r: (r.t_start_s, r.window_id, r.device_id))
     return rows
@@ -110,6 +114,7 @@ def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
     and their neighbours in time, not every window of the sweep (what a trial polls)."""
     mine = [state.windows[wid] for wid in state.trial_window_ids(trial_id)]
     rows: list[EnergyRow] = []
+    memo: dict = {}  # per query: each window's span, ancestors and counted tokens, once
     for node_id in sorted({w.node_id for w in mine}):
         own_node = [w for w in mine if w.node_id == node_id]
         devices = state.devices(node_id)
@@ -117,12 +122,12 @@ def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
             own = [w for w in own_node if w.claims(device_id, kind)]
             if not own:
                 continue
-            spans = [state._span(w) for w in own]
+            spans = [_facts(state, w, memo)[0] for w in own]
             lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
             others = [w for w in state.overlapping(node_id, lo, hi)
                       if w.trial_id != trial_id and w.claims(device_id, kind)]
             rows.extend(_device_rows(state, node_id, device_id, kind, own + others,
-                                     report=own))
+                                     report=own, memo=memo))
         rows.extend(_unmatched_rows(state, node_id, own_node, {d for d, _ in devices}))
     rows.sort(key=lambda r: (r.t_start_s, r.window_id, r.device_id))
     return rows
@@ -162,8 +167,22 @@ def _unsampled_gpu_peak_w(state: LedgerState, node_id: str) -> float:
                default=unmeasured_peak_w("gpu", "", None))
 
 
+def _facts(state: LedgerState, w: Window, memo: dict | None
+           ) -> tuple[tuple[float, float], set[str], str | None, int, int]:
+    """(span, ancestors' ids, parent id, tokens, generated tokens) of a window as its rows
+    count them, computed once per query (`memo`) rather than once per device."""
+    got = None if memo is None else memo.get(w.window_id)
+    if got is None:
+        parent = state.parent(w)
+        got = (state._span(w), {a.window_id for a in state.ancestors(w)},
+               None if parent is None else parent.window_id, *_counted_tokens(state, w))
+        if memo is not None:
+            memo[w.window_id] = got
+    return got
+
+
 def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float, end: float,
-     **fields) -> EnergyRow:
+         memo: dict | None = None, **fields) -> EnergyRow:
     base = dict(n_samples=0, gap_s=0.0, n_gaps=0, counter_resets=0, held_s=0.0,
                 unmeasured_s=0.0, unmeasured_max_j=0.0, interpolated=False, final=False,
                 device_model="")
@@ -172,14 +191,13 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
                                          base["unmeasured_max_j"], base["device_model"])
     energy, idle = base.pop("energy_j"), base.pop("idle_j")
     t_end = w.t_end_s if w.t_end_s is not None else state.to_wall(w.node_id, end)
-    parent = state.parent(w)
-    tokens, generated = _counted_tokens(state, w)
+    _, _, parent_id, tokens, generated = _facts(state, w, memo)
     return EnergyRow(
         window_id=w.window_id, trial_id=w.trial_id, stage=w.stage, node_id=w.node_id,
         device_id=device_id, device_kind=kind, t_start_s=w.t_start_s, t_end_s=t_end,
         duration_s=end - start, tokens=tokens, energy_j=energy, idle_j=idle,
         above_idle_j=energy - idle, open=w.t_end_s is None, phase=w.phase,
-        generated_tokens=generated, parent_id=None if parent is None else parent.window_id,
+        generated_tokens=generated, parent_id=parent_id,
         closed_by=w.closed_by or "", **base)
 
 
@@ -194,36 +212,40 @@ def _counted_tokens(state: LedgerState, w: Window) -> tuple[int, int]:
 
 def _device_rows(
 state: LedgerState, node_id: str, device_id: str, kind: str, windows: list[Window],
-report: list[Window] | None = None,
+report: list[Window] | None = None, memo: dict | None = None,
 ) -> list[EnergyRow]:
     """Rows of `report` (default: all `windows`), charged against all of `windows`."""
     tl = state.timeline(node_id, device_id)
     series = state._series[(node_id, device_id)]
-    spans = {w.window_id: state._span(w) for w in windows}
-    ancestors = {w.window_id: {a.window_id for a in state.ancestors(w)} for w in windows}
+    facts = {w.window_id: _facts(state, w, memo) for w in windows}
+    spans = {wid: f[0] for wid, f in facts.items()}
+    ancestors = {wid: f[1] for wid, f in facts.items()}
     charged, idle, shared = _split(windows, spans, tl, kind in SHARED_KINDS, ancestors)
     sources = "+".join(sorted({i.source for i in series.infos}))
     model = next((i.model for i in series.infos if i.model), "")
     peak_w = unmeasured_peak_w(kind, model, tl.peak_w)
     rows = []
-    for w in windows if report is None else report:
+    mine = windows if report is None else report
+    edges = np.array([spans[w.window_id] for w in mine], dtype=float).reshape(-1, 2)
+    stats = tl.spans(edges[:, 0], edges[:, 1])
+    resets = tl.s.resets
+    for k, w in enumerate(mine):
         start, end = spans[w.window_id]
-        whole = tl.between("energy", start, end)
-        measured = tl.between("measured", start, end)
-        held = tl.between("held", start, end)
+        whole = float(stats["energy"][k])
+        measured, held = float(stats["measured"][k]), float(stats["held"][k])
         unmeasured = max(0.0, (end - start) - measured - held)
-        codes = tl.methods(start, end)
-        labels = {"interpolated" if c == HELD else state._methods[c] for c in codes}
-        if tl.cuts_gap(start, end):
+        labels = {"interpolated" if c == HELD else state._methods[c]
+                  for c in stats["methods"][k]}
+        if stats["cuts_gap"][k]:
             labels.add("interpolated")
-        n_gaps, gap_s = tl.gaps(start, end)
-        n = tl.n_samples(start, end)
+        n_gaps, gap_s = int(stats["n_gaps"][k]), float(stats["gap_s"][k])
+        n = int(stats["n_samples"][k])
         rows.append(_row(state,
-            w, device_id, kind, start, end, energy_j=charged[w.window_id],
+            w, device_id, kind, start, end, memo=memo, energy_j=charged[w.window_id],
             idle_j=idle[w.window_id], method="+".join(sorted(labels)) or UNMEASURED,
             sources=sources, shared=shared[w.window_id],
             share=charged[w.window_id] / whole if whole else 1.0, n_samples=n,
-            gap_s=gap_s, n_gaps=n_gaps, counter_resets=tl.s.resets, held_s=held,
+            gap_s=gap_s, n_gaps=n_gaps, counter_resets=resets, held_s=held,
             unmeasured_s=unmeasured, unmeasured_max_j=unmeasured * peak_w,
             interpolated=n < 2, final=w.t_end_s is not None and tl.end_s >= end,
             device_model=model))
@@ -240,32 +262,50 @@ def _split(windows: list[Window], spans: dict[str, tuple[float, float]], tl: Dev
     another window active there gets nothing: the innermost takes the device-second. The rest,
     windows really side by side, share it in proportion to each window's CPU-time rate (CPU
     seconds per wall second) when `by_cpu` and every rate is known, else in equal parts.
+
+    Vectorised over windows × intervals (a day-long run's live query has hundreds of both);
+    each window's joules are the correctly rounded sum of its parts (`math.fsum`), so the
+    figure does not depend on which other windows were in the query.
     """
-    rates = {}
-    for w in windows:
-        a, b = spans[w.window_id]
-        known = by_cpu and w.cpu_time_s is not None and b > a
-        rates[w.window_id] = (w.cpu_time_s / (b - a)) if known else None
-    cuts = sorted({t for span in spans.values() for t in span})
-    joules = dict.fromkeys(spans, 0.0)
-    idle_j = dict.fromkeys(spans, 0.0)
-    shared = dict.fromkeys(spans, False)
-    for a, b in pairwise(cuts):
-        active = [wid for wid, (s, e) in spans.items() if s <= a and e >= b]
-        if not active or b <= a:
-            continue
-        if ancestors:
-            outer = set().union(*(ancestors.get(wid, ()) for wid in active))
-            active = [wid for wid in active if wid not in outer]
-        energy, idle = tl.between("energy", a, b), tl.between("idle", a, b)
-        r = [rates[wid] for wid in active]
-        if None in r or sum(r) <= 0:
-            weights = [1.0 / len(active)] * len(active)
-        else:
-            weights = [x / sum(r) for x in r]
-        for wid, wt in zip(active, weights, strict=True):
-            joules[wid] += energy * wt
-            idle_j[wid] += idle * wt
-            if len(active) > 1:
-                shared[wid] = True
+    ids = list(spans)
+    zero = dict.fromkeys(ids, 0.0)
+    if not ids:
+        return zero, dict(zero), dict.fromkeys(ids, False)
+    by_id = {w.window_id: w for w in windows}
+    lo = np.array([spans[i][0] for i in ids])
+    hi = np.array([spans[i][1] for i in ids])
+    cuts = np.unique(np.concatenate([lo, hi]))
+    if len(cuts) < 2:
+        return zero, dict(zero), dict.fromkeys(ids, False)
+    energy, idle = np.diff(tl.at_many("energy", cuts)), np.diff(tl.at_many("idle", cuts))
+    active = (lo[:, None] <= cuts[None, :-1]) & (hi[:, None] >= cuts[None, 1:])  # W × K
+    if ancestors:
+        index = {wid: k for k, wid in enumerate(ids)}
+        outer = np.zeros((len(ids), len(ids)), dtype=bool)  # outer[a, c]: a is c's ancestor
+        for c, wid in enumerate(ids):
+            for a in ancestors.get(wid, ()):
+                if a in index:
+                    outer[index[a], c] = True
+        if outer.any():
+            active &= ~((outer.astype(np.int64) @ active.astype(np.int64)) > 0)
+    rates = np.full(len(ids), np.nan)
+    for k, wid in enumerate(ids):
+        w, (a, b) = by_id[wid], spans[wid]
+        if by_cpu and w.cpu_time_s is not None and b > a:
+            rates[k] = w.cpu_time_s / (b - a)
+    count = active.sum(axis=0)
+    unknown = (active & np.isnan(rates)[:, None]).any(axis=0)
+    total = np.where(active, np.nan_to_num(rates)[:, None], 0.0).sum(axis=0)
+    by_rate = ~unknown & (total > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = np.where(by_rate[None, :], np.nan_to_num(rates)[:, None] / total[None, :],
+                           1.0 / count[None, :])
+    weights = np.where(active, weights, 0.0)
+    several = active & (count > 1)[None, :]
+    joules, idle_j, shared = {}, {}, {}
+    for k, wid in enumerate(ids):
+        on = active[k]
+        joules[wid] = math.fsum(energy[on] * weights[k, on])
+        idle_j[wid] = math.fsum(idle[on] * weights[k, on])
+        shared[wid] = bool(several[k].any())
     return joules, idle_j, shared
