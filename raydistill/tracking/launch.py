@@ -42,6 +42,9 @@ OWNER_FILE = "owner.json"
 ENV_JOIN_TIMEOUT, ENV_RANKS_TIMEOUT = "RAYDISTILL_JOIN_TIMEOUT_S", "RAYDISTILL_RANKS_TIMEOUT_S"
 JOIN_TIMEOUT_S, RANKS_TIMEOUT_S = 300.0, 120.0
 KV_NAMESPACE = "raydistill"
+# owners this process joined already: a script with two `track` blocks in one launch must not
+# join the first block's owner again while that owner is still writing its results
+_joined_tokens: set[str] = set()
 # (rank, world size) variables of each launcher: torchrun / accelerate / DeepSpeed, Open MPI,
 # MPICH / Intel MPI, Slurm
 RANK_VARS = (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
@@ -210,11 +213,13 @@ def join(run_dir: Path, timeout: float) -> tuple[OwnerRecord, bool]:
     seen: OwnerRecord | None = None
     while True:
         record = read_owner(run_dir)
-        if record is not None and plausible(record, launch, host):
+        if (record is not None and record.token not in _joined_tokens
+                and plausible(record, launch, host)):
             seen = record
             connected = _connect(record)
             if _kv()._internal_kv_get(_owner_key(record.namespace),
                                       namespace=KV_NAMESPACE) == record.token.encode():
+                _joined_tokens.add(record.token)
                 return record, connected
             if connected:  # a stale file naming a live cluster: not this launch's owner
                 ray.shutdown()

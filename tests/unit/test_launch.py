@@ -125,3 +125,12 @@ def test_where_cuda_is_up_already_torch_names_the_devices(fake_gpus):
     cuda = fake_gpus(initialised=True)
     assert process_devices() == ("GPU-torch-1",)
     assert "get_device_properties" in cuda.calls
+
+
+def test_a_second_track_block_does_not_rejoin_the_first_blocks_owner(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASTER_PORT", "1")
+    first = _record(tmp_path, launch="MASTER_PORT=1", token="first")
+    launch.publish(tmp_path, first)  # still there while the first owner writes its results
+    monkeypatch.setattr(launch, "_joined_tokens", {"first"})
+    with pytest.raises(RayDistillError, match=r"no owner\.json of this launch"):
+        launch.join(tmp_path, timeout=0.3)
