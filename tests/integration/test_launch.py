@@ -115,3 +115,39 @@ def test_raydistill_stage_in_a_ray_task_finds_the_run_without_being_passed_it(tm
     table = pd.read_parquet(out / "results.parquet").set_index(["trial_id", "stage"])
     assert table.loc[("t", "teacher_logit_caching"), "tokens"] == 30
     assert table.loc[("t", "teacher_logit_caching"), "energy_j"] > 0
+
+
+LATE = """
+import sys, time
+import torch.distributed as dist
+import raydistill
+from raydistill.config import SamplingConfig
+
+out, sim = sys.argv[1:3]
+cfg = SamplingConfig(source=f"simulate:{sim}", **SAMPLING)
+dist.init_process_group("gloo")
+with raydistill.track(out=out, trial="late", sampling=cfg) as run:
+    dist.barrier()  # both ranks are in; rank 0 leaves at once, rank 1 still works
+    if dist.get_rank() == 1:
+        with run.stage("evaluation") as s:
+            time.sleep(1.5)
+            s.add_tokens(7)
+""".replace("**SAMPLING", ", ".join(f"{k}={v}" for k, v in SAMPLING.items()))
+
+
+def test_the_owner_waits_for_a_rank_still_working_before_it_writes(tmp_path):
+    script, sim, out = tmp_path / "late.py", tmp_path / "node.json", tmp_path / "late"
+    script.write_text(LATE)
+    sim.write_text(json.dumps(SIM))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled",
+           "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29548", str(script), str(out), str(sim)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = pd.read_parquet(out / "results.parquet").set_index("stage")
+    # rank 1's window, closed after rank 0 had left its block, is in the one table, whole
+    assert table.loc["evaluation", "tokens"] == 7
+    assert table.loc["evaluation", "duration_s"] >= 1.5
