@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raydistill: error: {exc}", file=sys.stderr)
         return 2
     except RayDistillError as exc:
-        print(f"raydistill: {exc}", file=sys.stderr)
+        from raydistill.console import log_of
+
+        where = log_of(exc)
+        print(f"raydistill: {exc}" + (f" (the libraries' output: {where})" if where else ""),
+              file=sys.stderr)
         return 1
     return 2
 
@@ -175,7 +179,8 @@ def _finish(console, run_dir: Path, report: bool) -> None:
     """Where the rest is: the libraries' log and, with --report, the picture."""
     if console.log_path is not None:
         console.say(f"Ray's, DeepSpeed's and lm-eval's output: {console.log_path} "
-                    "(--verbose shows it here)")
+                    "(its start; the latest, past 8 MiB, in console.log.tail; --verbose shows "
+                    "it here)")
     if report:
         from raydistill.report.html import write_report
 

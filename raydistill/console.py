@@ -6,8 +6,10 @@ loggers that captured `sys.stderr` when they were made, tqdm bars, and every Ray
 output forwarded to the driver. Filtering each of them is a losing game, so `quiet` moves the
 process's file descriptors 1 and 2 to `RUN/logs/console.log` for the duration of the command
 (children, Ray's raylet included, inherit them) and gives the CLI a `Console` on a duplicate of
-the real terminal. Everything the libraries said is kept, in one file, in order; `--verbose`
-skips all of this and shows them as they come.
+the real terminal. What the libraries said is kept in order and bounded in size
+(`console_log.py`: the first 8 MiB in `console.log`, the latest 8-16 MiB in `console.log.tail`
+and `.tail.1`); a failed command names the log in its error. `--verbose` skips all of this and
+shows them as they come.
 
 The progress lines themselves are made by pure functions here (`stage_line`), so their format is
 tested without Ray.
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from raydistill.console_log import CappedLog, Pump
 from raydistill.errors import ConfigError
 from raydistill.report.units import fmt_duration_s, fmt_energy_j, fmt_sig
 
@@ -40,7 +43,8 @@ class Console:
 
     stream: IO[str]
     log_path: Path | None = None
-    _log: IO[str] | None = None
+    _log: CappedLog | None = None
+    _pump: Pump | None = None
 
     def say(self, message: str) -> None:
         print(f"{PREFIX} {message}", file=self.stream, flush=True)
@@ -51,24 +55,25 @@ class Console:
     def keep_log_in(self, log_dir: Path) -> None:
         """Move the libraries' output (so far and from now on) to `log_dir/console.log`: called
         once the run directory exists, which is after its config was checked."""
-        if self._log is None or self.log_path is None:
+        if self._log is None or self._pump is None:
             return
         log_dir.mkdir(parents=True, exist_ok=True)
-        target = log_dir / LOG_NAME
-        self._log.flush()
-        new = open(target, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
-        new.write(self.log_path.read_text(encoding="utf-8", errors="replace"))
-        new.flush()
-        _point_std_at(new)
-        self._log.close()
-        self.log_path.unlink(missing_ok=True)
-        self._log, self.log_path = new, target
+        sys.stdout.flush()
+        new = self._log.move_to(log_dir / LOG_NAME)
+        self._pump.retarget(new)
+        self._log, self.log_path = new, new.path
 
 
-def _point_std_at(stream: IO[str]) -> None:
-    os.dup2(stream.fileno(), 1)
-    os.dup2(stream.fileno(), 2)
-    sys.stdout = sys.stderr = stream
+def _log_name(exc: BaseException, path: Path) -> None:
+    """A failed command says where the libraries' output is, in its own error: the CLI's
+    one-line message (`log_of`) and the traceback's note."""
+    exc.console_log = str(path)
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.add_note(f"[raydistill] console log: {path}")
+
+
+def log_of(exc: BaseException) -> str | None:
+    return getattr(exc, "console_log", None)
 
 
 def _terminal(stream: IO[str], fd: int) -> tuple[IO[str], bool]:
@@ -113,11 +118,10 @@ def quiet(verbose: bool = False) -> Iterator[Console]:
         return
     out, own_out = _terminal(sys.stdout, 1)
     fd, name = tempfile.mkstemp(prefix="raydistill-", suffix=".log")
-    console = Console(out, Path(name), os.fdopen(fd, "w", buffering=1, encoding="utf-8",
-                                                 errors="replace"))
+    os.close(fd)
+    console = Console(out, Path(name), CappedLog(Path(name)))
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     streams = sys.stdout, sys.stderr
     handler = _ToTerminal(console)
     ours = logging.getLogger("raydistill")
@@ -125,15 +129,18 @@ def quiet(verbose: bool = False) -> Iterator[Console]:
     env = {k: os.environ.get(k) for k in QUIET_ENV}
     failed = False
     try:
-        _point_std_at(console._log)
+        console._pump = Pump(console._log)
+        sys.stdout = sys.stderr = open(1, "w", buffering=1, encoding="utf-8",  # noqa: SIM115
+                                       errors="replace", closefd=False)
         os.environ.update(QUIET_ENV)
         ours.addHandler(handler)
         logging.captureWarnings(True)  # warnings.warn from any library: to the log
         yield console
     except ConfigError:  # bad input: its one-line message says it all
         raise
-    except BaseException:
+    except BaseException as exc:
         failed = True
+        _log_name(exc, console.log_path)
         raise
     finally:
         logging.captureWarnings(False)
@@ -143,13 +150,13 @@ def quiet(verbose: bool = False) -> Iterator[Console]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
         sys.stdout, sys.stderr = streams
-        console._log.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for s in saved:
-            os.close(s)
-        console._log.close()
+        if console._pump is not None:
+            console._pump.stop()
+        if console._pump is None or console._pump.done:
+            console._log.close()
         if console.log_path == Path(name):  # no run directory was made
             if failed and Path(name).stat().st_size:
                 print(f"{PREFIX} the libraries' output is in {name}", file=sys.stderr)

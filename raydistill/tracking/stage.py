@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -46,48 +47,61 @@ def ensure_ray(run: Run) -> None:
 def _in_ray_worker() -> bool:
     import ray
 
-    return ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    # not initialised: no worker (and asking the runtime context would start a Ray)
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
 def process_devices(environ: os._Environ | dict | None = None) -> tuple[str, ...]:
-    """The GPUs this process holds, as UUIDs where they can be told (see the module doc)."""
-    from raydistill.cluster.windows import (
-        _pynvml,
-        _torch_cuda_uuid,
-        cuda_visible_entries,
-        map_worker_gpus,
-        worker_devices,
-    )
+    """The GPUs this process holds, as UUIDs where they can be told (see the module doc).
+
+    Named through NVML and CUDA_VISIBLE_DEVICES, never by initialising CUDA: a process that
+    forks workers after opening a stage (a DataLoader, vLLM) would give them a CUDA context
+    they cannot use. torch's CUDA names them only where this process initialised CUDA itself."""
+    import ray
+
+    from raydistill.cluster.windows import _pynvml, cuda_visible_entries, map_worker_gpus
 
     env = os.environ if environ is None else environ
+    cuda_uuid = _initialised_cuda_uuid()
     if _in_ray_worker():
-        return worker_devices()
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        ids = cuda_visible_entries(visible)  # "-1" hides every GPU, as CUDA reads it
+        ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+        local_rank = None  # Ray gave this worker exactly these
     else:
-        count = _gpu_count()
-        ids = [str(i) for i in range(count)]
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            ids = cuda_visible_entries(visible)  # "-1" hides every GPU, as CUDA reads it
+        else:
+            ids = [str(i) for i in range(_gpu_count())]
+        local_rank = env.get("LOCAL_RANK")
     if not ids:
         return ()
-    local_rank = env.get("LOCAL_RANK")
     if local_rank is not None and local_rank.isdigit() and int(local_rank) < len(ids):
         ids = [ids[int(local_rank)]]  # torchrun: rank i works on cuda:LOCAL_RANK
-    devices, warnings = map_worker_gpus(ids, env, _torch_cuda_uuid(), _pynvml())
+    devices, warnings = map_worker_gpus(ids, env, cuda_uuid, _pynvml())
     for warning in warnings:
         log.warning("stage devices: %s", warning)
     return devices
 
 
+def _initialised_cuda_uuid():
+    """torch's name for CUDA device i ("GPU-<uuid>"), only where torch was imported and CUDA
+    initialised in this process already (asking torch otherwise would initialise it)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_initialized():
+            return None
+    except Exception:  # a broken or partial torch
+        return None
+    return lambda i: f"GPU-{torch.cuda.get_device_properties(i).uuid}"
+
+
 def _gpu_count() -> int:
-    """GPUs this process can see without CUDA_VISIBLE_DEVICES: torch's count, else NVML's."""
+    """GPUs this process can see without CUDA_VISIBLE_DEVICES: NVML's count (torch's where
+    CUDA is initialised already; asking it first would initialise it)."""
     import contextlib
 
-    with contextlib.suppress(Exception):
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.device_count()
+    if _initialised_cuda_uuid() is not None:
+        return int(sys.modules["torch"].cuda.device_count())
     from raydistill.cluster.windows import _pynvml
 
     nvml = _pynvml()

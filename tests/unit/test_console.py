@@ -158,3 +158,84 @@ def test_sweep_progress_lines_survive_tuner_pkl(capsys):
     finally:
         say_to(None)
     assert heard and heard[0].startswith("trial a-1: failed after ")
+
+
+def test_the_log_keeps_its_head_and_its_latest_output_within_its_bound(tmp_path):
+    from raydistill.console_log import CappedLog
+
+    log = CappedLog(tmp_path / "console.log", head_bytes=1000, tail_bytes=700)
+    lines = [f"line {i:05d}\n".encode() for i in range(2000)]  # 22 kB
+    for line in lines:
+        log.write(line)
+    (tmp_path / "run").mkdir()
+    moved = log.move_to(tmp_path / "run" / "console.log")
+    moved.write(b"after the move\n")
+    moved.close()
+    files = moved.files()
+    assert [f.name for f in files] == ["console.log", "console.log.tail.1", "console.log.tail"]
+    assert not (tmp_path / "console.log").exists()  # moved, not copied
+    text = [f.read_bytes() for f in files]
+    assert sum(map(len, text)) <= 1000 + 2 * 700 + 200  # head, two tails, the note
+    assert text[0].startswith(b"line 00000\n")  # the beginning is kept
+    assert b"latest output is in console.log.tail" in text[0]
+    assert text[2].endswith(b"line 01999\nafter the move\n")  # and the end
+    tails = text[1] + text[2]
+    assert tails.index(b"line 01980") < tails.index(b"line 01990")  # in order
+
+
+BIG = textwrap.dedent("""
+    import subprocess, sys
+    from pathlib import Path
+    from raydistill.console import quiet
+    try:  # small bounds, to see them hold
+        import raydistill.console_log as cl
+        cl.HEAD_BYTES, cl.TAIL_BYTES = 4000, 3000
+    except ImportError:  # code without a bound
+        pass
+    with quiet() as console:
+        console.keep_log_in(Path(sys.argv[1]))
+        # a worker's output, forwarded to the driver for hours
+        subprocess.run([sys.executable, "-c",
+                        "for i in range(20000): print(f'worker line {i:06d}')"])
+        print("the driver's last line")
+""")
+
+
+def test_a_long_runs_console_log_stays_bounded(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", BIG, str(tmp_path / "logs")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    logs = sorted((tmp_path / "logs").iterdir())
+    assert sum(p.stat().st_size for p in logs) <= 4000 + 2 * 3000 + 200  # ~300 kB written
+    head = (tmp_path / "logs" / "console.log").read_text()
+    assert head.startswith("worker line 000000\n")
+    assert (tmp_path / "logs" / "console.log.tail").read_text().endswith(
+        "worker line 019999\nthe driver's last line\n")
+
+
+FAILS = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from raydistill import cli
+    from raydistill.console import quiet
+    from raydistill.errors import RayDistillError
+
+    def run(args):  # a run that fails once its directory exists
+        with quiet() as console:
+            console.keep_log_in(Path(sys.argv[1]))
+            print("what Ray said before the end")
+            raise RayDistillError("trial t1 failed: a worker died")
+
+    cli._run = run
+    sys.exit(cli.main(["run", "config.yaml"]))
+""")
+
+
+def test_a_failed_run_names_its_console_log_in_its_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", FAILS, str(tmp_path / "logs")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1
+    log = tmp_path / "logs" / "console.log"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"raydistill: trial t1 failed: a worker died (the libraries' output: {log})")
+    assert "what Ray said" in log.read_text()
