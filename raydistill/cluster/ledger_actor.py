@@ -55,6 +55,7 @@ class _Ledger:
         self._flushing = False
         self.commits = 0
         self._closing: set[str] = set()  # windows a leftover close is being committed for
+        self._own_closing: dict[str, int] = {}  # windows their process is closing (in flight)
         # the event loop's own view for deduplication: keys of every batch written to the log
         self._keys: set[tuple[str, int]] = set(self.state.seen)
         self.duplicates = 0  # found by the event loop (the state counts those of the replay)
@@ -149,9 +150,16 @@ class _Ledger:
         `closed_by` says what closed it (`energy/lifetime.py`)."""
         if window_id not in self.state.windows:
             raise KeyError(f"window {window_id!r} was never opened")
-        await self._commit([(KIND_EVENT, LedgerState.close_event(
-            window_id, t_end_s, tokens, cpu_time_s, t_end_mono_s,
-            generated_tokens=generated_tokens, closed_by=closed_by))])
+        # its own close in flight: a leftover close (a finish, a watch) must not overwrite it
+        self._own_closing[window_id] = self._own_closing.get(window_id, 0) + 1
+        try:
+            await self._commit([(KIND_EVENT, LedgerState.close_event(
+                window_id, t_end_s, tokens, cpu_time_s, t_end_mono_s,
+                generated_tokens=generated_tokens, closed_by=closed_by))])
+        finally:
+            self._own_closing[window_id] -= 1
+            if not self._own_closing[window_id]:
+                del self._own_closing[window_id]
 
     async def open_windows(self, node_id: str | None = None) -> list[dict]:
         """The open windows (of one node) with the process that opened each: what the node's
@@ -165,11 +173,11 @@ class _Ledger:
                              t_end_mono_s: float | None, closed_by: str) -> bool:
         """Close a window its process did not close (gone, or the run finished first); False
         when it was closed meanwhile (the process was quicker)."""
-        if window_id in self._closing:
+        if window_id in self._closing or window_id in self._own_closing:
             return False
         event = await self._on_state(  # on the state's thread: it may parse pending batches
             self.state.leftover_close, window_id, t_end_s, t_end_mono_s, closed_by)
-        if event is None:
+        if event is None or window_id in self._own_closing:
             return False
         self._closing.add(window_id)
         try:

@@ -23,11 +23,12 @@ __all__ = ["CgroupCpu", "cgroup_cpu", "cgroup_util"]
 
 @dataclass(frozen=True)
 class CgroupCpu:
-    """A cgroup with a CPU quota: `quota_cpus` CPUs' worth of time per period, and where its
-    CPU time is read (`usage_file`, in `usage_unit_s` seconds per unit)."""
+    """This process's cgroup: its CPU quota (`quota_cpus` CPUs' worth of time per period; None
+    where it has none) and where its own CPU time is read (`usage_file`, in `usage_unit_s`
+    seconds per unit)."""
 
-    quota_cpus: float
-    quota_file: Path
+    quota_cpus: float | None
+    quota_file: Path | None
     usage_file: Path
     usage_unit_s: float  # 1e-6 for v2 usage_usec, 1e-9 for v1 cpuacct.usage
 
@@ -99,8 +100,8 @@ def _tightest(dirs: list[Path], read: Callable[[Path], float | None]) -> tuple[f
 
 
 def cgroup_cpu(root: Path = Path("/")) -> CgroupCpu | None:
-    """This process's cgroup where it has a CPU quota (v1 cpu controller, else v2); None where
-    it has none (a bare host, a container without `--cpus`), or the files cannot be read."""
+    """This process's cgroup (v1 cpu controller, else v2): its quota, if any, and its own CPU
+    time; None where its CPU time cannot be read (no cgroup files: macOS, a sandbox)."""
     try:
         return _find(root)
     except (OSError, ValueError, KeyError, IndexError):
@@ -123,8 +124,10 @@ def _find(root: Path) -> CgroupCpu | None:
         quota = _tightest(_chain(d, root / cpu[1].lstrip("/")), _v1_quota)
         acct_path = next((p for _, c, p in lines if "cpuacct" in c.split(",")), path)
         usage = _dir(root, acct, acct_path) / "cpuacct.usage"
-        if quota is None or not usage.is_file():
+        if not usage.is_file():
             return None
+        if quota is None:  # no quota: its own CPU time still tells its load from the host's
+            return CgroupCpu(None, None, usage, 1e-9)
         return CgroupCpu(quota[0], quota[1] / "cpu.cfs_quota_us", usage, 1e-9)
     for hierarchy, controllers, path in lines:  # v2: the unified hierarchy ("0::/path")
         v2 = next((m for m in mounts if m[2] == "cgroup2"), None)
@@ -132,8 +135,10 @@ def _find(root: Path) -> CgroupCpu | None:
             continue
         d = _dir(root, v2, path)
         quota = _tightest(_chain(d, root / v2[1].lstrip("/")), _v2_quota)
-        if quota is None or not (d / "cpu.stat").is_file():
+        if not (d / "cpu.stat").is_file():
             return None
+        if quota is None:
+            return CgroupCpu(None, None, d / "cpu.stat", 1e-6)
         return CgroupCpu(quota[0], quota[1] / "cpu.max", d / "cpu.stat", 1e-6)
     return None
 

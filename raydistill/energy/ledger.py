@@ -314,6 +314,8 @@ class LedgerState:
             return None
         if self._opened.get(p.window_id, 0) >= self._opened.get(w.window_id, 0):
             return None
+        if p.t_end_s is not None and _ended_before(p, w):
+            return None  # closed before `w` opened: a stale name, not the work `w` ran inside
         return p
 
     def ancestors(self, w: Window) -> list[Window]:
@@ -396,3 +398,11 @@ class LedgerState:
         """One trial's rows, as in `energy_rows` (see `rows.trial_rows`)."""
         self._parse_pending()
         return trial_rows(self, trial_id)
+
+
+def _ended_before(p: Window, w: Window) -> bool:
+    """Whether closed window `p` ended before `w` started (same node: the same clocks; the
+    monotonic one where both carry it)."""
+    if p.t_end_mono_s is not None and w.t_start_mono_s is not None:
+        return p.t_end_mono_s < w.t_start_mono_s
+    return p.t_end_s < w.t_start_s

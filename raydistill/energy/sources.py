@@ -163,7 +163,8 @@ class CpuEstimateSource:
         cpus = list(cpus) if cpus is not None else visible_cpus()
         group = cgroup_cpu(Path(root))
         # a quota of 4 CPUs on a 192-thread host: the pod may use 4 CPUs' worth, not 192
-        usable = min(float(len(cpus)), group.quota_cpus) if group else float(len(cpus))
+        quota = group.quota_cpus if group is not None else None
+        usable = min(float(len(cpus)), quota) if quota is not None else float(len(cpus))
         if tdp_w is not None:
             if not (math.isfinite(tdp_w) and tdp_w > 0):
                 raise ConfigError(f"cpu-estimate TDP must be > 0 W, got {tdp_w}")
@@ -172,10 +173,13 @@ class CpuEstimateSource:
             model = cpu_model if cpu_model is not None else cpu_model_name()
             spans = sockets if sockets is not None else cpu_sockets(cpus)
             self.tdp_w, self.how = estimate_tdp_w(model, usable, spans)
-        if group is not None:
-            self.how += (f"; followed the cgroup's CPU quota ({group.quota_cpus:g} CPUs, "
+        if group is not None and quota is not None:
+            self.how += (f"; followed the cgroup's CPU quota ({quota:g} CPUs, "
                          f"{group.quota_file}; {len(cpus)} in the affinity mask), utilisation "
                          f"from the cgroup's own CPU time ({group.usage_file.name})")
+        elif group is not None:
+            self.how += (f"; followed the affinity mask (no cgroup CPU quota), utilisation from "
+                         f"the cgroup's own CPU time ({group.usage_file})")
         else:
             self.how += "; followed the affinity mask (no cgroup CPU quota), host-wide utilisation"
         self.idle_w = idle_fraction * self.tdp_w

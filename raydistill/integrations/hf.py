@@ -40,7 +40,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from raydistill.energy.lifetime import CALLBACK_ERROR, STAGE, TRAIN_ERROR
+from raydistill.energy.lifetime import CALLBACK_ERROR, STAGE, STAGE_ERROR, TRAIN_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ class EnergyCallback(TrainerCallback):
                 raise
 
         trainer.train = train_closing_on_error
+        for name in ("evaluate", "predict"):
+            setattr(trainer, name, _closing_eval_on_error(cb, getattr(trainer, name)))
         return cb
 
     @property
@@ -111,6 +113,12 @@ class EnergyCallback(TrainerCallback):
             self._hook(model)
         self._training = True
         self._open_train(state)
+
+    def end_eval(self, closed_by: str) -> None:
+        """Close an evaluation window left open (an evaluate() or predict() that raised)."""
+        if self._eval is not None:
+            eval_stage, self._eval = self._eval, None
+            eval_stage.close(closed_by)
 
     def end_windows(self, closed_by: str) -> None:
         """Close whatever window is open (training's, an evaluation's) marked `closed_by`:
@@ -227,6 +235,21 @@ class EnergyCallback(TrainerCallback):
     def _tokens_so_far(self) -> int:
         open_part = self._tokens() - self._tokens_at_open if self._train is not None else 0
         return self._done_tokens + open_part
+
+
+def _closing_eval_on_error(cb: EnergyCallback, method: Any) -> Any:
+    """`trainer.evaluate` / `trainer.predict` that closes its evaluation window when it raises
+    (transformers then calls neither on_evaluate nor on_predict)."""
+
+    @functools.wraps(method)
+    def closing(*args: Any, **kw: Any) -> Any:
+        try:
+            return method(*args, **kw)
+        except BaseException:
+            cb.end_eval(STAGE_ERROR)
+            raise
+
+    return closing
 
 
 def model_card_block(run_dir: str | Path, trial: str | None = None) -> dict:

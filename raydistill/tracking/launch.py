@@ -158,6 +158,10 @@ def _done_prefix(namespace: str) -> str:
     return f"{namespace}:done:"
 
 
+def _joined_prefix(namespace: str) -> str:
+    return f"{namespace}:joined:"
+
+
 def _job_key() -> str:
     import ray
 
@@ -168,8 +172,9 @@ def claim(record: OwnerRecord) -> None:
     """The owner's side, once its session is up: the token joiners check, a clean slate of
     "done" marks (a run directory tracked again on a cluster that outlived the last run)."""
     kv = _kv()
-    for key in kv._internal_kv_list(_done_prefix(record.namespace), namespace=KV_NAMESPACE):
-        kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+    for prefix in (_done_prefix(record.namespace), _joined_prefix(record.namespace)):
+        for key in kv._internal_kv_list(prefix, namespace=KV_NAMESPACE):
+            kv._internal_kv_del(key, namespace=KV_NAMESPACE)
     kv._internal_kv_put(_owner_key(record.namespace), record.token, namespace=KV_NAMESPACE)
 
 
@@ -177,8 +182,8 @@ def release(namespace: str) -> None:
     kv = _kv()
     with contextlib.suppress(Exception):  # the cluster going down takes the keys with it
         kv._internal_kv_del(_owner_key(namespace), namespace=KV_NAMESPACE)
-        kv._internal_kv_del(_done_prefix(namespace), del_by_prefix=True,
-                            namespace=KV_NAMESPACE)
+        for prefix in (_done_prefix(namespace), _joined_prefix(namespace)):
+            kv._internal_kv_del(prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
 
 
 def register_job(run_dir: Path, namespace: str, trial: str) -> None:
@@ -240,9 +245,23 @@ def _connect(record: OwnerRecord) -> bool:
         return False
     if record.auth_mode:  # the owner's cluster was started with this auth mode
         os.environ.setdefault("RAY_AUTH_MODE", record.auth_mode)
-    ray.init(address=record.gcs_address, namespace=record.namespace,
-             logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        ray.init(address=record.gcs_address, namespace=record.namespace,
+                 logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as exc:  # a dead cluster, or a node that runs no raylet of it
+        raise RayDistillError(
+            f"could not join rank 0's Ray cluster at {record.gcs_address} ({type(exc).__name__}:"
+            f" {str(exc).splitlines()[0] if str(exc) else ''}); every node of the launch must "
+            "be a node of that cluster (`ray start --address=...` on it before the launch), "
+            "which is also what gives the node a sampler") from None
     return True
+
+
+def mark_joined(namespace: str, rank: int) -> None:
+    """A rank joined: the owner waits for its "done" at the finish (and for no rank that
+    never joined: a script that tracks on rank 0 alone does not wait)."""
+    _kv()._internal_kv_put(f"{_joined_prefix(namespace)}{rank}", b"1",
+                           namespace=KV_NAMESPACE)
 
 
 def mark_done(namespace: str, rank: int, error: str | None) -> None:
@@ -250,15 +269,20 @@ def mark_done(namespace: str, rank: int, error: str | None) -> None:
                            namespace=KV_NAMESPACE)
 
 
+def _ranks(kv, prefix: str) -> set[int]:
+    return {int(k.decode().rsplit(":", 1)[1])
+            for k in kv._internal_kv_list(prefix, namespace=KV_NAMESPACE)}
+
+
 def wait_for_ranks(namespace: str, world_size: int, timeout: float) -> list[int]:
-    """Wait until ranks 1..world_size-1 are done; the ranks still missing after `timeout`."""
+    """Wait until every rank that joined is done; the ranks still missing after `timeout`.
+    Ranks that never joined (a script that tracks on rank 0 alone) are not waited for."""
     kv = _kv()
     deadline = time.monotonic() + timeout
-    prefix = _done_prefix(namespace)
     while True:
-        done = {int(k.decode().rsplit(":", 1)[1])
-                for k in kv._internal_kv_list(prefix, namespace=KV_NAMESPACE)}
-        missing = [r for r in range(1, world_size) if r not in done]
+        joined = _ranks(kv, _joined_prefix(namespace))
+        done = _ranks(kv, _done_prefix(namespace))
+        missing = [r for r in range(1, world_size) if r in joined and r not in done]
         if not missing or time.monotonic() > deadline:
             return missing
         time.sleep(0.2)

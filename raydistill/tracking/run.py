@@ -108,8 +108,12 @@ class Run:
             self._start_owner()
         self._started_s = time.time()
         # processes started from here (torchrun ranks, servers) find the run and the cluster
+        # (and the enclosing window children inherit: restored at the finish, so no window
+        # closed by the finish leaves its name behind for later stages and processes)
+        from raydistill.cluster.windows import PARENT_ENV
+
         self._saved_env = {k: os.environ.get(k) for k in (ENV_RUN_DIR, ENV_NAMESPACE,
-                                                           ENV_TRIAL, "RAY_ADDRESS")}
+                                                           ENV_TRIAL, "RAY_ADDRESS", PARENT_ENV)}
         os.environ.update({ENV_RUN_DIR: str(self.run_dir), ENV_NAMESPACE: self.namespace,
                            ENV_TRIAL: self.trial, "RAY_ADDRESS": self._gcs_address})
         _current = self
@@ -168,6 +172,7 @@ class Run:
             timeout = launch.timeout_s(launch.ENV_JOIN_TIMEOUT, launch.JOIN_TIMEOUT_S)
             record, self._started_ray = launch.join(self.run_dir, timeout)
             self.namespace = record.namespace
+            launch.mark_joined(self.namespace, rank)
         self._gcs_address = ray.get_runtime_context().gcs_address
         launch.register_job(self.run_dir, self.namespace, self.trial)
         self._rank = rank

@@ -122,11 +122,25 @@ def test_cgroup_v1_quota_and_cpuacct_usage(tmp_path):
 @pytest.mark.parametrize("cpu_max", ["max 100000", None, "garbage"])
 def test_without_a_readable_quota_the_estimate_follows_the_affinity_mask(tmp_path, cpu_max):
     v2_tree(tmp_path, quotas={"": cpu_max} if cpu_max else {})
-    assert cgroup_cpu(tmp_path) is None
+    group = cgroup_cpu(tmp_path)
+    assert group is not None and group.quota_cpus is None
     src = CpuEstimateSource(cpu_model=MODEL, sockets=1, root=tmp_path, cpus=HOST,
                             util_fn=lambda: 0.0)
     assert src.tdp_w == pytest.approx(192 * WATTS_PER_THREAD)
     assert "affinity mask (no cgroup CPU quota)" in src.describe()
+
+
+def test_without_a_quota_the_utilisation_is_still_the_cgroups_own(tmp_path):
+    """A pod without a CPU limit on a busy host: the affinity mask's TDP, at the pod's own use
+    (its cgroup's CPU time), not the other tenants' (host-wide /proc/stat says 100%)."""
+    stat = v2_tree(tmp_path, quotas={"": "max 100000"})
+    mono = Mono()
+    src = CpuEstimateSource(cpu_model=MODEL, sockets=1, root=tmp_path, cpus=HOST, mono=mono)
+    mono.t += 2.0
+    _set_usage(stat, 48 * 10**6)  # 48 CPU-s in 2 s: 24 of the 192 CPUs, 12.5%
+    assert src.read()[0].power_w == pytest.approx(
+        src.idle_w + (src.tdp_w - src.idle_w) * 0.125)
+    assert "cgroup's own CPU time" in src.describe()
 
 
 def test_no_cgroup_files_at_all_is_the_affinity_mask(tmp_path):

@@ -134,3 +134,26 @@ def test_a_second_track_block_does_not_rejoin_the_first_blocks_owner(tmp_path, m
     monkeypatch.setattr(launch, "_joined_tokens", {"first"})
     with pytest.raises(RayDistillError, match=r"no owner\.json of this launch"):
         launch.join(tmp_path, timeout=0.3)
+
+
+class _FakeKV:
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = [k.encode() for k in keys]
+
+    def _internal_kv_list(self, prefix: str, namespace: str) -> list[bytes]:
+        return [k for k in self.keys if k.decode().startswith(prefix)]
+
+
+def test_the_owner_waits_only_for_ranks_that_joined(monkeypatch):
+    """`if trainer.is_world_process_zero(): with raydistill.track(...)`: no other rank ever
+    joins, so the finish does not wait out RAYDISTILL_RANKS_TIMEOUT_S for them; a rank that
+    joined and is not done is waited for (and reported missing)."""
+    import time
+
+    monkeypatch.setattr(launch, "_kv", lambda: _FakeKV([]))
+    a = time.monotonic()
+    assert launch.wait_for_ranks("ns", world_size=8, timeout=30.0) == []
+    assert time.monotonic() - a < 1.0
+    monkeypatch.setattr(launch, "_kv", lambda: _FakeKV(["ns:joined:1", "ns:joined:2",
+                                                         "ns:done:1"]))
+    assert launch.wait_for_ranks("ns", world_size=8, timeout=0.3) == [2]

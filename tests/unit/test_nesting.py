@@ -213,3 +213,14 @@ def test_new_work_nests_in_the_innermost_open_window_else_in_the_environments(mo
     monkeypatch.setenv(PARENT_ENV, "measure-window")  # a process started inside a stage
     assert contextvars.copy_context().run(scenario) == [
         "measure-window", "load", "work", "work", "measure-window"]
+
+
+def test_a_parent_closed_before_the_child_opened_is_a_stale_name_not_a_parent():
+    """A window finished (closed by a finish or an exit) leaves its name in the environment;
+    a later stage naming it must neither lose its tokens nor its device-seconds to it."""
+    st = ledger()
+    add(st, "old", 0.0, 5.0, devices=("GPU-a",), tokens=100)
+    add(st, "later", 10.0, 14.0, devices=("GPU-a",), parent="old", tokens=40)
+    (row,) = [r for r in st.energy_rows() if r.window_id == "later" and r.device_id == "GPU-a"]
+    assert row.parent_id is None and row.tokens == 40
+    assert row.energy_j == pytest.approx(truth_j("GPU-a", 10.0, 14.0))
