@@ -220,7 +220,8 @@ report: list[Window] | None = None, memo: dict | None = None,
     facts = {w.window_id: _facts(state, w, memo) for w in windows}
     spans = {wid: f[0] for wid, f in facts.items()}
     ancestors = {wid: f[1] for wid, f in facts.items()}
-    charged, idle, shared = _split(windows, spans, tl, kind in SHARED_KINDS, ancestors)
+    charged, idle, shared = _split(windows, spans, tl, kind in SHARED_KINDS, ancestors,
+                                   memo=memo)
     sources = "+".join(sorted({i.source for i in series.infos}))
     model = next((i.model for i in series.infos if i.model), "")
     peak_w = unmeasured_peak_w(kind, model, tl.peak_w)
@@ -254,6 +255,7 @@ report: list[Window] | None = None, memo: dict | None = None,
 
 def _split(windows: list[Window], spans: dict[str, tuple[float, float]], tl: DeviceTimeline,
            by_cpu: bool, ancestors: dict[str, set[str]] | None = None,
+           memo: dict | None = None,
            ) -> tuple[dict[str, float], dict[str, float], dict[str, bool]]:
     """Charge a device's energy to overlapping windows, elementary interval by interval.
 
@@ -271,13 +273,37 @@ def _split(windows: list[Window], spans: dict[str, tuple[float, float]], tl: Dev
     zero = dict.fromkeys(ids, 0.0)
     if not ids:
         return zero, dict(zero), dict.fromkeys(ids, False)
+    # the node's GPUs are held by the same windows: their shares are worked out once a query
+    key = ("split", tuple(ids), by_cpu)
+    plan = None if memo is None else memo.get(key)
+    if plan is None:
+        plan = _split_plan(windows, spans, by_cpu, ancestors)
+        if memo is not None:
+            memo[key] = plan
+    cuts, active, weights, several = plan
+    if cuts is None:
+        return zero, dict(zero), dict.fromkeys(ids, False)
+    energy, idle = np.diff(tl.at_many("energy", cuts)), np.diff(tl.at_many("idle", cuts))
+    joules, idle_j, shared = {}, {}, {}
+    for k, wid in enumerate(ids):
+        on = active[k]
+        joules[wid] = math.fsum(energy[on] * weights[k, on])
+        idle_j[wid] = math.fsum(idle[on] * weights[k, on])
+        shared[wid] = bool(several[k].any())
+    return joules, idle_j, shared
+
+
+def _split_plan(windows: list[Window], spans: dict[str, tuple[float, float]], by_cpu: bool,
+                ancestors: dict[str, set[str]] | None):
+    """(cuts, active W×K, weights W×K, shared W×K) of `_split`: which windows take which
+    elementary interval, and in what proportion; the same for every device they all hold."""
+    ids = list(spans)
     by_id = {w.window_id: w for w in windows}
     lo = np.array([spans[i][0] for i in ids])
     hi = np.array([spans[i][1] for i in ids])
     cuts = np.unique(np.concatenate([lo, hi]))
     if len(cuts) < 2:
-        return zero, dict(zero), dict.fromkeys(ids, False)
-    energy, idle = np.diff(tl.at_many("energy", cuts)), np.diff(tl.at_many("idle", cuts))
+        return None, None, None, None
     active = (lo[:, None] <= cuts[None, :-1]) & (hi[:, None] >= cuts[None, 1:])  # W × K
     if ancestors:
         index = {wid: k for k, wid in enumerate(ids)}
@@ -302,10 +328,5 @@ def _split(windows: list[Window], spans: dict[str, tuple[float, float]], tl: Dev
                            1.0 / count[None, :])
     weights = np.where(active, weights, 0.0)
     several = active & (count > 1)[None, :]
-    joules, idle_j, shared = {}, {}, {}
-    for k, wid in enumerate(ids):
-        on = active[k]
-        joules[wid] = math.fsum(energy[on] * weights[k, on])
-        idle_j[wid] = math.fsum(idle[on] * weights[k, on])
-        shared[wid] = bool(several[k].any())
-    return joules, idle_j, shared
+    return cuts, active, weights, several
+
