@@ -8,44 +8,28 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 
 import raydistill
-from raydistill.config import SamplingConfig
 from raydistill.energy.simulate import load_node
 from tests.report_outline import outline
+from tests.sim_world import TOL_J, sim_world, square_gpu_node
 
 pytestmark = pytest.mark.slow
 transformers = pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[2]
-NOW = time.time()
 GPU = "GPU-sim-hf-0000"
-SIM = {"gpus": [{"uuid": GPU, "refresh_s": 0.02, "power_w": {"square": {
-           "period_s": 1.0, "on_w": 300.0, "off_w": 80.0, "start_s": NOW - 10,
-           "until_s": NOW + 3 * 3600}}}],
-       "rapl": [{"package": 0, "power_w": 120.0, "dram_w": 15.0}]}
-TOL_J = 300.0 * (2 * 0.02 + 0.05)
+SIM = square_gpu_node(GPU)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from raydistill.data.local_models import make_local_models
-
-    root = tmp_path_factory.mktemp("hf")
-    sim = root / "node.json"
-    sim.write_text(json.dumps(SIM))
-    cfg = SamplingConfig(source=f"simulate:{sim}", hz=20, push_interval_s=0.3, idle_s=0.2,
-                         max_gap_s=0.8, push_timeout_s=2.0)
-    models = make_local_models(root / "models")
-    ray.init(num_cpus=2, include_dashboard=False, namespace="unused")
-    yield root, cfg, sim, models
-    ray.shutdown()
+    with sim_world(tmp_path_factory.mktemp("hf"), SIM) as w:
+        yield w
 
 
 def chat_dataset(tok, n: int):
