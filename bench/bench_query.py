@@ -68,10 +68,11 @@ def build(hours: float) -> tuple[LedgerState, int, float]:
 
 
 def per_query_ms(state: LedgerState, seq: int, t: float, polls: int,
-                 rebuild: bool) -> tuple[float, float, int, list]:
-    """Median ms of a whole query, and of its timeline part (the new batch parsed and the
-    devices' timelines brought up to date), after each new batch."""
-    costs, tl_costs = [], []
+                 rebuild: bool) -> tuple[float, float, float, int, list]:
+    """Median ms after each new batch of: the whole rows query (`trial_rows`), its timeline
+    part (the new batch parsed and the devices' timelines brought up to date), and the live
+    poll (`trial_energy`: {stage: J}, what the Trainer callback and a trial's progress ask)."""
+    costs, tl_costs, poll_costs = [], [], []
     rows: list = []
     for _ in range(polls):
         state.ingest(batch(seq, t))
@@ -85,7 +86,15 @@ def per_query_ms(state: LedgerState, seq: int, t: float, polls: int,
         rows = state.trial_rows("trial0")
         costs.append(time.perf_counter() - a)
         tl_costs.append(b - a)
-    return statistics.median(costs) * 1e3, statistics.median(tl_costs) * 1e3, seq, rows
+        state.ingest(batch(seq, t))
+        seq, t = seq + 1, t + PUSH_S
+        if rebuild:
+            state._timelines.clear()
+        a = time.perf_counter()
+        state.trial_energy("trial0")
+        poll_costs.append(time.perf_counter() - a)
+    return (statistics.median(costs) * 1e3, statistics.median(tl_costs) * 1e3,
+            statistics.median(poll_costs) * 1e3, seq, rows)
 
 
 def main() -> int:
@@ -97,30 +106,33 @@ def main() -> int:
           f"GPUs + CPU at {HZ} Hz, a batch every {PUSH_S:.0f} s; median of {args.polls} polls "
           f"(old: 3)")
     print(f"{'hours':>6} {'samples':>10} {'windows':>8} {'build s':>8} {'old ms':>9} "
-          f"{'new ms':>8} {'ratio':>6} {'old tl ms':>10} {'new tl ms':>10}  same rows")
+          f"{'new ms':>8} {'ratio':>6} {'old tl ms':>10} {'new tl ms':>10} {'old poll':>9} "
+          f"{'new poll':>9}  same rows")
     for hours in args.hours:
         a = time.perf_counter()
         state, seq, t = build(hours)
         state.trial_rows("trial0")  # the first query parses and builds everything once
         built_s = time.perf_counter() - a
-        new_ms, new_tl, seq, new_rows = per_query_ms(state, seq, t, args.polls, rebuild=False)
-        t += args.polls * PUSH_S
-        old_ms, old_tl, seq, old_rows = per_query_ms(state, seq, t, 3, rebuild=True)
+        new_ms, new_tl, new_poll, seq, new_rows = per_query_ms(state, seq, t, args.polls,
+                                                               rebuild=False)
+        t += 2 * args.polls * PUSH_S
+        old_ms, old_tl, old_poll, seq, old_rows = per_query_ms(state, seq, t, 3, rebuild=True)
         state._timelines.clear()
         same = state.trial_rows("trial0") == old_rows
-        state.ingest(batch(seq, t + 3 * PUSH_S))
+        state.ingest(batch(seq, t + 6 * PUSH_S))
         state.trial_rows("trial0")  # cache again, then one more append against a rebuild
-        state.ingest(batch(seq + 1, t + 4 * PUSH_S))
+        state.ingest(batch(seq + 1, t + 7 * PUSH_S))
         appended = state.trial_rows("trial0")
         state._timelines.clear()
         same = same and appended == state.trial_rows("trial0") and bool(new_rows)
         print(f"{hours:>6g} {state.n_samples:>10,} {len(state.windows):>8} {built_s:>8.1f} "
               f"{old_ms:>9.1f} {new_ms:>8.2f} {old_ms / new_ms:>6.0f} {old_tl:>10.1f} "
-              f"{new_tl:>10.2f}  {'yes' if same else 'NO'}")
+              f"{new_tl:>10.2f} {old_poll:>9.1f} {new_poll:>9.2f}  {'yes' if same else 'NO'}")
         del state
     print("old: each new batch dropped the device's timeline and the query rebuilt it from the\n"
           "run's first sample. new: the batch is appended to the cached timeline (cost in\n"
           "proportion to the batch); the query's integrals are binary searches.\n"
+          "poll: trial_energy ({stage: J}), the figure a live poll asks for, without rows.\n"
           "tl ms: the timeline part alone (the batch parsed, 9 timelines up to date); the rest\n"
           "is the rows of the trial's windows (one per window x device: it grows with the\n"
           "evaluations, 2 an hour here, not with the samples).")

@@ -233,12 +233,7 @@ class _Ledger:
         return await self._on_state(self._trial_energy, trial_ids)
 
     def _trial_energy(self, trial_ids: list[str]) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for trial_id in trial_ids:
-            stages = out.setdefault(trial_id, {})
-            for r in self.state.trial_rows(trial_id):
-                stages[r.stage] = stages.get(r.stage, 0.0) + r.energy_j
-        return out
+        return {trial_id: self.state.trial_energy(trial_id) for trial_id in trial_ids}
 
     async def windows(self) -> list[dict]:
         return await self._on_state(lambda: [w.__dict__ for w in self.state.windows.values()])

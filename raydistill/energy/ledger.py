@@ -34,7 +34,7 @@ import numpy as np
 from raydistill.energy import incremental
 from raydistill.energy.incremental import Baselines, Chunk
 from raydistill.energy.log import KIND_BATCH, KIND_EVENT
-from raydistill.energy.rows import EnergyRow, energy_rows, trial_rows
+from raydistill.energy.rows import EnergyRow, energy_rows, trial_rows, trial_stage_energy
 from raydistill.energy.samples import (
     DeviceInfo,
     SampleBatch,
@@ -398,6 +398,12 @@ class LedgerState:
         """One trial's rows, as in `energy_rows` (see `rows.trial_rows`)."""
         self._parse_pending()
         return trial_rows(self, trial_id)
+
+    def trial_energy(self, trial_id: str) -> dict[str, float]:
+        """{stage: J} of one trial: its rows' energy summed by stage, without the rows (see
+        `rows.trial_stage_energy`): what a live poll asks for."""
+        self._parse_pending()
+        return trial_stage_energy(self, trial_id)
 
 
 def _ended_before(p: Window, w: Window) -> bool:

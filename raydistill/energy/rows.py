@@ -112,9 +112,43 @@ def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
     trial's devices is charged against the windows that overlap the trial's own span on it; the
     rest of the sweep's windows are skipped before any integration. Cost: the trial's windows
     and their neighbours in time, not every window of the sweep (what a trial polls)."""
-    mine = [state.windows[wid] for wid in state.trial_window_ids(trial_id)]
     rows: list[EnergyRow] = []
     memo: dict = {}  # per query: each window's span, ancestors and counted tokens, once
+    for node_id, device_id, kind, own, others in _trial_devices(state, trial_id, memo):
+        if device_id is None:  # the node's devices no sampler measured
+            rows.extend(_unmatched_rows(state, node_id, own, others))
+            continue
+        rows.extend(_device_rows(state, node_id, device_id, kind, own + others,
+                                 report=own, memo=memo))
+    rows.sort(key=lambda r: (r.t_start_s, r.window_id, r.device_id))
+    return rows
+
+
+def trial_stage_energy(state: LedgerState, trial_id: str) -> dict[str, float]:
+    """{stage: J} of one trial, equal to its rows' energy summed by stage, without building
+    the rows (what a live poll asks for: the Trainer callback every `logging_steps`)."""
+    out: dict[str, float] = {}
+    memo: dict = {}
+    for node_id, device_id, kind, own, others in _trial_devices(state, trial_id, memo):
+        if device_id is None:  # unmeasured devices: no joules (the stage is still listed)
+            for w in own:
+                out.setdefault(w.stage, 0.0)
+            continue
+        windows = own + others
+        facts = {w.window_id: _facts(state, w, memo) for w in windows}
+        charged, _, _ = _split(windows, {k: f[0] for k, f in facts.items()},
+                               state.timeline(node_id, device_id), kind in SHARED_KINDS,
+                               {k: f[1] for k, f in facts.items()}, memo=memo)
+        for w in own:
+            out[w.stage] = out.get(w.stage, 0.0) + charged[w.window_id]
+    return out
+
+
+def _trial_devices(state: LedgerState, trial_id: str, memo: dict):
+    """(node, device, kind, the trial's windows holding it, the other windows overlapping
+    them) per sampled device of the trial's nodes; then (node, None, "", the trial's windows
+    of the node, the node's sampled device ids) for the unmatched rows."""
+    mine = [state.windows[wid] for wid in state.trial_window_ids(trial_id)]
     for node_id in sorted({w.node_id for w in mine}):
         own_node = [w for w in mine if w.node_id == node_id]
         devices = state.devices(node_id)
@@ -126,11 +160,8 @@ def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
             lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
             others = [w for w in state.overlapping(node_id, lo, hi)
                       if w.trial_id != trial_id and w.claims(device_id, kind)]
-            rows.extend(_device_rows(state, node_id, device_id, kind, own + others,
-                                     report=own, memo=memo))
-        rows.extend(_unmatched_rows(state, node_id, own_node, {d for d, _ in devices}))
-    rows.sort(key=lambda r: (r.t_start_s, r.window_id, r.device_id))
-    return rows
+            yield node_id, device_id, kind, own, others
+        yield node_id, None, "", own_node, {d for d, _ in devices}
 
 
 def _unmatched_rows(state: LedgerState, node_id: str, windows: list[Window],

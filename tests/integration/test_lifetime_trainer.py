@@ -208,3 +208,28 @@ def test_killed_process_window_is_closed_by_the_sampler_and_finish_closes_the_re
     assert later["energy_j"].sum() == pytest.approx(truth(sim, later), abs=TOL_J)
     note = json.loads((out / "metrics.json").read_text())["windows_closed_by"]
     assert note["process_gone"] == [w["window_id"]]
+
+
+def test_a_terminated_rank_closes_its_own_window_where_it_stopped(world):
+    """SIGTERM (what torchrun, Slurm and Kubernetes send first) to a tracked process: Ray's
+    handler exits through SystemExit, the `with` block unwinds and its window is closed by
+    its own process, marked "exit", at the signal."""
+    from raydistill.cluster.ledger_actor import get_ledger
+
+    root, cfg, _sim, _models = world
+    with raydistill.track(out=root / "term-run", sampling=cfg, trial="kd") as run:
+        child = subprocess.Popen([sys.executable, "-c", CHILD.replace("killed", "termed")],
+                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": GPU}, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert child.stdout.readline().strip() == "open", child.stderr.read()[-3000:]
+            termed_s = time.time()
+            child.send_signal(signal.SIGTERM)
+            assert child.wait(timeout=60) != 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+        (w,) = [w for w in ray.get(get_ledger(run.namespace).windows.remote())
+                if w["trial_id"] == "termed"]
+        assert w["closed_by"] == "exit"
+        assert termed_s - 0.5 <= w["t_end_s"] <= termed_s + 5.0

@@ -74,6 +74,11 @@ def test_trial_rows_equal_the_trials_rows_of_the_whole_sweep(specs):
             assert g.energy_j == pytest.approx(w.energy_j, rel=1e-12, abs=1e-9)
             assert (g.shared, g.method) == (w.shared, w.method)
             assert (g.tokens, g.parent_id) == (w.tokens, w.parent_id)
+        # the live poll's figure (no rows built) is the rows' energy summed by stage
+        by_stage: dict[str, float] = {}
+        for r in want:
+            by_stage[r.stage] = by_stage.get(r.stage, 0.0) + r.energy_j
+        assert state.trial_energy(trial) == pytest.approx(by_stage, rel=1e-12, abs=1e-9)
 
 
 def test_trials_plus_nothing_else_add_up_to_the_ledger_total():
