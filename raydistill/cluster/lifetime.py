@@ -5,8 +5,9 @@ whatever is still registered, marked "atexit". SIGTERM (what torchrun, Slurm and
 first) by default kills Python without running `atexit` or `finally`. A Ray driver already has
 Ray's handler (`ray.init` installs `sys.exit(signum)`: exit status 15), which unwinds the same
 way; where nobody handles it, it is turned into `SystemExit(143)` here. Either way `with` blocks
-unwind (their windows are closed marked "exit") and the hook runs. A process killed outright (SIGKILL, the OOM killer) runs nothing:
-its node's sampler closes its windows (`energy/lifetime.py`, `ProcessWatch`).
+unwind (their windows are closed marked "exit") and the hook runs. A process killed outright
+(SIGKILL, the OOM killer) runs nothing: its node's sampler closes its windows
+(`energy/lifetime.py`, `ProcessWatch`).
 """
 
 from __future__ import annotations

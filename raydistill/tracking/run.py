@@ -24,12 +24,13 @@ rank runs the same `with raydistill.track(out=...) as run:`. The global rank 0 (
 MPI/Slurm rank; without a launcher, the process that takes the run directory's lock) OWNS the
 run: lock, Ray, ledger, samplers, result files. Every other rank JOINS it: it waits (up to
 RAYDISTILL_JOIN_TIMEOUT_S, 300 s) for the owner's `RUN/owner.json`, connects to the Ray cluster
-it names by address (ranks on other nodes too), and its `run.stage(...)` windows and
-EnergyCallback go into the owner's ledger. A joined rank's `scores`, `artifact`, `use` and
-`record_training` are no-ops (rank 0's are kept, as a Trainer saves and logs on rank 0 only);
+it names by address (ranks on other nodes too: each node a node of that cluster), and its
+`run.stage(...)` windows and EnergyCallback go into the owner's ledger. A joined rank's
+`scores`, `artifact`, `use` and `record_training` are no-ops (rank 0's are kept, as a Trainer saves and logs on rank 0 only);
 its `finish` writes nothing and only disconnects. The owner's `finish` waits (up to
-RAYDISTILL_RANKS_TIMEOUT_S, 120 s, then a warning) until every rank has left its block, so one
-results table holds every rank's windows. See `tracking/launch.py`.
+RAYDISTILL_RANKS_TIMEOUT_S, 120 s, then a warning) until every rank that joined has left its
+block, then closes what is still open, so one results table holds every rank's windows. See
+`tracking/launch.py` and `tracking/ending.py`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 from raydistill.config import SamplingConfig
 from raydistill.errors import ConfigError
 from raydistill.io import prepare_run_dir
+from raydistill.tracking.ending import flush_samplers
 from raydistill.tracking.launch import lock_run_dir as _lock_run_dir
 from raydistill.tracking.state import (
     ArtifactRecord,
@@ -212,53 +214,23 @@ class Run:
         return self.run_dir
 
     def _close_leftovers(self) -> list[str]:
-        """Close every window still open, marked "finish", before the figures are computed:
-        an open window's end is the node's latest sample, and it would share its devices with
-        nothing, or with any later stage appended to this directory. This process's own
-        windows first (with their tokens), after the samplers closed those of processes that
-        are gone (at their last sign of life), then the rest at the finish."""
-        import ray
+        from raydistill.tracking.ending import close_leftovers
 
-        from raydistill.cluster import lifetime
-        from raydistill.energy.lifetime import FINISH
-
-        own = lifetime.close_all(FINISH)
-        self._session.fleet.flush()
-        here = {ray.get_runtime_context().get_node_id(): (time.time(), time.monotonic())}
-        rest = ray.get(self._session.ledger.close_open.remote(FINISH, here))
-        closed = own + [f"{w['window_id']} (pid {w['pid']})" for w in rest]
-        if closed:
-            log.warning("Run.finish: %d window(s) were still open; closed at the finish, marked "
-                        "'finish' (metrics.json windows_closed_by): %s", len(closed),
-                        ", ".join(closed))
-        return closed
+        return close_leftovers(self._session)
 
     def _wait_for_ranks(self) -> None:
-        from raydistill.tracking import launch
+        from raydistill.tracking.ending import wait_for_ranks
 
-        if self._record.world_size <= 1:
-            return
-        timeout = launch.timeout_s(launch.ENV_RANKS_TIMEOUT, launch.RANKS_TIMEOUT_S)
-        missing = launch.wait_for_ranks(self.namespace, self._record.world_size, timeout)
-        if missing:
-            log.warning("rank(s) %s did not finish tracking within %g s; their windows still "
-                        "open are closed at the finish, marked 'finish' (raise %s to wait longer)",
-                        ", ".join(map(str, missing)), timeout, launch.ENV_RANKS_TIMEOUT)
+        wait_for_ranks(self.namespace, self._record.world_size)
 
     def _finish_joiner(self, error: str | None) -> Path:
         global _current
         import ray
 
-        from raydistill.tracking import launch
+        from raydistill.tracking.ending import leave
 
         try:
-            from raydistill.cluster import lifetime
-            from raydistill.energy.lifetime import FINISH
-
-            lifetime.close_all(FINISH)  # this rank's windows end here, not at the owner's end
-            if self._rank is not None:
-                launch.mark_done(self.namespace, self._rank, error)
-            launch.unregister_job()
+            leave(self.namespace, self._rank, error)
         finally:
             self._restore_env()
             _current = None
@@ -318,7 +290,7 @@ class Run:
         if self._session is not None:
             self._session.fleet.flush()
         else:  # a copy in a worker or a rank: ask each node's sampler by its name
-            _flush_samplers(self.namespace, self.sampling.push_timeout_s)
+            flush_samplers(self.namespace, self.sampling.push_timeout_s)
         energy = ray.get(get_ledger(self.namespace).trial_energy.remote([trial]))[trial]
         return float(energy.get(stage, 0.0))
 
@@ -364,24 +336,6 @@ class Run:
             return
         self.state.train.setdefault(trial, {}).update(figures)
         save_state(self.run_dir, self.state)
-
-
-def _flush_samplers(namespace: str, timeout_s: float) -> None:
-    import ray
-
-    from raydistill.cluster.fleet import alive_nodes, sampler_name
-
-    refs = []
-    for node in alive_nodes():
-        try:
-            refs.append(ray.get_actor(sampler_name(node), namespace=namespace).flush.remote())
-        except ValueError:  # no sampler on that node (yet): nothing of it to flush
-            continue
-    for ref in refs:
-        try:
-            ray.get(ref, timeout=timeout_s)
-        except Exception as exc:  # a figure a little behind, not a failed stage
-            log.warning("a sampler could not flush: %s", type(exc).__name__)
 
 
 def track(out: str | Path = "runs/tracked", address: str | None = None, source: str = "auto",
