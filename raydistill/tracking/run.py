@@ -26,11 +26,11 @@ run: lock, Ray, ledger, samplers, result files. Every other rank JOINS it: it wa
 RAYDISTILL_JOIN_TIMEOUT_S, 300 s) for the owner's `RUN/owner.json`, connects to the Ray cluster
 it names by address (ranks on other nodes too: each node a node of that cluster), and its
 `run.stage(...)` windows and EnergyCallback go into the owner's ledger. A joined rank's
-`scores`, `artifact`, `use` and `record_training` are no-ops (rank 0's are kept, as a Trainer saves and logs on rank 0 only);
-its `finish` writes nothing and only disconnects. The owner's `finish` waits (up to
-RAYDISTILL_RANKS_TIMEOUT_S, 120 s, then a warning) until every rank that joined has left its
-block, then closes what is still open, so one results table holds every rank's windows. See
-`tracking/launch.py` and `tracking/ending.py`.
+`scores`, `artifact`, `use` and `record_training` are no-ops (rank 0's are kept, as a Trainer
+saves and logs on rank 0 only); its `finish` writes nothing and only disconnects. The owner's
+`finish` waits (up to RAYDISTILL_RANKS_TIMEOUT_S, 120 s, then a warning) until every rank that
+joined has left its block, then closes what is still open, so one results table holds every
+rank's windows. See `tracking/launch.py` and `tracking/ending.py`.
 """
 
 from __future__ import annotations
