@@ -193,22 +193,22 @@ class Run:
         from raydistill.tracking import launch
 
         try:
-            self._wait_for_ranks()  # the other ranks leave their blocks first
-            self._close_leftovers()
-            rows = self._session.energy_rows()
-        finally:
-            self._session.close()
-            launch.unregister_job()
-            launch.release(self.namespace)
-            (self.run_dir / launch.OWNER_FILE).unlink(missing_ok=True)
-            self._restore_env()
-            _current, self._owner = None, False
-            if self._started_ray:
-                ray.shutdown()
-        try:
+            try:
+                self._wait_for_ranks()  # the other ranks leave their blocks first
+                self._close_leftovers()
+                rows = self._session.energy_rows()
+            finally:
+                self._session.close()
+                launch.unregister_job()
+                launch.release(self.namespace)
+                (self.run_dir / launch.OWNER_FILE).unlink(missing_ok=True)
+                self._restore_env()
+                _current, self._owner = None, False
+                if self._started_ray:
+                    ray.shutdown()
             write_results(self.run_dir, rows, self.state, self._started_s, error)
             save_state(self.run_dir, self.state)
-        finally:
+        finally:  # a finish that fails (or Ctrl-C while it waits) still frees the directory
             self._lock.close()
         log.info("run written to %s", self.run_dir)
         return self.run_dir

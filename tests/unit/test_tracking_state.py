@@ -217,3 +217,27 @@ def test_amortized_figures_sum_to_what_the_trials_spent(graph):
     amortized = sum(amortized_j(tab, t, costs) for t in trials)
     e_run = sum(seed_metrics(tab, t, {})["E_run_j"] for t in trials)
     assert amortized == pytest.approx(e_run, rel=1e-9, abs=1e-6)
+
+
+def test_a_finish_interrupted_while_it_waits_releases_the_run_directory(tmp_path, monkeypatch):
+    """Ctrl-C while the owner waits for the ranks (or a finish that fails): nothing is written,
+    and the directory is free for the cell to be run again."""
+    from raydistill.tracking.run import Run, _lock_run_dir
+
+    class Session:
+        def close(self) -> None:
+            pass
+
+    run = Run(tmp_path / "run")
+    run.run_dir.mkdir(parents=True)
+    run._lock, run._owner, run._session, run._saved_env = _lock_run_dir(run.run_dir), True, \
+        Session(), {}
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_wait_for_ranks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run.finish()
+    _lock_run_dir(run.run_dir).close()  # free again: this would raise if the lock were kept
+    assert not (run.run_dir / "metrics.json").exists()
