@@ -311,53 +311,76 @@ def _split(windows: list[Window], spans: dict[str, tuple[float, float]], tl: Dev
         plan = _split_plan(windows, spans, by_cpu, ancestors)
         if memo is not None:
             memo[key] = plan
-    cuts, active, weights, several = plan
+    cuts, _owner, on, weight, bounds, shared_of = plan
     if cuts is None:
         return zero, dict(zero), dict.fromkeys(ids, False)
     energy, idle = np.diff(tl.at_many("energy", cuts)), np.diff(tl.at_many("idle", cuts))
+    parts_e, parts_i = energy[on] * weight, idle[on] * weight
     joules, idle_j, shared = {}, {}, {}
     for k, wid in enumerate(ids):
-        on = active[k]
-        joules[wid] = math.fsum(energy[on] * weights[k, on])
-        idle_j[wid] = math.fsum(idle[on] * weights[k, on])
-        shared[wid] = bool(several[k].any())
+        a, b = bounds[k], bounds[k + 1]
+        joules[wid] = math.fsum(parts_e[a:b])
+        idle_j[wid] = math.fsum(parts_i[a:b])
+        shared[wid] = bool(shared_of[k])
     return joules, idle_j, shared
 
 
 def _split_plan(windows: list[Window], spans: dict[str, tuple[float, float]], by_cpu: bool,
                 ancestors: dict[str, set[str]] | None):
-    """(cuts, active W×K, weights W×K, shared W×K) of `_split`: which windows take which
-    elementary interval, and in what proportion; the same for every device they all hold."""
+    """Which windows take which elementary interval, and in what share: the same for every
+    device the same windows hold. Sparse: one entry per (window, interval it spans), so the
+    cost follows the windows' overlaps, not windows × intervals.
+
+    Returns (cuts, owner, interval, weight, bounds, shared): the entries sorted by window
+    (window k's are entries bounds[k]:bounds[k + 1]), each one's interval index and share;
+    shared[k] whether window k shares any interval. (None, ...) with fewer than two cuts."""
     ids = list(spans)
     by_id = {w.window_id: w for w in windows}
     lo = np.array([spans[i][0] for i in ids])
     hi = np.array([spans[i][1] for i in ids])
     cuts = np.unique(np.concatenate([lo, hi]))
     if len(cuts) < 2:
-        return None, None, None, None
-    active = (lo[:, None] <= cuts[None, :-1]) & (hi[:, None] >= cuts[None, 1:])  # W × K
-    if ancestors:
+        return None, None, None, None, None, None
+    # window k is active on intervals [first[k], last[k]) (lo <= cut[j] and hi >= cut[j + 1])
+    first = np.searchsorted(cuts, lo, side="left")
+    last = np.maximum(first, np.searchsorted(cuts, hi, side="left"))
+    sizes = last - first
+    owner = np.repeat(np.arange(len(ids)), sizes)
+    on = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes) \
+        + np.repeat(first, sizes)
+    keep = np.ones(len(on), dtype=bool)
+    if ancestors:  # an ancestor gives up the intervals where a descendant of it is active
         index = {wid: k for k, wid in enumerate(ids)}
-        outer = np.zeros((len(ids), len(ids)), dtype=bool)  # outer[a, c]: a is c's ancestor
+        starts = np.cumsum(sizes) - sizes
+        covered: dict[int, list[tuple[int, int]]] = {}
         for c, wid in enumerate(ids):
-            for a in ancestors.get(wid, ()):
-                if a in index:
-                    outer[index[a], c] = True
-        if outer.any():
-            active &= ~((outer.astype(np.int64) @ active.astype(np.int64)) > 0)
+            for anc in ancestors.get(wid, ()):
+                if anc in index:
+                    covered.setdefault(index[anc], []).append((first[c], last[c]))
+        for k, ranges in covered.items():
+            n = int(sizes[k])
+            diff = np.zeros(n + 1, dtype=np.int64)
+            for a, b in ranges:
+                a, b = max(a, first[k]) - first[k], min(b, last[k]) - first[k]
+                if b > a:
+                    diff[a] += 1
+                    diff[b] -= 1
+            keep[starts[k]:starts[k] + n] = np.cumsum(diff[:n]) == 0
+    owner, on = owner[keep], on[keep]
     rates = np.full(len(ids), np.nan)
     for k, wid in enumerate(ids):
         w, (a, b) = by_id[wid], spans[wid]
         if by_cpu and w.cpu_time_s is not None and b > a:
             rates[k] = w.cpu_time_s / (b - a)
-    count = active.sum(axis=0)
-    unknown = (active & np.isnan(rates)[:, None]).any(axis=0)
-    total = np.where(active, np.nan_to_num(rates)[:, None], 0.0).sum(axis=0)
+    n_int = len(cuts) - 1
+    count = np.bincount(on, minlength=n_int)
+    r = rates[owner]
+    unknown = np.bincount(on, weights=np.isnan(r).astype(float), minlength=n_int) > 0
+    total = np.bincount(on, weights=np.nan_to_num(r), minlength=n_int)
     by_rate = ~unknown & (total > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        weights = np.where(by_rate[None, :], np.nan_to_num(rates)[:, None] / total[None, :],
-                           1.0 / count[None, :])
-    weights = np.where(active, weights, 0.0)
-    several = active & (count > 1)[None, :]
-    return cuts, active, weights, several
-
+        weight = np.where(by_rate[on], np.nan_to_num(r) / total[on], 1.0 / count[on])
+    bounds = np.searchsorted(owner, np.arange(len(ids) + 1), side="left")
+    shared = np.bincount(owner, weights=(count[on] > 1).astype(float),
+                         minlength=len(ids)) > 0
+    return cuts, owner, on, weight, bounds, shared
