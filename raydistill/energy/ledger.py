@@ -34,7 +34,8 @@ import numpy as np
 from raydistill.energy import incremental
 from raydistill.energy.incremental import Baselines, Chunk
 from raydistill.energy.log import KIND_BATCH, KIND_EVENT
-from raydistill.energy.rows import EnergyRow, energy_rows, trial_rows, trial_stage_energy
+from raydistill.energy.poll import PollCache, poll_energy
+from raydistill.energy.rows import EnergyRow, energy_rows, trial_rows
 from raydistill.energy.samples import (
     DeviceInfo,
     SampleBatch,
@@ -119,6 +120,7 @@ class LedgerState:
         # Accepted batches not yet parsed into series: ingestion only checks the key and keeps
         # the bytes; queries parse (rare, and once per batch).
         self._unparsed: list[bytes] = []
+        self._poll = PollCache()  # a live poll's settled windows, summed once (`poll.py`)
 
     # ---- mutations (each one a log record) -------------------------------------------------
     def apply(self, kind: int, payload: bytes) -> bool:
@@ -195,6 +197,7 @@ class LedgerState:
         kind = ev["type"]
         if kind == "window_open":
             w = Window.from_event(ev)
+            before = self.windows.get(w.window_id)
             if w.window_id not in self.windows:
                 self._opened[w.window_id] = len(self._opened)
                 self._by_trial[w.trial_id].append(w.window_id)
@@ -203,6 +206,7 @@ class LedgerState:
             if w.t_end_s is None:
                 self._open[w.window_id] = None
             self._span_index.pop(w.node_id, None)
+            self._poll.on_window_event(self, before, w)
         elif kind == "window_close":
             w = self.windows.get(ev["window_id"])
             if w is None:
@@ -210,6 +214,7 @@ class LedgerState:
             self.windows[w.window_id] = w.closed(ev)
             self._open.pop(w.window_id, None)
             self._span_index.pop(w.node_id, None)
+            self._poll.on_window_event(self, w, self.windows[w.window_id])
         elif kind == "sampler_start":
             self.samplers[ev["sampler_id"]] = {
                 "node_id": ev["node_id"], "started_s": ev["t_s"], "retired_s": None
@@ -400,10 +405,10 @@ class LedgerState:
         return trial_rows(self, trial_id)
 
     def trial_energy(self, trial_id: str) -> dict[str, float]:
-        """{stage: J} of one trial: its rows' energy summed by stage, without the rows (see
-        `rows.trial_stage_energy`): what a live poll asks for."""
+        """{stage: J} of one trial: its rows' energy summed by stage, without the rows, the
+        settled windows summed once (`poll.py`): what a live poll asks for."""
         self._parse_pending()
-        return trial_stage_energy(self, trial_id)
+        return poll_energy(self, trial_id)
 
 
 def _ended_before(p: Window, w: Window) -> bool:

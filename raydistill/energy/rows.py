@@ -124,26 +124,6 @@ def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
     return rows
 
 
-def trial_stage_energy(state: LedgerState, trial_id: str) -> dict[str, float]:
-    """{stage: J} of one trial, equal to its rows' energy summed by stage, without building
-    the rows (what a live poll asks for: the Trainer callback every `logging_steps`)."""
-    out: dict[str, float] = {}
-    memo: dict = {}
-    for node_id, device_id, kind, own, others in _trial_devices(state, trial_id, memo):
-        if device_id is None:  # unmeasured devices: no joules (the stage is still listed)
-            for w in own:
-                out.setdefault(w.stage, 0.0)
-            continue
-        windows = own + others
-        facts = {w.window_id: _facts(state, w, memo) for w in windows}
-        charged, _, _ = _split(windows, {k: f[0] for k, f in facts.items()},
-                               state.timeline(node_id, device_id), kind in SHARED_KINDS,
-                               {k: f[1] for k, f in facts.items()}, memo=memo)
-        for w in own:
-            out[w.stage] = out.get(w.stage, 0.0) + charged[w.window_id]
-    return out
-
-
 def _trial_devices(state: LedgerState, trial_id: str, memo: dict):
     """(node, device, kind, the trial's windows holding it, the other windows overlapping
     them) per sampled device of the trial's nodes; then (node, None, "", the trial's windows
