@@ -117,8 +117,9 @@ def main() -> int:
                                                                rebuild=False)
         t += 2 * args.polls * PUSH_S
         old_ms, old_tl, old_poll, seq, old_rows = per_query_ms(state, seq, t, 3, rebuild=True)
+        cached = state.trial_rows("trial0")  # the same state, built the new way and the old
         state._timelines.clear()
-        same = state.trial_rows("trial0") == old_rows
+        same = state.trial_rows("trial0") == cached and bool(old_rows)
         state.ingest(batch(seq, t + 6 * PUSH_S))
         state.trial_rows("trial0")  # cache again, then one more append against a rebuild
         state.ingest(batch(seq + 1, t + 7 * PUSH_S))
