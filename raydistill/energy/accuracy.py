@@ -96,7 +96,8 @@ _CLASSES = (
     # Power held across an edge or a gap: the power may have swung anywhere in between; the
     # table keeps no split of how much was held, so 20% of the whole figure.
     ErrorClass("interpolated", 0.20, "judgement: power held across a gap may have swung "
-               "anywhere; no split of the held part is kept", True),
+               "anywhere; applied to a row's held share of its time (held_s), to all of it "
+               "where a window edge cuts a long counter segment", True),
     # No sensor: TDP × utilisation, a power the user asserts, or a MIG slice's share.
     ErrorClass("estimated", 0.50, f"judgement backed by {NEWKIRK_2025}; 50% keeps a margin over "
                "them", True),
@@ -171,13 +172,26 @@ def stated_error_j(energy_j: float, method: object, unmeasured_max_j: float = 0.
 
 
 def row_error_j(energy_j: float, method: object, device_kind: str, duration_s: float,
-                unmeasured_max_j: float = 0.0, device_model: str = "") -> float:
-    """Absolute stated error (J) of one ledger row: one window on one device. The worst class
-    of the row's methods on that device, at the row's window length, × |energy_j|, plus the
-    unmeasured bound."""
+                unmeasured_max_j: float = 0.0, device_model: str = "", held_s: float = 0.0,
+                edge_cut: bool = True) -> float:
+    """Absolute stated error (J) of one ledger row: one window on one device, plus the
+    unmeasured bound. The worst class of the row's methods on that device, at the row's window
+    length, × |energy_j|; except that where "interpolated" comes only from power held over
+    `held_s` seconds (no window edge cutting a long counter segment: `edge_cut` False), the
+    interpolated class weighs that share of the window's time and the measured classes the
+    rest (time share for energy share: the held power is the power read beside it)."""
     names = methods_of(method)
     classes = [error_class(m, device_kind, device_model) for m in names] or [UNKNOWN]
     rel = max(c.relative_for(duration_s) for c in classes)
+    measured = [error_class(m, device_kind, device_model) for m in names
+                if m != "interpolated"]
+    if "interpolated" in names and measured and not edge_cut and duration_s > 0 \
+            and held_s > 0:
+        held = min(1.0, held_s / duration_s)
+        rel_measured = max(c.relative_for(duration_s) for c in measured)
+        rel_held = error_class("interpolated", device_kind, device_model).relative_for(
+            duration_s)
+        rel = (1.0 - held) * rel_measured + held * rel_held
     return rel * abs(float(energy_j)) + _bound(unmeasured_max_j)
 
 

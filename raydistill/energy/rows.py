@@ -193,13 +193,14 @@ def _facts(state: LedgerState, w: Window, memo: dict | None
 
 
 def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float, end: float,
-         memo: dict | None = None, **fields) -> EnergyRow:
+         memo: dict | None = None, edge_cut: bool = True, **fields) -> EnergyRow:
     base = dict(n_samples=0, gap_s=0.0, n_gaps=0, counter_resets=0, held_s=0.0,
                 unmeasured_s=0.0, unmeasured_max_j=0.0, interpolated=False, final=False,
                 device_model="")
     base.update(fields)
     base["stated_error_j"] = row_error_j(base["energy_j"], base["method"], kind, end - start,
-                                         base["unmeasured_max_j"], base["device_model"])
+                                         base["unmeasured_max_j"], base["device_model"],
+                                         base["held_s"], edge_cut)
     energy, idle = base.pop("energy_j"), base.pop("idle_j")
     t_end = w.t_end_s if w.t_end_s is not None else state.to_wall(w.node_id, end)
     _, _, parent_id, tokens, generated = _facts(state, w, memo)
@@ -253,7 +254,8 @@ report: list[Window] | None = None, memo: dict | None = None,
         n_gaps, gap_s = int(stats["n_gaps"][k]), float(stats["gap_s"][k])
         n = int(stats["n_samples"][k])
         rows.append(_row(state,
-            w, device_id, kind, start, end, memo=memo, energy_j=charged[w.window_id],
+            w, device_id, kind, start, end, memo=memo,
+            edge_cut=bool(stats["cuts_gap"][k]) or n < 2, energy_j=charged[w.window_id],
             idle_j=idle[w.window_id], method="+".join(sorted(labels)) or UNMEASURED,
             sources=sources, shared=shared[w.window_id],
             share=charged[w.window_id] / whole if whole else 1.0, n_samples=n,

@@ -192,3 +192,26 @@ def test_old_rows_without_their_own_error_take_the_method_rule():
     table = results_table(rows)
     assert table["stated_error_j"].iloc[0] == pytest.approx(13.0)  # 10% + the bound
     assert isinstance(table, pd.DataFrame)
+
+
+def test_a_fraction_of_a_second_held_at_the_edge_does_not_make_the_whole_row_interpolated():
+    """A stage opened 0.2 s before the sampler's first reading of an hour on an H100 counter:
+    the held 0.2 s carry the interpolated class, the measured hour the counter's."""
+    import numpy as np
+
+    from raydistill.energy import LedgerState, SampleBatch, Window
+    from raydistill.energy.samples import DeviceInfo
+
+    info = (DeviceInfo("GPU-0", "gpu", "nvml-counter", "counter", None, "NVIDIA H100 80GB HBM3"),)
+    st = LedgerState()
+    w = Window("w", "t", "student_training", "n0", ("GPU-0",), 1e9 + 0.8, t_start_mono_s=0.8)
+    st.apply_event({"type": "window_open", **w.__dict__})
+    t = np.arange(1.0, 3601.0, 0.1)
+    st.ingest(SampleBatch("s", 0, "n0", info, np.zeros(len(t), np.int32), t + 1e9,
+                          np.full(len(t), 500.0), 500.0 * t, t_mono_s=t))
+    st.apply_event({"type": "window_close", "window_id": "w", "t_end_s": 1e9 + 3600.0,
+                    "tokens": 1, "cpu_time_s": None, "t_end_mono_s": 3600.0})
+    (row,) = st.energy_rows()
+    assert "interpolated" in row.method and row.held_s == pytest.approx(0.2)
+    assert row.stated_error_j < 0.06 * row.energy_j  # was 20% of the whole hour
+    assert row.stated_error_j > 0.05 * row.energy_j  # the counter's class still applies
