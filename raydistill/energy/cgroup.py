@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-__all__ = ["CgroupCpu", "cgroup_cpu", "cgroup_util"]
+__all__ = ["CgroupCpu", "cgroup_cpu", "cgroup_util", "in_container"]
 
 
 @dataclass(frozen=True)
@@ -157,3 +157,14 @@ def cgroup_util(group: CgroupCpu, cpus: float,
         return min(1.0, max(0.0, value))
 
     return util
+
+
+def in_container(root: Path = Path("/"), environ: dict | None = None) -> bool:
+    """Whether this process runs in a container (Docker, Podman, a Kubernetes pod): there its
+    cgroup holds the whole job, so the cgroup's own CPU time is the job's even without a quota;
+    on a bare host it is only this process's session or service."""
+    import os
+
+    env = os.environ if environ is None else environ
+    return ("KUBERNETES_SERVICE_HOST" in env or (root / ".dockerenv").exists()
+            or (root / "run/.containerenv").exists())

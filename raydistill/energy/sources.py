@@ -156,7 +156,7 @@ class CpuEstimateSource:
                  mono: Callable[[], float] = time.monotonic,
                  sockets: int | None = None, root: Path = Path("/"),
                  cpus: Sequence[int] | None = None) -> None:
-        from raydistill.energy.cgroup import cgroup_cpu, cgroup_util
+        from raydistill.energy.cgroup import cgroup_cpu, cgroup_util, in_container
 
         if not 0 <= idle_fraction <= 1:
             raise ConfigError(f"idle_fraction must lie in [0, 1], got {idle_fraction}")
@@ -164,6 +164,10 @@ class CpuEstimateSource:
         group = cgroup_cpu(Path(root))
         # a quota of 4 CPUs on a 192-thread host: the pod may use 4 CPUs' worth, not 192
         quota = group.quota_cpus if group is not None else None
+        if group is not None and quota is None and not in_container(Path(root)):
+            # a bare host without a quota: this process's cgroup (a systemd session, Ray's own
+            # worker cgroup) need not hold the tracked work, so the host's load is the figure
+            group = None
         usable = min(float(len(cpus)), quota) if quota is not None else float(len(cpus))
         if tdp_w is not None:
             if not (math.isfinite(tdp_w) and tdp_w > 0):
@@ -178,8 +182,8 @@ class CpuEstimateSource:
                          f"{group.quota_file}; {len(cpus)} in the affinity mask), utilisation "
                          f"from the cgroup's own CPU time ({group.usage_file.name})")
         elif group is not None:
-            self.how += (f"; followed the affinity mask (no cgroup CPU quota), utilisation from "
-                         f"the cgroup's own CPU time ({group.usage_file})")
+            self.how += (f"; followed the affinity mask (a container without a CPU quota), "
+                         f"utilisation from the cgroup's own CPU time ({group.usage_file})")
         else:
             self.how += "; followed the affinity mask (no cgroup CPU quota), host-wide utilisation"
         self.idle_w = idle_fraction * self.tdp_w

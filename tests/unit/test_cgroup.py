@@ -131,9 +131,10 @@ def test_without_a_readable_quota_the_estimate_follows_the_affinity_mask(tmp_pat
 
 
 def test_without_a_quota_the_utilisation_is_still_the_cgroups_own(tmp_path):
-    """A pod without a CPU limit on a busy host: the affinity mask's TDP, at the pod's own use
-    (its cgroup's CPU time), not the other tenants' (host-wide /proc/stat says 100%)."""
+    """A container without a CPU limit on a busy host: the affinity mask's TDP, at the
+    container's own use (its cgroup's CPU time), not the other tenants' (/proc/stat: 100%)."""
     stat = v2_tree(tmp_path, quotas={"": "max 100000"})
+    (tmp_path / ".dockerenv").touch()
     mono = Mono()
     src = CpuEstimateSource(cpu_model=MODEL, sockets=1, root=tmp_path, cpus=HOST, mono=mono)
     mono.t += 2.0
@@ -146,3 +147,11 @@ def test_without_a_quota_the_utilisation_is_still_the_cgroups_own(tmp_path):
 def test_no_cgroup_files_at_all_is_the_affinity_mask(tmp_path):
     assert cgroup_cpu(tmp_path) is None  # macOS, a sandbox without /proc
     cgroup_cpu(Path("/"))  # this machine's own layout reads without raising
+
+
+def test_a_bare_host_without_a_quota_keeps_the_host_wide_utilisation(tmp_path):
+    """No container, no quota: this process's cgroup (a session, Ray's worker cgroup) need not
+    hold the tracked work, so the host's load is used, as it says."""
+    v2_tree(tmp_path, cgroup="/user.slice/session-1.scope", quotas={"": "max 100000"})
+    src = CpuEstimateSource(cpu_model=MODEL, sockets=1, root=tmp_path, cpus=HOST)
+    assert "host-wide utilisation" in src.describe()
