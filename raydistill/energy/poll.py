@@ -18,6 +18,7 @@ began before the node's freeze time, or a settled window closed again.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -31,6 +32,9 @@ MARGIN_S = 30.0  # well past the last piece and held edges an append may redo (m
 
 
 class PollCache:
+    """Per trial, the settled windows' joules by stage; per node, the settled windows by end
+    time, so an event that touches the past drops only the windows it can change."""
+
     def __init__(self, margin_s: float = MARGIN_S) -> None:
         self.margin_s = margin_s
         self.clear()
@@ -40,23 +44,59 @@ class PollCache:
         self.sums: dict[str, dict[str, float]] = defaultdict(dict)  # trial -> stage -> J
         self.horizon: dict[str, float] = {}  # node -> the latest freeze time relied on
         self.timelines: dict[tuple[str, str], object] = {}  # (node, device) -> timeline used
-        self.settled_ids: set[str] = set()
+        self.entries: dict[str, tuple[str, str, float]] = {}  # window -> (trial, stage, J)
+        self.ends: dict[str, list[tuple[float, str]]] = defaultdict(list)  # node -> by end
+
+    @property
+    def settled_ids(self) -> set[str]:
+        return set(self.entries)
+
+    def settle(self, trial_id: str, node_id: str, w: Window, end: float, joules: float) -> None:
+        self.entries[w.window_id] = (trial_id, w.stage, joules)
+        self.settled[trial_id].add(w.window_id)
+        bisect.insort(self.ends[node_id], (end, w.window_id))
+        sums = self.sums[trial_id]
+        sums[w.stage] = sums.get(w.stage, 0.0) + joules
+
+    def drop_after(self, node_id: str, t: float) -> None:
+        """Forget the node's settled windows that end after `t` (an event at `t` may change
+        their share); the next poll integrates them again."""
+        ends = self.ends[node_id]
+        cut = bisect.bisect_right(ends, (t, "\uffff"))
+        if cut == len(ends):
+            return
+        dropped, self.ends[node_id] = ends[cut:], ends[:cut]
+        trials = set()
+        for _, wid in dropped:
+            trial_id, _, _ = self.entries.pop(wid)
+            self.settled[trial_id].discard(wid)
+            trials.add(trial_id)
+        for trial_id in trials:  # summed again from what stays (no residue of subtraction)
+            parts: dict[str, list[float]] = defaultdict(list)
+            for wid in self.settled[trial_id]:
+                _, stage, joules = self.entries[wid]
+                parts[stage].append(joules)
+            stages = set(self.sums[trial_id]) | set(parts)
+            self.sums[trial_id] = {st: math.fsum(parts.get(st, ())) for st in stages}
 
     def on_window_event(self, state: LedgerState, before: Window | None, after: Window) -> None:
-        """A window opened or closed: start over where it touches what was summed."""
-        horizon = self.horizon.get(after.node_id)
+        """A window opened or closed: forget what it can change."""
+        node = after.node_id
+        horizon = self.horizon.get(node)
         if horizon is None:
             return
-        if after.window_id in self.settled_ids:
-            self.clear()
+        start = state.to_timeline(node, after.t_start_s, after.t_start_mono_s)
+        if after.window_id in self.entries:  # a settled window closed again
+            self.drop_after(node, start)
             return
         # an open or a close before the horizon; or a close of a window that began before it
         # (its CPU time, known from its close, weighs its whole span's CPU share)
-        edges = [(after.t_start_s, after.t_start_mono_s)]
-        if after.t_end_s is not None:
-            edges.append((after.t_end_s, after.t_end_mono_s))
-        if any(state.to_timeline(after.node_id, wall, mono) < horizon for wall, mono in edges):
-            self.clear()
+        if start < horizon:
+            self.drop_after(node, start)
+        elif after.t_end_s is not None:
+            end = state.to_timeline(node, after.t_end_s, after.t_end_mono_s)
+            if end < horizon:
+                self.drop_after(node, min(start, end))
 
 
 def poll_energy(state: LedgerState, trial_id: str) -> dict[str, float]:
@@ -90,11 +130,9 @@ def _poll_node(state: LedgerState, cache: PollCache, trial_id: str, node_id: str
     freeze = _freeze(state, node_id, devices)
     settling = {w.window_id for w in mine
                 if w.t_end_s is not None and state._span(w)[1] <= freeze}
-    sums = cache.sums[trial_id]
+    settled_j: dict[str, list[float]] = defaultdict(list)  # window -> its devices' joules
     for w in mine:  # a stage whose devices no sampler measured is listed at 0 J
         out.setdefault(w.stage, 0.0)
-        if w.window_id in settling:
-            sums.setdefault(w.stage, 0.0)
     memo: dict = {}
     ids = {w.window_id for w in mine}
     for device_id, kind in devices:
@@ -115,9 +153,11 @@ def _poll_node(state: LedgerState, cache: PollCache, trial_id: str, node_id: str
         for w in own:
             out[w.stage] = out.get(w.stage, 0.0) + charged[w.window_id]
             if w.window_id in settling:
-                sums[w.stage] = sums.get(w.stage, 0.0) + charged[w.window_id]
+                settled_j[w.window_id].append(charged[w.window_id])
         cache.timelines[(node_id, device_id)] = tl
+    for w in mine:
+        if w.window_id in settling:
+            cache.settle(trial_id, node_id, w, _facts(state, w, memo)[0][1],
+                         math.fsum(settled_j[w.window_id]))
     if settling:
-        cache.settled[trial_id] |= settling
-        cache.settled_ids |= settling
         cache.horizon[node_id] = max(cache.horizon.get(node_id, -math.inf), freeze)
