@@ -68,6 +68,7 @@ class Session:
         from raydistill.cluster.ledger_actor import start_ledger
 
         self.ledger = start_ledger(self.run_dir, self.namespace, self.sampling.max_gap_s)
+        self._close_stale()
         self.fleet = SamplerFleet(self.sampling, self.namespace)
         try:
             report = self.fleet.reconcile()
@@ -82,6 +83,20 @@ class Session:
         if reconcile_interval_s > 0:
             self.fleet.start_background(reconcile_interval_s)
         return self
+
+    def _close_stale(self) -> None:
+        """Windows an earlier session left open (its process crashed with the run): closed
+        at their node's last reading of that session, before this session's samplers read
+        anything, so they cannot span this session and halve its stages."""
+        import ray
+
+        from raydistill.energy.lifetime import STALE
+
+        stale = ray.get(self.ledger.close_open.remote(STALE, None))
+        if stale:
+            log.warning("%d window(s) of an earlier session were still open (it crashed?); "
+                        "closed at their node's last reading, marked %r: %s", len(stale), STALE,
+                        ", ".join(w["window_id"] for w in stale))
 
     def energy_rows(self) -> list[dict]:
         import ray

@@ -30,6 +30,9 @@ FINISH = "finish"  # still open when the run finished: the run's owner closed it
 CALLBACK_ERROR = "callback_error"  # the Trainer callback found it still open (a lost end)
 TRAIN_ERROR = "train_error"  # Trainer.train() raised
 CHECKPOINT = "checkpoint"  # the end moved to now; the window goes on
+# open in the log when a later session started on it (the run that opened it crashed): closed at
+# its node's last reading of that earlier session, before this one's samplers add any
+STALE = "stale_session"
 NORMAL = frozenset({STAGE, CHECKPOINT})
 
 

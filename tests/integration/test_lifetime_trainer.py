@@ -233,3 +233,37 @@ def test_a_terminated_rank_closes_its_own_window_where_it_stopped(world):
                 if w["trial_id"] == "termed"]
         assert w["closed_by"] == "exit"
         assert termed_s - 0.5 <= w["t_end_s"] <= termed_s + 5.0
+
+
+def test_a_window_a_crashed_session_left_open_does_not_span_the_next_one(world, monkeypatch):
+    """The owner crashed with a window open (nothing closed it: no finish, no exit hook, the
+    session's sampler gone with it); the run is tracked again on the same cluster, so the
+    node's id and its readings go on. The old window is closed at that node's last reading of
+    the old session, not across the new one (where it would halve the new stages)."""
+    import raydistill.tracking.run as run_mod
+    from raydistill.cluster import lifetime
+    from raydistill.cluster.windows import StageWindow
+
+    root, cfg, sim, _models = world
+    out = root / "crash-run"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU)
+    run = raydistill.track(out=out, sampling=cfg, trial="old").start()
+    w = StageWindow(run.namespace, "old", "teacher_generation", devices=(GPU,)).__enter__()
+    time.sleep(1.5)
+    lifetime.unregister(w)  # the crash: no exit hook closes it
+    run._session.close()  # the ledger and the samplers go with the crashed driver
+    run._lock.close()
+    run._restore_env()
+    run_mod._current = None
+    crashed_s = time.time()
+    time.sleep(1.5)
+    with raydistill.track(out=out, sampling=cfg, trial="new") as again, \
+            again.stage("student_training"):
+        time.sleep(2.0)
+    _, rows = windows_of(out)
+    old = rows[rows["trial_id"] == "old"].drop_duplicates("window_id")
+    assert list(old["closed_by"]) == ["stale_session"]
+    assert old["t_end_s"].max() <= crashed_s + 0.5
+    new = rows[(rows["trial_id"] == "new") & (rows["device_id"] == GPU)]
+    assert not new["shared"].any()
+    assert new["energy_j"].sum() == pytest.approx(truth(sim, new), abs=TOL_J)
