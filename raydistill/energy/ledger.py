@@ -121,6 +121,9 @@ class LedgerState:
         # the bytes; queries parse (rare, and once per batch).
         self._unparsed: list[bytes] = []
         self._poll = PollCache()  # a live poll's settled windows, summed once (`poll.py`)
+        # nodes with a window recorded without monotonic times: its span on a monotonic
+        # timeline follows the wall clock's offsets, which can still move (no poll settles there)
+        self.wall_windows: set[str] = set()
 
     # ---- mutations (each one a log record) -------------------------------------------------
     def apply(self, kind: int, payload: bytes) -> bool:
@@ -168,6 +171,7 @@ class LedgerState:
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = _Series()
+                self._poll.clear()  # a device no poll has seen: settled windows may hold it
             series.infos.add(info)
             n = int(sel.sum())
             chunk = Chunk(batch.batch_seq, batch.t_wall_s[sel], None if mono is None
@@ -205,6 +209,8 @@ class LedgerState:
             self.windows[w.window_id] = w
             if w.t_end_s is None:
                 self._open[w.window_id] = None
+            if w.t_start_mono_s is None:
+                self.wall_windows.add(w.node_id)
             self._span_index.pop(w.node_id, None)
             self._poll.on_window_event(self, before, w)
         elif kind == "window_close":
@@ -213,6 +219,8 @@ class LedgerState:
                 raise KeyError(f"window {ev['window_id']!r} was never opened")
             self.windows[w.window_id] = w.closed(ev)
             self._open.pop(w.window_id, None)
+            if self.windows[w.window_id].t_end_mono_s is None:
+                self.wall_windows.add(w.node_id)
             self._span_index.pop(w.node_id, None)
             self._poll.on_window_event(self, w, self.windows[w.window_id])
         elif kind == "sampler_start":
@@ -319,8 +327,9 @@ class LedgerState:
             return None
         if self._opened.get(p.window_id, 0) >= self._opened.get(w.window_id, 0):
             return None
-        if p.t_end_s is not None and _ended_before(p, w):
-            return None  # closed before `w` opened: a stale name, not the work `w` ran inside
+        if p.t_end_s is not None and self.to_timeline(p.node_id, p.t_end_s, p.t_end_mono_s) \
+                < self.to_timeline(w.node_id, w.t_start_s, w.t_start_mono_s):
+            return None  # closed before `w` opened (on the node's timeline): a stale name
         return p
 
     def ancestors(self, w: Window) -> list[Window]:
@@ -409,11 +418,3 @@ class LedgerState:
         settled windows summed once (`poll.py`): what a live poll asks for."""
         self._parse_pending()
         return poll_energy(self, trial_id)
-
-
-def _ended_before(p: Window, w: Window) -> bool:
-    """Whether closed window `p` ended before `w` started (same node: the same clocks; the
-    monotonic one where both carry it)."""
-    if p.t_end_mono_s is not None and w.t_start_mono_s is not None:
-        return p.t_end_mono_s < w.t_start_mono_s
-    return p.t_end_s < w.t_start_s

@@ -44,59 +44,63 @@ class PollCache:
         self.sums: dict[str, dict[str, float]] = defaultdict(dict)  # trial -> stage -> J
         self.horizon: dict[str, float] = {}  # node -> the latest freeze time relied on
         self.timelines: dict[tuple[str, str], object] = {}  # (node, device) -> timeline used
-        self.entries: dict[str, tuple[str, str, float]] = {}  # window -> (trial, stage, J)
+        # window -> (trial, stage, J, whether it has rows: a stage with none is not listed)
+        self.entries: dict[str, tuple[str, str, float, bool]] = {}
         self.ends: dict[str, list[tuple[float, str]]] = defaultdict(list)  # node -> by end
 
     @property
     def settled_ids(self) -> set[str]:
         return set(self.entries)
 
-    def settle(self, trial_id: str, node_id: str, w: Window, end: float, joules: float) -> None:
-        self.entries[w.window_id] = (trial_id, w.stage, joules)
+    def settle(self, trial_id: str, node_id: str, w: Window, end: float, joules: float,
+               listed: bool) -> None:
+        self.entries[w.window_id] = (trial_id, w.stage, joules, listed)
         self.settled[trial_id].add(w.window_id)
         bisect.insort(self.ends[node_id], (end, w.window_id))
-        sums = self.sums[trial_id]
-        sums[w.stage] = sums.get(w.stage, 0.0) + joules
+        if listed:
+            sums = self.sums[trial_id]
+            sums[w.stage] = sums.get(w.stage, 0.0) + joules
 
-    def drop_after(self, node_id: str, t: float) -> None:
-        """Forget the node's settled windows that end after `t` (an event at `t` may change
-        their share); the next poll integrates them again."""
+    def drop_after(self, node_id: str, t: float, also: str | None = None) -> None:
+        """Forget the node's settled windows that end at or after `t` (an event at `t` may
+        change their share), and window `also`; the next poll integrates them again."""
         ends = self.ends[node_id]
-        cut = bisect.bisect_right(ends, (t, "\uffff"))
+        if also is not None and also in self.entries:
+            ends[:] = [e for e in ends if e[1] != also]
+            ends.append((math.inf, also))  # dropped below with the rest
+        cut = bisect.bisect_left(ends, (t, ""))
         if cut == len(ends):
             return
         dropped, self.ends[node_id] = ends[cut:], ends[:cut]
         trials = set()
         for _, wid in dropped:
-            trial_id, _, _ = self.entries.pop(wid)
+            trial_id = self.entries.pop(wid)[0]
             self.settled[trial_id].discard(wid)
             trials.add(trial_id)
         for trial_id in trials:  # summed again from what stays (no residue of subtraction)
             parts: dict[str, list[float]] = defaultdict(list)
             for wid in self.settled[trial_id]:
-                _, stage, joules = self.entries[wid]
-                parts[stage].append(joules)
-            stages = set(self.sums[trial_id]) | set(parts)
-            self.sums[trial_id] = {st: math.fsum(parts.get(st, ())) for st in stages}
+                _, stage, joules, listed = self.entries[wid]
+                if listed:
+                    parts[stage].append(joules)
+            self.sums[trial_id] = {st: math.fsum(js) for st, js in parts.items()}
 
     def on_window_event(self, state: LedgerState, before: Window | None, after: Window) -> None:
-        """A window opened or closed: forget what it can change."""
+        """A window opened or closed (or opened again): forget what it can change. Its edges
+        are taken before and after the event; a window that began before the horizon weighs,
+        once closed, its whole span's CPU share by its CPU time."""
         node = after.node_id
-        horizon = self.horizon.get(node)
-        if horizon is None:
+        if self.horizon.get(node) is None:
             return
-        start = state.to_timeline(node, after.t_start_s, after.t_start_mono_s)
-        if after.window_id in self.entries:  # a settled window closed again
-            self.drop_after(node, start)
-            return
-        # an open or a close before the horizon; or a close of a window that began before it
-        # (its CPU time, known from its close, weighs its whole span's CPU share)
-        if start < horizon:
-            self.drop_after(node, start)
-        elif after.t_end_s is not None:
-            end = state.to_timeline(node, after.t_end_s, after.t_end_mono_s)
-            if end < horizon:
-                self.drop_after(node, min(start, end))
+        times = [state.to_timeline(node, after.t_start_s, after.t_start_mono_s)]
+        for w in (before, after):
+            if w is not None:
+                times.append(state.to_timeline(node, w.t_start_s, w.t_start_mono_s))
+                if w.t_end_s is not None:
+                    times.append(state.to_timeline(node, w.t_end_s, w.t_end_mono_s))
+        earliest = min(times)
+        if earliest < self.horizon[node] or after.window_id in self.entries:
+            self.drop_after(node, earliest, also=after.window_id)
 
 
 def poll_energy(state: LedgerState, trial_id: str) -> dict[str, float]:
@@ -128,11 +132,18 @@ def _poll_node(state: LedgerState, cache: PollCache, trial_id: str, node_id: str
 
     devices = state.devices(node_id)
     freeze = _freeze(state, node_id, devices)
+    if node_id in state.wall_windows and state.uses_mono(node_id):
+        freeze = -math.inf  # a window's span here follows wall-clock offsets that can move
     settling = {w.window_id for w in mine
                 if w.t_end_s is not None and state._span(w)[1] <= freeze}
     settled_j: dict[str, list[float]] = defaultdict(list)  # window -> its devices' joules
-    for w in mine:  # a stage whose devices no sampler measured is listed at 0 J
-        out.setdefault(w.stage, 0.0)
+    sampled = {d for d, _ in devices}
+    listed = {w.window_id for w in mine  # windows with rows: their stage is listed
+              if any(w.claims(d, k) for d, k in devices)
+              or any(d != "*" and d not in sampled for d in w.devices)}
+    for w in mine:
+        if w.window_id in listed:  # at 0 J where no sampler measured its devices
+            out.setdefault(w.stage, 0.0)
     memo: dict = {}
     ids = {w.window_id for w in mine}
     for device_id, kind in devices:
@@ -158,6 +169,6 @@ def _poll_node(state: LedgerState, cache: PollCache, trial_id: str, node_id: str
     for w in mine:
         if w.window_id in settling:
             cache.settle(trial_id, node_id, w, _facts(state, w, memo)[0][1],
-                         math.fsum(settled_j[w.window_id]))
+                         math.fsum(settled_j[w.window_id]), w.window_id in listed)
     if settling:
         cache.horizon[node_id] = max(cache.horizon.get(node_id, -math.inf), freeze)

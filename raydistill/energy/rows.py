@@ -352,7 +352,8 @@ def _split_plan(windows: list[Window], spans: dict[str, tuple[float, float]], by
     rates = np.full(len(ids), np.nan)
     for k, wid in enumerate(ids):
         w, (a, b) = by_id[wid], spans[wid]
-        if by_cpu and w.cpu_time_s is not None and b > a:
+        # an open window's rate is unknown: its CPU time is only final when it closes
+        if by_cpu and w.cpu_time_s is not None and w.t_end_s is not None and b > a:
             rates[k] = w.cpu_time_s / (b - a)
     n_int = len(cuts) - 1
     count = np.bincount(on, minlength=n_int)

@@ -107,3 +107,36 @@ def test_settled_windows_are_summed_once_so_a_poll_follows_the_open_ones():
     st.ingest(_batch(seq, t, t + 2.0))
     assert st.trial_energy("a") == pytest.approx(_by_stage(st, "a"), rel=1e-9)
     assert len(st._poll.settled["a"]) >= 195  # all but the last few are summed already
+
+
+def test_a_window_settled_at_zero_length_and_closed_again_is_integrated_again():
+    """A leftover close can end a window at its own start (no reading after it yet); its
+    process's own close then moves the end. The settled 0 J must not stay."""
+    st = LedgerState()
+    st._poll = PollCache(margin_s=3.0)
+    for seq in range(10):
+        st.ingest(_batch(seq, 2.0 * seq, 2.0 * seq + 2.0))
+    _open(st, "w0", "a", "student_training", 4.0, ("GPU-a",))
+    _close(st, "w0", 4.0)
+    assert st.trial_energy("a") == pytest.approx(_by_stage(st, "a"))
+    assert "w0" in st._poll.settled_ids
+    _close(st, "w0", 10.0)
+    assert st.trial_energy("a")["student_training"] == pytest.approx(
+        _by_stage(st, "a")["student_training"]) and _by_stage(st, "a")["student_training"] > 0
+
+
+def test_a_device_first_read_late_reaches_the_settled_windows_that_hold_it():
+    """The CPU's sampler sends its first batches after the GPUs' windows settled: a window
+    holding every device gains a CPU row, and the poll says so."""
+    st = LedgerState()
+    st._poll = PollCache(margin_s=3.0)
+    _open(st, "w0", "a", "student_training", 1.0, ("*",))
+    for seq in range(6):
+        st.ingest(_batch(seq, 2.0 * seq, 2.0 * seq + 2.0, devices=("GPU-a", "GPU-b")))
+    _close(st, "w0", 5.0)
+    for seq in range(6, 12):
+        st.ingest(_batch(seq, 2.0 * seq, 2.0 * seq + 2.0, devices=("GPU-a", "GPU-b")))
+    assert st.trial_energy("a") == pytest.approx(_by_stage(st, "a"))
+    assert "w0" in st._poll.settled_ids
+    st.ingest(_batch(0, 0.0, 24.0, devices=("cpu:package-0",), sampler="s-cpu"))
+    assert st.trial_energy("a") == pytest.approx(_by_stage(st, "a"))
