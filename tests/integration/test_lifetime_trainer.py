@@ -242,7 +242,7 @@ def test_a_window_a_crashed_session_left_open_does_not_span_the_next_one(world, 
     the old session, not across the new one (where it would halve the new stages)."""
     import raydistill.tracking.run as run_mod
     from raydistill.cluster import lifetime
-    from raydistill.cluster.windows import StageWindow
+    from raydistill.cluster.windows import StageWindow, _swap_open
 
     root, cfg, sim, _models = world
     out = root / "crash-run"
@@ -251,6 +251,7 @@ def test_a_window_a_crashed_session_left_open_does_not_span_the_next_one(world, 
     w = StageWindow(run.namespace, "old", "teacher_generation", devices=(GPU,)).__enter__()
     time.sleep(1.5)
     lifetime.unregister(w)  # the crash: no exit hook closes it
+    _swap_open(w.window.window_id, None)  # (and its process's open-window stack goes with it)
     run._session.close()  # the ledger and the samplers go with the crashed driver
     run._lock.close()
     run._restore_env()
