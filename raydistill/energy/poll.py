@@ -128,7 +128,7 @@ def _freeze(state: LedgerState, node_id: str, devices: list[tuple[str, str]]) ->
 
 def _poll_node(state: LedgerState, cache: PollCache, trial_id: str, node_id: str,
                mine: list[Window], out: dict[str, float]) -> None:
-    from raydistill.energy.rows import _facts, _split
+    from raydistill.energy.rows import _facts, _neighbours, _split
 
     devices = state.devices(node_id)
     freeze = _freeze(state, node_id, devices)
@@ -150,11 +150,9 @@ def _poll_node(state: LedgerState, cache: PollCache, trial_id: str, node_id: str
         own = [w for w in mine if w.claims(device_id, kind)]
         if not own:
             continue
-        spans = [_facts(state, w, memo)[0] for w in own]
-        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
         # every other window overlapping them, this trial's settled ones included
-        others = [w for w in state.overlapping(node_id, lo, hi)
-                  if w.window_id not in ids and w.claims(device_id, kind)]
+        others = _neighbours(state, node_id, device_id, kind, own,
+                             lambda w: w.window_id in ids, memo)
         windows = own + others
         facts = {w.window_id: _facts(state, w, memo) for w in windows}
         tl = state.timeline(node_id, device_id)

@@ -136,12 +136,19 @@ def _trial_devices(state: LedgerState, trial_id: str, memo: dict):
             own = [w for w in own_node if w.claims(device_id, kind)]
             if not own:
                 continue
-            spans = [_facts(state, w, memo)[0] for w in own]
-            lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
-            others = [w for w in state.overlapping(node_id, lo, hi)
-                      if w.trial_id != trial_id and w.claims(device_id, kind)]
-            yield node_id, device_id, kind, own, others
+            yield node_id, device_id, kind, own, _neighbours(
+                state, node_id, device_id, kind, own, lambda w: w.trial_id == trial_id, memo)
         yield node_id, None, "", own_node, {d for d, _ in devices}
+
+
+def _neighbours(state: LedgerState, node_id: str, device_id: str, kind: str,
+                own: list[Window], excluded, memo: dict) -> list[Window]:
+    """The windows holding the device that overlap the span of `own` (those `excluded` left
+    out): what `own`'s share of the device is split against."""
+    spans = [_facts(state, w, memo)[0] for w in own]
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    return [w for w in state.overlapping(node_id, lo, hi)
+            if not excluded(w) and w.claims(device_id, kind)]
 
 
 def _unmatched_rows(state: LedgerState, node_id: str, windows: list[Window],
