@@ -36,7 +36,13 @@ from raydistill.data.splits import make_splits, read_rows
 from raydistill.distill.batches import cached_topk, pad_batch
 from raydistill.distill.chunked import chunked_kd_objective
 from raydistill.distill.engine import lr_factor
-from raydistill.distill.evaluate import TASK_NAME, exact_match, lm_eval_scores, write_lm_eval_task
+from raydistill.distill.evaluate import (
+    TASK_NAME,
+    exact_match,
+    lm_eval_scores,
+    stop_strings,
+    write_lm_eval_task,
+)
 from raydistill.distill.examples import SYNTHETIC_COLUMNS, ExampleStream, read_synthetic
 from raydistill.distill.logit_cache import write_shard
 from raydistill.distill.stages import check_pair, prompt_rows, student_loop_config, train_lm
@@ -149,10 +155,13 @@ def plain_eval(cfg, models: dict[str, Path], test: Path, work: Path, clock: Cloc
     for name, path in models.items():
         model, tok = load_model_and_tokenizer(str(path))
         loaded[name] = (model, tok, stop_ids(tok, path))
-        scores[f"{name}_quick_acc"], _ = exact_match(model, tok, rows, stop=loaded[name][2],
-                                                     pattern=cfg.data.answer_pattern, **gen)
+        scores[f"{name}_quick_acc"] = exact_match(model, tok, rows, stop=loaded[name][2],
+                                                  pattern=cfg.data.answer_pattern,
+                                                  **gen).accuracy
         if e.lm_eval:
-            task_dir = write_lm_eval_task(rows, tok, work / "lm_eval" / name)
+            task_dir = write_lm_eval_task(
+                rows, tok, work / "lm_eval" / name, pattern=cfg.data.answer_pattern,
+                max_gen_toks=gen["max_new_tokens"], until=stop_strings(tok, loaded[name][2]))
             for task, v in lm_eval_scores(model, tok, task_dir, [TASK_NAME, *e.lm_eval_tasks],
                                           e.limit, tuple(e.lm_eval_include),
                                           e.lm_eval_chat_template).items():

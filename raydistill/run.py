@@ -105,6 +105,8 @@ def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
     if baseline:
         metrics.append(seed_metrics(table, baseline, outcomes[1].scores,
                                     teacher_trial=main.trial_id, teacher_scores=main.scores))
+    for m, o in zip(metrics, outcomes, strict=False):  # dev beside test: the search's view
+        m["dev_scores"] = getattr(o, "dev_scores", {})
     reused = [f"{o.trial_id}:{k}" for o in outcomes for k, a in o.artifacts.items() if a.reused]
     atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write_text(run_dir / "metrics.json", json.dumps(

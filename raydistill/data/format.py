@@ -147,16 +147,65 @@ def shared_rows(tokenizer: Any, output_rows: dict[str, int]) -> int:
     return tokens
 
 
-def answer_of(text: str, pattern: str = "") -> str:
+def answer_of(text: str, pattern: str = "") -> str | None:
     """What exact match compares: group 1 (or the whole match) of `pattern`, else the stripped
-    text; commas in numbers and surrounding whitespace do not count."""
+    text; commas in numbers and surrounding whitespace do not count. None when `pattern` is set
+    and the text holds no match: there is no answer to compare (never "", which would equal
+    another missing answer)."""
     import re
 
     text = text.strip()
     if pattern:
         m = re.search(pattern, text)
         if m is None:
-            return ""
-        text = (m.group(1) if m.groups() else m.group(0)).strip()
-        return text.replace(",", "") if re.fullmatch(r"[-\d.,]+", text) else text
-    return text
+            return None
+        text = (m.group(1) if m.groups() else m.group(0)) or ""
+    return _normalised(text)
+
+
+def gold_answer(text: str, pattern: str = "") -> tuple[str, bool]:
+    """(the answer a gold response gives, whether the pattern extracted it). A gold the pattern
+    cannot read (a data set without "#### " lines) is compared as its whole stripped text, so a
+    model's extracted answer can still match it, and an unreadable output never does."""
+    answer = answer_of(text, pattern)
+    return (answer, True) if answer is not None else (_normalised(text.strip()), False)
+
+
+def _normalised(text: str) -> str:
+    import re
+
+    text = text.strip()
+    return text.replace(",", "") if re.fullmatch(r"[-\d.,]+", text) else text
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """Exact match of outputs against golds: `correct` of `rows`; `extract_failures` outputs
+    the pattern could not read (each scored wrong); `gold_unextracted` golds compared whole."""
+
+    correct: int
+    rows: int
+    extract_failures: int
+    gold_unextracted: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(1, self.rows)
+
+    @property
+    def extract_fail_rate(self) -> float:
+        return self.extract_failures / max(1, self.rows)
+
+
+def score_answers(outputs: list[str], golds: list[str], pattern: str = "") -> AnswerScore:
+    """Exact match, row by row: an output the pattern cannot read is wrong and counted."""
+    if len(outputs) != len(golds):
+        raise ValueError(f"{len(outputs)} outputs for {len(golds)} gold responses")
+    correct = failures = unread_golds = 0
+    for output, gold in zip(outputs, golds, strict=True):
+        answer = answer_of(output, pattern)
+        expected, extracted = gold_answer(gold, pattern)
+        failures += answer is None
+        unread_golds += not extracted
+        correct += answer is not None and answer == expected
+    return AnswerScore(correct, len(outputs), failures, unread_golds)

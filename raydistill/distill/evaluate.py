@@ -1,11 +1,15 @@
-"""Scoring teacher and student on the data's test split, and with lm-eval.
+"""Scoring teacher and student on the data's dev and test splits, and with lm-eval.
 
 Two scores per model:
-- `quick_acc`: generative exact match on the test split. Each model reads the prompt through
-  its own chat template, answers greedily until its own stop tokens, and the answer (group 1 of
-  `data.answer_pattern`, else the stripped text) is compared with the gold one.
-- lm-eval (`lm_eval.simple_evaluate`): a local task written from the same test split
-  (`raydistill_test`: loglikelihood of the gold response, `acc` = it is the greedy one), plus
+- `quick_acc`: generative exact match (on test, and on dev for the search's decisions). Each
+  model reads the prompt through its own chat template, answers greedily until its own stop
+  tokens, and the answer (group 1 of `data.answer_pattern`, else the stripped text) is compared
+  with the gold one; an output the pattern cannot read is wrong, and counted
+  (`extract_fail_rate`).
+- lm-eval (`lm_eval.simple_evaluate`, test only): a local task written from the test split
+  (`raydistill_test`: with an answer pattern, greedy generation read by lm-eval's regex filter
+  with the same pattern, then exact match with the gold's answer; without one, loglikelihood of
+  the gold response, `acc` = it is the greedy one), plus
   installed tasks by name (`gsm8k`, `hellaswag`, ... when their data is reachable) and task
   YAMLs from local directories. The local task holds each model's own rendered prompt, so it is
   written once per model. The task's `data_files` path is absolute, because lm-eval resolves a
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -25,58 +30,139 @@ log = logging.getLogger(__name__)
 TASK_NAME = "raydistill_test"
 
 
+@dataclass(frozen=True)
+class ExactMatch:
+    """Greedy exact match on some rows: the score, the tokens it generated, and how many
+    outputs the answer pattern could not read (each scored wrong)."""
+
+    correct: int
+    rows: int
+    generated_tokens: int
+    extract_failures: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(1, self.rows)
+
+    @property
+    def extract_fail_rate(self) -> float:
+        return self.extract_failures / max(1, self.rows)
+
+    def scores(self, model: str, pattern: str) -> dict[str, float]:
+        """The score keys of one model: `<model>_quick_acc`, `quick_acc_rows`, and
+        `<model>_extract_fail_rate` where a pattern says what an answer is."""
+        out = {f"{model}_quick_acc": self.accuracy, "quick_acc_rows": float(self.rows)}
+        if pattern:
+            out[f"{model}_extract_fail_rate"] = self.extract_fail_rate
+        return out
+
+
 def exact_match(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
                 max_prompt_tokens: int, stop: list[int], pattern: str = "",
-                batch_size: int = 64) -> tuple[float, int]:
-    """(accuracy, tokens generated) of greedy answers on rows {messages, response}: plain
+                batch_size: int = 64) -> ExactMatch:
+    """Greedy answers on rows {messages, response} scored by `format.score_answers`: plain
     argmax decoding (`teacher.stated_generation`), nothing taken from the model's
     generation_config.json but its stop ids (`stop`), so a checkpoint's repetition penalty or
-    sampling defaults do not change a score."""
-    from raydistill.data.format import answer_of, prompt_ids
+    sampling defaults do not change a score. An output `pattern` cannot read is wrong."""
+    from raydistill.data.format import prompt_ids, score_answers
     from raydistill.distill.teacher import generate_ids
 
     model.eval()
-    correct = generated = 0
+    generated = 0
+    outputs: list[str] = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         prompts = [prompt_ids(tokenizer, r["messages"], max_prompt_tokens) for r in chunk]
-        for row, (ids, done) in zip(chunk, generate_ids(model, tokenizer, prompts,
-                                                        max_new_tokens, stop), strict=True):
+        for ids, done in generate_ids(model, tokenizer, prompts, max_new_tokens, stop):
             generated += len(ids) + int(done)
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            correct += int(answer_of(text, pattern) == answer_of(row["response"], pattern))
-    return correct / max(1, len(rows)), generated
+            outputs.append(tokenizer.decode(ids, skip_special_tokens=True))
+    score = score_answers(outputs, [r["response"] for r in rows], pattern)
+    if score.gold_unextracted:
+        _warn_once(f"{score.gold_unextracted} of {score.rows} gold responses do not match "
+                   f"data.answer_pattern {pattern!r}: each is compared whole (stripped) with "
+                   "the model's extracted answer")
+    return ExactMatch(score.correct, score.rows, generated, score.extract_failures)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One warning per distinct message in a process: the in-training dev check scores the
+    same rows at every check, and the same count need not be said each time."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
+
+
+# lm-eval's result key of the built-in generative task: metric, then the filter's name
+ANSWER_FILTER = "answer"
+GENERATIVE_KEY = f"exact_match,{ANSWER_FILTER}"
+# commas between digits do not count, as in `format.answer_of` (golds come normalised already)
+DIGIT_COMMA = r"(?<=\d),(?=\d)"
 
 
 def write_lm_eval_task(rows: list[dict], tokenizer, out_dir: str | Path,
-                       task_name: str = TASK_NAME) -> Path:
-    """A loglikelihood task over the test rows, each prompt rendered with this model's
-    template (BOS included as text when the template has one: lm-eval must not add another)."""
-    from raydistill.data.format import render_prompt
+                       task_name: str = TASK_NAME, *, pattern: str = "",
+                       max_gen_toks: int = 256, until: tuple[str, ...] = ()) -> Path:
+    """The built-in lm-eval task over the test rows, each prompt rendered with this model's
+    template (BOS included as text when the template has one: lm-eval must not add another).
+
+    With an answer `pattern` it is generative: greedy up to `max_gen_toks`, stopped at the
+    model's end-of-turn strings (`until`; lm-eval adds the tokenizer's EOS), the output read by
+    lm-eval's regex filter with the same pattern, then `exact_match` against the gold's answer,
+    extracted here as quick_acc extracts it (`format.gold_answer`). An output the filter cannot
+    read becomes "[invalid]" and is wrong. lm-eval's filter takes group 1 of a one-group
+    pattern (as quick_acc does); of a pattern with several groups, the first non-empty one.
+    Without a pattern: the loglikelihood task, `acc` = the whole gold response is the greedy
+    continuation (fine for short answers; on worked solutions it is ~0)."""
+    from raydistill.data.format import gold_answer, render_prompt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     docs = out / "test.jsonl"
     with open(docs, "w") as fh:
         for r in rows:
+            answer = gold_answer(r["response"], pattern)[0] if pattern else r["response"]
             fh.write(json.dumps({"prompt": render_prompt(tokenizer, r["messages"]),
-                                 "answer": r["response"]}) + "\n")
+                                 "answer": answer}) + "\n")
     spec = {
         "task": task_name,
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(docs.resolve())}},
-        "output_type": "loglikelihood",
         "test_split": "test",
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "{{answer}}",
         "target_delimiter": "",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 2.0},
+        **(_generative(pattern, max_gen_toks, until) if pattern else {
+            "output_type": "loglikelihood",
+            "metric_list": [{"metric": "acc", "aggregation": "mean",
+                             "higher_is_better": True}]}),
+        "metadata": {"version": 3.0 if pattern else 2.0},
     }
     (out / f"{task_name}.yaml").write_text(
         f"# written by raydistill; run with lm_eval --include_path {out} --tasks {task_name}\n"
         + yaml.safe_dump(spec, sort_keys=False))
     return out
+
+
+def _generative(pattern: str, max_gen_toks: int, until: tuple[str, ...]) -> dict:
+    return {
+        "output_type": "generate_until",
+        "generation_kwargs": {"until": list(until), "do_sample": False, "temperature": 0.0,
+                              "max_gen_toks": max_gen_toks},
+        "filter_list": [{"name": ANSWER_FILTER, "filter": [
+            {"function": "regex", "regex_pattern": pattern, "group_select": 0},
+            {"function": "take_first"}]}],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean",
+                         "higher_is_better": True, "regexes_to_ignore": [DIGIT_COMMA]}],
+    }
+
+
+def stop_strings(tokenizer, stop: list[int]) -> tuple[str, ...]:
+    """The text of each stop id (lm-eval stops on strings): a model's end-of-turn tokens."""
+    texts = (tokenizer.decode([i], skip_special_tokens=False) for i in stop)
+    return tuple(dict.fromkeys(t for t in texts if t))
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -119,11 +205,20 @@ def lm_eval_scores(model, tokenizer, own_task_dir: Path | None, tasks: list[str]
             result = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
                                      log_samples=False, verbosity="ERROR",
                                      apply_chat_template=chat and bool(tokenizer.chat_template))
-        for task, metrics in result["results"].items():
-            acc = metrics.get("acc,none", metrics.get("exact_match,strict-match",
-                                                      metrics.get("acc")))
-            if acc is not None:
-                scores[task] = float(acc)
+        scores.update(task_scores(result))
+    return scores
+
+
+def task_scores(result: dict) -> dict[str, float]:
+    """{task: score} from a `simple_evaluate` result: `acc`, or the exact match after the
+    built-in task's answer filter (`exact_match,answer`), or a GSM8K-style strict match."""
+    scores = {}
+    for task, metrics in result["results"].items():
+        acc = next((metrics[k] for k in ("acc,none", GENERATIVE_KEY,
+                                         "exact_match,strict-match", "acc")
+                    if k in metrics), None)
+        if acc is not None:
+            scores[task] = float(acc)
     return scores
 
 

@@ -38,11 +38,19 @@ WAITS = {
 class TrialOutcome:
     trial_id: str
     method: str
-    scores: dict = field(default_factory=dict)  # quick_acc, lm_eval_acc, for teacher/student
+    scores: dict = field(default_factory=dict)  # test: quick_acc, lm-eval, teacher/student
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     student_path: str = ""
     train_metrics: dict = field(default_factory=dict)
     inference_tokens: dict = field(default_factory=dict)
+    dev_scores: dict = field(default_factory=dict)  # dev: quick_acc only (the search reads it)
+
+
+def _dev_path(data: DataSplits) -> str | None:
+    """The dev split's file, None when the splits have no dev rows (no dev scores then)."""
+    if "dev" not in data.paths or not data.counts.get("dev", 1):
+        return None
+    return str(data["dev"])
 
 
 def _deepspeed_ops_built() -> bool:
@@ -349,6 +357,8 @@ class Pipeline:
         return out, metrics
 
     def evaluate(self, trial_id: str, models: dict[str, Path | str], data: DataSplits) -> dict:
+        """{"scores": test split (quick_acc, lm-eval), "dev_scores": dev split (quick_acc),
+        "inference_tokens": per model}; both score dicts use the same key names."""
         from raydistill.distill.stages import evaluate_remote
         from raydistill.plan import evaluation_gpus
 
@@ -360,7 +370,7 @@ class Pipeline:
                 {k: str(v) for k, v in models.items()}, str(data["test"]),
                 self.session.namespace, trial_id, to_dict(self.cfg.evaluation),
                 to_dict(self.cfg.data), str(self.run_dir / "lm_eval" / trial_id),
-                self.cfg.generation.max_new_tokens))
+                self.cfg.generation.max_new_tokens, _dev_path(data)))
 
     def _task_resources(self, gpus: int = 1) -> dict:
         """A Ray task holding `gpus` GPUs (one CPU without GPUs: CPU behaviour unchanged); the
@@ -391,5 +401,6 @@ class Pipeline:
                                                               "student": path}
         result = self.evaluate(trial_id, models, data)
         outcome.scores = result["scores"]
+        outcome.dev_scores = result.get("dev_scores", {})
         outcome.inference_tokens = result["inference_tokens"]
         return outcome

@@ -211,26 +211,27 @@ def fit_student(cfg, method: str, trial_id: str, namespace: str, teacher_path: P
 
 @ray.remote
 def evaluate_remote(models: dict[str, str], test_jsonl: str, namespace: str, trial_id: str,
-                    eval_cfg: dict, data_cfg: dict, lm_eval_dir: str, max_new_tokens: int) -> dict:
-    """Score each model (exact match on the test split + lm-eval) in the `evaluation` window,
-    then measure each one's inference on a fixed prompt set in its own window (for EPT)."""
+                    eval_cfg: dict, data_cfg: dict, lm_eval_dir: str, max_new_tokens: int,
+                    dev_jsonl: str | None = None) -> dict:
+    """Score each model in the `evaluation` window: exact match on the test split + lm-eval
+    (`scores`), and exact match on the dev split (`dev_scores`: what the search decides on;
+    no lm-eval), then measure each one's inference on a fixed prompt set in its own window
+    (for EPT)."""
     import torch
 
     from raydistill.cluster.windows import StageWindow, worker_devices
     from raydistill.data.format import stop_ids
     from raydistill.data.splits import read_rows
-    from raydistill.distill.evaluate import (
-        TASK_NAME,
-        exact_match,
-        lm_eval_scores,
-        write_lm_eval_task,
-    )
+    from raydistill.distill.evaluate import exact_match
     from raydistill.distill.teacher import devices_of, load_model_and_tokenizer
 
     torch.set_num_threads(2)
     rows = read_rows(test_jsonl)
+    dev_rows = read_rows(dev_jsonl) if dev_jsonl else []
     devices = worker_devices()
+    pattern = data_cfg["answer_pattern"]
     scores: dict[str, float] = {}
+    dev_scores: dict[str, float] = {}
     loaded = {}
     with StageWindow(namespace, trial_id, "evaluation", devices=devices, phase="load") as window:
         for name, path in models.items():
@@ -241,25 +242,43 @@ def evaluate_remote(models: dict[str, str], test_jsonl: str, namespace: str, tri
         window.loaded()
         gen = {"max_new_tokens": max_new_tokens, "max_prompt_tokens": data_cfg["max_prompt_tokens"]}
         for name, (model, tokenizer, stop) in loaded.items():
-            acc, generated = exact_match(model, tokenizer, rows, stop=stop,
-                                         pattern=data_cfg["answer_pattern"], **gen)
-            scores[f"{name}_quick_acc"] = acc
-            window.add_tokens(generated, generated=generated)  # counts generated ones only
+            for split_rows, into in ((rows, scores), (dev_rows, dev_scores)):
+                if not split_rows:
+                    continue
+                result = exact_match(model, tokenizer, split_rows, stop=stop, pattern=pattern,
+                                     **gen)
+                into.update(result.scores(name, pattern))
+                # counts generated ones only
+                window.add_tokens(result.generated_tokens, generated=result.generated_tokens)
             if eval_cfg["lm_eval"]:
-                task_dir = write_lm_eval_task(rows, tokenizer, Path(lm_eval_dir) / name)
-                tasks = [TASK_NAME, *eval_cfg["lm_eval_tasks"]]
-                for task, value in lm_eval_scores(
-                        model, tokenizer, task_dir, tasks, eval_cfg["limit"],
-                        tuple(eval_cfg["lm_eval_include"]),
-                        eval_cfg["lm_eval_chat_template"]).items():
-                    scores[f"{name}_{task}_acc"] = value
+                scores.update(_lm_eval(name, model, tokenizer, stop, rows, eval_cfg, pattern,
+                                       Path(lm_eval_dir) / name, max_new_tokens))
     probe = rows[: eval_cfg["inference_prompts"]]
     tokens = {}
     for name, (model, tokenizer, stop) in loaded.items():
         tokens[name] = _steady_inference(namespace, trial_id, name, devices_of(model, devices),
                                          model, tokenizer, stop, probe, gen,
                                          eval_cfg["inference_min_s"])
-    return {"scores": scores, "inference_tokens": tokens}
+    return {"scores": scores, "dev_scores": dev_scores, "inference_tokens": tokens}
+
+
+def _lm_eval(name: str, model, tokenizer, stop: list[int], rows: list[dict], eval_cfg: dict,
+             pattern: str, task_dir: Path, max_new_tokens: int) -> dict[str, float]:
+    """lm-eval on the test split: the built-in task (generative with the answer pattern, with
+    quick_acc's token budget and the model's own stop strings) and the named tasks."""
+    from raydistill.distill.evaluate import (
+        TASK_NAME,
+        lm_eval_scores,
+        stop_strings,
+        write_lm_eval_task,
+    )
+
+    write_lm_eval_task(rows, tokenizer, task_dir, pattern=pattern, max_gen_toks=max_new_tokens,
+                       until=stop_strings(tokenizer, stop))
+    tasks = [TASK_NAME, *eval_cfg["lm_eval_tasks"]]
+    return {f"{name}_{task}_acc": value for task, value in lm_eval_scores(
+        model, tokenizer, task_dir, tasks, eval_cfg["limit"],
+        tuple(eval_cfg["lm_eval_include"]), eval_cfg["lm_eval_chat_template"]).items()}
 
 
 def _steady_inference(namespace: str, trial_id: str, name: str, devices: tuple[str, ...],
@@ -276,8 +295,8 @@ def _steady_inference(namespace: str, trial_id: str, name: str, devices: tuple[s
     generated = 0
     with StageWindow(namespace, trial_id, f"inference_{name}", devices=devices) as window:
         while True:
-            _, n = exact_match(model, tokenizer, probe, stop=stop, **gen)
-            generated += n
+            generated += exact_match(model, tokenizer, probe, stop=stop,
+                                     **gen).generated_tokens
             if window.duration_s >= min_s:
                 break
         window.add_tokens(generated, generated=generated)  # counts generated ones only

@@ -57,11 +57,11 @@ def _correct(student, tokenizer, cfg: dict, rows: list[dict]) -> int:
 
     if not rows:
         return 0
-    accuracy, _ = exact_match(student, tokenizer, rows, max_new_tokens=cfg["max_new_tokens"],
-                              max_prompt_tokens=cfg["max_prompt_tokens"],
-                              stop=stop_ids(tokenizer, cfg.get("student_path")),
-                              pattern=cfg.get("answer_pattern", ""))
-    return round(accuracy * len(rows))  # exact_match gives correct / len(rows)
+    # an answer the pattern cannot read counts as wrong, as in the final evaluation
+    return exact_match(student, tokenizer, rows, max_new_tokens=cfg["max_new_tokens"],
+                       max_prompt_tokens=cfg["max_prompt_tokens"],
+                       stop=stop_ids(tokenizer, cfg.get("student_path")),
+                       pattern=cfg.get("answer_pattern", "")).correct
 
 
 def progress(student, tokenizer, cfg: dict, step: int, loss: float,
@@ -80,7 +80,10 @@ def progress(student, tokenizer, cfg: dict, step: int, loss: float,
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     with open(out / "progress.jsonl", "a") as fh:  # node_id: where rank 0 trains (for operators)
         fh.write(json.dumps({"step": step, "steps": cfg["steps"], "loss": loss,
-                             "quality": quality, "dev_rows": scored, "t": time.time(),
+                             # n: the dev rows checked (the contract's name; dev_rows kept
+                             # for readers of older lines)
+                             "quality": quality, "n": scored, "dev_rows": scored,
+                             "t": time.time(),
                              "node_id": node_id}) + "\n")
 
 

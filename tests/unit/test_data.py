@@ -559,7 +559,7 @@ def test_answer_of_with_a_gsm8k_pattern():
     assert answer_of(gold, GSM8K) == "72"
     assert answer_of("so the total is\n####  1,234 \n", GSM8K) == "1234"
     assert answer_of("#### -3.5", GSM8K) == "-3.5"
-    assert answer_of("I think it is 72", GSM8K) == ""  # no answer line, no credit
+    assert answer_of("I think it is 72", GSM8K) is None  # no answer line, no credit
     assert answer_of("#### 1,000", GSM8K) == answer_of("#### 1000", GSM8K)
     assert answer_of("  58 \n") == "58" and answer_of("58", "") == "58"
     assert answer_of("the answer: 42.", r"\d+") == "42"  # no group: the whole match
