@@ -107,6 +107,28 @@ def test_seed_metrics_and_scores(first_run):
     assert (root / "first" / "config.yaml").exists()
 
 
+def test_dev_scores_beside_test_scores_on_other_rows(first_run):
+    """Dev decides, test reports: each trial carries exact match on the dev split beside the
+    test split's, scored in the same evaluation on the split's own rows (20 dev, 60 test)."""
+    from raydistill.data.splits import read_rows
+
+    root, _ = first_run
+    run_dir = root / "first"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    main_trial, baseline = metrics["trials"]
+    assert main_trial["scores"]["quick_acc_rows"] == 60.0
+    assert main_trial["dev_scores"]["quick_acc_rows"] == 20.0
+    for key in ("teacher_quick_acc", "student_quick_acc"):
+        assert 0.0 <= main_trial["dev_scores"][key] <= 1.0
+    assert not any("raydistill_test" in k for k in main_trial["dev_scores"])  # no lm-eval
+    assert set(baseline["dev_scores"]) == {"student_quick_acc", "quick_acc_rows"}
+    # the two splits share no prompt: the dev score is not the test score under another name
+    data = run_dir / "data"
+    prompts = {s: {json.dumps(r["messages"]) for r in read_rows(data / f"{s}.jsonl")}
+               for s in ("dev", "test")}
+    assert len(prompts["dev"]) == 20 and not prompts["dev"] & prompts["test"]
+
+
 def test_second_run_reuses_every_teacher_artifact(first_run, capfd):
     root, _ = first_run
     capfd.readouterr()
