@@ -62,7 +62,8 @@ def native_dir(tmp_path):
     outcomes = [
         TrialOutcome("tiny", "logit", {"student_quick_acc": 0.6, "teacher_quick_acc": 0.8},
                      {"synthetic_data": art}, train_metrics={"tokens_per_s": 321.0,
-                                                             "precision": "bf16"}),
+                                                             "precision": "bf16"},
+                     dev_scores={"student_quick_acc": 0.55, "quick_acc_rows": 20.0}),
         TrialOutcome("tiny-baseline", "none", {"student_quick_acc": 0.5},
                      {"synthetic_data": art},
                      train_metrics={"tokens_per_s": 300.0, "precision": "bf16"})]
@@ -93,6 +94,7 @@ def test_a_new_trial_appended_keeps_every_native_figure(native_dir):
     d, ledger = native_dir
     native = json.loads((d / "metrics.json").read_text())
     assert native["trials"][0]["N_star_verdict"] is not None  # the native run has an N*
+    assert native["trials"][0]["dev_scores"]["student_quick_acc"] == 0.55  # beside test
     after = _append(d, ledger, "gkd-b", "student_training")
     _assert_native_kept(native, after)
     got = {m["trial_id"]: m for m in after["trials"]}
