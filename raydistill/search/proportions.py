@@ -52,7 +52,7 @@ def newcombe_difference(p1: float, n1: float, p2: float, n2: float,
     d = p1 - p2
     low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
     high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-    return low, high
+    return max(-1.0, low), min(1.0, high)  # rounding can step past the possible range
 
 
 def one_sided(alpha: float) -> float:
