@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 CAPTIONS = {
     "energy_by_stage": "Energy by stage per trial; teacher-side stages hatched.",
-    "pareto": "Energy–quality frontier of finished trials; dominated trials grey.",
+    "pareto": "Energy–quality frontier of finished trials (in a sweep: the dev score that "
+              "selects the set; test scores are in the trials table); dominated trials grey.",
     "power": "Power over time per node and device; stage windows shaded.",
     "cumulative": "Best quality so far against the energy the sweep had spent.",
 }
