@@ -25,18 +25,19 @@ import itertools
 import json
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from raydistill.pareto import hypervolume_2d
-from raydistill.search.rungs import STOP, RungBook
+from raydistill.pareto import dominated_by_margin, hypervolume_2d
+from raydistill.search.rungs import STOP, RungBook, RungPoint
 from raydistill.search.space import SearchSettings
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "search_grid.json"
 RUNGS = (0.3, 0.6)  # the shipped spaces' rungs; other placements are printed as a check
-MIN_SPREAD = 0.05  # the scheduler's default (see raydistill/search/rungs.py)
+DEV_N = 64  # dev rows the in-training check scores (search.trial.training_check)
 
 
 def record(out: Path) -> None:
@@ -99,17 +100,72 @@ def run_strategy(order: list[int], grid: list[dict], stopper, target: float,
     return spent  # never reached: the whole order's energy
 
 
-def pareto_stopper(margin: float = 0.05, min_trials: int = 2, min_spread: float = MIN_SPREAD,
-                   rungs: tuple[float, ...] = RUNGS):
-    book = RungBook(rungs, margin=margin, min_trials=min_trials, min_spread=min_spread)
+def pareto_stopper(margin: float = 0.0, min_trials: int = 2, min_spread: float = 0.0,
+                   rungs: tuple[float, ...] = RUNGS, confidence: float = 0.95,
+                   quality_n: int = DEV_N):
+    """The sweep's rung rule over recorded curves (full-view energy, one meter: the grid was
+    recorded on one machine, so its energies share their bias and compare as values)."""
+    book = RungBook(rungs, margin=margin, min_trials=min_trials, min_spread=min_spread,
+                    confidence=confidence)
 
     def stop(i: int, trial: dict) -> float | None:
         for p, q, e in trial["curve"]:
-            if book.record(str(i), p, q, e) == STOP:
+            if book.record(str(i), p, q, e, quality_n=quality_n, meter="recorded") == STOP:
                 return p
         return None
 
     return stop
+
+
+class OldRungBook(RungBook):
+    """The rung rule before issue 28, kept to measure its false stops: no sampling interval; a
+    rung whose qualities spread by more than `min_spread` stops a trial another dominates after
+    a relative head start `margin`."""
+
+    def _beaten_by(self, a: RungPoint, others: dict[str, RungPoint]) -> list[str]:
+        qualities = [a.quality, *(b.quality for b in others.values())]
+        if max(qualities) - min(qualities) <= self.min_spread:
+            return []
+        return [o for o, b in others.items() if dominated_by_margin(
+            (a.quality, a.energy_j), (b.quality, b.energy_j), self.senses, self.margin)]
+
+
+def false_stop_rate(book: Callable[[], RungBook], draws: int = 4000, n: int = DEV_N,
+                    accuracy: float = 0.5, energy_factor: float = 3.0,
+                    seed: int = 0) -> tuple[int, int]:
+    """(stops, draws): how often a rung stops a trial whose true dev accuracy equals its two
+    rivals' (binomial draws on `n` rows), when it has spent `energy_factor`× their energy at
+    the first rung. Every stop here is false: the trial is no worse."""
+    rng = np.random.default_rng(seed)
+    rung = book().rungs[0]
+    stops = 0
+    for _ in range(draws):
+        b = book()
+        q = rng.binomial(n, accuracy, size=3) / n
+        b.record("a", rung, float(q[0]), 100.0, quality_n=n, meter="m")
+        b.record("b", rung, float(q[1]), 100.0, quality_n=n, meter="m")
+        stops += b.record("c", rung, float(q[2]), 100.0 * energy_factor, quality_n=n,
+                          meter="m") == STOP
+    return stops, draws
+
+
+def print_false_stops(draws: int = 4000) -> None:
+    """The false-stop rate of the default scheduler next to the rule as it was (issue 28)."""
+    from raydistill.search.proportions import wilson
+    from raydistill.search.space import SchedulerSettings
+
+    s = SchedulerSettings()
+    rows = {"default (confidence 0.95)": lambda: RungBook(
+                s.rungs, margin=s.margin, min_trials=s.min_trials, min_spread=s.min_spread,
+                confidence=s.confidence),
+            "before (margin 0.05, min_spread 0.05)": lambda: OldRungBook(
+                s.rungs, margin=0.05, min_trials=2, min_spread=0.05)}
+    print(f"false stops: 3 trials of equal true dev accuracy 0.5 on {DEV_N} rows, one at 3x "
+          f"the energy at rung {s.rungs[0]}; {draws} draws, 95% Wilson interval")
+    for label, make in rows.items():
+        k, n = false_stop_rate(make, draws)
+        low, high = wilson(k / n, n)
+        print(f"  {label:<38} {k / n:.3f} [{low:.3f}, {high:.3f}]  (target <= 0.05)")
 
 
 def asha_stopper(grid: list[dict], eta: int = 2, rungs: tuple[float, ...] = RUNGS):
@@ -327,6 +383,7 @@ def main() -> None:
     floors = "  ".join(f"after {k}: {oracle_bound(grid, k, target, ref) / grid_j:.2f}"
                        for k in (0, 2, 3, 4))
     print(f"floor: a searcher told the answer after k random trials, mean / grid: {floors}")
+    print_false_stops()
     sizing_check(space, grid, args.seeds, num_samples, target, ref, grid_j)
     print(f"check: other rung placements (mean / grid), {default}+pareto and asha")
     mine = next(r for r in rows if r.algorithm == default and r.stopper == "pareto")

@@ -203,11 +203,13 @@ def _sweep(args: argparse.Namespace) -> int:
                             trial_budget_kwh=args.trial_budget_kwh, address=args.address,
                             resume=args.resume, progress=console.say,
                             on_run_dir=_keep_logs(console))
-        cols = [c for c in ("trial_id", "status", "quality", "energy_j", "energy_marginal_j",
+        cols = [c for c in ("trial_id", "status", "quality", "quality_test", "energy_j",
+                            "energy_marginal_j",
                             "energy_amortized_j", "forecast_j", "forecast_profile_error",
                             "wasted_j") if c in summary["trials_table"].columns]
         console.show(display_frame(summary["trials_table"][cols]).to_string(index=False))
-        console.show(f"Pareto set: {', '.join(summary['pareto_trials']) or 'empty'}; "
+        console.show(f"Pareto set (selected on {summary.get('pareto_selected_on', 'dev')}, "
+                     f"test beside): {', '.join(summary['pareto_trials']) or 'empty'}; "
                      f"hypervolume {summary['hypervolume']:.4g} (reference quality 0, energy "
                      f"{summary['reference'][1]:,.0f} J); knee {summary['knee_trial']}; wasted "
                      f"{summary['wasted_j']:,.1f} J; sweep dir {summary['run_dir']}")

@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 CAPTIONS = {
     "energy_by_stage": "Energy by stage per trial; teacher-side stages hatched.",
-    "pareto": "Energy–quality frontier of finished trials; dominated trials grey.",
+    "pareto": "Energy–quality frontier of finished trials (in a sweep: the dev score that "
+              "selects the set; test scores are in the trials table); dominated trials grey.",
     "power": "Power over time per node and device; stage windows shaded.",
     "cumulative": "Best quality so far against the energy the sweep had spent.",
 }
@@ -136,9 +137,27 @@ STAGE_DISPLAY: dict[str, tuple[str, Formatter]] = {
 
 
 def _trials_display(data: ReportData) -> pd.DataFrame:
-    quality = ("quality" if data.quality_name in ("", "quality")
-               else f"quality ({data.quality_name})")
-    return display_frame(data.trials, {"quality": (quality, fmt_sig)})
+    name = "" if data.quality_name in ("", "quality") else f" ({data.quality_name})"
+    if data.kind != "sweep":
+        return display_frame(data.trials, {"quality": (f"quality{name}", fmt_sig)})
+    on = selected_on(data)
+    return display_frame(data.trials, {"quality": (f"{on} quality{name}", fmt_sig),
+                                       "quality_test": (f"test quality{name}", fmt_sig)})
+
+
+def selected_on(data: ReportData) -> str:
+    """The split whose scores selected a sweep's Pareto set: `pareto_selected_on` in
+    sweep.json; a sweep written before it was recorded selected on test."""
+    return str(data.summary.get("pareto_selected_on") or "test")
+
+
+def _selection_note(data: ReportData) -> str:
+    if data.kind != "sweep":
+        return ""
+    on = selected_on(data)
+    beside = "; test scores are reported beside it and never select" if on == "dev" else (
+        " (a sweep recorded before dev selected: its front is optimistically biased)")
+    return f"The Pareto set was selected on {on} scores{beside}."
 
 
 def _md(frame: pd.DataFrame) -> str:
@@ -179,7 +198,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     tables_md = (f"# raydistill report: {data.run_dir.name}\n\n{answer}\n\n"
                  "## Seed metrics and footprint\n\n" + _md(metrics)
                  + "\n\n## Stages\n\n" + _md(stages)
-                 + "\n\n## Trials\n\n" + _md(trials) + "\n\n"
+                 + "\n\n## Trials\n\n" + _selection_note(data) + "\n\n" + _md(trials)
+                 + "\n\n"
                  + "## Design rules (computed)\n\n" + "\n".join(f"- {r}" for r in rules) + "\n"
                  + "\n## Definitions\n\n"
                  + "\n".join(f"- **{term}**: {text}" for term, text in definitions()) + "\n")
@@ -188,7 +208,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         f"<p class=headline>{html.escape(answer)}</p>",
         f"<p class=meta>{html.escape(_methods(data))}. {data.kind} directory with "
         f"{len(data.trials)} trial(s); Pareto set {', '.join(data.pareto_ids) or 'empty'}; "
-        f"hypervolume {data.hypervolume:.4g}; knee {data.knee}.</p>",
+        f"hypervolume {data.hypervolume:.4g}; knee {data.knee}. "
+        f"{html.escape(_selection_note(data))}</p>",
         "<h2>Design rules (computed from this data)</h2><ul>"
         + "".join(f"<li>{html.escape(r)}</li>" for r in rules) + "</ul>",
         "<h2>Definitions</h2><dl>" + "".join(
@@ -197,7 +218,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         "<h2>Seed metrics and footprint</h2>" + metrics.to_html(index=False),
         "<h2>Figures</h2>", *sections,
         "<h2>Stages</h2>" + stages.to_html(index=False),
-        "<h2>Trials</h2>" + trials.to_html(index=False),
+        "<h2>Trials</h2>" + f"<p>{html.escape(_selection_note(data))}</p>"
+        + trials.to_html(index=False),
     ])
     page = ("<!doctype html><html><head><meta charset=utf-8><title>raydistill report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"

@@ -293,7 +293,11 @@ class ProgressCallback(Callback):
         if status == "running":  # its last report was mid-training: the scheduler ended it
             status = "stopped by the scheduler"
         quality = last.get("quality")
-        q = "no quality" if quality is None or quality != quality else f"quality {quality:.3f}"
+        q = "no quality" if quality is None or quality != quality else \
+            f"dev quality {quality:.3f}"
+        test = last.get("quality_test")
+        if test is not None and test == test:
+            q += f" (test {test:.3f})"
         took = time.time() - self.started.get(trial.trial_id, time.time())
         self._say(f"trial {name}: {status} after {fmt_duration_s(took)}, {q}, "
                  f"{fmt_energy_j(last.get('energy_j', 0.0))}")

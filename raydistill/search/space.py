@@ -11,7 +11,7 @@
       student.steps: {int: [200, 1000]}
     search: {algorithm: nsga2, num_samples: 8, max_concurrent: 1, seed: 0, repeats: 1}
     objective: {quality: student_quick_acc, energy: full}
-    scheduler: {kind: pareto, rungs: [0.3, 0.6], margin: 0.05, min_trials: 2, min_spread: 0.05}
+    scheduler: {kind: pareto, rungs: [0.3, 0.6], confidence: 0.95, min_trials: 2}
     budget: {total_kwh: null, trial_kwh: null, prior_trial_kwh: null}
 
 Every parameter name and value is checked against the experiment config before anything runs:
@@ -62,7 +62,7 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class Objective:
-    quality: str = "student_quick_acc"  # a score key the evaluation stage reports
+    quality: str = "student_quick_acc"  # a score key of the dev split (dev_quality_keys)
     energy: str = "full"  # which energy view the search minimises
 
 
@@ -70,9 +70,12 @@ class Objective:
 class SchedulerSettings:
     kind: str = "pareto"
     rungs: tuple[float, ...] = (0.3, 0.6)  # fractions of student training
-    margin: float = 0.05  # relative head start before a trial counts as dominated
+    # family-wise confidence of a stop: a trial is stopped only when another beats it beyond
+    # the dev score's binomial noise and the energies' stated errors (see rungs.py)
+    confidence: float = 0.95
     min_trials: int = 2  # others needed at a rung before anyone is stopped there
-    min_spread: float = 0.05  # quality spread a rung needs before it judges (see rungs.py)
+    margin: float = 0.0  # extra relative head start on top of the noise (old spaces set it)
+    min_spread: float = 0.0  # extra head start in quality units on top of the noise
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,9 @@ def _check(space: SearchSpace) -> None:
         raise ConfigError(f"scheduler.margin must be >= 0, got {sch.margin}")
     if not (isinstance(sch.min_spread, (int, float)) and sch.min_spread >= 0):
         raise ConfigError(f"scheduler.min_spread must be >= 0, got {sch.min_spread}")
+    if not (isinstance(sch.confidence, (int, float)) and 0.5 < sch.confidence < 1):
+        raise ConfigError(f"scheduler.confidence must lie in (0.5, 1), e.g. 0.95, "
+                          f"got {sch.confidence}")
     if s.population is not None and not (isinstance(s.population, int) and s.population >= 2):
         raise ConfigError(f"search.population must be an integer >= 2, got {s.population}")
     if not (isinstance(s.repeats, int) and s.repeats >= 1):
@@ -207,13 +213,28 @@ def _check(space: SearchSpace) -> None:
             raise ConfigError(f"{name} must be > 0, got {v}")
     if s.algorithm == "grid":
         grid_points(space)  # raises on a continuous parameter
-    space.config_for({})  # base + set must be valid
+    base = space.config_for({})  # base + set must be valid
+    valid = dev_quality_keys(base)
+    if o.quality not in valid:
+        # dev decides: the searcher, the rungs and the Pareto set read the dev score, and dev
+        # is scored by exact match only (lm-eval runs on test, reported beside)
+        raise ConfigError(f"objective.quality {o.quality!r} is not scored on dev; "
+                          f"valid: {', '.join(valid)}")
     for p in space.params:
         for value in p.values if p.discrete else (_num(p, p.low), _num(p, p.high)):
             try:
                 space.config_for({p.name: value})
             except ConfigError as exc:
                 raise ConfigError(f"params.{p.name}: value {value!r} rejected: {exc}") from None
+
+
+def dev_quality_keys(cfg: ExperimentConfig, model: str = "student") -> tuple[str, ...]:
+    """The score keys the dev split carries for `model`: exact match, and the share of outputs
+    the answer pattern could not extract where the data has one."""
+    keys = [f"{model}_quick_acc"]
+    if cfg.data.answer_pattern:
+        keys.append(f"{model}_extract_fail_rate")
+    return tuple(keys)
 
 
 def _num(p: ParamSpec, v: float) -> float | int:

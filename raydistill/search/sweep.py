@@ -44,10 +44,12 @@ def _scheduler(space):
     if s.kind == "pareto":
         from raydistill.search.scheduler import EnergyParetoScheduler
 
-        return EnergyParetoScheduler(metric="quality", energy_metric="energy_j",
+        # the rungs compare the full view (energy_rung_j): the objective's view would let run
+        # order (who built the shared teacher artifacts) decide who is stopped
+        return EnergyParetoScheduler(metric="quality", energy_metric="energy_rung_j",
                                      progress_metric="progress", rungs=s.rungs,
                                      margin=s.margin, min_trials=s.min_trials,
-                                     min_spread=s.min_spread)
+                                     min_spread=s.min_spread, confidence=s.confidence)
     if s.kind == "asha":
         from ray.tune.schedulers import ASHAScheduler
 

@@ -9,6 +9,9 @@ energy stays the trial's. Three views:
 marginal (its own windows), full (as if it had built every teacher artifact it used) and
 amortized (each teacher artifact split over every trial of the sweep that used it).
 
+A trial's `quality` is its dev score: dev selects the Pareto set (`quality_dev` in pareto.csv,
+`pareto_selected_on` in sweep.json) and `quality_test` is reported beside it.
+
 Each trial's figures carry their stated error (raydistill.energy.accuracy), and the figures
 derived from them (N*, the break-even tokens*) are computed per configuration over its repeats
 with the interval logic of raydistill.search.uncertainty.
@@ -23,6 +26,8 @@ import pandas as pd
 from raydistill.pareto import hypervolume_2d, knee_point, pareto_front
 from raydistill.results import TEACHER_STAGES
 from raydistill.search.derived import STAGE_OF, derived_figures, error_figures
+
+SELECTED_ON = "dev"  # the split whose scores select the Pareto set (test is reported beside)
 
 
 def attempt_energy(table: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -103,8 +108,11 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
         fc = forecasts.get(final_attempt, {})
         row = {"trial_id": trial, "ledger_trial": final_attempt, "status": status,
                "attempts": len(attempts) or 1,
-               "quality": float(m.get("quality", float("nan"))) if status == "finished"
-               else float("nan"),
+               # dev decides (the searcher and the Pareto set read `quality`), test beside
+               "quality": _finished(m, "quality", status),
+               "quality_test": _finished(m, "quality_test", status),
+               "quality_n": _finished(m, "quality_n", status),
+               "quality_selected_on": SELECTED_ON,
                "progress": float(m.get("progress", 0.0)),
                "energy_marginal_j": marginal, "energy_full_j": marginal + reused,
                "energy_amortized_j": amortized_j(final_attempt or "", own, artifacts,
@@ -120,7 +128,7 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
         for name, value in res.get("config", {}).items():
             row[f"param.{name}"] = value
         for key, value in m.items():
-            if key.startswith("score."):
+            if key.startswith(("score.", "dev_score.")):
                 row[key] = value
         rows.append(row)
     out = pd.DataFrame(rows)
@@ -129,6 +137,14 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
         out["energy_j"] = out[f"energy_{view}_j"]
         out = pd.concat([out, derived_figures(out)], axis=1)
     return out
+
+
+def _finished(metrics: dict, key: str, status: str) -> float:
+    """A finished trial's final figure; NaN for any other (its last report is mid-training)."""
+    value = metrics.get(key)
+    if status != "finished" or value is None:
+        return float("nan")
+    return float(value)
 
 
 def _reused_keys(trial: str, attempts: dict, artifacts: dict[str, dict],
@@ -155,13 +171,20 @@ def teacher_figures(table: pd.DataFrame, attempt: str | None, full_j: float,
 
 
 def pareto_table(trials: pd.DataFrame, param_names: list[str]) -> pd.DataFrame:
-    """The finished trials on the energy–quality front, with their parameters."""
-    cols = ["trial_id", "quality", "energy_j", *[f"param.{p}" for p in param_names]]
+    """The finished trials on the energy–quality front, with their parameters. The front is
+    selected on the dev score (`quality`, kept as `quality_dev`); the test score is carried
+    beside (`quality_test`) and never selects: a front picked on test would be biased up."""
+    cols = ["trial_id", "quality", "quality_dev", "quality_test", "energy_j",
+            *[f"param.{p}" for p in param_names]]
     if trials.empty:
         return pd.DataFrame(columns=cols)
-    done = trials[trials["status"] == "finished"].reset_index(drop=True)
+    done = trials[(trials["status"] == "finished") & trials["quality"].notna()]
+    done = done.reset_index(drop=True)
     idx = pareto_front(done[["quality", "energy_j"]].to_numpy(), ("max", "min"))
-    front = done.iloc[sorted(idx)]
+    front = done.iloc[sorted(idx)].copy()
+    front["quality_dev"] = front["quality"]
+    if "quality_test" not in front.columns:
+        front["quality_test"] = float("nan")
     return front[[c for c in cols if c in front.columns]].sort_values("energy_j")
 
 
@@ -194,6 +217,7 @@ def sweep_summary(space, trials: pd.DataFrame, pareto: pd.DataFrame, table: pd.D
         "hypervolume": hv, "reference": list(ref),
         "knee_trial": None if knee is None else str(pareto.iloc[knee]["trial_id"]),
         "pareto_trials": pareto["trial_id"].tolist(),
+        "pareto_selected_on": SELECTED_ON,
         "forecast_profile_abs_error_max": max(errs) if errs else None,
         "refused_trials": control.get("refused", []),
         "wall_s": wall_s,

@@ -4,9 +4,11 @@ The trial runs in a Tune actor and drives the same `Pipeline` a single run uses:
 artifacts (shared by every trial through the content-addressed store: built by the first trial
 that needs one, reused by the rest), then a Ray Train student run in a background thread while
 this thread reads the student's progress file and the ledger and reports to Tune
-`{progress, quality, energy_j, forecast_j}`, so the scheduler and the budget stopper see quality
-and energy after every step they care about. A trial that Tune stops is killed with its Ray Train
-run; its windows stay in the ledger and its energy is counted as waste.
+`{progress, quality, quality_n, energy_j, energy_rung_j, energy_error_j, meter, forecast_j}`,
+so the scheduler and the budget stopper see dev quality and energy after every step they care
+about; the final report's `quality` is the dev score and `quality_test` the test one. A trial
+that Tune stops is killed with its Ray Train run; its windows stay in the ledger and its energy
+is counted as waste.
 
 Every attempt of a trial gets its own ledger trial id `<tune trial id>~<attempt>`, so a trial
 retried after a lost node or a resumed sweep never has two attempts' energy added together.
@@ -97,25 +99,67 @@ def energy_views(own: dict[str, float], reused_cost: dict[str, float],
     return {"marginal": marginal, "full": full, "amortized": amortized}
 
 
+def rung_error(rows: list[dict], reused: dict[str, dict]) -> tuple[float, str]:
+    """(stated error in J, meter) of the full view's energy: the trial's own ledger rows
+    (inference probes left out, as in its energy) plus each reused artifact at its build cost.
+    A reused artifact's error is its builder's `stated_error_j` where the manifest has it, else
+    the trial's own worst relative error times its cost. The meter names every
+    node:device:method that measured the trial's rows (sorted): equal meters share a bias."""
+    own = [r for r in rows if not str(r.get("stage", "")).startswith("inference_")]
+    error = sum(float(r.get("stated_error_j") or 0.0) for r in own)
+    relative = max((float(r.get("stated_error_j") or 0.0) / float(r["energy_j"])
+                    for r in own if float(r.get("energy_j") or 0.0) > 0), default=0.0)
+    for built_by in reused.values():
+        cost = float(built_by.get("energy_j") or 0.0)
+        stated = built_by.get("stated_error_j")
+        error += float(stated) if stated is not None else relative * cost
+    meter = ",".join(sorted({f"{r.get('node_id')}:{r.get('device_id')}:{r.get('method')}"
+                             for r in own}))
+    return error, meter
+
+
 def trial_metrics(progress: float, quality: float | None, views: dict[str, float],
                   energy_view: str, forecast_j: float | None, ledger_trial: str,
-                  extra: dict | None = None) -> dict:
+                  extra: dict | None = None, quality_n: float | None = None,
+                  energy_error_j: float = 0.0, meter: str = "") -> dict:
     """One report to Tune: what the schedulers, the searcher and the stopper read.
-    `quality_per_kj` is the scalarised objective of the ASHA baseline (NaN until quality and
-    energy are both measured)."""
+    `quality` is a dev score (`quality_n` dev rows); `energy_j` is the objective's view (the
+    searcher's and the Pareto set's); `energy_rung_j` is the full view the rungs compare, so
+    who built a shared teacher artifact does not decide who is stopped, with its stated error
+    `energy_error_j` and `meter`. `quality_per_kj` is the scalarised objective of the ASHA
+    baseline (NaN until quality and energy are both measured)."""
     q = math.nan if quality is None else float(quality)
     energy = views[energy_view]
-    return {"progress": progress, "quality": q, "energy_j": energy,
+    return {"progress": progress, "quality": q,
+            "quality_n": math.nan if quality_n is None else float(quality_n),
+            "energy_j": energy, "energy_rung_j": views["full"],
+            "energy_error_j": float(energy_error_j), "meter": meter,
             "quality_per_kj": q / (energy / 1e3) if energy > 0 else math.nan,
             "energy_marginal_j": views["marginal"], "energy_full_j": views["full"],
             "energy_amortized_j": views["amortized"], "forecast_j": forecast_j,
             "ledger_trial": ledger_trial, "status": "running", **(extra or {})}
 
 
+def final_metrics(result: dict, quality_key: str) -> dict:
+    """The final report's scores from `Pipeline.evaluate`'s result: dev decides (`quality`,
+    `quality_n`: what the searcher and the Pareto set read), test is reported beside
+    (`quality_test`, `score.<k>`); dev scores as `dev_score.<k>`."""
+    dev, test = result.get("dev_scores") or {}, result.get("scores") or {}
+    if quality_key not in dev:
+        raise KeyError(f"objective.quality {quality_key!r} not among the dev scores "
+                       f"{sorted(dev)}: Pipeline.evaluate must score the dev split")
+    rows = dev.get("quick_acc_rows")
+    return {"quality": float(dev[quality_key]),
+            "quality_n": math.nan if rows is None else float(rows),
+            "quality_test": float(test[quality_key]) if quality_key in test else math.nan,
+            **{f"score.{k}": v for k, v in test.items()},
+            **{f"dev_score.{k}": v for k, v in dev.items()}}
+
+
 def training_check(data: dict, every: int, dev_n: int = 64) -> dict:
-    """What the in-training quality check reads: the `dev` split, never `test`. The rungs,
-    the budget stopper and the searcher's partial view decide on dev; a trial's reported
-    quality is its test score, measured once after training (`Pipeline.evaluate`)."""
+    """What the in-training quality check reads: the `dev` split, never `test`. Dev decides
+    everything (the rungs, the budget stopper, the searcher and the Pareto set, with the final
+    dev score); the test score is measured once after training and reported beside."""
     if Path(data["dev"]).resolve() == Path(data["test"]).resolve():
         raise ValueError(f"the dev and test splits are one file ({data['dev']}): decisions "
                          f"would be taken on the test set")
@@ -164,17 +208,21 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     forecast = admitted["forecast_j"]
     source = {"forecast_source": admitted["forecast_source"]}
 
-    def report(progress: float, quality: float | None, extra: dict | None = None) -> dict:
+    def report(progress: float, quality: float | None, extra: dict | None = None,
+               quality_n: float | None = None) -> dict:
         own = client.trial_energy(ledger_trial)
         views = energy_views(own, reused_cost, consumers, built)
+        error_j, meter = rung_error(client.trial_rows(ledger_trial), reused_by)
         metrics = trial_metrics(progress, quality, views, ctx.energy_view, forecast,
-                                ledger_trial, {**source, **(extra or {})})
+                                ledger_trial, {**source, **(extra or {})}, quality_n,
+                                error_j, meter)
         tune.report(metrics)
         return metrics
 
     data = pipe.data()
     teacher = pipe.teacher_model(data)
     reused_cost: dict[str, float] = {}
+    reused_by: dict[str, dict] = {}  # kind -> the reused artifact's manifest `built_by`
     built: set[str] = set()
     consumers: dict[str, int] = {}
     cache = None
@@ -191,6 +239,7 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
         for kind, art in artifacts.items():
             if art.reused:
                 reused_cost[kind] = float(art.built_by.get("energy_j") or 0.0)
+                reused_by[kind] = dict(art.built_by)
             else:
                 built.add(kind)
         data_path = synthetic.path
@@ -229,17 +278,15 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
                 forecast = _profile(client, control, ledger_trial, params, units, t_ready,
                                     line["t"], p)
             if reports_during_training(p):
-                report(p, line["quality"])
+                # `n`: the dev rows the check scored (without it the rungs stop nobody)
+                report(p, line["quality"], quality_n=line.get("n"))
         seen = len(lines)
     if "error" in done:
         raise done["error"]
     result = pipe.evaluate(ledger_trial, {"student": out}, data)
-    quality = result["scores"].get(ctx.quality_key)
-    if quality is None:
-        raise KeyError(f"objective.quality {ctx.quality_key!r} not among the scores "
-                       f"{sorted(result['scores'])}")
-    final = report(1.0, quality, {"status": "finished", **{
-        f"score.{k}": v for k, v in result["scores"].items()}})
+    scores = final_metrics(result, ctx.quality_key)
+    final = report(1.0, scores["quality"], {"status": "finished", **scores},
+                   quality_n=scores["quality_n"])
     ray.get(control.finished.remote(trial, ledger_trial, params, units,
                                     client.trial_energy(ledger_trial), final))
 

@@ -143,12 +143,12 @@ def test_sweep_progress_lines_survive_tuner_pkl(capsys):
     trial = _Trial("t1", {"lr": 0.1})
     cb.on_trial_start(0, [trial], trial)
     trial.last_result = {"trial_id": "a-1", "status": "finished", "quality": 0.5,
-                         "energy_j": 2500.0}
+                         "quality_test": 0.7, "energy_j": 2500.0}
     cb.on_trial_complete(0, [trial], trial)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "[raydistill] trial t1 started (1 so far): lr=0.1"
     assert out[1].startswith("[raydistill] trial a-1: finished after ")
-    assert out[1].endswith(", quality 0.500, 2.50 kJ")
+    assert out[1].endswith(", dev quality 0.500 (test 0.700), 2.50 kJ")  # dev decides
 
     restored = cloudpickle.loads(cloudpickle.dumps(cb))
     heard: list[str] = []

@@ -82,45 +82,51 @@ def test_fuzzed_spaces_raise_only_config_errors(tmp_path_factory, body):
 
 # ---- the rung book and the scheduler ------------------------------------------------------
 
-def test_rung_book_stops_only_trials_dominated_by_the_margin_at_equal_progress():
-    book = RungBook([0.5], margin=0.1, min_trials=2)
-    assert book.record("a", 0.5, 0.80, 100.0) == CONTINUE  # nobody to compare with
-    assert book.record("b", 0.5, 0.70, 120.0) == CONTINUE  # one other: below min_trials
-    # worse than a on both, but within the 10% margin on quality and energy: survives
-    assert book.record("c", 0.5, 0.75, 105.0) == CONTINUE
-    # clearly dominated by a
-    assert book.record("d", 0.6, 0.50, 200.0) == STOP
+def test_rung_book_stops_only_trials_beaten_beyond_noise_at_equal_progress():
+    book = RungBook([0.5], min_trials=2)
+    n = 200  # dev rows each quality was scored on
+    assert book.record("a", 0.5, 0.80, 100.0, n) == CONTINUE  # nobody to compare with
+    assert book.record("b", 0.5, 0.70, 120.0, n) == CONTINUE  # one other: below min_trials
+    # worse than a on both, but within sampling noise of its quality: survives
+    assert book.record("c", 0.5, 0.75, 105.0, n) == CONTINUE
+    # clearly worse than a on quality, and a spent less
+    assert book.record("d", 0.6, 0.50, 200.0, n) == STOP
     # better energy than everyone: on the front, continues
-    assert book.record("e", 0.5, 0.40, 50.0) == CONTINUE
+    assert book.record("e", 0.5, 0.40, 50.0, n) == CONTINUE
     assert [d[2] for d in book.decisions] == [CONTINUE, CONTINUE, CONTINUE, STOP, CONTINUE]
+    # a quality without its row count is not a proportion: no interval, nobody stopped
+    assert book.record("f", 0.5, 0.10, 300.0) == CONTINUE
+    assert book.decisions[-1][3] == "no sampling interval"
 
 
 def test_rung_book_judges_each_rung_once_and_ignores_unmeasured_quality():
-    book = RungBook([0.25, 0.5], margin=0.0, min_trials=1)
-    book.record("a", 0.3, 0.9, 10.0)
-    assert book.record("b", 0.3, float("nan"), 99.0) == CONTINUE  # nothing measured yet
-    assert book.record("b", 0.3, 0.1, 99.0) == CONTINUE  # rung 0.25 already passed
-    assert book.record("b", 0.5, 0.1, 99.0) == CONTINUE  # nobody at 0.5 yet
-    book.record("a", 0.5, 0.9, 20.0)
-    assert book.record("c", 1.0, 0.1, 99.0) == STOP  # crosses both rungs, dominated at 0.25
+    book = RungBook([0.25, 0.5], min_trials=1)
+    book.record("a", 0.3, 0.9, 10.0, 100)
+    assert book.record("b", 0.3, float("nan"), 99.0, 100) == CONTINUE  # nothing measured yet
+    assert book.record("b", 0.3, 0.1, 99.0, 100) == CONTINUE  # rung 0.25 already passed
+    assert book.record("b", 0.5, 0.1, 99.0, 100) == CONTINUE  # nobody at 0.5 yet
+    book.record("a", 0.5, 0.9, 20.0, 100)
+    assert book.record("c", 1.0, 0.1, 99.0, 100) == STOP  # crosses both rungs, beaten at 0.25
 
 
 def test_rung_book_stops_nobody_while_quality_is_noise():
     """Before the models learn, a long run looks dominated by a short one at equal progress
-    (same ~0 quality, more energy so far): with min_spread such a rung judges no one; once the
-    qualities spread past it, domination stops trials again."""
-    book = RungBook([0.3, 0.6], margin=0.05, min_trials=1, min_spread=0.05)
-    assert book.record("short", 0.3, 0.02, 30.0) == CONTINUE
-    assert book.record("long", 0.3, 0.00, 70.0) == CONTINUE  # spread 0.02: no signal
-    assert book.decisions[-1][3] == "no quality signal yet"
-    assert book.record("short", 0.6, 0.05, 60.0) == CONTINUE
-    assert book.record("long", 0.6, 0.40, 140.0) == CONTINUE  # better quality: on the front
-    assert book.record("poor", 0.6, 0.01, 150.0) == STOP  # spread 0.39, dominated by long
-    plain = RungBook([0.3], margin=0.05, min_trials=1)  # min_spread 0: the old rule
-    plain.record("short", 0.3, 0.02, 30.0)
-    assert plain.record("long", 0.3, 0.00, 70.0) == STOP
+    (same ~0 quality, more energy so far): no quality difference is beyond noise there, so
+    nobody is stopped; once the qualities really differ, a beaten trial is stopped.
+    margin and min_spread stay as extra head starts on top of the noise."""
+    book = RungBook([0.3, 0.6], min_trials=1)
+    assert book.record("short", 0.3, 0.02, 30.0, 64) == CONTINUE
+    assert book.record("long", 0.3, 0.00, 70.0, 64) == CONTINUE  # 1 row apart: noise
+    assert book.record("short", 0.6, 0.05, 60.0, 64) == CONTINUE
+    assert book.record("long", 0.6, 0.40, 140.0, 64) == CONTINUE  # better quality: front
+    assert book.record("poor", 0.6, 0.01, 150.0, 64) == STOP  # beaten by long beyond noise
+    headstart = RungBook([0.6], min_trials=1, min_spread=0.5)
+    headstart.record("long", 0.6, 0.40, 140.0, 64)
+    assert headstart.record("poor", 0.6, 0.01, 150.0, 64) == CONTINUE
     with pytest.raises(ConfigError, match="min_spread"):
         RungBook([0.5], min_spread=-0.1)
+    with pytest.raises(ConfigError, match="confidence"):
+        RungBook([0.5], confidence=1.0)
 
 
 def fake_trial(tid):
@@ -128,16 +134,16 @@ def fake_trial(tid):
 
 
 def test_scheduler_driven_through_its_hooks():
-    sched = EnergyParetoScheduler(rungs=[0.5], margin=0.05, min_trials=1)
+    sched = EnergyParetoScheduler(rungs=[0.5], min_trials=1)
     ctl = None
     good, bad = fake_trial("good"), fake_trial("bad")
-    assert sched.on_trial_result(ctl, good, {"progress": 0.2, "quality": 0.1,
-                                             "energy_j": 5.0}) == TrialScheduler.CONTINUE
-    assert sched.on_trial_result(ctl, good, {"progress": 0.5, "quality": 0.9,
-                                             "energy_j": 10.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, good, {"progress": 0.2, "quality": 0.1, "quality_n": 64,
+                                             "energy_rung_j": 5.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, good, {"progress": 0.5, "quality": 0.9, "quality_n": 64,
+                                             "energy_rung_j": 10.0}) == TrialScheduler.CONTINUE
     assert sched.on_trial_result(ctl, bad, {"quality": 0.0}) == TrialScheduler.CONTINUE
-    assert sched.on_trial_result(ctl, bad, {"progress": 0.5, "quality": 0.3,
-                                            "energy_j": 30.0}) == TrialScheduler.STOP
+    assert sched.on_trial_result(ctl, bad, {"progress": 0.5, "quality": 0.3, "quality_n": 64,
+                                            "energy_rung_j": 30.0}) == TrialScheduler.STOP
     sched.on_trial_complete(ctl, good, {})
     assert "1 stopped" in sched.debug_string()
 
@@ -145,31 +151,34 @@ def test_scheduler_driven_through_its_hooks():
 def test_a_retried_trial_is_judged_again_at_the_rungs_its_lost_attempt_passed():
     """Tune calls on_trial_error, then on_trial_add, before it reruns a failed trial (same id).
     The retry must be judged at the rungs again, and never against its own lost attempt."""
-    sched = EnergyParetoScheduler(rungs=[0.5], margin=0.05, min_trials=1)
+    sched = EnergyParetoScheduler(rungs=[0.5], min_trials=1)
     good, flaky = fake_trial("good"), fake_trial("flaky")
     ctl = None
-    sched.on_trial_result(ctl, good, {"progress": 0.5, "quality": 0.9, "energy_j": 10.0})
+    n = {"quality_n": 64}
+    sched.on_trial_result(ctl, good, {"progress": 0.5, "quality": 0.9, "energy_rung_j": 10.0,
+                                      **n})
     # the first attempt passes the rung on fair terms (it is not dominated), then errors
-    assert sched.on_trial_result(ctl, flaky, {"progress": 0.5, "quality": 0.95,
-                                              "energy_j": 9.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, flaky, {"progress": 0.5, "quality": 0.95, **n,
+                                              "energy_rung_j": 9.0}) == TrialScheduler.CONTINUE
     sched.on_trial_error(ctl, flaky)
     sched.on_trial_add(ctl, flaky)
-    assert sched.on_trial_result(ctl, flaky, {"progress": 0.2, "quality": 0.1,
-                                              "energy_j": 4.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, flaky, {"progress": 0.2, "quality": 0.1, **n,
+                                              "energy_rung_j": 4.0}) == TrialScheduler.CONTINUE
     # the retry reaches the rung again, dominated by `good`: stopped (before the fix it was
     # never judged, its lost attempt having passed the rung)
-    assert sched.on_trial_result(ctl, flaky, {"progress": 0.5, "quality": 0.3,
-                                              "energy_j": 30.0}) == TrialScheduler.STOP
-    assert sched.book.records[0.5]["flaky"] == (0.3, 30.0)  # the retry's record replaces it
+    assert sched.on_trial_result(ctl, flaky, {"progress": 0.5, "quality": 0.3, **n,
+                                              "energy_rung_j": 30.0}) == TrialScheduler.STOP
+    # the retry's record replaces it
+    assert sched.book.records[0.5]["flaky"][:3] == (0.3, 30.0, 64.0)
 
 
 def test_a_retry_is_not_compared_with_its_own_lost_attempt():
-    book = RungBook([0.5], margin=0.0, min_trials=1)
-    assert book.record("t", 0.5, 0.9, 10.0) == CONTINUE
+    book = RungBook([0.5], min_trials=1)
+    assert book.record("t", 0.5, 0.9, 10.0, 64) == CONTINUE
     book.restart("t")
     # its lost attempt (0.9, 10 J) would dominate it, but is not another trial: with no other
     # trial at the rung, min_trials is not met and nothing is judged
-    assert book.record("t", 0.5, 0.5, 20.0) == CONTINUE
+    assert book.record("t", 0.5, 0.5, 20.0, 64) == CONTINUE
     assert book.decisions[-1][3] == "0 others"
 
 
