@@ -1,20 +1,26 @@
 """Search efficiency: energy spent until the found Pareto set reaches 95% of the hypervolume of
 an exhaustive grid over the same space, as a fraction of the grid's energy, for each searcher the
 sweep offers (NSGA-II, MO-TPE, GP, random; each with the energy–Pareto scheduler), random search
-without early stopping, and ASHA on a scalarised metric.
+without early stopping, and ASHA on a scalarised metric; the oracle bound; what pruning saves on
+the grid; the scheduler's false-stop rate among trials of equal true quality.
 
-Two steps. `--record` runs the grid for real (`bench/search_grid.yaml`, every trial to the end,
-quality measured at every 10% of student training) and stores each trial's curve: quality and
-the energy the ledger had measured for the trial at each progress point (teacher artifacts at
-full cost, so a configuration's bill does not depend on the order it ran in). The default run
-then REPLAYS the strategies over those recorded curves: a strategy that stops a trial at a rung
-pays the energy recorded up to that rung; one that runs it pays all of it. The searchers are the
-sweep's own (`raydistill.search.searcher.make_searcher` over the same Tune param space), driven
-trial by trial with the results a trial reports: a stopped trial's last result is partial
-(status "running"), and the searcher must tell Optuna it PRUNED. Each strategy runs over
-`--seeds` seeds; mean and worst are printed. The figures are replayed from measured curves.
+Two steps. `--record` runs the grid for real (`search_grid_sft.yaml` and
+`search_grid_logit.yaml`: 36 configurations of the space `search_grid.yaml`, every trial to the
+end, dev quality measured on the whole dev split at every 10% of student training, test scored
+at the end) and stores each trial's curve: dev quality and the energy the ledger had measured
+for the trial at each progress point (teacher artifacts at full cost, so a configuration's bill
+does not depend on the order it ran in). The default run then REPLAYS the strategies over those
+recorded curves: a strategy that stops a trial at a rung pays the energy recorded up to that
+rung; one that runs it pays all of it. Dev decides everywhere, as in a sweep: the searchers are
+told dev scores, the rungs compare dev checks, and the target is the dev hypervolume; the test
+scores only show what selecting on test would have claimed. The searchers are the sweep's own
+(`raydistill.search.searcher.make_searcher` over the same Tune param space), driven trial by
+trial with the results a trial reports: a stopped trial's last result is partial (status
+"running"), and the searcher must tell Optuna it PRUNED. Each strategy runs over `--seeds`
+seeds; the mean, its 95% t-interval over seeds and the worst are printed. The figures are
+replayed from measured curves.
 
-    python bench/bench_search.py [--record] [--seeds 30] [--num-samples 12] [--no-gp]
+    python bench/bench_search.py [--record [--resume]] [--seeds 30] [--no-gp]
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raydistill.pareto import dominated_by_margin, hypervolume_2d
+from raydistill.pareto import dominated_by_margin, hypervolume_2d, pareto_front
 from raydistill.search.rungs import STOP, RungBook, RungPoint
 from raydistill.search.space import SearchSettings
 
@@ -40,36 +46,69 @@ RUNGS = (0.3, 0.6)  # the shipped spaces' rungs; other placements are printed as
 DEV_N = 64  # dev rows the in-training check scores (search.trial.training_check)
 
 
-def record(out: Path) -> None:
+PARTS = ("search_grid_sft.yaml", "search_grid_logit.yaml")  # recorded as two sweeps
+
+
+def record(out: Path, resume: bool = False) -> None:
+    """Run the grid's sweeps for real (`PARTS`, every trial to the end) and store each trial's
+    dev curve with the energy measured up to each point, its final dev and test scores."""
+    from raydistill.search.sweep import run_sweep
+
+    grid = []
+    for part in PARTS:
+        run_dir = out / part.split(".")[0]
+        if not (resume and (run_dir / "trials.parquet").exists()):
+            run_sweep(HERE / part, run_dir, resume=resume and (run_dir / "tune").is_dir())
+        grid += recorded_trials(run_dir, "sft" if "sft" in part else "logit")
+    DATA.parent.mkdir(exist_ok=True)
+    DATA.write_text(json.dumps({"source": str(out), "parts": list(PARTS), "trials": grid},
+                               indent=1, default=str))
+
+
+def recorded_trials(run_dir: Path, method: str) -> list[dict]:
+    """One sweep's finished trials as the bench replays them: the curve [progress, dev quality,
+    J so far] (teacher artifacts at full cost, so a configuration's bill does not depend on
+    the order it ran in; the energy up to a point is the ledger's device curve up to it), the
+    final dev score (the last in-training check, on the whole dev split) and the test score."""
     import pandas as pd
 
     from raydistill.results import load_ledger
-    from raydistill.search.sweep import run_sweep
 
-    run_sweep(HERE / "search_grid.yaml", out)
-    trials = pd.read_parquet(out / "trials.parquet")
-    state, _ = load_ledger(out)
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    state, _ = load_ledger(run_dir)
     rows = state.energy_rows()
-    grid = []
-    for _, t in trials.iterrows():
+    out = []
+    for _, t in trials[trials["status"] == "finished"].iterrows():
         mine = [r for r in rows if r.trial_id == t["ledger_trial"]]
         reused = t["energy_full_j"] - t["energy_marginal_j"]
-        lines = [json.loads(x) for x in (out / "students" / t["ledger_trial"] /
+        lines = [json.loads(x) for x in (run_dir / "students" / t["ledger_trial"] /
                                          "progress.jsonl").read_text().splitlines()]
         curve = []
         for line in lines:
             if line["step"] == 0:
                 continue
             spent = reused + sum(
-                r.energy_j if r.t_end_s <= line["t"] else
-                state.curve(r.node_id, r.device_id).between(r.t_start_s, line["t"]) * r.share
+                r.energy_j if r.t_end_s <= line["t"] else _partial_j(state, r, line["t"])
                 for r in mine if r.t_start_s <= line["t"] and r.stage != "evaluation")
             curve.append([line["step"] / line["steps"], line["quality"], spent])
         params = {c[len("param."):]: t[c] for c in trials.columns if c.startswith("param.")}
-        grid.append({"params": params, "curve": curve, "quality": float(t["quality"]),
-                     "energy_j": float(t["energy_full_j"])})
-    DATA.parent.mkdir(exist_ok=True)
-    DATA.write_text(json.dumps({"source": str(out), "trials": grid}, indent=1, default=str))
+        params = {"distill.method": method, "distill.loss": params.get("distill.loss"),
+                  **{k: v for k, v in params.items() if k != "distill.loss"}}
+        out.append({"params": params, "curve": curve,
+                    "dev_n": int(lines[-1].get("n") or lines[-1].get("dev_rows") or 0),
+                    "quality_dev": float(curve[-1][1]),
+                    "quality_test": float(t["score.student_quick_acc"]),
+                    "energy_j": float(t["energy_full_j"])})
+    return out
+
+
+def _partial_j(state, row, t_wall_s: float) -> float:
+    """A row's share of its device's measured energy from its start to `t_wall_s` (wall clock,
+    as progress lines have it; converted to the node's timeline by its clock offsets)."""
+    tl = state.timeline(row.node_id, row.device_id)
+    a = state.to_timeline(row.node_id, row.t_start_s, None)
+    b = state.to_timeline(row.node_id, t_wall_s, None)
+    return tl.between("energy", a, b) * row.share
 
 
 def energy_at(trial: dict, progress: float) -> float:
@@ -229,20 +268,30 @@ class Told:
         OptunaSearch.on_trial_complete(self.searcher, trial_id, result)
 
 
+def config_key(params: dict, names: list[str]) -> tuple[str, ...]:
+    """A configuration's identity: SFT ignores distill.loss, so its loss is not part of it."""
+    sft = str(params.get("distill.method")) == "sft"
+    return tuple("-" if sft and n == "distill.loss" else str(params[n]) for n in names)
+
+
 def search_order(grid: list[dict], searcher, stopper) -> tuple[list[int], dict]:
     """The configurations `searcher` proposes, each told its replayed outcome, until every
-    configuration has run (the searcher never proposes one twice before that)."""
+    configuration has run. A proposal of a configuration already run (an SFT point with another
+    loss, or a searcher's repeat) is told the same outcome and costs nothing."""
     names = sorted(grid[0]["params"])
-    index = {tuple(str(t["params"][n]) for n in names): i for i, t in enumerate(grid)}
+    index = {config_key(t["params"], names): i for i, t in enumerate(grid)}
     order: list[int] = []
     outcomes: dict[int, float | None] = {}
-    for n in range(len(grid)):
-        config = searcher.suggest(f"trial{n}")
-        i = index[tuple(str(config[k]) for k in names)]
-        if i in outcomes:  # the space is exhausted (or a searcher proposes a duplicate)
+    for n in range(20 * len(grid)):
+        if len(order) == len(grid):
             break
-        outcomes[i] = stopper(i, grid[i]) if stopper else None
-        order.append(i)
+        config = searcher.suggest(f"trial{n}")
+        if config is None:
+            break
+        i = index[config_key(config, names)]
+        if i not in outcomes:
+            outcomes[i] = stopper(i, grid[i]) if stopper else None
+            order.append(i)
         searcher.on_trial_complete(f"trial{n}", trial_result(grid[i], outcomes[i]))
     return order, outcomes
 
@@ -333,17 +382,87 @@ def oracle_bound(grid: list[dict], first: int, target: float, ref: tuple[float, 
     return float(np.mean(spent))
 
 
+def load_grid() -> list[dict]:
+    """The recorded trials; `quality` is the dev score (what decides), `quality_test` beside."""
+    grid = json.loads(DATA.read_text())["trials"]
+    grid = [t for t in grid if t["curve"] and t["quality_dev"] == t["quality_dev"]]
+    return [{**t, "quality": t["quality_dev"]} for t in grid]
+
+
+def mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean of `values` (seeds are independent replays)."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return float(values.mean()), float(values.mean())
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / np.sqrt(n)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def pruning_savings(grid: list[dict], orders: int = 500) -> tuple[np.ndarray, float]:
+    """(share of the grid's energy the default rungs save, per random order; share of orders in
+    which a member of the grid's dev front was stopped): every configuration runs, in a random
+    order, under the sweep's scheduler."""
+    front = set(pareto_front([(t["quality"], t["energy_j"]) for t in grid], ("max", "min")))
+    total = sum(t["energy_j"] for t in grid)
+    saved, harmed = [], 0
+    for seed in range(orders):
+        order = list(range(len(grid)))
+        random.Random(seed).shuffle(order)
+        stopper = pareto_stopper()
+        spent, stopped = 0.0, set()
+        for i in order:
+            at = stopper(i, grid[i])
+            spent += grid[i]["energy_j"] if at is None else energy_at(grid[i], at)
+            if at is not None:
+                stopped.add(i)
+        saved.append(1 - spent / total)
+        harmed += bool(stopped & front)
+    return np.array(saved), harmed / orders
+
+
+def print_pruning(grid: list[dict], grid_j: float) -> None:
+    saved, harmed = pruning_savings(grid)
+    lo, hi = np.percentile(saved, [2.5, 97.5])
+    print(f"pruning on the recorded grid (every configuration, 500 random orders, default "
+          f"rungs): saves {saved.mean():.1%} of the grid's {grid_j:,.0f} J (2.5–97.5% of orders "
+          f"{lo:.1%}–{hi:.1%}); a member of the dev front stopped in {harmed:.1%} of orders")
+    print_false_stops()
+
+
+def print_selection(grid: list[dict], ref: tuple[float, float]) -> None:
+    """What choosing on test would have claimed: the test hypervolume of the front selected on
+    test against that of the front selected on dev (the one the sweep reports)."""
+    def front_on(key: str) -> list[int]:
+        return pareto_front([(t[key], t["energy_j"]) for t in grid], ("max", "min"))
+
+    def test_hv(idx: list[int]) -> float:
+        return hv([(grid[i]["quality_test"], grid[i]["energy_j"]) for i in idx], ref)
+
+    dev, test = front_on("quality"), front_on("quality_test")
+    print(f"selection: the front chosen on dev ({len(dev)} trials) has test hypervolume "
+          f"{test_hv(dev):.4g}; chosen on test ({len(test)} trials) it would claim "
+          f"{test_hv(test):.4g} ({test_hv(test) / max(test_hv(dev), 1e-12) - 1:+.1%}, the "
+          f"optimism of selecting on the split that reports)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--record", action="store_true", help="run the grid for real first")
     ap.add_argument("--out", default="runs/search-grid")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --record: keep the parts already recorded in --out, resume the rest")
+    ap.add_argument("--record-only", action="store_true", help="record, then stop")
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--num-samples", type=int, default=None,
                     help="the sweep size the searchers are sized for (default: the grid's)")
     ap.add_argument("--no-gp", action="store_true", help="leave out GP (the slow one)")
     args = ap.parse_args()
     if args.record or not DATA.exists():
-        record(Path(args.out))
+        record(Path(args.out), args.resume)
+    if args.record_only:
+        return
     import optuna
 
     from raydistill.search.searcher import canonical
@@ -357,8 +476,7 @@ def main() -> None:
 
         torch.set_num_threads(1)  # GP's matrices are tiny: threads cost more than they save
     space = load_space(HERE / "search_grid.yaml")
-    grid = json.loads(DATA.read_text())["trials"]
-    grid = [t for t in grid if t["curve"] and t["quality"] == t["quality"]]
+    grid = load_grid()
     num_samples = args.num_samples or len(grid)
     ref = (0.0, 1.1 * max(t["energy_j"] for t in grid))
     full_hv = hv([(t["quality"], t["energy_j"]) for t in grid], ref)
@@ -366,24 +484,31 @@ def main() -> None:
     grid_j = sum(t["energy_j"] for t in grid)
     rows = strategies(gp)
     results = replay(space, grid, rows, args.seeds, num_samples, target, ref)
-    print(f"grid: {len(grid)} configurations, {grid_j:,.0f} J in all (measured); hypervolume "
-          f"{full_hv:.4g}, target 95% = {target:.4g}; strategies replayed over the recorded "
-          f"curves, {args.seeds} seeds, searchers sized for {num_samples} trials")
-    print(f"{'strategy':<15} {'mean J':>10} {'mean / grid':>12} {'worst / grid':>13}")
+    print(f"grid: {len(grid)} configurations, {grid_j:,.0f} J in all (measured on this machine);"
+          f" dev hypervolume {full_hv:.4g}, target 95% = {target:.4g}; strategies replayed over "
+          f"the recorded curves (dev decides: the searchers, the rungs and the target read dev "
+          f"scores), {args.seeds} seeds, searchers sized for {num_samples} trials")
+    print(f"{'strategy':<15} {'mean J':>10} {'mean / grid':>12} {'95% interval':>15} "
+          f"{'worst / grid':>13}")
     for name, spent in results.items():
-        arr = np.array(spent)
-        print(f"{name:<15} {arr.mean():>10,.0f} {arr.mean() / grid_j:>12.2f} "
-              f"{arr.max() / grid_j:>13.2f}")
+        arr = np.array(spent) / grid_j
+        low, high = mean_interval(arr)
+        print(f"{name:<15} {arr.mean() * grid_j:>10,.0f} {arr.mean():>12.2f} "
+              f"{f'{low:.2f}–{high:.2f}':>15} {arr.max():>13.2f}")
     default = canonical(SearchSettings().algorithm)
-    mean = np.mean(results[f"{default}+pareto"]) / grid_j
-    print(f"default (search.algorithm: {default}, pareto scheduler): mean / grid {mean:.2f}; "
-          f"issue 16's target <= 0.35 {'met' if mean <= 0.35 else 'NOT met'}")
+    arr = np.array(results[f"{default}+pareto"]) / grid_j
+    low, high = mean_interval(arr)
+    print(f"default (search.algorithm: {default}, pareto scheduler): mean / grid {arr.mean():.2f}"
+          f" (95% interval of the mean over seeds {low:.2f}–{high:.2f}); issue 28's target "
+          f"<= 0.35 {'met' if arr.mean() <= 0.35 else 'NOT met'}")
     print("(before: Ray's OptunaSearch at Optuna's population 50, stopped trials told as "
           "completed points)")
     floors = "  ".join(f"after {k}: {oracle_bound(grid, k, target, ref) / grid_j:.2f}"
                        for k in (0, 2, 3, 4))
-    print(f"floor: a searcher told the answer after k random trials, mean / grid: {floors}")
-    print_false_stops()
+    print(f"oracle bound: a searcher told the answer after k random trials, mean / grid: "
+          f"{floors}")
+    print_pruning(grid, grid_j)
+    print_selection(grid, ref)
     sizing_check(space, grid, args.seeds, num_samples, target, ref, grid_j)
     print(f"check: other rung placements (mean / grid), {default}+pareto and asha")
     mine = next(r for r in rows if r.algorithm == default and r.stopper == "pareto")
