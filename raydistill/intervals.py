@@ -171,7 +171,8 @@ def ratio_bounds(numerator: Interval, denominator: Interval) -> Ratio:
     num_value = max(numerator.value, 0.0)
     num_low = max(numerator.low, 0.0)  # an energy is never negative
     return Ratio(DISTINGUISHABLE, num_value / denominator.value,
-                 num_low / denominator.high, numerator.high / denominator.low)
+                 num_low / denominator.high, numerator.high / denominator.low,
+                 denominator=denominator)
 
 
 def fmt_number(x: float) -> str:

@@ -139,3 +139,28 @@ def test_a_table_without_meters_keeps_the_stated_errors_added_linearly():
     m = seed_metrics(old, "kd", {}, baseline_trial="kd-baseline")
     assert m["N_star_verdict"] == NOT_DISTINGUISHABLE  # 73 J against 254.5 J stated, as before
     assert pd.isna(m["N_star"]) or m["N_star"] is None
+
+
+def test_a_sweeps_n_star_cancels_one_meters_bias_and_repeats_take_the_t_quantile():
+    from raydistill.search.tables import trials_table
+
+    def tune(trial: str, method: str, lr: float) -> dict:
+        return {"metrics": {"trial_id": trial, "ledger_trial": f"{trial}~1",
+                            "status": "finished", "quality": 0.5, "progress": 1.0,
+                            "energy_marginal_j": 1.0, "energy_full_j": 1.0},
+                "config": {"distill.method": method, "lr": lr}, "error": None}
+
+    rows = [_row("d~1", "teacher_generation", 500.0, "estimated"),
+            _row("d~1", "student_training", 900.0, "estimated"),
+            _row("b~1", "student_training", 1000.0, "estimated")]
+    t = trials_table([tune("d", "logit", 0.1), tune("b", "none", 0.1)], results_table(rows),
+                     {"energy_view": "full"}).set_index("trial_id")
+    # 100 J saved by one estimate (±50%): ± 50 J, not ± 950 J as two independent figures
+    assert t.at["d", "n_star_verdict"] == DISTINGUISHABLE
+    assert t.at["d", "n_star"] == pytest.approx(5.0)
+    assert t.at["d", "n_star_low"] == pytest.approx(5.0) == t.at["d", "n_star_high"]
+    # a second baseline repeat at 1,100 J: mean 1,050 ± 635 J (t, 1 dof): no number
+    rows.append(_row("b2~1", "student_training", 1100.0, "estimated"))
+    t2 = trials_table([tune("d", "logit", 0.1), tune("b", "none", 0.1),
+                       tune("b2", "none", 0.1)], results_table(rows), {"energy_view": "full"})
+    assert t2.set_index("trial_id").at["d", "n_star_verdict"] == NOT_DISTINGUISHABLE
