@@ -289,10 +289,20 @@ def definitions() -> list[tuple[str, str]]:
                          f"documented assumptions (raydistill/energy/accuracy.py), not measured"
                          f" by this run."),
         ("repeats", "With search.repeats ≥ 2 the trials with identical parameters are repeats: "
-                    "a figure is their mean, and its error the stated error and the standard "
-                    "error of the mean over the repeats, in quadrature."),
-        ("rules", "Differences add their inputs' errors, so their interval holds every "
-                  "difference of values inside the inputs' intervals. A rule is stated only "
-                  "when its interval supports it: a payback when distinguishable, one stage or "
-                  "engine below another when their intervals do not overlap."),
+                    "a figure is their mean, and its error the stated error and the 95% "
+                    "t-interval of the mean over the repeats (Student's t for their count), in "
+                    "quadrature; a single run's spread is unknown, not zero."),
+        ("rules", "Every interval is a stated 95% interval. Figures from the same meter (node, "
+                  "device and error class) share its bias: it cancels in a difference of two "
+                  "of them and in their ratio; different meters' biases and the independent "
+                  "parts (short-window edges, unmeasured bounds) add in quadrature "
+                  "(raydistill/intervals.py). Results from before meters were recorded add "
+                  "their stated errors linearly. A rule is stated only when its interval "
+                  "supports it: a payback when distinguishable, one stage or engine below "
+                  "another when their intervals do not overlap."),
+        ("N* (equal quality)", "raydistill run: T ÷ (E_baseline(q*) − E_train,distilled), q* "
+                               "the distilled student's final in-training dev check and "
+                               "E_baseline(q*) the baseline's training energy up to its first "
+                               "dev check reaching q* (raydistill/equal_quality.py); the "
+                               "equal-steps N* stays beside it."),
     ]
