@@ -10,6 +10,7 @@ import pandas as pd
 from raydistill.energy.accuracy import stated_error_j
 from raydistill.energy.ledger import EnergyRow, LedgerState
 from raydistill.energy.log import read_log
+from raydistill.energy.meters import has_meters, meter_columns, parts_of
 from raydistill.energy.samples import PHASES, WORK
 
 ENERGY_COLUMNS = [f for f in EnergyRow.__dataclass_fields__]
@@ -223,6 +224,9 @@ def results_table(rows: Iterable[EnergyRow | dict], footprint_inputs=None) -> pd
         return totals
     totals = totals.rename(columns={"method": "energy_method"})
     totals["side"] = totals["stage"].map(side_of)
+    # which meters measured each figure and how much of its stated error is their common bias
+    # (energy.meters): N* differences of one meter's figures cancel it
+    totals = totals.merge(meter_columns(frame, STAGE_KEYS), on=STAGE_KEYS, how="left")
     # GPU-hours over both phases: a stage's load and work windows follow one another
     gpu = frame[frame["device_kind"] == "gpu"]
     gpu_s = gpu.groupby(["trial_id", "stage"])["duration_s"].sum() if len(gpu) else None
@@ -293,23 +297,59 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
             "N_star_low": n_star.low if n_star is not None else None,
             "N_star_high": n_star.high if n_star is not None else None,
             "N_star_verdict": n_star.verdict if n_star is not None else None,
+            # the saving N* divides by (baseline − distilled training, J) and its 95% error
+            **_saving_fields("N_star", n_star),
             "baseline_trial": baseline_trial}
+
+
+def _saving_fields(prefix: str, ratio) -> dict:
+    den = getattr(ratio, "denominator", None)
+    return {f"{prefix}_saving_j": None if den is None else den.value,
+            f"{prefix}_saving_error_j": None if den is None else den.error}
 
 
 def _stage_interval(table: pd.DataFrame, trial_id: str, stages: tuple[str, ...]):
     """A trial's energy over `stages` with its stated error: the stages' summed per-row errors
     where the table has them, else their method's rule (see `error_column`)."""
-    from raydistill.search.uncertainty import Interval
+    from raydistill.intervals import Interval
 
     mine = table[(table["trial_id"] == trial_id) & table["stage"].isin(stages)]
     return Interval(float(mine["energy_j"].sum()), float(error_column(mine).sum()))
 
 
-def _n_star(table: pd.DataFrame, trial_id: str, baseline_trial: str):
-    """N* = teacher side ÷ (baseline training − distilled training), with the bounds the
-    stated errors allow: a number only where the saving's interval is clear of zero."""
-    from raydistill.search.uncertainty import difference, ratio_bounds
+def stage_figure(table: pd.DataFrame, trial_id: str, stages: tuple[str, ...],
+                 value: str = "energy_j"):
+    """A trial's `value` over `stages` as an intervals.Figure: each stage's bias per meter
+    (scaled to `value` where it is a part of energy_j, e.g. work_j) and its independent part;
+    None for a table without the meter columns (an old run directory)."""
+    from raydistill.intervals import Figure, figure_sum
 
+    if not has_meters(table):
+        return None
+    mine = table[(table["trial_id"] == trial_id) & table["stage"].isin(stages)]
+    figures = []
+    for r in mine.to_dict("records"):
+        energy = float(r["energy_j"])
+        amount = float(r.get(value, energy)) if pd.notna(r.get(value, energy)) else energy
+        scale = abs(amount / energy) if energy else 1.0
+        indep = float(r["independent_j"]) if pd.notna(r["independent_j"]) else 0.0
+        figures.append(Figure.of(amount, {k: b * scale for k, b in
+                                          parts_of(r["bias_parts"]).items()}, indep * scale))
+    return figure_sum(figures)
+
+
+def _n_star(table: pd.DataFrame, trial_id: str, baseline_trial: str):
+    """N* = teacher side ÷ (baseline training − distilled training), with its 95% bounds: a
+    number only where the saving's interval is clear of zero. One meter's common bias cancels
+    in the saving and in the ratio (intervals.figure_ratio); a table without meters falls back
+    to the stated errors added linearly."""
+    from raydistill.intervals import difference, figure_ratio, ratio_bounds
+
+    teacher = stage_figure(table, trial_id, tuple(TEACHER_STAGES))
+    if teacher is not None:
+        base = stage_figure(table, baseline_trial, ("student_training",))
+        own = stage_figure(table, trial_id, ("student_training",))
+        return figure_ratio(teacher, base - own)
     teacher = _stage_interval(table, trial_id, tuple(TEACHER_STAGES))
     saved = difference(_stage_interval(table, baseline_trial, ("student_training",)),
                        _stage_interval(table, trial_id, ("student_training",)))

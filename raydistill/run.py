@@ -89,19 +89,26 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
         session.close()
         ray.shutdown()
     table = results_table(rows, inputs)
-    metrics, reused = write_run_results(run_dir, table, outcomes, started)
+    metrics, reused = write_run_results(run_dir, table, outcomes, started,
+                                        equal_quality=len(outcomes) > 1)
     return RunResult(run_dir, table, metrics, reused,
                      {o.trial_id: o.train_metrics for o in outcomes})
 
 
 def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
-                      started_s: float) -> tuple[list[dict], list[str]]:
+                      started_s: float, equal_quality: bool = False,
+                      ledger=None) -> tuple[list[dict], list[str]]:
     """results.parquet and metrics.json of a native run: the main trial (`outcomes[0]`) and
     its baseline (`outcomes[1]`, if any) with their seed metrics, training figures and the
-    teacher artifacts each used; (metrics, reused artifacts)."""
+    teacher artifacts each used; (metrics, reused artifacts). With `equal_quality`, the main
+    trial's metrics gain N* at equal quality (`equal_quality_metrics`; `ledger`: the run's
+    LedgerState, else rebuilt from its log)."""
     main = outcomes[0]
     baseline = outcomes[1].trial_id if len(outcomes) > 1 else None
     metrics = [seed_metrics(table, main.trial_id, main.scores, baseline_trial=baseline)]
+    if equal_quality and baseline:
+        metrics[0].update(equal_quality_metrics(run_dir, table, main.trial_id, baseline,
+                                                metrics[0], ledger))
     if baseline:
         metrics.append(seed_metrics(table, baseline, outcomes[1].scores,
                                     teacher_trial=main.trial_id, teacher_scores=main.scores))
@@ -120,14 +127,79 @@ def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
     return metrics, reused
 
 
+def equal_quality_metrics(run_dir: Path, table: pd.DataFrame, main: str, baseline: str,
+                          main_metrics: dict, ledger=None) -> dict:
+    """N* at equal quality (raydistill.equal_quality): q* = the distilled student's final dev
+    check, E_baseline(q*) = the baseline's training energy up to its first dev check reaching
+    q* (from the ledger's curves); {} for a results table without meters."""
+    from raydistill.equal_quality import (
+        energy_at_quality,
+        equal_quality_fields,
+        ledger_energy_to,
+        progress_lines,
+        training_curve,
+    )
+    from raydistill.intervals import Ratio
+    from raydistill.results import TEACHER_STAGES, load_ledger, stage_figure
+
+    teacher = stage_figure(table, main, TEACHER_STAGES)
+    student = stage_figure(table, main, ("student_training",))
+    whole = stage_figure(table, baseline, ("student_training",))
+    if teacher is None or student is None or whole is None:
+        return {}
+    mine = progress_lines(run_dir / "students" / main / "progress.jsonl")
+    base = progress_lines(run_dir / "students" / baseline / "progress.jsonl")
+    q_star = float(mine[-1]["quality"]) if mine and base else None
+    q_n = mine[-1].get("n") if mine and base else None
+    matched: dict = {"reached": False}
+    if q_star is not None:
+        state = ledger if ledger is not None else load_ledger(run_dir)[0]
+        rows = [r for r in state.energy_rows()
+                if r.trial_id == baseline and r.stage == "student_training"]
+        matched = energy_at_quality(training_curve(base, ledger_energy_to(state, rows)),
+                                    q_star, whole)
+    steps = Ratio(main_metrics["N_star_verdict"], main_metrics["N_star"],
+                  main_metrics["N_star_low"], main_metrics["N_star_high"]) \
+        if main_metrics.get("N_star_verdict") else None
+    return equal_quality_fields(teacher, student, matched, q_star, q_n, steps)
+
+
+def _n_star_eq_text(m: dict) -> str:
+    """N* at equal quality, its interval or why there is none, with q* and E_baseline(q*)."""
+    from raydistill.equal_quality import NEVER_REACHES
+    from raydistill.intervals import Interval, Ratio, fmt_interval, fmt_ratio
+
+    verdict = m.get("N_star_equal_quality_verdict")
+    if verdict is None:
+        return "n/a"
+    if verdict == NEVER_REACHES:
+        high = m.get("N_star_equal_quality_high")
+        bound = f": N* (equal quality) < {high:.3g}, the equal-steps upper bound" \
+            if high is not None else ": no bound"
+        return f"{verdict} (q* {m['q_star']:.3f} on {m.get('q_star_n')} dev rows){bound}"
+    if m.get("q_star") is None:
+        return verdict
+    saving = m.get("N_star_equal_quality_saving_j")
+    den = None if saving is None else Interval(saving, m["N_star_equal_quality_saving_error_j"])
+    ratio = fmt_ratio(Ratio(verdict, m["N_star_equal_quality"], m["N_star_equal_quality_low"],
+                            m["N_star_equal_quality_high"], den))
+    matched = fmt_interval(Interval(m["baseline_energy_at_q_star_j"],
+                                    m["baseline_energy_at_q_star_error_j"]))
+    return (f"{ratio} (q* {m['q_star']:.3f} on {m.get('q_star_n')} dev rows; baseline reached "
+            f"it at step {m['baseline_step_at_q_star']}/{m['baseline_steps']}, "
+            f"E_baseline(q*) {matched})")
+
+
 def _n_star_text(m: dict) -> str:
     """N* with its bounds where the stated errors make it a number, else the verdict."""
-    from raydistill.search.uncertainty import Ratio, fmt_ratio
+    from raydistill.intervals import Interval, Ratio, fmt_ratio
 
     if m.get("N_star_verdict") is None:
         return "n/a (no baseline)"
+    saving = m.get("N_star_saving_j")
+    den = None if saving is None else Interval(saving, m["N_star_saving_error_j"])
     return fmt_ratio(Ratio(m["N_star_verdict"], m["N_star"], m["N_star_low"],
-                           m["N_star_high"]))
+                           m["N_star_high"], den))
 
 
 def summary(result: RunResult) -> str:
@@ -147,7 +219,10 @@ def summary(result: RunResult) -> str:
         eff = "n/a" if m["Eff_overall"] is None else f"{m['Eff_overall']:.2f}"
         share = "n/a" if m["teacher_share"] is None else f"{m['teacher_share']:.1%}"
         lines += [f"[{m['trial_id']}] E_run {m['E_run_j']:,.1f} J (teacher side {share}); "
-                  f"scores: {sc}", f"    OM_perf: {om or 'n/a'}; Eff_overall {eff}; N* {n_star}"]
+                  f"scores: {sc}", f"    OM_perf: {om or 'n/a'}; Eff_overall {eff}; "
+                  f"N* (equal steps) {n_star}"]
+        if m.get("N_star_equal_quality_verdict") is not None:
+            lines.append(f"    N* (equal quality) {_n_star_eq_text(m)}")
     for trial, t in result.train.items():
         util = "n/a" if t.get("mfu") is None else f"{t['mfu']:.1%}"
         lines.append(f"[{trial}] student_training: {t.get('tokens_per_s_rank0', 0):,.0f} "

@@ -21,7 +21,7 @@ from raydistill.search.derived import (
     configuration_keys,
     derived_figures,
     error_figures,
-    n_star_ratio,
+    n_star_of,
     repeats_interval,
     rows_error_j,
 )
@@ -31,7 +31,6 @@ from raydistill.search.uncertainty import (
     NEVER,
     Interval,
     Ratio,
-    difference,
     distinguishable,
     fmt_interval,
     fmt_ratio,
@@ -157,13 +156,12 @@ def payback_rules(data: ReportData) -> list[str]:
         return []
     done = frame[frame["status"] == "finished"]
     base = done[done.get("param.distill.method", pd.Series("", index=done.index)) == "none"]
-    baseline = repeats_interval(base, "student_training_j", "student_training_error_j")
     params = [c for c in done.columns if c.startswith("param.") and c != "param.trial"]
     rules = []
     for _, group in done.groupby(configuration_keys(done), sort=False):
         label = _label(group, params if data.kind == "sweep" else [])
         if not group.index.isin(base.index).any():
-            rules.extend(_n_star_rule(label, group, baseline))
+            rules.extend(_n_star_rule(label, group, base))
         rules.extend(_break_even_rule(label, group))
     return rules
 
@@ -176,19 +174,20 @@ def _label(group: pd.DataFrame, params: list[str]) -> str:
     return f"[{ids}{': ' + setting if setting else ''}{repeats}]"
 
 
-def _n_star_rule(label: str, group: pd.DataFrame, baseline: Interval | None) -> list[str]:
+def _n_star_rule(label: str, group: pd.DataFrame, base: pd.DataFrame) -> list[str]:
+    """N* (equal steps) of one configuration in a sentence with its 95% intervals."""
     side = repeats_interval(group, "teacher_side_j", "teacher_side_error_j")
-    training = repeats_interval(group, "student_training_j", "student_training_error_j")
-    ratio = n_star_ratio(side, training, baseline)
-    if ratio is None or side is None or training is None or baseline is None:
+    ratio = n_star_of(group, base)
+    if ratio is None or side is None or ratio.denominator is None:
         return []
-    saved = difference(baseline, training)
+    saved = ratio.denominator  # one meter's common bias cancelled where the table says so
     if ratio.known:
         return [f"{label} Caching and generating with the teacher pays back after N* = "
-                f"{fmt_ratio(ratio)} reuses of its artifacts (teacher side {fmt_interval(side)}; "
-                f"student training {fmt_interval(saved)} cheaper than the no-teacher baseline)."]
+                f"{fmt_ratio(ratio)} reuses of its artifacts (95%; teacher side "
+                f"{fmt_interval(side)}; student training {fmt_interval(saved)} cheaper than the "
+                f"no-teacher baseline at equal steps)."]
     if ratio.verdict == NEVER:
-        dearer = difference(training, baseline)
+        dearer = Interval(-saved.value, saved.error)
         return [f"{label} Distillation never breaks even on energy against the no-teacher "
                 f"baseline: its student training cost {fmt_interval(dearer)} more; its gain is "
                 f"quality: {pd.to_numeric(group['quality'], errors='coerce').mean():.3f}."]
@@ -229,14 +228,12 @@ def engine_rules(done: pd.DataFrame) -> list[str]:
     if taught[col].nunique() < 2:
         return []
     base = done[done.get("param.distill.method", pd.Series("", index=done.index)) == "none"]
-    baseline = repeats_interval(base, "student_training_j", "student_training_error_j")
     parts, ept = [], {}
     for engine, g in taught.groupby(col):
         side = repeats_interval(g, "teacher_side_j", "teacher_side_error_j")
         per_token = repeats_interval(g, "teacher_j_per_generated_token",
                                      "teacher_error_j_per_generated_token")
-        ratio = n_star_ratio(side, repeats_interval(g, "student_training_j",
-                                                    "student_training_error_j"), baseline)
+        ratio = n_star_of(g, base) if len(base) else None
         n_text = ("no N*: no baseline trial" if ratio is None else f"N* {fmt_ratio(ratio)}")
         ept_text = "no J per generated token" if per_token is None else \
             f"{fmt_interval(per_token, 'J')} per generated token"
@@ -292,10 +289,20 @@ def definitions() -> list[tuple[str, str]]:
                          f"documented assumptions (raydistill/energy/accuracy.py), not measured"
                          f" by this run."),
         ("repeats", "With search.repeats ≥ 2 the trials with identical parameters are repeats: "
-                    "a figure is their mean, and its error the stated error and the standard "
-                    "error of the mean over the repeats, in quadrature."),
-        ("rules", "Differences add their inputs' errors, so their interval holds every "
-                  "difference of values inside the inputs' intervals. A rule is stated only "
-                  "when its interval supports it: a payback when distinguishable, one stage or "
-                  "engine below another when their intervals do not overlap."),
+                    "a figure is their mean, and its error the stated error and the 95% "
+                    "t-interval of the mean over the repeats (Student's t for their count), in "
+                    "quadrature; a single run's spread is unknown, not zero."),
+        ("rules", "Every interval is a stated 95% interval. Figures from the same meter (node, "
+                  "device and error class) share its bias: it cancels in a difference of two "
+                  "of them and in their ratio; different meters' biases and the independent "
+                  "parts (short-window edges, unmeasured bounds) add in quadrature "
+                  "(raydistill/intervals.py). Results from before meters were recorded add "
+                  "their stated errors linearly. A rule is stated only when its interval "
+                  "supports it: a payback when distinguishable, one stage or engine below "
+                  "another when their intervals do not overlap."),
+        ("N* (equal quality)", "raydistill run: T ÷ (E_baseline(q*) − E_train,distilled), q* "
+                               "the distilled student's final in-training dev check and "
+                               "E_baseline(q*) the baseline's training energy up to its first "
+                               "dev check reaching q* (raydistill/equal_quality.py); the "
+                               "equal-steps N* stays beside it."),
     ]

@@ -10,17 +10,24 @@ one (raydistill.search.uncertainty).
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from raydistill.energy.accuracy import UNKNOWN_RELATIVE_ERROR, relative_error
-from raydistill.results import TEACHER_STAGES, error_column
-from raydistill.search.uncertainty import (
+from raydistill.energy.meters import has_meters, parts_of
+from raydistill.intervals import (
+    Figure,
     Interval,
     Ratio,
     difference,
+    figure_ratio,
+    figure_sum,
+    mean_of_figures,
     mean_of_repeats,
     ratio_bounds,
 )
+from raydistill.results import TEACHER_STAGES, error_column, stage_figure
 
 STAGE_OF = {"synthetic_data": "teacher_generation", "logit_cache": "teacher_logit_caching"}
 
@@ -96,13 +103,72 @@ def error_figures(table: pd.DataFrame, attempt: str | None, own: dict[str, float
     ept_t, ept_t_err = per_token(table, attempt, "inference_teacher")
     ept_s, ept_s_err = per_token(table, attempt, "inference_student")
     _, gen_err = per_token(table, attempt, "teacher_generation", "generated_tokens")
-    return {"teacher_side_error_j": side_err, "student_training_error_j": training_err,
+    return {**_meter_figures(table, attempt, kept, reused_j, artifacts, reused_keys),
+            "teacher_side_error_j": side_err, "student_training_error_j": training_err,
             "evaluation_j": evaluation, "evaluation_error_j": evaluation_err,
             "bill_j": side + training + evaluation,
             "bill_error_j": side_err + training_err + evaluation_err,
             "ept_teacher_j_per_token": ept_t, "ept_teacher_error_j_per_token": ept_t_err,
             "ept_student_j_per_token": ept_s, "ept_student_error_j_per_token": ept_s_err,
             "teacher_error_j_per_generated_token": gen_err}
+
+
+def _figure_columns(prefix: str, fig: Figure) -> dict:
+    return {f"{prefix}_bias_parts": json.dumps(fig.biases),
+            f"{prefix}_independent_j": fig.independent_j}
+
+
+def _meter_figures(table: pd.DataFrame, attempt: str | None, kept: dict[str, float],
+                   reused_j: float, artifacts: dict[str, dict], reused_keys: list[str]) -> dict:
+    """The teacher side's and the student training's error by meter (`<figure>_bias_parts`,
+    JSON {meter: J}, and `<figure>_independent_j`), so that N* cancels one meter's common bias
+    (raydistill.intervals); {} for a results table without meters (old runs: N* falls back to
+    the stated errors added linearly). Reused artifacts carry their builders' meters, scaled to
+    the energy reused; builders not in this ledger: the unknown class, independent."""
+    if not len(table) or attempt is None or not has_meters(table):
+        return {}
+    parts = [stage_figure(table, attempt, TEACHER_STAGES)]
+    parts += [stage_figure(table, artifacts[k].get("trial_id"),
+                           (STAGE_OF.get(k.split(":")[0], ""),)) for k in kept]
+    builders = figure_sum([stage_figure(table, artifacts[k].get("trial_id"),
+                                        (STAGE_OF.get(k.split(":")[0], ""),))
+                           for k in reused_keys])
+    if reused_j > 0 and builders.value > 0:
+        parts.append(builders.scaled(reused_j / builders.value))
+    elif reused_j > 0:
+        parts.append(Figure.of(reused_j, independent_j=UNKNOWN_RELATIVE_ERROR * reused_j))
+    return {**_figure_columns("teacher_side", figure_sum(parts)),
+            **_figure_columns("student_training",
+                              stage_figure(table, attempt, ("student_training",)))}
+
+
+def repeats_figure(trials: pd.DataFrame, prefix: str) -> Figure | None:
+    """The mean over `trials` (repeats) of `<prefix>_j` as a Figure with its meters, or None
+    where the table has no meter columns for it (then `repeats_interval` is the figure)."""
+    value, parts, indep = f"{prefix}_j", f"{prefix}_bias_parts", f"{prefix}_independent_j"
+    if not len(trials) or any(c not in trials.columns for c in (value, parts, indep)):
+        return None
+    rows = trials[[value, parts, indep]]
+    if rows[value].isna().any() or rows[indep].isna().any():
+        return None
+    return mean_of_figures([Figure.of(float(v), parts_of(p), float(i))
+                            for v, p, i in rows.itertuples(index=False)])
+
+
+def n_star_of(group: pd.DataFrame, baselines: pd.DataFrame) -> Ratio | None:
+    """N* of a configuration (its finished repeats) against the mean of the baseline trials:
+    by meter where both tables carry them (one meter's bias cancels), else from the stated
+    errors (`n_star_ratio`)."""
+    side, training = (repeats_figure(group, "teacher_side"),
+                      repeats_figure(group, "student_training"))
+    base = repeats_figure(baselines, "student_training")
+    if side is not None and training is not None and base is not None:
+        return None if side.value <= 0 else figure_ratio(side, base - training)
+    return n_star_ratio(repeats_interval(group, "teacher_side_j", "teacher_side_error_j"),
+                        repeats_interval(group, "student_training_j",
+                                         "student_training_error_j"),
+                        repeats_interval(baselines, "student_training_j",
+                                         "student_training_error_j"))
 
 
 # Columns `derived_figures` adds: per configuration (its finished repeats), value and bounds
@@ -174,13 +240,10 @@ def _baseline_mask(trials: pd.DataFrame) -> pd.Series:
     return method == "none"
 
 
-def configuration_figures(group: pd.DataFrame, baseline_training: Interval | None,
+def configuration_figures(group: pd.DataFrame, baselines: pd.DataFrame,
                           is_baseline: bool) -> dict:
     """N* and the break-even tokens of one configuration, from its finished repeats."""
-    n_star = None if is_baseline else n_star_ratio(
-        repeats_interval(group, "teacher_side_j", "teacher_side_error_j"),
-        repeats_interval(group, "student_training_j", "student_training_error_j"),
-        baseline_training)
+    n_star = None if is_baseline else n_star_of(group, baselines)
     tokens = break_even_ratio(
         repeats_interval(group, "bill_j", "bill_error_j"),
         repeats_interval(group, "ept_teacher_j_per_token", "ept_teacher_error_j_per_token"),
@@ -195,9 +258,8 @@ def derived_figures(trials: pd.DataFrame) -> pd.DataFrame:
     keys = configuration_keys(trials)
     finished = trials["status"] == "finished"
     base = _baseline_mask(trials)
-    baseline = repeats_interval(trials[finished & base], "student_training_j",
-                                "student_training_error_j")
-    figures = {key: configuration_figures(g, baseline, bool(base[g.index].all()))
+    baselines = trials[finished & base]
+    figures = {key: configuration_figures(g, baselines, bool(base[g.index].all()))
                for key, g in trials[finished].groupby(keys[finished], sort=False)}
     empty = {**_ratio_fields("n_star", None), **_ratio_fields("break_even_tokens", None)}
     counts = keys[finished].value_counts()

@@ -105,6 +105,13 @@ def test_seed_metrics_and_scores(first_run):
         assert 0.0 <= main_trial["scores"][key] <= 1.0
     assert main_trial["EPT_inference_teacher"] > 0 and main_trial["EPT_inference_student"] > 0
     assert (root / "first" / "config.yaml").exists()
+    # both students wrote their in-training dev checks; N* at equal quality beside equal steps
+    for trial in ("tiny", "tiny-baseline"):
+        lines = [json.loads(x) for x in
+                 (root / "first" / "students" / trial / "progress.jsonl").read_text().splitlines()]
+        assert [x for x in lines if x["step"] > 0 and x["quality"] is not None]
+    assert main_trial["N_star_equal_quality_verdict"] is not None
+    assert 0.0 <= main_trial["q_star"] <= 1.0
 
 
 def test_dev_scores_beside_test_scores_on_other_rows(first_run):

@@ -44,7 +44,7 @@ def _trials(**extra) -> pd.DataFrame:
         "teacher_share": [0.0, 0.6, 0.3, 0.0],
         "teacher_j_per_generated_token": [math.nan, 0.5, 0.1, math.nan],
         "teacher_error_j_per_generated_token": [math.nan, 0.025, 0.01, math.nan],
-        "student_training_j": [200.0, 150.0, 250.0, 220.0],
+        "student_training_j": [209.0, 150.0, 250.0, 211.0],
         "student_training_error_j": [1.0, 1.0, 1.0, 1.0], **extra})
 
 
@@ -60,13 +60,14 @@ def test_n_star_against_the_mean_baseline_and_never_when_not_cheaper():
 
 def test_n_star_bounds_from_the_baseline_spread_and_the_stated_errors():
     d = derived_figures(_trials())
-    # baseline 210 J: stated 1 J and the standard error of (200, 220), 10 J, in quadrature
-    base_err = math.hypot(1.0, 10.0)
+    # baseline 210 J: stated 1 J and the 95% t-interval of the mean of (209, 211): t(1 dof)
+    # 12.706 × its standard error, 1 J, in quadrature
+    base_err = math.hypot(1.0, 12.7062)
     saved_low, saved_high = 60.0 - (base_err + 1.0), 60.0 + (base_err + 1.0)
     assert d["n_star_verdict"][1] == "distinguishable"
     assert d["n_star_low"][1] == pytest.approx(297.0 / saved_high)
     assert d["n_star_high"][1] == pytest.approx(303.0 / saved_low)
-    assert d["n_star_verdict"][2] == "never"  # 40 J dearer, clear of its 12 J error
+    assert d["n_star_verdict"][2] == "never"  # 40 J dearer, clear of its 13.7 J error
     assert d["n_star_verdict"][0] is None  # a baseline has no N*
     assert list(d["repeats"]) == [1, 1, 1, 1]
 
@@ -76,9 +77,9 @@ def test_engine_rule_compares_taught_trials_per_engine():
     t["n_star"] = n_star_column(t)
     (rule, comparison) = engine_rules(t)
     assert "hf: teacher side 300.0 J ± 3.0 J (60% of the trial), 0.5 J ± 0.025 J per " \
-        "generated token, N* 5 (4.18–6.19)" in rule
+        "generated token, N* 5 (4.03–6.55)" in rule
     assert "vllm: teacher side 100.0 J ± 1.0 J (30% of the trial), 0.1 J ± 0.01 J per " \
-        "generated token, N* never" in rule
+        "generated token, N* never (saving -40.0 J ± 13.7 J, 95%)" in rule
     # 0.1 ± 0.01 J is clear of 0.5 ± 0.025 J: the comparison is stated
     assert comparison.startswith("Teacher engine vllm uses less energy per generated token "
                                  "than hf")
