@@ -48,9 +48,10 @@ class TrialOutcome:
 
 def _dev_path(data: DataSplits) -> str | None:
     """The dev split's file, None when the splits have no dev rows (no dev scores then)."""
-    if "dev" not in data.paths or not data.counts.get("dev", 1):
+    paths = getattr(data, "paths", data)  # DataSplits, or a plain {split: path} mapping
+    if "dev" not in paths or not getattr(data, "counts", {}).get("dev", 1):
         return None
-    return str(data["dev"])
+    return str(paths["dev"])
 
 
 def _deepspeed_ops_built() -> bool:
