@@ -111,3 +111,77 @@ def ledger_energy_to(state, rows: list) -> Callable[[float], float]:
                 total += tl.between("energy", a, b) * r.share
         return total
     return energy_to
+
+
+# ---- sweeps: per configuration, against the sweep's `method: none` trials -------------------
+
+def curve_json(curve: list[dict]) -> str:
+    """A trial's dev curve as the trials table stores it: [[step, steps, quality, n, J], ...]."""
+    return json.dumps([[p["step"], p["steps"], p["quality"], p.get("n"), p["spent_j"]]
+                       for p in curve])
+
+
+def curve_of(text: object) -> list[dict]:
+    """The trials table's `dev_curve` back as curve points; [] where there is none."""
+    if not isinstance(text, str) or not text:
+        return []
+    return [{"step": s, "steps": n_steps, "quality": q, "n": n, "spent_j": j}
+            for s, n_steps, q, n, j in json.loads(text)]
+
+
+def sweep_equal_quality(curves: list[list[dict]], training: Figure | None,
+                        side: Figure | None, baselines: list[tuple[list[dict], Figure]],
+                        equal_steps: Ratio | None) -> dict:
+    """N* at equal quality of one sweep configuration: q* = the mean final dev check of its
+    repeats (`curves`), E_baseline(q*) = the mean over the sweep's `method: none` trials
+    (taken as repeats of one baseline, as the equal-steps N* takes them) of the energy each
+    spent to first reach q*, each with its own training figure (`baselines`: (curve, whole
+    training Figure)). Where any baseline never reaches q*, its mean is not known: the verdict
+    says so. Fields as `equal_quality_fields`, `n_star_equal_quality*` named for the table."""
+    finals = [c[-1] for c in curves if c]
+    if not finals or training is None or side is None or not baselines:
+        return _sweep_fields(None)
+    q_star = sum(float(p["quality"]) for p in finals) / len(finals)
+    matched = [energy_at_quality(curve, q_star, whole) for curve, whole in baselines]
+    if all(m["reached"] for m in matched):
+        from raydistill.intervals import mean_of_figures
+
+        fig = mean_of_figures([m["figure"] for m in matched])
+        merged = {"reached": True, "figure": fig, "energy_j": fig.value, "error_j": fig.error,
+                  "step": max(m["step"] for m in matched),
+                  "steps": max(m["steps"] for m in matched)}
+    else:
+        merged = {"reached": False}
+    fields = equal_quality_fields(side, training, merged, q_star, finals[0].get("n"),
+                                  equal_steps)
+    return _sweep_fields(fields)
+
+
+SWEEP_COLUMNS = ("n_star_equal_quality", "n_star_equal_quality_low",
+                 "n_star_equal_quality_high", "n_star_equal_quality_verdict", "q_star",
+                 "baseline_energy_at_q_star_j", "baseline_energy_at_q_star_error_j")
+
+
+def _sweep_fields(fields: dict | None) -> dict:
+    if fields is None:
+        return dict.fromkeys(SWEEP_COLUMNS)
+    return {"n_star_equal_quality": fields["N_star_equal_quality"],
+            "n_star_equal_quality_low": fields["N_star_equal_quality_low"],
+            "n_star_equal_quality_high": fields["N_star_equal_quality_high"],
+            "n_star_equal_quality_verdict": fields["N_star_equal_quality_verdict"],
+            "q_star": fields["q_star"],
+            "baseline_energy_at_q_star_j": fields["baseline_energy_at_q_star_j"],
+            "baseline_energy_at_q_star_error_j": fields["baseline_energy_at_q_star_error_j"]}
+
+
+def dev_curves(run_dir: Path, ledger_trials: list[str], state) -> dict[str, str]:
+    """{ledger trial: `curve_json`} for the trials whose student wrote dev checks
+    (students/<trial>/progress.jsonl), each check with the training energy the ledger (`state`,
+    a LedgerState) measured up to it."""
+    out = {}
+    for trial in ledger_trials:
+        lines = progress_lines(Path(run_dir) / "students" / trial / "progress.jsonl")
+        rows = [r for r in state.trial_rows(trial) if r.stage == "student_training"]
+        if lines and rows:
+            out[trial] = curve_json(training_curve(lines, ledger_energy_to(state, rows)))
+    return out

@@ -276,7 +276,8 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
     teacher_scores = teacher_scores or scores
     om = {}
     for key, value in scores.items():
-        if key.startswith("student_"):
+        # a quality ratio only: an extraction failure rate is not a score to be matched
+        if key.startswith("student_") and not key.endswith("_extract_fail_rate"):
             ref = teacher_scores.get("teacher_" + key[len("student_"):])
             if ref:
                 om[key[len("student_"):]] = value / ref

@@ -202,6 +202,14 @@ def _n_star_text(m: dict) -> str:
                            m["N_star_high"], den))
 
 
+def _scores_text(scores: dict, split: str) -> str:
+    """'test (300 rows): student_quick_acc 0.870, ...': the row count said once, not as a
+    score."""
+    rows = scores.get("quick_acc_rows")
+    named = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "quick_acc_rows")
+    return f"{split}{f' ({rows:.0f} rows)' if rows else ''}: {named}"
+
+
 def summary(result: RunResult) -> str:
     cols = ["trial_id", "stage", "energy_j", "load_j", "duration_s", "tokens", "tokens_per_s",
             "j_per_token", "generated_tokens", "j_per_generated_token", "energy_method",
@@ -214,12 +222,14 @@ def summary(result: RunResult) -> str:
     lines = [shown.to_string(index=False) if len(shown) else "(no windows)", ""]
     for m in result.metrics:
         om = ", ".join(f"{k} {v:.2f}" for k, v in m["OM_perf"].items())
-        sc = ", ".join(f"{k} {v:.3f}" for k, v in m["scores"].items())
+        sc = _scores_text(m.get("scores") or {}, "test")
+        if m.get("dev_scores"):
+            sc += f"; {_scores_text(m['dev_scores'], 'dev')}"
         n_star = _n_star_text(m)
         eff = "n/a" if m["Eff_overall"] is None else f"{m['Eff_overall']:.2f}"
         share = "n/a" if m["teacher_share"] is None else f"{m['teacher_share']:.1%}"
         lines += [f"[{m['trial_id']}] E_run {m['E_run_j']:,.1f} J (teacher side {share}); "
-                  f"scores: {sc}", f"    OM_perf: {om or 'n/a'}; Eff_overall {eff}; "
+                  f"scores {sc}", f"    OM_perf: {om or 'n/a'}; Eff_overall {eff}; "
                   f"N* (equal steps) {n_star}"]
         if m.get("N_star_equal_quality_verdict") is not None:
             lines.append(f"    N* (equal quality) {_n_star_eq_text(m)}")

@@ -162,8 +162,50 @@ def payback_rules(data: ReportData) -> list[str]:
         label = _label(group, params if data.kind == "sweep" else [])
         if not group.index.isin(base.index).any():
             rules.extend(_n_star_rule(label, group, base))
+            rules.extend(_equal_quality_rule(label, _equal_quality_fields(data, group)))
         rules.extend(_break_even_rule(label, group))
     return rules
+
+
+def _equal_quality_fields(data: ReportData, group: pd.DataFrame) -> dict:
+    """N* at equal quality of a configuration: the sweep table's columns, or a run's
+    metrics.json fields (`N_star_equal_quality*`) under the same names."""
+    if data.kind == "sweep":
+        row = group.iloc[0]
+        return {k: row.get(k) for k in ("n_star_equal_quality", "n_star_equal_quality_low",
+                                        "n_star_equal_quality_high",
+                                        "n_star_equal_quality_verdict", "q_star",
+                                        "baseline_energy_at_q_star_j",
+                                        "baseline_energy_at_q_star_error_j")}
+    m = next((m for m in data.metrics if m.get("trial_id") in set(group["trial_id"])), {})
+    return {"n_star_equal_quality": m.get("N_star_equal_quality"),
+            "n_star_equal_quality_low": m.get("N_star_equal_quality_low"),
+            "n_star_equal_quality_high": m.get("N_star_equal_quality_high"),
+            "n_star_equal_quality_verdict": m.get("N_star_equal_quality_verdict"),
+            "q_star": m.get("q_star"),
+            "baseline_energy_at_q_star_j": m.get("baseline_energy_at_q_star_j"),
+            "baseline_energy_at_q_star_error_j": m.get("baseline_energy_at_q_star_error_j")}
+
+
+def _equal_quality_rule(label: str, f: dict) -> list[str]:
+    """N* against the baseline's energy to reach this student's dev quality (not its steps)."""
+    verdict, q = f.get("n_star_equal_quality_verdict"), f.get("q_star")
+    if not isinstance(verdict, str) or q is None or q != q:
+        return []
+    where = f"dev quality {q:.3f}"
+    if verdict == DISTINGUISHABLE:
+        ratio = fmt_ratio(Ratio(verdict, f["n_star_equal_quality"],
+                                f["n_star_equal_quality_low"], f["n_star_equal_quality_high"]))
+        matched = fmt_interval(Interval(f["baseline_energy_at_q_star_j"],
+                                        f["baseline_energy_at_q_star_error_j"]))
+        return [f"{label} At equal quality ({where}, which the baseline reached after "
+                f"{matched} of training) the teacher side pays back after N* = {ratio} reuses "
+                f"(95%)."]
+    if verdict == NEVER:
+        return [f"{label} At equal quality ({where}) distillation never breaks even: the "
+                f"baseline reaches that quality for less training energy than the distilled "
+                f"student spent."]
+    return [f"{label} N* at equal quality ({where}): {verdict}."]
 
 
 def _label(group: pd.DataFrame, params: list[str]) -> str:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from raydistill.energy.accuracy import UNKNOWN_RELATIVE_ERROR, relative_error
 from raydistill.energy.meters import has_meters, parts_of
+from raydistill.equal_quality import SWEEP_COLUMNS, curve_of, sweep_equal_quality
 from raydistill.intervals import (
     Figure,
     Interval,
@@ -175,7 +176,7 @@ def n_star_of(group: pd.DataFrame, baselines: pd.DataFrame) -> Ratio | None:
 # only where the figure is distinguishable; the verdict says why not otherwise.
 DERIVED_COLUMNS = ("repeats", "n_star", "n_star_low", "n_star_high", "n_star_verdict",
                    "break_even_tokens", "break_even_tokens_low", "break_even_tokens_high",
-                   "break_even_tokens_verdict")
+                   "break_even_tokens_verdict", *SWEEP_COLUMNS)
 
 
 def configuration_keys(trials: pd.DataFrame) -> pd.Series:
@@ -244,11 +245,30 @@ def configuration_figures(group: pd.DataFrame, baselines: pd.DataFrame,
                           is_baseline: bool) -> dict:
     """N* and the break-even tokens of one configuration, from its finished repeats."""
     n_star = None if is_baseline else n_star_of(group, baselines)
+    equal = dict.fromkeys(SWEEP_COLUMNS) if is_baseline else _equal_quality(group, baselines,
+                                                                            n_star)
     tokens = break_even_ratio(
         repeats_interval(group, "bill_j", "bill_error_j"),
         repeats_interval(group, "ept_teacher_j_per_token", "ept_teacher_error_j_per_token"),
         repeats_interval(group, "ept_student_j_per_token", "ept_student_error_j_per_token"))
-    return {**_ratio_fields("n_star", n_star), **_ratio_fields("break_even_tokens", tokens)}
+    return {**_ratio_fields("n_star", n_star), **_ratio_fields("break_even_tokens", tokens),
+            **equal}
+
+
+def _equal_quality(group: pd.DataFrame, baselines: pd.DataFrame, equal_steps: Ratio | None
+                   ) -> dict:
+    """N* at equal quality (raydistill.equal_quality) from the trials' `dev_curve` column: the
+    baselines' training energy up to the dev check that first reaches this configuration's
+    final dev check; empty where the table has no curves or meters (older sweeps)."""
+    if "dev_curve" not in group.columns or not len(baselines):
+        return dict.fromkeys(SWEEP_COLUMNS)
+    curves = [curve_of(c) for c in group["dev_curve"]]
+    bases = [(curve_of(row["dev_curve"]), repeats_figure(baselines.loc[[i]], "student_training"))
+             for i, row in baselines.iterrows()]
+    if any(fig is None or not curve for curve, fig in bases):
+        return dict.fromkeys(SWEEP_COLUMNS)
+    return sweep_equal_quality(curves, repeats_figure(group, "student_training"),
+                               repeats_figure(group, "teacher_side"), bases, equal_steps)
 
 
 def derived_figures(trials: pd.DataFrame) -> pd.DataFrame:
@@ -261,7 +281,8 @@ def derived_figures(trials: pd.DataFrame) -> pd.DataFrame:
     baselines = trials[finished & base]
     figures = {key: configuration_figures(g, baselines, bool(base[g.index].all()))
                for key, g in trials[finished].groupby(keys[finished], sort=False)}
-    empty = {**_ratio_fields("n_star", None), **_ratio_fields("break_even_tokens", None)}
+    empty = {**_ratio_fields("n_star", None), **_ratio_fields("break_even_tokens", None),
+             **dict.fromkeys(SWEEP_COLUMNS)}
     counts = keys[finished].value_counts()
     rows = [{"repeats": int(counts.get(k, 0)), **(figures.get(k, empty) if done else empty)}
             for k, done in zip(keys, finished, strict=True)]

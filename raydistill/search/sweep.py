@@ -190,7 +190,8 @@ def _write_outputs(run_dir: Path, space, base, grid, rows: list[dict], control: 
                         "config": dict(r.config or {}),
                         "error": repr(r.error) if r.error else None})
     control = {**control, "energy_view": space.objective.energy}
-    trials = trials_table(results, table, control, _artifact_costs(run_dir / "artifacts"))
+    trials = trials_table(results, table, control, _artifact_costs(run_dir / "artifacts"),
+                          _dev_curves(run_dir, results))
     pareto = pareto_table(trials, [p.name for p in space.params])
     summary = sweep_summary(space, trials, pareto, table, control, budget, wall_s)
     summary["forecast_score"] = score_forecasts(control.get("forecasts", {}))
@@ -203,6 +204,22 @@ def _write_outputs(run_dir: Path, space, base, grid, rows: list[dict], control: 
     summary["pareto_table"] = pareto
     summary["run_dir"] = str(run_dir)
     return summary
+
+
+def _dev_curves(run_dir: Path, results: list[dict]) -> dict[str, str]:
+    """Each trial's dev checks with the training energy up to each (N* at equal quality),
+    from the ledger on disk; {} where it cannot be read (a damaged log: no curves, no figure)."""
+    from raydistill.equal_quality import dev_curves
+    from raydistill.results import load_ledger
+
+    attempts = [r["metrics"].get("ledger_trial") for r in results]
+    try:
+        state, _ = load_ledger(run_dir)
+    except (OSError, ValueError) as exc:
+        log.warning("no dev curves for N* at equal quality: the ledger could not be read (%s)",
+                    exc)
+        return {}
+    return dev_curves(run_dir, [a for a in attempts if a], state)
 
 
 def _artifact_costs(root: Path) -> dict[str, dict]:

@@ -80,8 +80,12 @@ def amortized_j(ledger_trial: str, own: dict[str, float], artifacts: dict[str, d
 
 
 def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
-                 artifacts: dict[str, dict] | None = None) -> pd.DataFrame:
+                 artifacts: dict[str, dict] | None = None,
+                 curves: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per trial. `curves`: {ledger trial: its dev curve} (raydistill.equal_quality
+    `dev_curves`), which N* at equal quality reads."""
     artifacts = artifacts or {}
+    curves = curves or {}
     energy = attempt_energy(table)
     forecasts = control.get("forecasts", {})
     consumers = control.get("consumers", {})
@@ -122,6 +126,7 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
                "forecast_error": fc.get("before_error"),
                "forecast_profile_error": fc.get("profile_error"),
                "wasted_j": wasted, "error": res.get("error"),
+               "dev_curve": curves.get(final_attempt or ""),
                **teacher_figures(table, final_attempt, marginal + reused, own, kept, reused),
                **error_figures(table, final_attempt, own, kept, reused,
                                artifacts, _reused_keys(trial, attempts, artifacts, consumers))}

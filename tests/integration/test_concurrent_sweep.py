@@ -42,6 +42,9 @@ def concurrent_sweep(tmp_path_factory):
                          "teacher.steps": 5, "student.steps": 12,
                          "data.splits.train": 150, "data.splits.test": 40,
                          "evaluation.limit": 20, "evaluation.inference_prompts": 10})
+    # the concurrency under test, not learning: four seconds-scale KD trials
+    smoke["params"] = {"distill.method": {"grid": ["sft", "logit"]},
+                       "distill.temperature": {"grid": [1.0, 2.0]}}
     smoke["search"] = {"algorithm": "grid", "max_concurrent": 4}
     smoke["scheduler"] = {"kind": "fifo"}
     smoke["budget"] = {"total_kwh": TOTAL_KWH, "prior_trial_kwh": PRIOR_KWH}

@@ -82,11 +82,35 @@ def test_pareto_csv_is_the_front_of_the_trials_table(resumed_sweep):
                                        ("max", "min"))]["trial_id"])
     pareto = pd.read_csv(out / "pareto.csv")
     assert set(pareto["trial_id"]) == front
-    assert {"param.distill.method", "param.distill.temperature"} <= set(pareto.columns)
+    assert {"param.distill.method", "param.student.steps"} <= set(pareto.columns)
     summary = json.loads((out / "sweep.json").read_text())
     hv = hypervolume_2d(pareto[["quality", "energy_j"]].to_numpy(), summary["reference"],
                         ("max", "min"))
     assert summary["hypervolume"] == pytest.approx(hv)
+
+
+def test_the_students_learn_and_the_front_is_chosen_on_dev_with_test_beside(resumed_sweep):
+    """The smoke sweep is sized so its students learn and differ: a wrong front (chosen on
+    test, or on nothing) would show here."""
+    out, _, _ = resumed_sweep
+    trials = pd.read_parquet(out / "trials.parquet")
+    done = trials[trials["status"] == "finished"]
+    assert (trials["quality_selected_on"] == "dev").all()
+    assert done["quality"].max() >= 0.2, "no student learned: the front would be noise"
+    assert done["quality"].nunique() >= 2 and done["quality_test"].nunique() >= 2
+    assert (done["quality_n"] == 64).all()  # the whole dev split
+    pareto = pd.read_csv(out / "pareto.csv")
+    assert {"quality_dev", "quality_test"} <= set(pareto.columns)
+    assert (pareto["quality_dev"] == pareto["quality"]).all()
+    # non-dominated on dev: no finished trial is at least as good and cheaper, or better and
+    # no dearer, than a member of the set
+    for p in pareto.itertuples():
+        better = done[(done["quality"] >= p.quality_dev) & (done["energy_j"] <= p.energy_j)
+                      & ((done["quality"] > p.quality_dev) | (done["energy_j"] < p.energy_j))]
+        assert better.empty, f"{p.trial_id} is dominated on dev by {list(better['trial_id'])}"
+    # the best dev trial is in the set (it cannot be dominated in quality)
+    assert done.loc[done["quality"].idxmax(), "trial_id"] in set(pareto["trial_id"])
+    assert json.loads((out / "sweep.json").read_text())["pareto_selected_on"] == "dev"
 
 
 def test_dry_run_forecasts_from_the_finished_sweep(resumed_sweep, capsys):

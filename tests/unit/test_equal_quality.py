@@ -118,3 +118,58 @@ def test_a_results_table_from_before_meters_gets_no_equal_quality_figure(tmp_pat
     metrics, _ = write_run_results(tmp_path, table, [_Outcome("kd"), _Outcome("kd-baseline")],
                                    0.0, equal_quality=True)
     assert "N_star_equal_quality" not in metrics[0]
+
+
+# ---- a sweep: the same figure per configuration, from the trials table's dev curves ---------
+
+
+def _sweep_trial(tid: str, method: str, training_j: float, side_j: float,
+                 curve: list[tuple[int, float, float]]) -> dict:
+    from raydistill.equal_quality import curve_json
+
+    meter = "n0:cpu:estimated"  # one estimate on one node: its bias cancels in a difference
+    return {"trial_id": tid, "status": "finished", "param.distill.method": method,
+            "quality": curve[-1][1], "teacher_side_j": side_j,
+            "teacher_side_bias_parts": json.dumps({meter: 0.5 * side_j} if side_j else {}),
+            "teacher_side_independent_j": 0.0, "teacher_side_error_j": 0.5 * side_j,
+            "student_training_j": training_j,
+            "student_training_bias_parts": json.dumps({meter: 0.5 * training_j}),
+            "student_training_independent_j": 0.0, "student_training_error_j": 0.5 * training_j,
+            "dev_curve": curve_json([{"step": s, "steps": 100, "quality": q, "n": 64,
+                                      "spent_j": e} for s, q, e in curve])}
+
+
+def test_a_sweep_matches_the_baseline_at_the_configurations_dev_quality():
+    from raydistill.search.derived import derived_figures
+
+    kd = _sweep_trial("kd", "logit", 60_000.0, 10_000.0, [(50, 0.3, 30_000.0),
+                                                            (100, 0.8, 60_000.0)])
+    base = _sweep_trial("base", "none", 100_000.0, 0.0,
+                        [(20, 0.5, 20_000.0), (40, 0.8, 40_000.0), (100, 0.9, 100_000.0)])
+    out = derived_figures(pd.DataFrame([kd, base])).iloc[0]
+    # equal steps: 40 kJ saved, N* 0.25; at equal quality the baseline is at 0.8 by step 40
+    # (between 20 and 40 kJ: 30 kJ ± 10 kJ), so distillation costs more: never
+    assert out["n_star_verdict"] == "distinguishable"
+    assert out["n_star"] == pytest.approx(0.25)
+    assert out["q_star"] == pytest.approx(0.8)
+    assert out["baseline_energy_at_q_star_j"] == pytest.approx(30_000.0)
+    assert out["n_star_equal_quality_verdict"] == "never"
+    slow = _sweep_trial("base", "none", 100_000.0, 0.0, [(50, 0.5, 50_000.0),
+                                                         (100, 0.7, 100_000.0)])
+    never = derived_figures(pd.DataFrame([kd, slow])).iloc[0]
+    assert never["n_star_equal_quality_verdict"] == NEVER_REACHES
+    # below the equal-steps N* (the saving at equal quality is larger than at equal steps)
+    assert never["n_star_equal_quality_high"] == pytest.approx(never["n_star_high"])
+
+
+def test_the_report_states_n_star_at_equal_quality_for_a_sweep_configuration():
+    from raydistill.report.rules import _equal_quality_rule
+    from raydistill.search.derived import derived_figures
+
+    kd = _sweep_trial("kd", "logit", 60_000.0, 10_000.0, [(100, 0.8, 60_000.0)])
+    base = _sweep_trial("base", "none", 100_000.0, 0.0, [(40, 0.8, 40_000.0),
+                                                         (100, 0.9, 100_000.0)])
+    row = derived_figures(pd.DataFrame([kd, base])).iloc[0].to_dict()
+    text = _equal_quality_rule("[kd]", row)[0]
+    assert "At equal quality (dev quality 0.800)" in text and "never breaks even" in text
+    assert _equal_quality_rule("[x]", {"n_star_equal_quality_verdict": None}) == []
