@@ -190,7 +190,7 @@ def false_stop_rate(book: Callable[[], RungBook], draws: int = 4000, n: int = DE
 
 def print_false_stops(draws: int = 4000) -> None:
     """The false-stop rate of the default scheduler next to the rule as it was (issue 28)."""
-    from raydistill.search.proportions import wilson
+    from raydistill.proportions import wilson
     from raydistill.search.space import SchedulerSettings
 
     s = SchedulerSettings()

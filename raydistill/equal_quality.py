@@ -11,8 +11,9 @@ crossing, so E_baseline(q*) is given as the middle of those two energies with ha
 distance as an independent 95% half-width, beside the baseline training's own stated error
 (its meters' biases scaled to the part of the training reached).
 
-What this does not cover: both dev checks are estimates on `n` rows (a binomial 95% interval
-of about ±0.12 at n = 64, accuracy 0.5), and q* is taken as measured.
+Both dev scores are estimates on `n` rows (a binomial 95% interval of about ±0.12 at n = 64,
+accuracy 0.5): where `n` is known, the interval spans every energy at which the baseline's
+curve crosses the qualities that cannot be told from q* (`quality_band`).
 """
 
 from __future__ import annotations
@@ -46,20 +47,50 @@ def training_curve(lines: list[dict], energy_to: Callable[[float], float]) -> li
     return [{**line, "spent_j": float(energy_to(float(line["t"])))} for line in lines]
 
 
-def energy_at_quality(curve: list[dict], q_star: float, whole: Figure) -> dict:
+def quality_band(q_star: float, n: int | None) -> tuple[float, float]:
+    """The dev qualities a crossing of q* cannot be told from: q* is an exact match on `n` dev
+    rows and each baseline check another, so their difference has about √2 × one Wilson 95%
+    half-width on each side. (q*, q*) where `n` is unknown."""
+    if not n or n <= 0 or not 0.0 <= q_star <= 1.0:
+        return q_star, q_star
+    from raydistill.proportions import wilson
+
+    lo, hi = wilson(q_star, n)
+    root2 = 2 ** 0.5
+    return max(0.0, q_star - root2 * (q_star - lo)), min(1.0, q_star + root2 * (hi - q_star))
+
+
+def _first_reaching(curve: list[dict], q: float) -> int | None:
+    return next((i for i, p in enumerate(curve) if p["quality"] >= q - 1e-12), None)
+
+
+def energy_at_quality(curve: list[dict], q_star: float, whole: Figure,
+                      n: int | None = None) -> dict:
     """E_baseline(q*) from the baseline's curve: {reached, step, steps, energy_j, error_j,
-    figure} where a check reached q*; {reached: False} where none did."""
-    for i, point in enumerate(curve):
-        if point["quality"] >= q_star - 1e-12:
-            hi = point["spent_j"]
-            lo = curve[i - 1]["spent_j"] if i else 0.0
-            value = 0.5 * (lo + hi)
-            scale = value / whole.value if whole.value > 0 else 0.0
-            fig = whole.scaled(scale) + Figure.of(0.0, independent_j=0.5 * abs(hi - lo))
-            return {"reached": True, "step": int(point["step"]), "steps": int(point["steps"]),
-                    "energy_j": fig.value, "error_j": fig.error, "figure": fig}
-    return {"reached": False, "step": None, "steps": None, "energy_j": None, "error_j": None,
-            "figure": None}
+    figure} where a check reached q*; {reached: False} where none did.
+
+    The value is the middle of the checks before and at the first crossing. Its independent
+    95% half-width covers the crossing's step granularity and, with `n` (dev rows of each
+    check), the sampling noise of both dev scores: every energy from the check before the first
+    crossing of the band's low end to the first crossing of its high end (`quality_band`; the
+    last check where the curve never reaches the high end, so that end is then a lower bound),
+    on top of the baseline training's own stated error, scaled to the part reached."""
+    i = _first_reaching(curve, q_star)
+    if i is None:
+        return {"reached": False, "step": None, "steps": None, "energy_j": None,
+                "error_j": None, "figure": None}
+    hi = curve[i]["spent_j"]
+    lo = curve[i - 1]["spent_j"] if i else 0.0
+    value = 0.5 * (lo + hi)
+    q_lo, q_hi = quality_band(q_star, n)
+    i_lo, i_hi = _first_reaching(curve, q_lo), _first_reaching(curve, q_hi)
+    band_lo = curve[i_lo - 1]["spent_j"] if i_lo else 0.0
+    band_hi = curve[i_hi]["spent_j"] if i_hi is not None else curve[-1]["spent_j"]
+    half = max(0.5 * abs(hi - lo), value - band_lo, band_hi - value)
+    scale = value / whole.value if whole.value > 0 else 0.0
+    fig = whole.scaled(scale) + Figure.of(0.0, independent_j=half)
+    return {"reached": True, "step": int(curve[i]["step"]), "steps": int(curve[i]["steps"]),
+            "energy_j": fig.value, "error_j": fig.error, "figure": fig}
 
 
 def equal_quality_fields(teacher: Figure, student: Figure, matched: dict, q_star: float | None,
@@ -130,31 +161,33 @@ def curve_of(text: object) -> list[dict]:
 
 
 def sweep_equal_quality(curves: list[list[dict]], training: Figure | None,
-                        side: Figure | None, baselines: list[tuple[list[dict], Figure]],
+                        side: Figure | None, baselines: list[list[tuple[list[dict], Figure]]],
                         equal_steps: Ratio | None) -> dict:
     """N* at equal quality of one sweep configuration: q* = the mean final dev check of its
-    repeats (`curves`), E_baseline(q*) = the mean over the sweep's `method: none` trials
-    (taken as repeats of one baseline, as the equal-steps N* takes them) of the energy each
-    spent to first reach q*, each with its own training figure (`baselines`: (curve, whole
-    training Figure)). Where any baseline never reaches q*, its mean is not known: the verdict
-    says so. Fields as `equal_quality_fields`, `n_star_equal_quality*` named for the table."""
+    repeats (`curves`); E_baseline(q*) = for each baseline configuration (`baselines`: its
+    repeats, each (dev curve, whole training Figure)), the mean over its repeats of the energy
+    each spent to first reach q*, and of those the cheapest: the baseline a practitioner would
+    have trained to that quality. A configuration some repeat of which never reaches q* is not
+    a candidate; where none is, the verdict says the baseline never reaches it. Fields as
+    `equal_quality_fields`, `n_star_equal_quality*` named for the table."""
+    from raydistill.intervals import mean_of_figures
+
     finals = [c[-1] for c in curves if c]
     if not finals or training is None or side is None or not baselines:
         return _sweep_fields(None)
     q_star = sum(float(p["quality"]) for p in finals) / len(finals)
-    matched = [energy_at_quality(curve, q_star, whole) for curve, whole in baselines]
-    if all(m["reached"] for m in matched):
-        from raydistill.intervals import mean_of_figures
-
+    n = finals[0].get("n")
+    best: dict = {"reached": False}
+    for repeats in baselines:
+        matched = [energy_at_quality(curve, q_star, whole, n) for curve, whole in repeats]
+        if not matched or not all(m["reached"] for m in matched):
+            continue
         fig = mean_of_figures([m["figure"] for m in matched])
-        merged = {"reached": True, "figure": fig, "energy_j": fig.value, "error_j": fig.error,
-                  "step": max(m["step"] for m in matched),
-                  "steps": max(m["steps"] for m in matched)}
-    else:
-        merged = {"reached": False}
-    fields = equal_quality_fields(side, training, merged, q_star, finals[0].get("n"),
-                                  equal_steps)
-    return _sweep_fields(fields)
+        if not best["reached"] or fig.value < best["energy_j"]:
+            best = {"reached": True, "figure": fig, "energy_j": fig.value,
+                    "error_j": fig.error, "step": max(m["step"] for m in matched),
+                    "steps": max(m["steps"] for m in matched)}
+    return _sweep_fields(equal_quality_fields(side, training, best, q_star, n, equal_steps))
 
 
 SWEEP_COLUMNS = ("n_star_equal_quality", "n_star_equal_quality_low",

@@ -157,7 +157,7 @@ def equal_quality_metrics(run_dir: Path, table: pd.DataFrame, main: str, baselin
         rows = [r for r in state.energy_rows()
                 if r.trial_id == baseline and r.stage == "student_training"]
         matched = energy_at_quality(training_curve(base, ledger_energy_to(state, rows)),
-                                    q_star, whole)
+                                    q_star, whole, q_n)
     steps = Ratio(main_metrics["N_star_verdict"], main_metrics["N_star"],
                   main_metrics["N_star_low"], main_metrics["N_star_high"]) \
         if main_metrics.get("N_star_verdict") else None

@@ -7,6 +7,10 @@ A ledger row's stated error (energy.accuracy.row_error_j) is split in two:
   `node:device:class` (the class of the row's worst measured method). One meter errs the same
   way in every figure it makes, so two figures of the same meter share this part
   (raydistill.intervals.Figure: it cancels in their difference and ratio);
+  A sensor's bias does not depend on the work it measures; a model's does (a TDP ×
+  utilisation estimate, AMD's modelled RAPL: its error depends on how the load uses the chip),
+  so a model's meter is keyed by the stage too (`node:device:class:stage`): two students'
+  training on one estimate share it, the teacher's generation and a student's training do not;
 - the *independent* rest: the edge term of a short window, power held over gaps, the bound on
   energy nobody measured. Rows' independent parts combine in quadrature.
 
@@ -28,10 +32,14 @@ METER_COLUMNS = ("meter", "bias_j", "bias_parts", "independent_j")
 _NOT_A_METER = frozenset({"interpolated", "unmeasured"})
 
 
+_WORKLOAD_DEPENDENT = frozenset({"estimated", "modelled", "unknown"})
+
+
 def row_meter(method: object, node_id: object, device_id: object, device_kind: object,
-              device_model: object) -> tuple[str, float]:
+              device_model: object, workload: object = "") -> tuple[str, float]:
     """(meter key, relative bias) of one row: the worst class among its measured methods (held
-    power and unmeasured time are no meter's bias; they stay independent)."""
+    power and unmeasured time are no meter's bias; they stay independent). A model's meter is
+    keyed by the row's `workload` (its stage) as well: its bias follows the load."""
     names = methods_of(method)
     measured = [m for m in names if m not in _NOT_A_METER]
     classes = [error_class(m, str(device_kind or ""), str(device_model or ""))
@@ -39,7 +47,10 @@ def row_meter(method: object, node_id: object, device_id: object, device_kind: o
     if not classes:  # only held or unmeasured energy: nothing of it is a meter's bias
         return f"{node_id}:{device_id}:none", 0.0
     worst = max(classes, key=lambda c: c.relative)
-    return f"{node_id}:{device_id}:{worst.name}", worst.relative
+    key = f"{node_id}:{device_id}:{worst.name}"
+    if worst.name in _WORKLOAD_DEPENDENT and workload:
+        key += f":{workload}"
+    return key, worst.relative
 
 
 def row_parts(frame: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +59,7 @@ def row_parts(frame: pd.DataFrame) -> pd.DataFrame:
     keys, bias, indep = [], [], []
     for r in frame.itertuples(index=False):
         key, rel = row_meter(r.method, r.node_id, r.device_id, r.device_kind,
-                             getattr(r, "device_model", ""))
+                             getattr(r, "device_model", ""), getattr(r, "stage", ""))
         stated = float(r.stated_error_j) if pd.notna(r.stated_error_j) else 0.0
         bound = r.unmeasured_max_j if pd.notna(r.unmeasured_max_j) else 0.0
         b = min(rel * abs(float(r.energy_j)), max(stated - max(float(bound), 0.0), 0.0))

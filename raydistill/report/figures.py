@@ -83,7 +83,8 @@ def pareto_frontier(data: ReportData):
         ax.scatter(k["energy_j"] / factor, k["quality"], s=160, facecolors="none",
                    edgecolors="black", label=f"knee {data.knee}")
     ax.set_xlabel(f"energy ({unit})")
-    ax.set_ylabel(f"quality ({data.quality_name})")
+    split = "dev" if len(data.trials) and "quality_test" in data.trials.columns else "test"
+    ax.set_ylabel(f"{split} quality ({data.quality_name})")
     ax.set_title(f"Energy–quality frontier; hypervolume {data.hypervolume:.4g} "
                  f"(ref. quality {data.reference[0]:g}, energy {fmt_energy_j(data.reference[1])})")
     ax.legend(fontsize=7)

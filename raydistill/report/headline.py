@@ -108,10 +108,14 @@ def _sweep_quality(data: ReportData) -> str:
     front = done[done["trial_id"].astype(str).isin(data.pareto_ids)].sort_values("energy_j")
     if not len(front):
         return "No trial finished: there is no Pareto set."
-    points = "; ".join(f"{r['trial_id']} {fmt_energy_j(r['energy_j'])}, {fmt_sig(r['quality'])}"
-                       for _, r in front.iterrows())
+    dev = "quality_test" in front.columns  # from issue 28 on: selected on dev, test beside
+    points = "; ".join(
+        f"{r['trial_id']} {fmt_energy_j(r['energy_j'])}, {fmt_sig(r['quality'])}"
+        + (f" (test {fmt_sig(r['quality_test'])})" if dev and pd.notna(r["quality_test"]) else "")
+        for _, r in front.iterrows())
     knee = f"; knee {data.knee}" if data.knee is not None else ""
-    return f"Pareto set (energy, {data.quality_name}): {points}{knee}."
+    split = "dev; test beside, which selected nothing" if dev else "test (an older sweep)"
+    return f"Pareto set (energy, {data.quality_name} on {split}): {points}{knee}."
 
 
 def _verdict(who: str, row: pd.Series) -> str:

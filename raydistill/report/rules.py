@@ -21,6 +21,7 @@ from raydistill.search.derived import (
     configuration_keys,
     derived_figures,
     error_figures,
+    matching_baselines,
     n_star_of,
     repeats_interval,
     rows_error_j,
@@ -219,7 +220,7 @@ def _label(group: pd.DataFrame, params: list[str]) -> str:
 def _n_star_rule(label: str, group: pd.DataFrame, base: pd.DataFrame) -> list[str]:
     """N* (equal steps) of one configuration in a sentence with its 95% intervals."""
     side = repeats_interval(group, "teacher_side_j", "teacher_side_error_j")
-    ratio = n_star_of(group, base)
+    ratio = n_star_of(group, matching_baselines(group, base))
     if ratio is None or side is None or ratio.denominator is None:
         return []
     saved = ratio.denominator  # one meter's common bias cancelled where the table says so
@@ -275,7 +276,7 @@ def engine_rules(done: pd.DataFrame) -> list[str]:
         side = repeats_interval(g, "teacher_side_j", "teacher_side_error_j")
         per_token = repeats_interval(g, "teacher_j_per_generated_token",
                                      "teacher_error_j_per_generated_token")
-        ratio = n_star_of(g, base) if len(base) else None
+        ratio = n_star_of(g, matching_baselines(g, base)) if len(base) else None
         n_text = ("no N*: no baseline trial" if ratio is None else f"N* {fmt_ratio(ratio)}")
         ept_text = "no J per generated token" if per_token is None else \
             f"{fmt_interval(per_token, 'J')} per generated token"
@@ -309,11 +310,18 @@ def definitions() -> list[tuple[str, str]]:
     return [
         ("N*", "N* = T ÷ (E_train,baseline − E_train,distilled): how many times the teacher's "
                "artifacts (generation + logit caching, energy T) must be reused before the "
-               "student training each reuse saves against the no-teacher baseline (mean of the "
-               "finished distill.method: none trials) has paid for them. Given as N* (low–high),"
-               " from the ends of the intervals of T and of the difference; 'not "
-               "distinguishable' when the difference's interval includes 0; 'never' when "
-               "distilled training is clearly dearer."),
+               "student training each reuse saves against the no-teacher baseline (the "
+               "finished distill.method: none trials trained like it, their repeats averaged) "
+               "has paid for them. Given as N* (low–high), a 95% interval: where the table "
+               "carries meters, by first-order propagation in log space with each meter's bias "
+               "shared (it cancels in the difference, and in the ratio where T was measured by "
+               "the same sensor; a model's bias is kept per stage), else from the ends of the "
+               "intervals of T and of the difference; 'not distinguishable' when the "
+               "difference's interval includes 0; 'never' when distilled training is clearly "
+               "dearer. At equal steps the baseline trained as many steps; at equal quality "
+               "its energy up to the dev check at which it first reaches the distilled "
+               "student's dev quality (the cheapest baseline configuration that does), with "
+               "the dev checks' sampling noise in the interval."),
         ("tokens*", "tokens* = B ÷ (EPT_teacher − EPT_student), B = teacher side + student "
                     "training + evaluation: the inference tokens served by the student instead "
                     "of the teacher that pay back the whole distillation bill. EPT is the "

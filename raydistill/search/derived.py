@@ -241,10 +241,32 @@ def _baseline_mask(trials: pd.DataFrame) -> pd.Series:
     return method == "none"
 
 
+# Parameters of the teacher side: a baseline (no teacher) is the same training without them.
+_TEACHER_SIDE = ("param.distill.", "param.generation.", "param.teacher.")
+
+
+def matching_baselines(group: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """The `method: none` trials trained like `group` (the same value of every parameter that is
+    not the teacher side's: steps, learning rate, batch...): the equal-steps comparison. A sweep
+    whose baselines differ in steps must not average them into one."""
+    # a run's trials carry their id as `param.trial` (report.rules.run_trials): not a setting
+    own = [c for c in group.columns if c.startswith("param.") and c != "param.trial"
+           and not c.startswith(_TEACHER_SIDE) and c in baselines.columns]
+    if not len(baselines) or not own:
+        return baselines
+    first = group.iloc[0]
+    same = pd.Series(True, index=baselines.index)
+    for c in own:
+        same &= baselines[c].astype(str) == str(first[c])
+    return baselines[same]
+
+
 def configuration_figures(group: pd.DataFrame, baselines: pd.DataFrame,
                           is_baseline: bool) -> dict:
-    """N* and the break-even tokens of one configuration, from its finished repeats."""
-    n_star = None if is_baseline else n_star_of(group, baselines)
+    """N* and the break-even tokens of one configuration, from its finished repeats: N* at
+    equal steps against the baselines trained like it, at equal quality against the cheapest
+    baseline configuration that reaches its dev quality."""
+    n_star = None if is_baseline else n_star_of(group, matching_baselines(group, baselines))
     equal = dict.fromkeys(SWEEP_COLUMNS) if is_baseline else _equal_quality(group, baselines,
                                                                             n_star)
     tokens = break_even_ratio(
@@ -263,12 +285,16 @@ def _equal_quality(group: pd.DataFrame, baselines: pd.DataFrame, equal_steps: Ra
     if "dev_curve" not in group.columns or not len(baselines):
         return dict.fromkeys(SWEEP_COLUMNS)
     curves = [curve_of(c) for c in group["dev_curve"]]
-    bases = [(curve_of(row["dev_curve"]), repeats_figure(baselines.loc[[i]], "student_training"))
-             for i, row in baselines.iterrows()]
-    if any(fig is None or not curve for curve, fig in bases):
-        return dict.fromkeys(SWEEP_COLUMNS)
+    configurations = []
+    for _, same in baselines.groupby(configuration_keys(baselines), sort=False):
+        bases = [(curve_of(row["dev_curve"]), repeats_figure(same.loc[[i]], "student_training"))
+                 for i, row in same.iterrows()]
+        if any(fig is None or not curve for curve, fig in bases):
+            return dict.fromkeys(SWEEP_COLUMNS)
+        configurations.append(bases)
     return sweep_equal_quality(curves, repeats_figure(group, "student_training"),
-                               repeats_figure(group, "teacher_side"), bases, equal_steps)
+                               repeats_figure(group, "teacher_side"), configurations,
+                               equal_steps)
 
 
 def derived_figures(trials: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Rung bookkeeping for the energy–Pareto scheduler (pure: raydistill.search.proportions only).
+"""Rung bookkeeping for the energy–Pareto scheduler (pure: raydistill.proportions only).
 
 At each rung (a fraction of student training, e.g. 0.3 and 0.6) every trial that reaches it
 records its dev quality so far (with `quality_n`, the dev rows it scored) and its energy so far
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from raydistill.errors import ConfigError
-from raydistill.search.proportions import newcombe_difference, one_sided
+from raydistill.proportions import newcombe_difference, one_sided
 
 CONTINUE, STOP = "continue", "stop"
 
@@ -56,6 +56,7 @@ class RungPoint(NamedTuple):
     quality_n: float | None = None  # dev rows the quality was scored on; None: not a proportion
     energy_error_j: float = 0.0  # stated error of energy_j (J)
     meter: str = ""  # node:device:method set; equal non-empty strings share their bias
+    energy_independent_j: float = 0.0  # the part of energy_error_j no other figure shares
 
 
 def is_proportion(p: RungPoint) -> bool:
@@ -81,7 +82,12 @@ def energy_not_worse(b: RungPoint, a: RungPoint, sense: str = "min",
     """B's energy is not worse than A's (given A's relative head start `margin`) beyond their
     stated errors: one meter's common bias cancels, different meters add in quadrature."""
     if b.meter and b.meter == a.meter:
-        tolerance = abs(b.energy_error_j - a.energy_error_j)
+        # the shared bias (error less its independent part) cancels but for the share the two
+        # figures differ by; independent parts (window edges, unmeasured bounds) add in
+        # quadrature
+        bias_b = max(b.energy_error_j - b.energy_independent_j, 0.0)
+        bias_a = max(a.energy_error_j - a.energy_independent_j, 0.0)
+        tolerance = math.hypot(bias_b - bias_a, a.energy_independent_j, b.energy_independent_j)
     else:
         tolerance = math.hypot(a.energy_error_j, b.energy_error_j)
     if sense == "min":
@@ -116,10 +122,11 @@ class RungBook:
 
     def record(self, trial_id: str, progress: float, quality: float, energy_j: float,
                quality_n: float | None = None, energy_error_j: float = 0.0,
-               meter: str = "") -> str:
+               meter: str = "", energy_independent_j: float = 0.0) -> str:
         """Feed one result; "stop" when the trial is beaten beyond noise at a rung it just
         reached."""
-        point = RungPoint(quality, energy_j, quality_n, energy_error_j, meter)
+        point = RungPoint(quality, energy_j, quality_n, energy_error_j, meter,
+                          min(energy_independent_j, energy_error_j))
         done = self.passed.get(trial_id, 0)
         action = CONTINUE
         while done < len(self.rungs) and progress >= self.rungs[done]:

@@ -45,7 +45,8 @@ class EnergyParetoScheduler(FIFOScheduler):
             trial.trial_id, float(progress), quality, energy,
             quality_n=None if n is None or not math.isfinite(float(n)) else float(n),
             energy_error_j=float(result.get("energy_error_j") or 0.0),
-            meter=str(result.get("meter") or ""))
+            meter=str(result.get("meter") or ""),
+            energy_independent_j=float(result.get("energy_independent_j") or 0.0))
         return TrialScheduler.STOP if action == STOP else TrialScheduler.CONTINUE
 
     def on_trial_error(self, tune_controller, trial) -> None:

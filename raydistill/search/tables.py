@@ -116,7 +116,7 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
                "quality": _finished(m, "quality", status),
                "quality_test": _finished(m, "quality_test", status),
                "quality_n": _finished(m, "quality_n", status),
-               "quality_selected_on": SELECTED_ON,
+               "quality_selected_on": _selected_on(m, status),
                "progress": float(m.get("progress", 0.0)),
                "energy_marginal_j": marginal, "energy_full_j": marginal + reused,
                "energy_amortized_j": amortized_j(final_attempt or "", own, artifacts,
@@ -142,6 +142,15 @@ def trials_table(results: list[dict], table: pd.DataFrame, control: dict,
         out["energy_j"] = out[f"energy_{view}_j"]
         out = pd.concat([out, derived_figures(out)], axis=1)
     return out
+
+
+def _selected_on(metrics: dict, status: str) -> str:
+    """Which split a finished trial's `quality` is: dev, except for a trial that finished under
+    the code before dev decided (a sweep resumed across versions): its final report has no dev
+    scores, and its `quality` is its test score."""
+    if status == "finished" and not any(k.startswith("dev_score.") for k in metrics):
+        return "test"
+    return SELECTED_ON
 
 
 def _finished(metrics: dict, key: str, status: str) -> float:
@@ -200,6 +209,14 @@ def reference_point(trials: pd.DataFrame) -> tuple[float, float]:
     return (0.0, 1.1 * e_max)
 
 
+def _pareto_selected_on(trials: pd.DataFrame) -> str:
+    """dev; 'dev and test' where some finished trials' quality is a test score (finished before
+    dev decided, in a sweep resumed across versions: the set mixes both, and says so)."""
+    done = trials[trials["status"] == "finished"] if len(trials) else trials
+    on = set(done.get("quality_selected_on", pd.Series(dtype=str)))
+    return "dev and test" if "test" in on else SELECTED_ON
+
+
 def sweep_summary(space, trials: pd.DataFrame, pareto: pd.DataFrame, table: pd.DataFrame,
                   control: dict, budget: dict, wall_s: float) -> dict:
     ref = reference_point(trials)
@@ -222,7 +239,7 @@ def sweep_summary(space, trials: pd.DataFrame, pareto: pd.DataFrame, table: pd.D
         "hypervolume": hv, "reference": list(ref),
         "knee_trial": None if knee is None else str(pareto.iloc[knee]["trial_id"]),
         "pareto_trials": pareto["trial_id"].tolist(),
-        "pareto_selected_on": SELECTED_ON,
+        "pareto_selected_on": _pareto_selected_on(trials),
         "forecast_profile_abs_error_max": max(errs) if errs else None,
         "refused_trials": control.get("refused", []),
         "wall_s": wall_s,

@@ -99,29 +99,40 @@ def energy_views(own: dict[str, float], reused_cost: dict[str, float],
     return {"marginal": marginal, "full": full, "amortized": amortized}
 
 
-def rung_error(rows: list[dict], reused: dict[str, dict]) -> tuple[float, str]:
-    """(stated error in J, meter) of the full view's energy: the trial's own ledger rows
-    (inference probes left out, as in its energy) plus each reused artifact at its build cost.
-    A reused artifact's error is its builder's `stated_error_j` where the manifest has it, else
-    the trial's own worst relative error times its cost. The meter names every
-    node:device:method that measured the trial's rows (sorted): equal meters share a bias."""
+def rung_error(rows: list[dict], reused: dict[str, dict]) -> tuple[float, str, float]:
+    """(stated error in J, meter, its independent part in J) of the full view's energy: the
+    trial's own ledger rows (inference probes left out, as in its energy) plus each reused
+    artifact at its build cost. A reused artifact's error is its builder's `stated_error_j`
+    where the manifest has it, else the trial's own worst relative error times its cost. The
+    meter names every node:device:method that measured the trial's rows (sorted): equal meters
+    share a bias. The independent part is what of each row's stated error is not its meter's
+    bias (energy.meters: window edges, held power, unmeasured bounds), in quadrature."""
+    from raydistill.energy.meters import row_meter
+
     own = [r for r in rows if not str(r.get("stage", "")).startswith("inference_")]
     error = sum(float(r.get("stated_error_j") or 0.0) for r in own)
     relative = max((float(r.get("stated_error_j") or 0.0) / float(r["energy_j"])
                     for r in own if float(r.get("energy_j") or 0.0) > 0), default=0.0)
+    independent_sq = 0.0
+    for r in own:
+        _, rel = row_meter(r.get("method"), r.get("node_id"), r.get("device_id"),
+                           r.get("device_kind"), r.get("device_model"))
+        stated = float(r.get("stated_error_j") or 0.0)
+        independent_sq += max(stated - rel * abs(float(r.get("energy_j") or 0.0)), 0.0) ** 2
     for built_by in reused.values():
         cost = float(built_by.get("energy_j") or 0.0)
         stated = built_by.get("stated_error_j")
         error += float(stated) if stated is not None else relative * cost
     meter = ",".join(sorted({f"{r.get('node_id')}:{r.get('device_id')}:{r.get('method')}"
                              for r in own}))
-    return error, meter
+    return error, meter, math.sqrt(independent_sq)
 
 
 def trial_metrics(progress: float, quality: float | None, views: dict[str, float],
                   energy_view: str, forecast_j: float | None, ledger_trial: str,
                   extra: dict | None = None, quality_n: float | None = None,
-                  energy_error_j: float = 0.0, meter: str = "") -> dict:
+                  energy_error_j: float = 0.0, meter: str = "",
+                  energy_independent_j: float = 0.0) -> dict:
     """One report to Tune: what the schedulers, the searcher and the stopper read.
     `quality` is a dev score (`quality_n` dev rows); `energy_j` is the objective's view (the
     searcher's and the Pareto set's); `energy_rung_j` is the full view the rungs compare, so
@@ -134,6 +145,7 @@ def trial_metrics(progress: float, quality: float | None, views: dict[str, float
             "quality_n": math.nan if quality_n is None else float(quality_n),
             "energy_j": energy, "energy_rung_j": views["full"],
             "energy_error_j": float(energy_error_j), "meter": meter,
+            "energy_independent_j": float(energy_independent_j),
             "quality_per_kj": q / (energy / 1e3) if energy > 0 else math.nan,
             "energy_marginal_j": views["marginal"], "energy_full_j": views["full"],
             "energy_amortized_j": views["amortized"], "forecast_j": forecast_j,
@@ -212,10 +224,10 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
                quality_n: float | None = None) -> dict:
         own = client.trial_energy(ledger_trial)
         views = energy_views(own, reused_cost, consumers, built)
-        error_j, meter = rung_error(client.trial_rows(ledger_trial), reused_by)
+        error_j, meter, independent_j = rung_error(client.trial_rows(ledger_trial), reused_by)
         metrics = trial_metrics(progress, quality, views, ctx.energy_view, forecast,
                                 ledger_trial, {**source, **(extra or {})}, quality_n,
-                                error_j, meter)
+                                error_j, meter, independent_j)
         tune.report(metrics)
         return metrics
 
@@ -279,7 +291,7 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
                                     line["t"], p)
             if reports_during_training(p):
                 # `n`: the dev rows the check scored (without it the rungs stop nobody)
-                report(p, line["quality"], quality_n=line.get("n"))
+                report(p, line["quality"], quality_n=line.get("n", line.get("dev_rows")))
         seen = len(lines)
     if "error" in done:
         raise done["error"]

@@ -95,8 +95,19 @@ def test_the_sweep_headline_gives_cost_teacher_share_front_and_payback(sweep_dir
     # 3,400 J in all; the teacher side is t1's teacher_generation: 200 J
     assert text.startswith("The sweep cost 3.40 kJ and ")
     assert "The teacher side (generation + logit caching) took 200 J, 5.88% of it." in text
-    assert "Pareto set (energy, student_quick_acc): t2 450 J, 0.600; t1 1.40 kJ, 0.900; " \
-           "knee t1." in text
+    # a sweep from before dev decided: its quality is the test score, and the headline says so
+    assert "Pareto set (energy, student_quick_acc on test (an older sweep)): t2 450 J, 0.600; " \
+           "t1 1.40 kJ, 0.900; knee t1." in text
+
+
+def test_the_sweep_headline_names_dev_and_gives_test_beside(tmp_path):
+    sweep_dir = make_sweep_dir(tmp_path)  # its own copy: the module's is shared
+    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    trials["quality_test"] = trials["quality"] - 0.1
+    trials.to_parquet(sweep_dir / "trials.parquet", index=False)
+    text = headline(load_report_data(sweep_dir))
+    assert "Pareto set (energy, student_quick_acc on dev; test beside, which selected nothing):" \
+           " t2 450 J, 0.600 (test 0.500); t1 1.40 kJ, 0.900 (test 0.800); knee t1." in text
     assert f"Payback: {NO_BASELINE}." in text
     assert "water not estimated" in text  # no WUE, and WORLD has no grid water intensity
     assert "embodied CO2e 0.121 g" in text  # GPU-hours: estimated

@@ -18,7 +18,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from raydistill.errors import ConfigError
 from raydistill.pareto import dominated_by_margin
-from raydistill.search.proportions import newcombe_difference, wilson
+from raydistill.proportions import newcombe_difference, wilson
 from raydistill.search.rungs import CONTINUE, STOP, RungBook
 from raydistill.search.scheduler import EnergyParetoScheduler
 from raydistill.search.space import SchedulerSettings, load_space
@@ -185,10 +185,28 @@ def test_rung_error_sums_own_rows_and_scales_reused_artifacts():
              "energy_j": 50.0, "stated_error_j": 2.5},
             {"stage": "inference_student", "node_id": "n9", "device_id": "x", "method": "m",
              "energy_j": 5.0, "stated_error_j": 5.0}]
-    error, meter = rung_error(rows, {"synthetic_data": {"energy_j": 40.0},
-                                     "logit_cache": {"energy_j": 10.0, "stated_error_j": 1.0}})
+    error, meter, independent = rung_error(
+        rows, {"synthetic_data": {"energy_j": 40.0},
+               "logit_cache": {"energy_j": 10.0, "stated_error_j": 1.0}})
     assert error == pytest.approx(20.0 + 2.5 + 0.2 * 40.0 + 1.0)
     assert meter == "n1:cpu:estimated,n1:gpu0:counter"
+    # the estimate's 20 J is within its class's 50% bias; nothing of the counter's 2.5 J is
+    # beyond its 5%: no independent part
+    assert independent == pytest.approx(0.0)
+    edge = [{**rows[1], "stated_error_j": 6.5}]  # 2.5 J bias + 4 J of window edges
+    assert rung_error(edge, {})[2] == pytest.approx(4.0)
+
+
+def test_same_meter_energies_keep_their_independent_errors():
+    """Two figures of one meter share its bias, not their window edges or unmeasured bounds."""
+    from raydistill.search.rungs import RungPoint, energy_not_worse
+
+    a = RungPoint(0.2, 100.0, 64, energy_error_j=55.0, meter="m", energy_independent_j=50.0)
+    b = RungPoint(0.8, 150.0, 64, energy_error_j=57.5, meter="m", energy_independent_j=50.0)
+    # B spent 50 J more, inside the two 50 J independent errors in quadrature (~71 J)
+    assert energy_not_worse(b, a)
+    assert not energy_not_worse(b._replace(energy_independent_j=0.0, energy_error_j=7.5),
+                                a._replace(energy_independent_j=0.0, energy_error_j=5.0))
 
 
 # ---- dev decides, test reports --------------------------------------------------------------
