@@ -385,6 +385,9 @@ def oracle_bound(grid: list[dict], first: int, target: float, ref: tuple[float, 
 def load_grid() -> list[dict]:
     """The recorded trials; `quality` is the dev score (what decides), `quality_test` beside."""
     grid = json.loads(DATA.read_text())["trials"]
+    if grid and "quality_dev" not in grid[0]:
+        raise SystemExit(f"{DATA} was recorded before dev and test were kept apart (issue 28): "
+                         f"run `python bench/bench_search.py --record` to record it again")
     grid = [t for t in grid if t["curve"] and t["quality_dev"] == t["quality_dev"]]
     return [{**t, "quality": t["quality_dev"]} for t in grid]
 
