@@ -198,8 +198,11 @@ def _n_star_text(m: dict) -> str:
         return "n/a (no baseline)"
     saving = m.get("N_star_saving_j")
     den = None if saving is None else Interval(saving, m["N_star_saving_error_j"])
-    return fmt_ratio(Ratio(m["N_star_verdict"], m["N_star"], m["N_star_low"],
+    text = fmt_ratio(Ratio(m["N_star_verdict"], m["N_star"], m["N_star_low"],
                            m["N_star_high"], den))
+    # one run of each student: the interval is the meters' stated error, not their spread
+    return text + (" (95%, stated error only: one run each)" if m["N_star"] is not None
+                   else "")
 
 
 def _scores_text(scores: dict, split: str) -> str:

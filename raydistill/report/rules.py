@@ -225,10 +225,12 @@ def _n_star_rule(label: str, group: pd.DataFrame, base: pd.DataFrame) -> list[st
         return []
     saved = ratio.denominator  # one meter's common bias cancelled where the table says so
     if ratio.known:
+        once = (" One run of each: their spread over repeats is not in this interval "
+                "(search.repeats >= 2 measures it)." if len(group) < 2 else "")
         return [f"{label} Caching and generating with the teacher pays back after N* = "
                 f"{fmt_ratio(ratio)} reuses of its artifacts (95%; teacher side "
                 f"{fmt_interval(side)}; student training {fmt_interval(saved)} cheaper than the "
-                f"no-teacher baseline at equal steps)."]
+                f"no-teacher baseline at equal steps).{once}"]
     if ratio.verdict == NEVER:
         dearer = Interval(-saved.value, saved.error)
         return [f"{label} Distillation never breaks even on energy against the no-teacher "
