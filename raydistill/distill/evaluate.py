@@ -25,28 +25,19 @@ from pathlib import Path
 
 import yaml
 
+from raydistill.data.format import AnswerScore
+
 log = logging.getLogger(__name__)
 
 TASK_NAME = "raydistill_test"
 
 
 @dataclass(frozen=True)
-class ExactMatch:
-    """Greedy exact match on some rows: the score, the tokens it generated, and how many
-    outputs the answer pattern could not read (each scored wrong)."""
+class ExactMatch(AnswerScore):
+    """Greedy exact match on some rows (`AnswerScore`: the score, how many outputs the answer
+    pattern could not read, each scored wrong) and the tokens it generated."""
 
-    correct: int
-    rows: int
-    generated_tokens: int
-    extract_failures: int
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / max(1, self.rows)
-
-    @property
-    def extract_fail_rate(self) -> float:
-        return self.extract_failures / max(1, self.rows)
+    generated_tokens: int = 0
 
     def scores(self, model: str, pattern: str) -> dict[str, float]:
         """The score keys of one model: `<model>_quick_acc`, `quick_acc_rows`, and
@@ -81,7 +72,8 @@ def exact_match(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
         _warn_once(f"{score.gold_unextracted} of {score.rows} gold responses do not match "
                    f"data.answer_pattern {pattern!r}: each is compared whole (stripped) with "
                    "the model's extracted answer")
-    return ExactMatch(score.correct, score.rows, generated, score.extract_failures)
+    return ExactMatch(score.correct, score.rows, score.extract_failures,
+                      score.gold_unextracted, generated)
 
 
 _WARNED: set[str] = set()

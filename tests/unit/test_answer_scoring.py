@@ -11,7 +11,6 @@ from raydistill.data.format import answer_of, gold_answer, score_answers
 from raydistill.distill import evaluate
 from raydistill.distill.evaluate import (
     TASK_NAME,
-    ExactMatch,
     exact_match,
     stop_strings,
     task_scores,
@@ -113,7 +112,8 @@ def test_exact_match_counts_extraction_failures_and_warns_once(monkeypatch, capl
                              stop=[0], pattern=GSM8K)
         exact_match(Model(), tok, rows, max_new_tokens=8, max_prompt_tokens=8, stop=[0],
                     pattern=GSM8K)
-    assert result == ExactMatch(correct=2, rows=3, generated_tokens=6, extract_failures=1)
+    assert (result.correct, result.rows, result.generated_tokens,
+            result.extract_failures) == (2, 3, 6, 1)
     assert result.scores("student", GSM8K) == {
         "student_quick_acc": 2 / 3, "quick_acc_rows": 3.0, "student_extract_fail_rate": 1 / 3}
     assert "student_extract_fail_rate" not in result.scores("student", "")
