@@ -72,43 +72,27 @@ def recorded_trials(run_dir: Path, method: str) -> list[dict]:
     final dev score (the last in-training check, on the whole dev split) and the test score."""
     import pandas as pd
 
+    from raydistill.equal_quality import ledger_energy_to, progress_lines, training_curve
     from raydistill.results import load_ledger
 
     trials = pd.read_parquet(run_dir / "trials.parquet")
     state, _ = load_ledger(run_dir)
-    rows = state.energy_rows()
     out = []
     for _, t in trials[trials["status"] == "finished"].iterrows():
-        mine = [r for r in rows if r.trial_id == t["ledger_trial"]]
+        # everything the trial ran up to each check but its evaluation, which comes after
+        rows = [r for r in state.trial_rows(t["ledger_trial"]) if r.stage != "evaluation"]
         reused = t["energy_full_j"] - t["energy_marginal_j"]
-        lines = [json.loads(x) for x in (run_dir / "students" / t["ledger_trial"] /
-                                         "progress.jsonl").read_text().splitlines()]
-        curve = []
-        for line in lines:
-            if line["step"] == 0:
-                continue
-            spent = reused + sum(
-                r.energy_j if r.t_end_s <= line["t"] else _partial_j(state, r, line["t"])
-                for r in mine if r.t_start_s <= line["t"] and r.stage != "evaluation")
-            curve.append([line["step"] / line["steps"], line["quality"], spent])
+        lines = progress_lines(run_dir / "students" / t["ledger_trial"] / "progress.jsonl")
+        curve = [[p["step"] / p["steps"], p["quality"], reused + p["spent_j"]]
+                 for p in training_curve(lines, ledger_energy_to(state, rows))]
         params = {c[len("param."):]: t[c] for c in trials.columns if c.startswith("param.")}
         params = {"distill.method": method, "distill.loss": params.get("distill.loss"),
                   **{k: v for k, v in params.items() if k != "distill.loss"}}
-        out.append({"params": params, "curve": curve,
-                    "dev_n": int(lines[-1].get("n") or lines[-1].get("dev_rows") or 0),
+        out.append({"params": params, "curve": curve, "dev_n": int(lines[-1]["n"] or 0),
                     "quality_dev": float(curve[-1][1]),
                     "quality_test": float(t["score.student_quick_acc"]),
                     "energy_j": float(t["energy_full_j"])})
     return out
-
-
-def _partial_j(state, row, t_wall_s: float) -> float:
-    """A row's share of its device's measured energy from its start to `t_wall_s` (wall clock,
-    as progress lines have it; converted to the node's timeline by its clock offsets)."""
-    tl = state.timeline(row.node_id, row.device_id)
-    a = state.to_timeline(row.node_id, row.t_start_s, None)
-    b = state.to_timeline(row.node_id, t_wall_s, None)
-    return tl.between("energy", a, b) * row.share
 
 
 def energy_at(trial: dict, progress: float) -> float:

@@ -174,7 +174,7 @@ def sweep_equal_quality(curves: list[list[dict]], training: Figure | None,
 
     finals = [c[-1] for c in curves if c]
     if not finals or training is None or side is None or not baselines:
-        return _sweep_fields(None)
+        return table_fields(None)
     q_star = sum(float(p["quality"]) for p in finals) / len(finals)
     n = finals[0].get("n")
     best: dict = {"reached": False}
@@ -187,7 +187,7 @@ def sweep_equal_quality(curves: list[list[dict]], training: Figure | None,
             best = {"reached": True, "figure": fig, "energy_j": fig.value,
                     "error_j": fig.error, "step": max(m["step"] for m in matched),
                     "steps": max(m["steps"] for m in matched)}
-    return _sweep_fields(equal_quality_fields(side, training, best, q_star, n, equal_steps))
+    return table_fields(equal_quality_fields(side, training, best, q_star, n, equal_steps))
 
 
 SWEEP_COLUMNS = ("n_star_equal_quality", "n_star_equal_quality_low",
@@ -195,16 +195,14 @@ SWEEP_COLUMNS = ("n_star_equal_quality", "n_star_equal_quality_low",
                  "baseline_energy_at_q_star_j", "baseline_energy_at_q_star_error_j")
 
 
-def _sweep_fields(fields: dict | None) -> dict:
-    if fields is None:
-        return dict.fromkeys(SWEEP_COLUMNS)
-    return {"n_star_equal_quality": fields["N_star_equal_quality"],
-            "n_star_equal_quality_low": fields["N_star_equal_quality_low"],
-            "n_star_equal_quality_high": fields["N_star_equal_quality_high"],
-            "n_star_equal_quality_verdict": fields["N_star_equal_quality_verdict"],
-            "q_star": fields["q_star"],
-            "baseline_energy_at_q_star_j": fields["baseline_energy_at_q_star_j"],
-            "baseline_energy_at_q_star_error_j": fields["baseline_energy_at_q_star_error_j"]}
+# metrics.json's name of each: N* fields start with a capital N there
+_METRICS_KEY = {c: "N" + c[1:] if c.startswith("n_star") else c for c in SWEEP_COLUMNS}
+
+
+def table_fields(fields: dict | None) -> dict:
+    """`equal_quality_fields` (or a run's metrics.json entry) under the trials table's names
+    (SWEEP_COLUMNS); all None for none."""
+    return {c: (fields or {}).get(k) for c, k in _METRICS_KEY.items()}
 
 
 def dev_curves(run_dir: Path, ledger_trials: list[str], state) -> dict[str, str]:

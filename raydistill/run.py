@@ -154,8 +154,7 @@ def equal_quality_metrics(run_dir: Path, table: pd.DataFrame, main: str, baselin
     matched: dict = {"reached": False}
     if q_star is not None:
         state = ledger if ledger is not None else load_ledger(run_dir)[0]
-        rows = [r for r in state.energy_rows()
-                if r.trial_id == baseline and r.stage == "student_training"]
+        rows = [r for r in state.trial_rows(baseline) if r.stage == "student_training"]
         matched = energy_at_quality(training_curve(base, ledger_energy_to(state, rows)),
                                     q_star, whole, q_n)
     steps = Ratio(main_metrics["N_star_verdict"], main_metrics["N_star"],

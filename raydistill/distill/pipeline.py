@@ -54,6 +54,17 @@ def _dev_path(data: DataSplits) -> str | None:
     return str(paths["dev"])
 
 
+def training_check(data, every: int, dev_n: int = 64) -> dict:
+    """What the student loop's in-training quality check reads (every `every` steps, exact match
+    on the first `dev_n` rows): the `dev` split, never `test`. Dev decides everything (a sweep's
+    rungs, budget stopper, searcher and Pareto set; N* at equal quality in a run); the test
+    score is measured once after training and reported beside."""
+    if Path(data["dev"]).resolve() == Path(data["test"]).resolve():
+        raise ValueError(f"the dev and test splits are one file ({data['dev']}): decisions "
+                         f"would be taken on the test set; give data a separate dev split")
+    return {"progress_every": every, "dev_path": str(data["dev"]), "dev_n": dev_n}
+
+
 def _deepspeed_ops_built() -> bool:
     """Whether this machine's torch extensions hold a DeepSpeed op already (the driver's
     view; the workers on other nodes may still build theirs)."""
@@ -381,15 +392,6 @@ class Pipeline:
         res = {"num_gpus": gpus} if self.use_gpu else {"num_cpus": 1}
         return {**res, "scheduling_strategy": "DEFAULT"}
 
-    def dev_check(self, data: DataSplits, dev_n: int = 64) -> dict:
-        """The student loop's in-training check for `raydistill run`: every tenth of training,
-        exact match on the first `dev_n` dev rows (progress.jsonl); never the test split."""
-        if Path(data["dev"]).resolve() == Path(data["test"]).resolve():
-            raise ValueError(f"the dev and test splits are one file ({data['dev']}): the dev "
-                             f"checks would read the test set; give data a separate dev split")
-        return {"progress_every": max(1, self.cfg.student.steps // 10),
-                "dev_path": str(data["dev"]), "dev_n": dev_n}
-
     # ---- a whole trial ---------------------------------------------------------------------
     def run_trial(self, trial_id: str, method: str | None = None) -> TrialOutcome:
         method = method or self.cfg.distill.method
@@ -406,8 +408,9 @@ class Pipeline:
             cache = side.get("logit_cache")
         # the in-training dev check, as a sweep's trials write it: N* at equal quality reads
         # both students' curves (raydistill.equal_quality)
-        path, outcome.train_metrics = self.student(trial_id, method, teacher, data_path, cache,
-                                                   self.dev_check(data))
+        path, outcome.train_metrics = self.student(
+            trial_id, method, teacher, data_path, cache,
+            training_check(data, max(1, self.cfg.student.steps // 10)))
         outcome.student_path = str(path)
         # the teacher is scored once per run, with the first trial; baselines score the student
         models = {"student": path} if method == "none" else {"teacher": teacher.location,

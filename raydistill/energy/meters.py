@@ -53,20 +53,30 @@ def row_meter(method: object, node_id: object, device_id: object, device_kind: o
     return key, worst.relative
 
 
+def split_error(row: dict) -> tuple[str, float, float]:
+    """(meter key, bias J, independent J) of one ledger row (an EnergyRow's fields): the bias
+    is its class's relative error × |energy|, never more than its stated error less its
+    unmeasured bound (which stays independent); the rest of the stated error is independent."""
+    key, rel = row_meter(row.get("method"), row.get("node_id"), row.get("device_id"),
+                         row.get("device_kind"), row.get("device_model") or "",
+                         row.get("stage") or "")
+    stated = _number(row.get("stated_error_j"))
+    bound = max(_number(row.get("unmeasured_max_j")), 0.0)
+    bias = min(rel * abs(_number(row.get("energy_j"))), max(stated - bound, 0.0))
+    return key, bias, max(stated - bias, 0.0)
+
+
+def _number(x: object) -> float:
+    """A float, 0 for a missing one (None, NaN)."""
+    return 0.0 if x is None or pd.isna(x) else float(x)
+
+
 def row_parts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each ledger row's meter key, bias (J) and independent part (J); `frame` as
-    results.energy_frame gives it (stated_error_j filled)."""
-    keys, bias, indep = [], [], []
-    for r in frame.itertuples(index=False):
-        key, rel = row_meter(r.method, r.node_id, r.device_id, r.device_kind,
-                             getattr(r, "device_model", ""), getattr(r, "stage", ""))
-        stated = float(r.stated_error_j) if pd.notna(r.stated_error_j) else 0.0
-        bound = r.unmeasured_max_j if pd.notna(r.unmeasured_max_j) else 0.0
-        b = min(rel * abs(float(r.energy_j)), max(stated - max(float(bound), 0.0), 0.0))
-        keys.append(key)
-        bias.append(b)
-        indep.append(max(stated - b, 0.0))
-    return frame.assign(meter=keys, bias_j=bias, independent_j=indep)
+    """Each ledger row's meter key, bias (J) and independent part (J) (`split_error`); `frame`
+    as results.energy_frame gives it (stated_error_j filled)."""
+    parts = [split_error(r) for r in frame.to_dict("records")]
+    return frame.assign(meter=[p[0] for p in parts], bias_j=[p[1] for p in parts],
+                        independent_j=[p[2] for p in parts])
 
 
 def meter_columns(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -46,6 +46,13 @@ class ReportData:
     kind_energy: dict = field(default_factory=dict)  # (trial, stage) -> {device kind: J}
 
 
+def selected_on(data: ReportData) -> str:
+    """The split whose scores selected a sweep's Pareto set: `pareto_selected_on` in
+    sweep.json ("dev", or "dev and test" for a sweep resumed across versions); a sweep written
+    before it was recorded selected on test."""
+    return str(data.summary.get("pareto_selected_on") or "test")
+
+
 def load_report_data(run_dir: str | Path) -> ReportData:
     d = Path(run_dir)
     if not (d / "results.parquet").is_file():

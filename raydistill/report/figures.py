@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from raydistill.report.data import ReportData, power_series, stage_spans
+from raydistill.report.data import ReportData, power_series, selected_on, stage_spans
 from raydistill.report.units import ENERGY_UNITS, fmt_energy_j, unit_for
 
 # One colour per stage, the same in every report, in pipeline order (the bars stack so);
@@ -83,8 +83,7 @@ def pareto_frontier(data: ReportData):
         ax.scatter(k["energy_j"] / factor, k["quality"], s=160, facecolors="none",
                    edgecolors="black", label=f"knee {data.knee}")
     ax.set_xlabel(f"energy ({unit})")
-    split = "dev" if len(data.trials) and "quality_test" in data.trials.columns else "test"
-    ax.set_ylabel(f"{split} quality ({data.quality_name})")
+    ax.set_ylabel(f"{selected_on(data)} quality ({data.quality_name})")
     ax.set_title(f"Energy–quality frontier; hypervolume {data.hypervolume:.4g} "
                  f"(ref. quality {data.reference[0]:g}, energy {fmt_energy_j(data.reference[1])})")
     ax.legend(fontsize=7)

@@ -23,6 +23,7 @@ from raydistill.report.data import (
     embodied_or_nan,
     om_key,
     om_perf,
+    selected_on,
     water_estimated,
 )
 from raydistill.report.rules import figure_text, payback_frame
@@ -108,13 +109,16 @@ def _sweep_quality(data: ReportData) -> str:
     front = done[done["trial_id"].astype(str).isin(data.pareto_ids)].sort_values("energy_j")
     if not len(front):
         return "No trial finished: there is no Pareto set."
-    dev = "quality_test" in front.columns  # from issue 28 on: selected on dev, test beside
+    on = selected_on(data)
+    beside = on != "test" and "quality_test" in front.columns  # test reported, never selecting
     points = "; ".join(
         f"{r['trial_id']} {fmt_energy_j(r['energy_j'])}, {fmt_sig(r['quality'])}"
-        + (f" (test {fmt_sig(r['quality_test'])})" if dev and pd.notna(r["quality_test"]) else "")
+        + (f" (test {fmt_sig(r['quality_test'])})" if beside and pd.notna(r["quality_test"])
+           else "")
         for _, r in front.iterrows())
     knee = f"; knee {data.knee}" if data.knee is not None else ""
-    split = "dev; test beside, which selected nothing" if dev else "test (an older sweep)"
+    split = {"dev": "dev; test beside, which selected nothing",
+             "test": "test (an older sweep)"}.get(on, f"{on} (a sweep resumed across versions)")
     return f"Pareto set (energy, {data.quality_name} on {split}): {points}{knee}."
 
 

@@ -24,6 +24,7 @@ from raydistill.report.data import (
     load_report_data,
     om_key,
     om_perf,
+    selected_on,
     water_estimated,
 )
 from raydistill.report.exports import emissions_frame, model_card_yaml
@@ -143,12 +144,6 @@ def _trials_display(data: ReportData) -> pd.DataFrame:
     on = selected_on(data)
     return display_frame(data.trials, {"quality": (f"{on} quality{name}", fmt_sig),
                                        "quality_test": (f"test quality{name}", fmt_sig)})
-
-
-def selected_on(data: ReportData) -> str:
-    """The split whose scores selected a sweep's Pareto set: `pareto_selected_on` in
-    sweep.json; a sweep written before it was recorded selected on test."""
-    return str(data.summary.get("pareto_selected_on") or "test")
 
 
 def _selection_note(data: ReportData) -> str:

@@ -14,6 +14,7 @@ import math
 import pandas as pd
 
 from raydistill.energy.accuracy import CLASSES
+from raydistill.equal_quality import SWEEP_COLUMNS, table_fields
 from raydistill.report.data import ReportData, baseline_ids
 from raydistill.search.derived import (
     DERIVED_COLUMNS,
@@ -173,19 +174,9 @@ def _equal_quality_fields(data: ReportData, group: pd.DataFrame) -> dict:
     metrics.json fields (`N_star_equal_quality*`) under the same names."""
     if data.kind == "sweep":
         row = group.iloc[0]
-        return {k: row.get(k) for k in ("n_star_equal_quality", "n_star_equal_quality_low",
-                                        "n_star_equal_quality_high",
-                                        "n_star_equal_quality_verdict", "q_star",
-                                        "baseline_energy_at_q_star_j",
-                                        "baseline_energy_at_q_star_error_j")}
-    m = next((m for m in data.metrics if m.get("trial_id") in set(group["trial_id"])), {})
-    return {"n_star_equal_quality": m.get("N_star_equal_quality"),
-            "n_star_equal_quality_low": m.get("N_star_equal_quality_low"),
-            "n_star_equal_quality_high": m.get("N_star_equal_quality_high"),
-            "n_star_equal_quality_verdict": m.get("N_star_equal_quality_verdict"),
-            "q_star": m.get("q_star"),
-            "baseline_energy_at_q_star_j": m.get("baseline_energy_at_q_star_j"),
-            "baseline_energy_at_q_star_error_j": m.get("baseline_energy_at_q_star_error_j")}
+        return {k: row.get(k) for k in SWEEP_COLUMNS}
+    ids = set(group["trial_id"])
+    return table_fields(next((m for m in data.metrics if m.get("trial_id") in ids), None))
 
 
 def _equal_quality_rule(label: str, f: dict) -> list[str]:

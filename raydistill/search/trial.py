@@ -27,6 +27,7 @@ from pathlib import Path
 
 import ray
 
+from raydistill.distill.pipeline import training_check  # the dev split, never test
 from raydistill.io import inside
 
 log = logging.getLogger(__name__)
@@ -107,18 +108,13 @@ def rung_error(rows: list[dict], reused: dict[str, dict]) -> tuple[float, str, f
     meter names every node:device:method that measured the trial's rows (sorted): equal meters
     share a bias. The independent part is what of each row's stated error is not its meter's
     bias (energy.meters: window edges, held power, unmeasured bounds), in quadrature."""
-    from raydistill.energy.meters import row_meter
+    from raydistill.energy.meters import split_error
 
     own = [r for r in rows if not str(r.get("stage", "")).startswith("inference_")]
     error = sum(float(r.get("stated_error_j") or 0.0) for r in own)
     relative = max((float(r.get("stated_error_j") or 0.0) / float(r["energy_j"])
                     for r in own if float(r.get("energy_j") or 0.0) > 0), default=0.0)
-    independent_sq = 0.0
-    for r in own:
-        _, rel = row_meter(r.get("method"), r.get("node_id"), r.get("device_id"),
-                           r.get("device_kind"), r.get("device_model"))
-        stated = float(r.get("stated_error_j") or 0.0)
-        independent_sq += max(stated - rel * abs(float(r.get("energy_j") or 0.0)), 0.0) ** 2
+    independent_sq = sum(split_error(r)[2] ** 2 for r in own)
     for built_by in reused.values():
         cost = float(built_by.get("energy_j") or 0.0)
         stated = built_by.get("stated_error_j")
@@ -166,16 +162,6 @@ def final_metrics(result: dict, quality_key: str) -> dict:
             "quality_test": float(test[quality_key]) if quality_key in test else math.nan,
             **{f"score.{k}": v for k, v in test.items()},
             **{f"dev_score.{k}": v for k, v in dev.items()}}
-
-
-def training_check(data: dict, every: int, dev_n: int = 64) -> dict:
-    """What the in-training quality check reads: the `dev` split, never `test`. Dev decides
-    everything (the rungs, the budget stopper, the searcher and the Pareto set, with the final
-    dev score); the test score is measured once after training and reported beside."""
-    if Path(data["dev"]).resolve() == Path(data["test"]).resolve():
-        raise ValueError(f"the dev and test splits are one file ({data['dev']}): decisions "
-                         f"would be taken on the test set")
-    return {"progress_every": every, "dev_path": str(data["dev"]), "dev_n": dev_n}
 
 
 def reports_during_training(progress: float) -> bool:

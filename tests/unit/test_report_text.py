@@ -105,6 +105,8 @@ def test_the_sweep_headline_names_dev_and_gives_test_beside(tmp_path):
     trials = pd.read_parquet(sweep_dir / "trials.parquet")
     trials["quality_test"] = trials["quality"] - 0.1
     trials.to_parquet(sweep_dir / "trials.parquet", index=False)
+    summary = json.loads((sweep_dir / "sweep.json").read_text())  # as a sweep writes it now
+    (sweep_dir / "sweep.json").write_text(json.dumps({**summary, "pareto_selected_on": "dev"}))
     text = headline(load_report_data(sweep_dir))
     assert "Pareto set (energy, student_quick_acc on dev; test beside, which selected nothing):" \
            " t2 450 J, 0.600 (test 0.500); t1 1.40 kJ, 0.900 (test 0.800); knee t1." in text
