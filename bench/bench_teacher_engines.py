@@ -494,7 +494,7 @@ def main() -> None:
     import torch
 
     from raydistill.distill.teacher import load_tokenizer
-    from raydistill.distill.teacher_vllm import INSTALL, vllm_version
+    from raydistill.engine_choice import INSTALL, vllm_version
 
     if vllm_version() is None:
         raise SystemExit(f"vLLM is not installed: {INSTALL}")

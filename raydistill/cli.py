@@ -196,7 +196,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out: the sweep directory to resume")
     out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    from raydistill.report.units import display_frame
+    from raydistill.units import display_frame
 
     with quiet(args.verbose) as console:
         summary = run_sweep(args.space, out, budget_kwh=args.budget_kwh,

@@ -168,7 +168,7 @@ class ModelConfig:
                               "a hub id is written org/name)")
         if self.model and self.tiny:
             raise ConfigError("give either model (hub id or path) or tiny (a config), not both")
-        from raydistill.local_models import check_name
+        from raydistill.local_names import check_name
 
         check_name(self.model)
 

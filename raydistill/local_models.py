@@ -5,7 +5,8 @@ local_models.make_local_models` builds (a scaled-down Qwen2 or Llama with random
 with `save_pretrained` next to a locally trained BPE tokenizer with its family's chat template).
 They are built once under the artifacts root and then loaded through `AutoModelForCausalLM` /
 `AutoTokenizer` from that path, exactly as a hub model is: the laptop and CI configs exercise
-the real-model path without a download.
+the real-model path without a download. The names themselves (and their check, which the config
+runs) are in `raydistill.local_names`, below the config.
 """
 
 from __future__ import annotations
@@ -14,23 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from raydistill.config import ExperimentConfig
-from raydistill.errors import ConfigError
-
-PREFIX = "local:"
-NAMES = ("qwen2-teacher", "qwen2-student", "llama-teacher", "llama-student",
-         "llama-other-vocab")
-# on the real Qwen2.5 tokenizer with hub row counts (raydistill.data.qwen_models.NAMES)
-QWEN_NAMES = ("qwen2.5-instruct-teacher", "qwen2.5-instruct-student", "qwen2.5-base-student")
-
-
-def is_local(model: str) -> bool:
-    return model.startswith(PREFIX)
-
-
-def check_name(model: str) -> None:
-    if is_local(model) and model[len(PREFIX):] not in NAMES + QWEN_NAMES:
-        raise ConfigError(f"model {model!r} unknown; local models: "
-                          f"{', '.join(PREFIX + n for n in NAMES + QWEN_NAMES)}")
+from raydistill.local_names import PREFIX, QWEN_NAMES, is_local
 
 
 def resolve_models(cfg: ExperimentConfig, root: Path) -> ExperimentConfig:

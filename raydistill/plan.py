@@ -138,10 +138,10 @@ def evaluation_gpus(cfg: ExperimentConfig) -> int:
 
 def planned_engine(requested: str, teacher: dict | None, on_gpu: bool,
                    choose: Any) -> tuple[str, str]:
-    """(engine, why) the cluster will use: `choose` (teacher_vllm.choose_engine) decides, but
+    """(engine, why) the cluster will use: `choose` (engine_choice.choose_engine) decides, but
     an explicit vllm is planned even where this machine lacks vLLM (a laptop plans a cluster
     run; the run itself refuses to start without it)."""
-    from raydistill.distill.teacher_vllm import INSTALL, vllm_version
+    from raydistill.engine_choice import INSTALL, vllm_version
 
     if requested == "vllm" and vllm_version() is None:
         return "vllm", f"vLLM (generation.engine: vllm; not installed here: the cluster needs " \
@@ -164,7 +164,7 @@ def dry_run(cfg: ExperimentConfig) -> tuple[str, bool]:
     lines += [f"teacher architecture: {t_from}", f"student architecture: {s_from}"]
     engine = "hf"
     if cfg.generation.engine != "hf":
-        from raydistill.distill.teacher_vllm import choose_engine
+        from raydistill.engine_choice import choose_engine
 
         # for the GPUs named in `hardware`, not this machine (as the memory plan)
         on_gpu = not cfg.hardware.gpu.lower().startswith("none")

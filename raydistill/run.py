@@ -41,7 +41,7 @@ def check_engine_installed(engine: str) -> None:
     """generation.engine vllm without vLLM: a one-line error that says how to install it."""
     if engine != "vllm":
         return
-    from raydistill.distill.teacher_vllm import INSTALL, vllm_version
+    from raydistill.engine_choice import INSTALL, vllm_version
 
     if vllm_version() is None:
         raise ConfigError(f"generation.engine vllm: vLLM is not installed; {INSTALL}")
@@ -217,7 +217,7 @@ def summary(result: RunResult) -> str:
             "j_per_token", "generated_tokens", "j_per_generated_token", "energy_method",
             "co2e_g"]
     cols = [c for c in cols if c in result.table.columns]
-    from raydistill.report.units import display_frame
+    from raydistill.units import display_frame
 
     # the report's units and three figures: "219 J", "0.204 mJ" per token, not "0.000"
     shown = display_frame(result.table[cols])

@@ -1,5 +1,6 @@
-"""Where a run runs: the batch scheduler's job (Slurm), and whether every node sees the run
-directory (a run on several nodes needs it on shared storage)."""
+"""Where a run runs: the batch scheduler's job (Slurm), whether every node sees the run
+directory (a run on several nodes needs it on shared storage), and which node the run's own
+actors stay on (`on_driver_node`)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,14 @@ def check_cluster_storage(run_dir: Path) -> dict:
     if len([n for n in ray.nodes() if n["Alive"]]) > 1:
         check_shared_storage(run_dir, probe_nodes(run_dir))
     return scheduler_metadata()
+
+
+def on_driver_node(soft: bool = False):
+    """A scheduling strategy that keeps an actor on the driver's node. The sweep's bookkeeping
+    actors live there: a worker node can be lost mid-sweep, and the sweep outlives it, but the
+    driver's node cannot be lost without ending the sweep anyway (then `--resume`)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
+                                          soft=soft)

@@ -278,7 +278,7 @@ def start_ledger(
     run_dir: str | Path, namespace: str, max_gap_s: float = 2.0, fsync: bool = True
 ):
     """Start (or find) the run's named, detached ledger; it restarts on failure and replays."""
-    from raydistill.cluster.runtime import on_driver_node
+    from raydistill.cluster.environment import on_driver_node
 
     handle = EnergyLedger.options(  # type: ignore[attr-defined]
         name=LEDGER_NAME,

@@ -44,17 +44,6 @@ def init_ray(address: str | None, namespace: str, num_cpus: int | None = None) -
     ray.init(address=address or "local", **kwargs)
 
 
-def on_driver_node(soft: bool = False):
-    """A scheduling strategy that keeps an actor on the driver's node. The sweep's bookkeeping
-    actors live there: a worker node can be lost mid-sweep, and the sweep outlives it, but the
-    driver's node cannot be lost without ending the sweep anyway (then `--resume`)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
-                                          soft=soft)
-
-
 @dataclass
 class Session:
     """The run's ledger and sampler fleet on a Ray cluster."""

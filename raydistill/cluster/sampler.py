@@ -231,7 +231,7 @@ class _Sampler:
         """Live Ray metrics (dashboard, Prometheus); never allowed to stop sampling."""
         try:
             if self._metrics is None:
-                from raydistill.report.ray_metrics import PowerMetrics
+                from raydistill.cluster.ray_metrics import PowerMetrics
 
                 self._metrics = PowerMetrics()
             self._metrics.observe(batch)

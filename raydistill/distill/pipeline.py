@@ -185,7 +185,7 @@ class Pipeline:
         """(hf | vllm, why) for generation.engine, decided once per run from the teacher's
         architecture (auto falls back to hf where vLLM is missing or cannot serve it)."""
         if self._engine is None:
-            from raydistill.distill.teacher_vllm import choose_engine
+            from raydistill.engine_choice import choose_engine
             from raydistill.plan import architecture
 
             arch = None

@@ -21,12 +21,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
+from raydistill.energy.ledger_view import LedgerView
 from raydistill.energy.samples import SHARED_KINDS, Window
-
-if TYPE_CHECKING:
-    from raydistill.energy.ledger import LedgerState
 
 MARGIN_S = 30.0  # well past the last piece and held edges an append may redo (max_gap, hold)
 
@@ -85,7 +82,7 @@ class PollCache:
                     parts[stage].append(joules)
             self.sums[trial_id] = {st: math.fsum(js) for st, js in parts.items()}
 
-    def on_window_event(self, state: LedgerState, before: Window | None, after: Window) -> None:
+    def on_window_event(self, state: LedgerView, before: Window | None, after: Window) -> None:
         """A window opened or closed (or opened again): forget what it can change. Its edges
         are taken before and after the event; a window that began before the horizon weighs,
         once closed, its whole span's CPU share by its CPU time."""
@@ -103,7 +100,7 @@ class PollCache:
             self.drop_after(node, earliest, also=after.window_id)
 
 
-def poll_energy(state: LedgerState, trial_id: str) -> dict[str, float]:
+def poll_energy(state: LedgerView, trial_id: str) -> dict[str, float]:
     """{stage: J} of one trial, equal to its rows' energy summed by stage."""
     cache = state._poll
     for key, tl in list(cache.timelines.items()):
@@ -120,13 +117,13 @@ def poll_energy(state: LedgerState, trial_id: str) -> dict[str, float]:
     return out
 
 
-def _freeze(state: LedgerState, node_id: str, devices: list[tuple[str, str]]) -> float:
+def _freeze(state: LedgerView, node_id: str, devices: list[tuple[str, str]]) -> float:
     """Before this, nothing an in-order append brings changes any device of the node."""
     ends = [state.timeline(node_id, d).end_s for d, _ in devices]
     return min([e - state._poll.margin_s for e in ends], default=-math.inf)
 
 
-def _poll_node(state: LedgerState, cache: PollCache, trial_id: str, node_id: str,
+def _poll_node(state: LedgerView, cache: PollCache, trial_id: str, node_id: str,
                mine: list[Window], out: dict[str, float]) -> None:
     from raydistill.energy.rows import _facts, _neighbours, _split
 

@@ -6,7 +6,8 @@ with a bound): a number we print is one someone will cite. Each row carries its 
 `phase`, so that loading a model is never reported as what a token costs, and its window's
 `tokens` with the part of them the model generated (`generated_tokens`).
 
-Nesting: a window may run inside another (`Window.parent_id`, resolved by `LedgerState.parent`).
+Nesting: a window may run inside another (`Window.parent_id`, resolved by the ledger state's
+`parent`).
 A device-second belongs to the innermost window that holds the device: where a window and one of
 its descendants both hold a device, the descendant takes it (an evaluation inside a training
 stage is charged its whole interval, the training the rest). This holds for the node's shared
@@ -27,16 +28,13 @@ import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from raydistill.energy.accuracy import row_error_j, unmeasured_peak_w
+from raydistill.energy.ledger_view import LedgerView
 from raydistill.energy.samples import SHARED_KINDS, WORK, Window
 from raydistill.energy.timeline import HELD, DeviceTimeline
-
-if TYPE_CHECKING:
-    from raydistill.energy.ledger import LedgerState
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +85,7 @@ class EnergyRow:
     closed_by: str = ""
 
 
-def energy_rows(state: LedgerState) -> list[EnergyRow]:
+def energy_rows(state: LedgerView) -> list[EnergyRow]:
     rows: list[EnergyRow] = []
     memo: dict = {}  # per query: each window's span, ancestors and counted tokens, once
     by_node: dict[str, list[Window]] = defaultdict(list)
@@ -105,7 +103,7 @@ def energy_rows(state: LedgerState) -> list[EnergyRow]:
     return rows
 
 
-def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
+def trial_rows(state: LedgerView, trial_id: str) -> list[EnergyRow]:
     """The rows of one trial's windows only, equal to its rows in `energy_rows(state)`.
 
     A device's energy is split among the windows that hold it at the same time, so each of the
@@ -124,7 +122,7 @@ def trial_rows(state: LedgerState, trial_id: str) -> list[EnergyRow]:
     return rows
 
 
-def _trial_devices(state: LedgerState, trial_id: str, memo: dict):
+def _trial_devices(state: LedgerView, trial_id: str, memo: dict):
     """(node, device, kind, the trial's windows holding it, the other windows overlapping
     them) per sampled device of the trial's nodes; then (node, None, "", the trial's windows
     of the node, the node's sampled device ids) for the unmatched rows."""
@@ -141,7 +139,7 @@ def _trial_devices(state: LedgerState, trial_id: str, memo: dict):
         yield node_id, None, "", own_node, {d for d, _ in devices}
 
 
-def _neighbours(state: LedgerState, node_id: str, device_id: str, kind: str,
+def _neighbours(state: LedgerView, node_id: str, device_id: str, kind: str,
                 own: list[Window], excluded, memo: dict) -> list[Window]:
     """The windows holding the device that overlap the span of `own` (those `excluded` left
     out): what `own`'s share of the device is split against."""
@@ -151,7 +149,7 @@ def _neighbours(state: LedgerState, node_id: str, device_id: str, kind: str,
             if not excluded(w) and w.claims(device_id, kind)]
 
 
-def _unmatched_rows(state: LedgerState, node_id: str, windows: list[Window],
+def _unmatched_rows(state: LedgerView, node_id: str, windows: list[Window],
                 sampled: set[str]) -> list[EnergyRow]:
     """A window that holds a device no sampler measured gets a row that says so (all of
     it unmeasured, bounded by a GPU's peak power), and a warning: never a silent zero."""
@@ -175,7 +173,7 @@ def _unmatched_rows(state: LedgerState, node_id: str, windows: list[Window],
     return rows
 
 
-def _unsampled_gpu_peak_w(state: LedgerState, node_id: str) -> float:
+def _unsampled_gpu_peak_w(state: LedgerView, node_id: str) -> float:
     """The power that bounds a GPU of `node_id` no sampler saw. Its model is unknown, but nodes
     are built of one model: the largest board power among the models of the node's sampled
     GPUs (a mixed node: the largest), else the stated default for an unknown GPU."""
@@ -185,7 +183,7 @@ def _unsampled_gpu_peak_w(state: LedgerState, node_id: str) -> float:
                default=unmeasured_peak_w("gpu", "", None))
 
 
-def _facts(state: LedgerState, w: Window, memo: dict | None
+def _facts(state: LedgerView, w: Window, memo: dict | None
            ) -> tuple[tuple[float, float], set[str], str | None, int, int]:
     """(span, ancestors' ids, parent id, tokens, generated tokens) of a window as its rows
     count them, computed once per query (`memo`) rather than once per device."""
@@ -199,7 +197,7 @@ def _facts(state: LedgerState, w: Window, memo: dict | None
     return got
 
 
-def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float, end: float,
+def _row(state: LedgerView, w: Window, device_id: str, kind: str, start: float, end: float,
          memo: dict | None = None, edge_cut: bool = True, **fields) -> EnergyRow:
     base = dict(n_samples=0, gap_s=0.0, n_gaps=0, counter_resets=0, held_s=0.0,
                 unmeasured_s=0.0, unmeasured_max_j=0.0, interpolated=False, final=False,
@@ -220,7 +218,7 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
         closed_by=w.closed_by or "", **base)
 
 
-def _counted_tokens(state: LedgerState, w: Window) -> tuple[int, int]:
+def _counted_tokens(state: LedgerView, w: Window) -> tuple[int, int]:
     """(tokens, generated) of `w` as its stage counts them: none where an enclosing window
     of the same trial and stage carries tokens (those already count this work's)."""
     for a in state.ancestors(w):
@@ -230,7 +228,7 @@ def _counted_tokens(state: LedgerState, w: Window) -> tuple[int, int]:
 
 
 def _device_rows(
-state: LedgerState, node_id: str, device_id: str, kind: str, windows: list[Window],
+state: LedgerView, node_id: str, device_id: str, kind: str, windows: list[Window],
 report: list[Window] | None = None, memo: dict | None = None,
 ) -> list[EnergyRow]:
     """Rows of `report` (default: all `windows`), charged against all of `windows`."""

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from raydistill.report.data import ReportData, power_series, selected_on, stage_spans
-from raydistill.report.units import ENERGY_UNITS, fmt_energy_j, unit_for
+from raydistill.units import ENERGY_UNITS, fmt_energy_j, unit_for
 
 # One colour per stage, the same in every report, in pipeline order (the bars stack so);
 # teacher-side stages are also hatched. A stage not named here takes the next OTHER_COLOURS.

@@ -27,7 +27,8 @@ from raydistill.report.data import (
     water_estimated,
 )
 from raydistill.report.rules import figure_text, payback_frame
-from raydistill.report.units import (
+from raydistill.search.uncertainty import DISTINGUISHABLE, NEVER, NOT_DISTINGUISHABLE
+from raydistill.units import (
     NOT_ESTIMATED,
     fmt_co2e_g,
     fmt_energy_j,
@@ -35,7 +36,6 @@ from raydistill.report.units import (
     fmt_sig,
     fmt_water_l,
 )
-from raydistill.search.uncertainty import DISTINGUISHABLE, NEVER, NOT_DISTINGUISHABLE
 
 NO_BASELINE = "no no-teacher baseline trial: N* not computed"
 

@@ -31,7 +31,7 @@ from raydistill.report.exports import emissions_frame, model_card_yaml
 from raydistill.report.figures import FIGURES
 from raydistill.report.headline import headline
 from raydistill.report.rules import definitions, design_rules, figure_text, payback_frame
-from raydistill.report.units import (
+from raydistill.units import (
     Formatter,
     display_frame,
     fmt_co2e_g,

@@ -179,7 +179,7 @@ class SweepControl:
 def start_control(namespace: str, total_j: float | None, trial_j: float | None,
                   history_path: str | None = None, prior_trial_j: float | None = None,
                   n_trials: int = 1):
-    from raydistill.cluster.runtime import on_driver_node
+    from raydistill.cluster.environment import on_driver_node
 
     actor = ray.remote(num_cpus=0)(SweepControl)
     # on the driver's node: its state (forecasts, artifact consumers) must outlive a worker node
@@ -285,7 +285,7 @@ class ProgressCallback(Callback):
     def _ended(self, trial, how: str) -> None:
         import time
 
-        from raydistill.report.units import fmt_duration_s, fmt_energy_j
+        from raydistill.units import fmt_duration_s, fmt_energy_j
 
         last = trial.last_result or {}
         name = last.get("trial_id") or trial.trial_id

@@ -18,17 +18,25 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from raydistill.errors import ConfigError
-
-if TYPE_CHECKING:
-    from raydistill.tracking.run import Run
 
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(run: Run) -> None:
+class RunHandle(Protocol):
+    """What a stage needs of its run (`raydistill.tracking.run.Run` is one): the cluster to join
+    and the ledger to ask. Named here, not imported, so that the run, which opens stages, is the
+    only one of the two that knows the other."""
+
+    address: str | None
+    namespace: str
+
+    def stage_energy_j(self, trial: str, stage: str, settle: bool = True) -> float: ...
+
+
+def ensure_ray(run: RunHandle) -> None:
     """Connect this process to the run's cluster when it is not connected yet (a torchrun rank,
     a subprocess): as a driver of its own, on this node's raylet."""
     import ray
@@ -131,7 +139,7 @@ class Stage:
     """`with run.stage(...) as s:`; `s.add_tokens(n, generated=g)`; `s.loaded()` after a model
     load; `s.energy_j` is the ledger's figure so far (live while open, whole once closed)."""
 
-    def __init__(self, run: Run, name: str, trial: str, tokens: int = 0,
+    def __init__(self, run: RunHandle, name: str, trial: str, tokens: int = 0,
                  generated_tokens: int = 0, devices: str | Sequence[str] = "auto") -> None:
         check_names(name, trial)
         self.run, self.name, self.trial = run, name, trial

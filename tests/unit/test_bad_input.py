@@ -152,7 +152,7 @@ def test_run_directory_paths_cannot_escape_their_root(tmp_path):
 
 
 def test_engine_vllm_without_vllm_says_how_to_install(tmp_path, capsys, monkeypatch):
-    import raydistill.distill.teacher_vllm as tv
+    import raydistill.engine_choice as tv
 
     monkeypatch.setattr(tv, "vllm_version", lambda: None)
     out = tmp_path / "out"

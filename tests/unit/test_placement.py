@@ -107,7 +107,7 @@ def test_a_role_asking_for_more_gpus_than_the_cluster_has_does_not_fit(capsys, m
 
 
 def test_a_laptop_without_vllm_still_plans_the_clusters_vllm(capsys, monkeypatch):
-    import raydistill.distill.teacher_vllm as tv
+    import raydistill.engine_choice as tv
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(tv, "vllm_version", lambda: None)

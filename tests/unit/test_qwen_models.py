@@ -99,7 +99,7 @@ def test_build_is_idempotent(qwen_models):
 
 def test_config_names_them_as_local_models():
     from raydistill.errors import ConfigError
-    from raydistill.local_models import check_name
+    from raydistill.local_names import check_name
 
     for name in ROWS:
         check_name(f"local:{name}")

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from raydistill.cluster.ray_metrics import PowerMetrics
 from raydistill.energy import Reading, SampleBatch
-from raydistill.report.ray_metrics import PowerMetrics
 
 
 class FakeMetric:

@@ -21,7 +21,8 @@ from raydistill.report.figures import energy_by_stage
 from raydistill.report.headline import NO_BASELINE, headline
 from raydistill.report.html import _metrics_display, _metrics_table, write_report
 from raydistill.report.rules import run_trials
-from raydistill.report.units import (
+from raydistill.results import load_ledger, results_table
+from raydistill.units import (
     NA,
     NOT_ESTIMATED,
     display_frame,
@@ -34,7 +35,6 @@ from raydistill.report.units import (
     fmt_sig,
     fmt_water_l,
 )
-from raydistill.results import load_ledger, results_table
 from tests.report_fixture import make_sweep_dir
 
 

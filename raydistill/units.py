@@ -14,7 +14,9 @@ Zero is "0 J"; NaN and None are `NA`. The units, smallest first:
 - time: s, then min (from 60 s) and h (from 3600 s)
 - shares: percent, three figures; other numbers: three figures, thousands separated
 
-Only the report's tables and sentences use these; exports keep full precision.
+The report's tables and sentences, the console's progress lines and the run and sweep
+summaries all use these (so the module lives in the core, below all of them); exports keep full
+precision.
 """
 
 from __future__ import annotations
