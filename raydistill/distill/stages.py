@@ -26,7 +26,8 @@ def prompt_rows(path: Path) -> list[dict]:
 def train_model_remote(model_cfg: dict, data_path: str, out: str, namespace: str, trial_id: str,
                        stage: str, seed: int, data_cfg: dict) -> dict:
     """Train (or fetch) the teacher in one measured window on the node this task runs on."""
-    from raydistill.cluster.windows import StageWindow, worker_devices
+    from raydistill.cluster.devices import worker_devices
+    from raydistill.cluster.windows import StageWindow
 
     with StageWindow(namespace, trial_id, stage, devices=worker_devices(),
                      phase="load") as window:
@@ -219,7 +220,8 @@ def evaluate_remote(models: dict[str, str], test_jsonl: str, namespace: str, tri
     (for EPT)."""
     import torch
 
-    from raydistill.cluster.windows import StageWindow, worker_devices
+    from raydistill.cluster.devices import worker_devices
+    from raydistill.cluster.windows import StageWindow
     from raydistill.data.format import stop_ids
     from raydistill.data.splits import read_rows
     from raydistill.distill.evaluate import exact_match

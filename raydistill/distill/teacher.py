@@ -89,7 +89,8 @@ class _WindowedActor:
     stage = ""
 
     def _open(self, namespace: str, trial_id: str) -> None:
-        from raydistill.cluster.windows import StageWindow, worker_devices
+        from raydistill.cluster.devices import worker_devices
+        from raydistill.cluster.windows import StageWindow
 
         # phase "load" until loaded(): the model load is kept apart from the work
         self.window = StageWindow(namespace, trial_id, self.stage, devices=worker_devices(),

@@ -7,7 +7,7 @@ side's share, what the student kept of the teacher's quality, and whether it pay
 - teacher side: the rows with side == "teacher" (generation + logit caching);
 - quality: a run's OM_perf (student ÷ teacher score) of its quality score per trial; a sweep's
   Pareto set with energy and quality, and its knee;
-- payback: N* by the verdict of its interval (`rules.payback_frame`), for each distilled trial
+- payback: N* by the verdict of its interval (`payback.payback_frame`), for each distilled trial
   of a run, for the knee of a sweep.
 """
 
@@ -26,7 +26,7 @@ from raydistill.report.data import (
     selected_on,
     water_estimated,
 )
-from raydistill.report.rules import figure_text, payback_frame
+from raydistill.report.payback import figure_text, payback_frame
 from raydistill.search.uncertainty import DISTINGUISHABLE, NEVER, NOT_DISTINGUISHABLE
 from raydistill.units import (
     NOT_ESTIMATED,

@@ -30,7 +30,8 @@ from raydistill.report.data import (
 from raydistill.report.exports import emissions_frame, model_card_yaml
 from raydistill.report.figures import FIGURES
 from raydistill.report.headline import headline
-from raydistill.report.rules import definitions, design_rules, figure_text, payback_frame
+from raydistill.report.payback import figure_text, payback_frame
+from raydistill.report.rules import definitions, design_rules
 from raydistill.units import (
     Formatter,
     display_frame,

@@ -249,7 +249,7 @@ def matching_baselines(group: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataF
     """The `method: none` trials trained like `group` (the same value of every parameter that is
     not the teacher side's: steps, learning rate, batch...): the equal-steps comparison. A sweep
     whose baselines differ in steps must not average them into one."""
-    # a run's trials carry their id as `param.trial` (report.rules.run_trials): not a setting
+    # a run's trials carry their id as `param.trial` (report.payback.run_trials): not a setting
     own = [c for c in group.columns if c.startswith("param.") and c != "param.trial"
            and not c.startswith(_TEACHER_SIDE) and c in baselines.columns]
     if not len(baselines) or not own:

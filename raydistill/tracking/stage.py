@@ -67,7 +67,7 @@ def process_devices(environ: os._Environ | dict | None = None) -> tuple[str, ...
     they cannot use. torch's CUDA names them only where this process initialised CUDA itself."""
     import ray
 
-    from raydistill.cluster.windows import _pynvml, cuda_visible_entries, map_worker_gpus
+    from raydistill.cluster.devices import _pynvml, cuda_visible_entries, map_worker_gpus
 
     env = os.environ if environ is None else environ
     cuda_uuid = _initialised_cuda_uuid()
@@ -110,7 +110,7 @@ def _gpu_count() -> int:
 
     if _initialised_cuda_uuid() is not None:
         return int(sys.modules["torch"].cuda.device_count())
-    from raydistill.cluster.windows import _pynvml
+    from raydistill.cluster.devices import _pynvml
 
     nvml = _pynvml()
     if nvml is None:

@@ -174,7 +174,7 @@ def test_a_sweep_matches_the_baseline_at_the_configurations_dev_quality():
 
 
 def test_the_report_states_n_star_at_equal_quality_for_a_sweep_configuration():
-    from raydistill.report.rules import _equal_quality_rule
+    from raydistill.report.payback import _equal_quality_rule
     from raydistill.search.derived import derived_figures
 
     kd = _sweep_trial("kd", "logit", 60_000.0, 10_000.0, [(100, 0.8, 60_000.0)])

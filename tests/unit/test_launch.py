@@ -97,12 +97,12 @@ class _FakeNvml:
 
 @pytest.fixture
 def fake_gpus(monkeypatch):
-    from raydistill.cluster import windows
+    from raydistill.cluster import devices
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # NVML's order is CUDA's
-    monkeypatch.setattr(windows, "_pynvml", lambda: _FakeNvml())
+    monkeypatch.setattr(devices, "_pynvml", lambda: _FakeNvml())
 
     def install(initialised: bool) -> _FakeCuda:
         cuda = _FakeCuda(initialised)

@@ -20,7 +20,7 @@ from raydistill.report.data import (
 from raydistill.report.figures import energy_by_stage
 from raydistill.report.headline import NO_BASELINE, headline
 from raydistill.report.html import _metrics_display, _metrics_table, write_report
-from raydistill.report.rules import run_trials
+from raydistill.report.payback import run_trials
 from raydistill.results import load_ledger, results_table
 from raydistill.units import (
     NA,

@@ -16,7 +16,8 @@ from raydistill.energy.accuracy import (
     stated_error_j,
 )
 from raydistill.report.data import ReportData
-from raydistill.report.rules import design_rules, figure_text, payback_frame
+from raydistill.report.payback import figure_text, payback_frame
+from raydistill.report.rules import design_rules
 from raydistill.search.derived import derived_figures, repeats_interval
 from raydistill.search.tables import trials_table
 from raydistill.search.uncertainty import (

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from raydistill.cluster import windows
-from raydistill.cluster.windows import map_worker_gpus, worker_devices
+from raydistill.cluster import devices
+from raydistill.cluster.devices import map_worker_gpus, worker_devices
 from raydistill.energy.simulate import SimNode, gpu_node
 
 ALL_EIGHT = "0,1,2,3,4,5,6,7"
@@ -139,7 +139,7 @@ def test_nothing_to_ask_labels_with_a_warning():
 
 def _ray_ids(monkeypatch, ids):
     ctx = types.SimpleNamespace(get_accelerator_ids=lambda: {"GPU": ids})
-    monkeypatch.setattr(windows.ray, "get_runtime_context", lambda: ctx)
+    monkeypatch.setattr(devices.ray, "get_runtime_context", lambda: ctx)
 
 
 def test_worker_devices_reads_cuda_through_torch(monkeypatch):
@@ -160,7 +160,7 @@ def test_worker_devices_without_cuda_logs_the_fix(monkeypatch, caplog):
     node = mixed_node()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ALL_EIGHT)
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    monkeypatch.setattr(windows, "_torch_cuda_uuid", lambda: None)  # a host without CUDA
+    monkeypatch.setattr(devices, "_torch_cuda_uuid", lambda: None)  # a host without CUDA
     monkeypatch.setitem(sys.modules, "pynvml", node.pynvml())
     _ray_ids(monkeypatch, ["0", "1"])
     with caplog.at_level(logging.WARNING):
@@ -180,7 +180,7 @@ def test_cpu_only_worker_holds_no_gpu(monkeypatch):
     ("-1", []), ("", []), ("0,1,-1,2", ["0", "1"]), ("2, 3", ["2", "3"]),
     ("GPU-8932f937,1", ["GPU-8932f937", "1"]), ("0,foo,1", ["0"])])
 def test_visible_devices_are_read_as_cuda_reads_them(spec, entries):
-    assert windows.cuda_visible_entries(spec) == entries
+    assert devices.cuda_visible_entries(spec) == entries
 
 
 def test_cuda_visible_devices_minus_one_holds_no_gpu(monkeypatch):
