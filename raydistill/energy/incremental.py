@@ -5,7 +5,7 @@ seconds; rebuilding the device's timeline from the start for each query costs th
 (seconds per node after a day). The common batch is an *append*: a sampler's next batch, read
 after everything the device has so far. It only changes the end of the timeline: the pieces
 from the sampler's last reading on, and the held edge after the last measured piece. Those are
-recomputed with the same code and the same arithmetic as a full build (`timeline.py`), so the
+recomputed with the same code and the same arithmetic as a full build (`segments.py`), so the
 appended timeline equals a rebuilt one exactly. Anything else (a new sampler's sequence, a late
 or out-of-order batch, a changed idle baseline or clock, a counter whose edges a bridge between
 two samplers uses, a changed counter range) makes the next query rebuild, correctly.
@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raydistill.energy.samples import DeviceInfo
-from raydistill.energy.timeline import (
+from raydistill.energy.segments import (
     HELD,
-    DeviceTimeline,
     Sequence,
     _concat,
     _within,
@@ -31,6 +30,7 @@ from raydistill.energy.timeline import (
     sequence_segments,
     with_holds,
 )
+from raydistill.energy.timeline import DeviceTimeline
 
 Baselines = tuple[tuple[float, float], ...]  # (end of its measurement, idle W), by end
 Code = Callable[[str], int]  # method label -> int code (the ledger's table)

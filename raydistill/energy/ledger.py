@@ -6,7 +6,7 @@
   steps the wall clock, never the monotonic one), else on its wall clock.
 - A window's energy per device comes from every sampler that read the device on that node,
   each sampler's readings a sequence of its own, merged so that nothing counts twice
-  (`timeline.py`). What no sampler measured is reported as unmeasured seconds, never as joules.
+  (`segments.py`). What no sampler measured is reported as unmeasured seconds, never as joules.
 - A window may run inside another (`Window.parent_id`): a device-second belongs to the
   innermost window that holds the device. Only windows that really run side by side (a node's
   CPU package shared by two trials) split a device, interval by interval in proportion to each

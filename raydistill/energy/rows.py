@@ -34,7 +34,8 @@ import numpy as np
 from raydistill.energy.accuracy import row_error_j, unmeasured_peak_w
 from raydistill.energy.ledger_view import LedgerView
 from raydistill.energy.samples import SHARED_KINDS, WORK, Window
-from raydistill.energy.timeline import HELD, DeviceTimeline
+from raydistill.energy.segments import HELD
+from raydistill.energy.timeline import DeviceTimeline
 
 log = logging.getLogger(__name__)
 

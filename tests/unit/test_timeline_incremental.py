@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from raydistill.energy.ledger import LedgerState
 from raydistill.energy.samples import DeviceInfo, SampleBatch, Window
-from raydistill.energy.timeline import HELD
+from raydistill.energy.segments import HELD
 
 NODE = "n1"
 DEVS = (DeviceInfo("GPU-0", "gpu", "nvml-counter", "counter"),
