@@ -4,6 +4,7 @@ a "rollout" phase of student_training, nested in its training windows: the resul
 energy, its generated tokens and J per rollout token apart from the update, whose training
 tokens the backbone's hook counted (TRL runs the backbone, not the model)."""
 
+import os
 import warnings
 
 import pandas as pd
@@ -89,3 +90,29 @@ def test_distillation_trainer_generation_is_the_rollout_phase(world, qwen_models
     assert len(rollouts) == STEPS and set(rollouts["stage"]) == {"student_training"}
     # each rollout runs inside a training window, so the update is charged the rest only
     assert set(rollouts["parent_id"]) <= set(training["window_id"])
+
+
+def test_onpolicy_example_puts_a_served_teacher_in_the_ledger(world, tmp_path):
+    """examples/trl_onpolicy.py as a user runs it (its own process and Ray): the teacher served
+    by its own actor is a teacher_scoring stage with positive energy, loading apart, the
+    student's generation the rollout phase of student_training; no N* (recurring teacher)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "onpolicy"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("RAY_ADDRESS", None)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(root / "examples" / "trl_onpolicy.py"), "--out",
+                           str(out), "--rows", "8", "--steps", "2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_parquet(out / "results.parquet").set_index("stage")
+    scoring, training = table.loc["teacher_scoring"], table.loc["student_training"]
+    assert scoring["energy_j"] > 0 and scoring["load_j"] > 0 and scoring["tokens"] > 0
+    assert training["rollout_j"] > 0 and training["rollout_tokens"] == 2 * 4 * 16
+    (metrics,) = json.loads((out / "metrics.json").read_text())["trials"]
+    assert metrics["teacher_recurring_j"] == pytest.approx(scoring["energy_j"])
+    assert metrics["N_star"] is None
