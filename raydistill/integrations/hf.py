@@ -39,9 +39,9 @@ micro-batch (grad enabled: generation and evaluation run without), and the count
 window closes or a log is written. A trainer that calls the model's backbone itself
 (`DistillationTrainer` runs `model.base_model` and projects the hidden states in its loss) is
 counted there: the backbone's hook counts a forward the top-level hook did not. Each rank's
-window carries its own tokens and the stage is
-the union of the ranks' windows, so they add up. The Trainer's `include_num_input_tokens_seen`
-(a gather and a host sync every micro-batch) is left as the user set it.
+window carries its own tokens and the stage is the union of the ranks' windows, so they add up.
+The Trainer's `include_num_input_tokens_seen` (a gather and a host sync every micro-batch) is
+left as the user set it.
 """
 
 from __future__ import annotations
