@@ -108,3 +108,21 @@ def test_teacher_scoring_is_teacher_side_and_gets_no_n_star():
     assert m["N_star"] is None and m["N_star_verdict"] is None  # recurring: nothing amortised
     # the same table without scoring energy (a reusable teacher, 0 J here) still gets one
     assert seed_metrics(_table(0.0), "onp", {}, baseline_trial="base")["N_star_verdict"]
+
+
+def test_sweep_configuration_with_a_recurring_teacher_gets_no_n_star():
+    import pandas as pd
+
+    from raydistill.search.derived import derived_figures
+
+    def trials(method: str) -> pd.DataFrame:
+        return pd.DataFrame({"trial_id": ["t0", "t1"], "status": ["finished"] * 2,
+                             "quality": [0.5] * 2, "energy_j": [1.0] * 2,
+                             "param.distill.method": ["none", method], "param.lr": [0.1] * 2,
+                             "student_training_j": [200.0, 150.0],
+                             "student_training_error_j": [10.0, 5.0],
+                             "teacher_side_j": [0.0, 300.0], "teacher_side_error_j": [0.0, 15.0]})
+
+    assert derived_figures(trials("logit"))["n_star"][1] == 6.0  # a reusable teacher: N*
+    d = derived_figures(trials("onpolicy"))  # the same figures, scored every step
+    assert d["n_star"][1] is None and d["n_star_verdict"][1] is None
