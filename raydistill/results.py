@@ -97,6 +97,10 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
     work_j / generated_tokens (steady state: the figure cited for generation) and
     `generated_tokens_per_s` = generated_tokens / work_s; all three are NaN for a stage that
     generated nothing (training: its tokens are neither prompt nor generated).
+
+    `rollout_j` / `rollout_s`: an on-policy student's generation inside student_training
+    (windows of phase "rollout"), apart from the update (`work_j`); their generated tokens are
+    `rollout_tokens` (not in `tokens`) and `rollout_j_per_token` = rollout_j / rollout_tokens.
     """
     if df.empty:
         return df
