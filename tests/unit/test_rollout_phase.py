@@ -126,3 +126,13 @@ def test_sweep_configuration_with_a_recurring_teacher_gets_no_n_star():
     assert derived_figures(trials("logit"))["n_star"][1] == 6.0  # a reusable teacher: N*
     d = derived_figures(trials("onpolicy"))  # the same figures, scored every step
     assert d["n_star"][1] is None and d["n_star_verdict"][1] is None
+
+
+def test_report_stage_table_shows_rollouts_only_where_there_are_some(rolled, tmp_path):
+    from raydistill.report.html import _stage_table
+
+    _, run = rolled
+    shown = _stage_table(results_table(run.state.energy_rows()))
+    assert {"rollout_j", "rollout_tokens", "rollout_j_per_token"} <= set(shown.columns)
+    without = results_table(run.state.energy_rows()).assign(rollout_j=0.0)
+    assert "rollout_j" not in _stage_table(without).columns  # off-policy runs: unchanged
