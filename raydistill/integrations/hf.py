@@ -213,7 +213,7 @@ class EnergyCallback(TrainerCallback):
         if id(model) in self._hooked:
             return
         model.register_forward_pre_hook(self._count, with_kwargs=True)
-        model.register_forward_hook(self._top_done)
+        model.register_forward_hook(self._top_done, always_call=True)  # also when it raises
         backbone = getattr(model, "base_model", None)
         if backbone is not None and backbone is not model and hasattr(
                 backbone, "register_forward_pre_hook"):
