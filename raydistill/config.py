@@ -55,9 +55,12 @@ class FootprintConfig:
 
 
 
-STAGES = ("teacher_training", "teacher_generation", "teacher_logit_caching", "student_training",
-          "evaluation")
-METHODS = ("none", "sft", "logit", "feature", "relational")
+# teacher_scoring: an on-policy teacher scoring the student's own completions every step, a
+# recurring bill (never a reusable artifact); the student's rollouts are a phase of
+# student_training (energy.samples.ROLLOUT), not a stage.
+STAGES = ("teacher_training", "teacher_generation", "teacher_logit_caching", "teacher_scoring",
+          "student_training", "evaluation")
+METHODS = ("none", "sft", "logit", "feature", "relational", "onpolicy")
 LOSS_NAMES = ("forward_kl", "reverse_kl", "jsd", "tvd")  # = distill.losses.LOSSES (tested)
 
 
@@ -175,11 +178,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    method: str = "logit"  # none | sft | logit | feature | relational
+    method: str = "logit"  # none | sft | logit | feature | relational | onpolicy
     loss: str = "forward_kl"  # forward_kl | reverse_kl | jsd | tvd (logit KD)
     temperature: float = 2.0
     alpha: float = 0.5  # weight of cross-entropy on the data; 1 - alpha on the KD term
-    beta: float = 0.5  # generalized JSD: 0 forward KL, 1 reverse KL
+    beta: float = 0.5  # generalized JSD (loss jsd, method onpolicy): 0 forward KL, 1 reverse KL
+    # onpolicy: chance that a step's batch is the student's own completions (GKD's lambda);
+    # otherwise the step trains on the off-policy (synthetic) batch
+    lmbda: float = 1.0
     top_k: int = 32  # logit cache size; 0 = online teacher (dense logits)
     cache_dtype: str = "bfloat16"  # float16 | bfloat16 | float32
     feature_kind: str = "mse"  # mse | cosine
@@ -200,8 +206,11 @@ class DistillConfig:
         if self.feature_kind not in ("mse", "cosine"):
             raise ConfigError(f"distill.feature_kind {self.feature_kind!r}; valid: mse, cosine")
         _positive("distill.temperature", self.temperature)
-        if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1:
-            raise ConfigError("distill.alpha and distill.beta must lie in [0, 1]")
+        for name in ("alpha", "beta", "lmbda"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 1:  # also rejects nan
+                raise ConfigError(f"distill.{name} must be a number in [0, 1], got {value!r}")
         if self.engine not in ("deepspeed", "ddp"):
             raise ConfigError(f"distill.engine {self.engine!r} unknown; valid: deepspeed, ddp")
         if self.zero_stage not in (0, 1, 2, 3):

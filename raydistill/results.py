@@ -11,7 +11,7 @@ from raydistill.energy.accuracy import stated_error_j
 from raydistill.energy.ledger import EnergyRow, LedgerState
 from raydistill.energy.log import read_log
 from raydistill.energy.meters import has_meters, meter_columns, parts_of
-from raydistill.energy.samples import PHASES, WORK
+from raydistill.energy.samples import PHASES, ROLLOUT, WORK
 
 ENERGY_COLUMNS = [f for f in EnergyRow.__dataclass_fields__]
 
@@ -97,6 +97,10 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
     work_j / generated_tokens (steady state: the figure cited for generation) and
     `generated_tokens_per_s` = generated_tokens / work_s; all three are NaN for a stage that
     generated nothing (training: its tokens are neither prompt nor generated).
+
+    `rollout_j` / `rollout_s`: an on-policy student's generation inside student_training
+    (windows of phase "rollout"), apart from the update (`work_j`); their generated tokens are
+    `rollout_tokens` (not in `tokens`) and `rollout_j_per_token` = rollout_j / rollout_tokens.
     """
     if df.empty:
         return df
@@ -126,20 +130,39 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
         # a stage of counters and one estimate is not stated at the estimate's class for all
         stated_error_j=("stated_error_j", "sum"),
     ).reset_index()
-    counts = df.drop_duplicates("window_id").groupby(STAGE_KEYS, sort=False)
-    out = out.merge(counts[["tokens", "generated_tokens"]].sum().reset_index(), on=STAGE_KEYS)
+    out = _token_columns(out, df.drop_duplicates("window_id"))
     out["duration_s"] = out.pop("_end_s") - out["t_start_s"]
     for phase in PHASES:
         out[f"{phase}_j"], out[f"{phase}_s"] = _phase_totals(df, out, phase)
-    # The sum of the two phases, so that load_j + work_j == energy_j exactly; a stage with no
-    # load phase sums the same rows in the same order as before, so its figure is unchanged.
-    out["energy_j"] = out["load_j"] + out["work_j"]
+    # The sum of the phases, so that load_j + work_j + rollout_j == energy_j exactly; a stage
+    # with no load or rollout phase sums the same rows in the same order as before, so its
+    # figure is unchanged.
+    out["energy_j"] = out["load_j"] + out["work_j"] + out["rollout_j"]
+    # J per token the student generated in its rollouts, apart from the update (work_j)
+    out["rollout_j_per_token"] = out["rollout_j"] / out["rollout_tokens"].where(
+        out["rollout_tokens"] > 0)
     out["mean_power_w"] = out["energy_j"] / out["duration_s"].where(out["duration_s"] > 0)
     per_token = out["tokens"].where(out["tokens"] > 0)
     out["j_per_token"] = out["work_j"] / per_token
     out["j_per_token_incl_load"] = out["energy_j"] / per_token
     out["tokens_per_s"] = out["tokens"] / out["work_s"].where(out["work_s"] > 0)  # steady state
     return _generated_columns(out)
+
+
+def _token_columns(out: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """tokens and generated_tokens of each trial × stage, one count per window, rollout
+    windows apart: their generated tokens are `rollout_tokens`, never the training tokens the
+    update's J/token divides by."""
+    rollout = windows["phase"] == ROLLOUT
+    counts = windows[~rollout].groupby(STAGE_KEYS, sort=False)[
+        ["tokens", "generated_tokens"]].sum().reset_index()
+    out = out.merge(counts, on=STAGE_KEYS, how="left")
+    rolled = windows[rollout].groupby(STAGE_KEYS, sort=False)["generated_tokens"].sum()
+    keys = list(zip(out["trial_id"], out["stage"], strict=True))
+    out["rollout_tokens"] = [int(rolled.get(k, 0)) for k in keys]
+    for col in ("tokens", "generated_tokens"):  # a stage of rollout windows only has none
+        out[col] = out[col].fillna(0).astype(int)
+    return out
 
 
 def _generated_columns(out: pd.DataFrame) -> pd.DataFrame:
@@ -201,7 +224,12 @@ def format_table(df: pd.DataFrame, floats: str = "{:,.2f}") -> str:
 
 # ---- the results table and the seed metrics --------------------------------------------------
 
-TEACHER_STAGES = ("teacher_generation", "teacher_logit_caching")
+# The teacher's side: artifacts built once and reusable (synthetic data, a logit cache), which
+# N* amortises, and an on-policy teacher scoring the student's completions every step, a bill
+# that recurs with every use: a trial that has it gets no N* (`seed_metrics`).
+REUSABLE_TEACHER_STAGES = ("teacher_generation", "teacher_logit_caching")
+RECURRING_TEACHER_STAGES = ("teacher_scoring",)
+TEACHER_STAGES = REUSABLE_TEACHER_STAGES + RECURRING_TEACHER_STAGES
 
 
 def side_of(stage: str) -> str:
@@ -288,9 +316,14 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
             ept_t = t_work["inference_teacher"] / t_tokens["inference_teacher"]
     ept_s = ept.get("inference_student")
     eff = om["quick_acc"] * ept_t / ept_s if "quick_acc" in om and ept_t and ept_s else None
-    n_star = _n_star(table, trial_id, baseline_trial) if baseline_trial is not None else None
+    recurring_j = float(sum(energy.get(s, 0.0) for s in RECURRING_TEACHER_STAGES))
+    # N* amortises a teacher paid once; an on-policy teacher is paid again by every run, so
+    # there is nothing to amortise (report.policy_rules compares energy to a quality instead)
+    amortisable = baseline_trial is not None and not recurring_j > 0
+    n_star = _n_star(table, trial_id, baseline_trial) if amortisable else None
     return {"trial_id": trial_id, "E_run_j": e_run, "teacher_side_j": teacher_side,
-            "teacher_share": teacher_side / e_run if e_run else None, "EPT_j_per_token": ept,
+            "teacher_share": teacher_side / e_run if e_run else None,
+            "teacher_recurring_j": recurring_j, "EPT_j_per_token": ept,
             "EPT_incl_load_j_per_token": ept_incl_load, "EPT_inference_teacher": ept_t,
             "EPT_inference_student": ept_s,
             "OM_perf": om, "Eff_overall": eff, "scores": scores,

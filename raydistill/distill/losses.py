@@ -21,6 +21,9 @@ Conventions
 - A cached id at or past the student's rows (an engine that saw a padded output layer) is a
   token the student cannot emit: its teacher mass is moved into the tail bucket.
 - The caller runs the teacher under `torch.no_grad()`; nothing here detaches.
+
+On-policy distillation's loss (TRL DistillationTrainer's generalized JSD, unscaled by T²) and
+GKD's λ mix are `onpolicy_loss.onpolicy_jsd` and `onpolicy_loss.mix_onpolicy`, not in LOSSES.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import numpy as np
 
 from raydistill.energy.accuracy import row_error_j, unmeasured_peak_w
 from raydistill.energy.ledger_view import LedgerView
-from raydistill.energy.samples import SHARED_KINDS, WORK, Window
+from raydistill.energy.samples import ROLLOUT, SHARED_KINDS, WORK, Window
 from raydistill.energy.segments import HELD
 from raydistill.energy.timeline import DeviceTimeline
 
@@ -221,9 +221,12 @@ def _row(state: LedgerView, w: Window, device_id: str, kind: str, start: float, 
 
 def _counted_tokens(state: LedgerView, w: Window) -> tuple[int, int]:
     """(tokens, generated) of `w` as its stage counts them: none where an enclosing window
-    of the same trial and stage carries tokens (those already count this work's)."""
+    of the same trial and stage carries tokens (those already count this work's). A rollout
+    window's tokens are other work than its training window's (generated, not trained on) and
+    are kept apart (`results.stage_totals`): only an enclosing rollout counts them already."""
     for a in state.ancestors(w):
-        if a.trial_id == w.trial_id and a.stage == w.stage and a.tokens > 0:
+        same_kind = (a.phase == ROLLOUT) == (w.phase == ROLLOUT)
+        if a.trial_id == w.trial_id and a.stage == w.stage and a.tokens > 0 and same_kind:
             return 0, 0
     return w.tokens, w.generated_tokens
 

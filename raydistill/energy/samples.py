@@ -196,8 +196,11 @@ _KEY = struct.Struct("<qII")  # batch_seq, n samples, header length
 ALL_DEVICES = ("*",)
 # What a window's work was: "load" (model load, engine start-up: paid once, before the first
 # token) or "work" (steady state: what a token costs). Windows recorded without one are work.
-LOAD, WORK = "load", "work"
-PHASES = (LOAD, WORK)
+# "rollout": an on-policy student generating its own completions inside student_training (a
+# window nested in the training window, so it takes those device-seconds): the results say J
+# per generated rollout token apart from the update, which stays "work".
+LOAD, WORK, ROLLOUT = "load", "work", "rollout"
+PHASES = (LOAD, WORK, ROLLOUT)
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,33 @@ callbacks too, and only those after it see the keys it adds. Passed as `callback
 instead, it comes after them: the figures then reach `trainer.state.log_history` and the console
 but not those integrations.
 
+On-policy trainers (TRL's `DistillationTrainer`, whose student generates its own completions
+every step): `attach` wraps the trainer's `_generate` so that each generation during training is
+a window of phase "rollout" inside the `student_training` window (it takes those seconds: the
+update keeps the rest), carrying the prompt and completion tokens, the completions as generated.
+The results table then says `rollout_j`, `rollout_tokens` and `rollout_j_per_token` of
+`student_training` apart from its update (`work_j`). Other code that generates inside training
+marks itself with `with cb.rollout() as r: ...; r.add_tokens(n, generated=g)`. A teacher
+scoring those completions elsewhere (a server) is put in the ledger where it runs, as
+`run.stage("teacher_scoring")` (examples/trl_onpolicy.py).
+
 Tokens are counted by each rank itself, without a collective: a forward pre-hook on the model
 adds the non-padding tokens (`attention_mask.sum()`, kept on the device) of every training
 micro-batch (grad enabled: generation and evaluation run without), and the count is read when a
-window closes or a log is written. Each rank's window carries its own tokens and the stage is
-the union of the ranks' windows, so they add up. The Trainer's `include_num_input_tokens_seen`
-(a gather and a host sync every micro-batch) is left as the user set it.
+window closes or a log is written. A trainer that calls the model's backbone itself
+(`DistillationTrainer` runs `model.base_model` and projects the hidden states in its loss) is
+counted there: the backbone's hook counts a forward the top-level hook did not. Each rank's
+window carries its own tokens and the stage is the union of the ranks' windows, so they add up.
+The Trainer's `include_num_input_tokens_seen` (a gather and a host sync every micro-batch) is
+left as the user set it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +83,7 @@ class EnergyCallback(TrainerCallback):
         self._counted = 0  # this rank's training tokens read back so far
         self._pending = None  # tokens counted on the device since, not read back yet
         self._hooked: set[int] = set()  # ids of the models the counting hook is on
+        self._top_counted = False  # the model's own hook counted the forward now running
         self._world = 1  # ranks: the live J/token divides by this rank's tokens × ranks
         self.train_energy_j: float | None = None  # the stage's figure, once train() ends
         self.eval_energy_j: float | None = None
@@ -92,7 +108,20 @@ class EnergyCallback(TrainerCallback):
         trainer.train = train_closing_on_error
         for name in ("evaluate", "predict"):
             setattr(trainer, name, _closing_eval_on_error(cb, getattr(trainer, name)))
+        if callable(getattr(trainer, "_generate", None)):  # TRL's on-policy trainers
+            trainer._generate = _generating_as_rollout(cb, trainer._generate)
         return cb
+
+    @contextlib.contextmanager
+    def rollout(self) -> Iterator[Any]:
+        """A "rollout" window of the training stage around the block while training runs (the
+        block's generation is the update's input, not the update); outside training, the
+        block runs unmeasured here (an evaluation's generation is in its own window)."""
+        if self._train is None:
+            yield None
+            return
+        with self.run.stage(self.stage_name, trial=self.trial, phase="rollout") as window:
+            yield window
 
     @property
     def run(self) -> Any:
@@ -184,22 +213,39 @@ class EnergyCallback(TrainerCallback):
         if id(model) in self._hooked:
             return
         model.register_forward_pre_hook(self._count, with_kwargs=True)
+        model.register_forward_hook(self._top_done, always_call=True)  # also when it raises
+        backbone = getattr(model, "base_model", None)
+        if backbone is not None and backbone is not model and hasattr(
+                backbone, "register_forward_pre_hook"):
+            backbone.register_forward_pre_hook(self._count_backbone, with_kwargs=True)
         self._hooked.add(id(model))
 
     def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self._top_counted = self._add_count(module, args, kwargs)
+
+    def _top_done(self, module: Any, args: tuple, output: Any) -> None:
+        self._top_counted = False
+
+    def _count_backbone(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if not getattr(self, "_top_counted", False):  # a forward the model's hook missed
+            self._add_count(module, args, kwargs)
+
+    def _add_count(self, module: Any, args: tuple, kwargs: dict) -> bool:
         import torch
 
         if not (module.training and torch.is_grad_enabled()):  # generation, evaluation
-            return
+            return False
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
-        if self.count_tokens == "non_padding" and mask is not None and mask.dim() == 2:
+        if self.count_tokens == "non_padding" and isinstance(mask, torch.Tensor) \
+                and mask.dim() == 2:
             n = mask.sum()  # a device tensor: read back only when a window closes or logs
-        elif ids is not None:
+        elif isinstance(ids, torch.Tensor):
             n = ids.numel()
-        else:
-            return
+        else:  # called with something else (a loss routed through the model's forward)
+            return False
         self._pending = n if self._pending is None else self._pending + n
+        return True
 
     def _tokens(self) -> int:
         """This rank's training tokens so far (reads the device count back: one sync)."""
@@ -250,6 +296,24 @@ def _closing_eval_on_error(cb: EnergyCallback, method: Any) -> Any:
             raise
 
     return closing
+
+
+def _generating_as_rollout(cb: EnergyCallback, generate: Any) -> Any:
+    """TRL's `_generate(prompts)`, in a rollout window while training, its tokens counted:
+    it returns (prompt_ids, completion_ids, ...), lists of token-id lists, completions the
+    student wrote."""
+
+    @functools.wraps(generate)
+    def generating(*args: Any, **kw: Any) -> Any:
+        with cb.rollout() as window:
+            out = generate(*args, **kw)
+            if window is not None:
+                prompts, completions = out[0], out[1]
+                generated = sum(len(c) for c in completions)
+                window.add_tokens(sum(len(p) for p in prompts) + generated, generated=generated)
+        return out
+
+    return generating
 
 
 def model_card_block(run_dir: str | Path, trial: str | None = None) -> dict:

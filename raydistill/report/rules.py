@@ -30,6 +30,17 @@ from raydistill.search.uncertainty import (
 )
 
 
+def _policy_rules(trials: pd.DataFrame) -> list[str]:
+    """Where a sweep has on-policy trials (a recurring teacher, no N*): which method reached a
+    dev quality on the least energy (report/policy_rules.py)."""
+    from raydistill.report.policy_rules import policy_rules, runs_from_trials
+
+    method = trials.get("param.distill.method") if len(trials) else None
+    if method is None or not (method == "onpolicy").any():
+        return []
+    return policy_rules(runs_from_trials(trials))
+
+
 def design_rules(data: ReportData) -> list[str]:
     """Statements computed from the data, each with the numbers behind it and their errors; a
     statement whose interval does not support it is not made (see `definitions`)."""
@@ -41,6 +52,7 @@ def design_rules(data: ReportData) -> list[str]:
         rules.extend(_stage_rules(main))
         rules.extend(_load_rule(main, total))
     rules.extend(payback_rules(data))
+    rules.extend(_policy_rules(data.trials))
     done = data.trials[data.trials["status"] == "finished"]
     front = done[done["trial_id"].isin(data.pareto_ids)].sort_values("energy_j")
     params = [c for c in data.trials.columns if c.startswith("param.")]

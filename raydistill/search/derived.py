@@ -241,6 +241,12 @@ def _baseline_mask(trials: pd.DataFrame) -> pd.Series:
     return method == "none"
 
 
+def _recurring_teacher(group: pd.DataFrame) -> bool:
+    """The configuration's teacher scores every step (method onpolicy): not amortisable."""
+    method = group.get("param.distill.method")
+    return method is not None and bool((method == "onpolicy").any())
+
+
 # Parameters of the teacher side: a baseline (no teacher) is the same training without them.
 _TEACHER_SIDE = ("param.distill.", "param.generation.", "param.teacher.")
 
@@ -266,9 +272,11 @@ def configuration_figures(group: pd.DataFrame, baselines: pd.DataFrame,
     """N* and the break-even tokens of one configuration, from its finished repeats: N* at
     equal steps against the baselines trained like it, at equal quality against the cheapest
     baseline configuration that reaches its dev quality."""
-    n_star = None if is_baseline else n_star_of(group, matching_baselines(group, baselines))
-    equal = dict.fromkeys(SWEEP_COLUMNS) if is_baseline else _equal_quality(group, baselines,
-                                                                            n_star)
+    # an on-policy teacher is paid again by every run: nothing to amortise, so no N* of either
+    # kind (report.policy_rules compares the energy to reach a dev quality instead)
+    none = is_baseline or _recurring_teacher(group)
+    n_star = None if none else n_star_of(group, matching_baselines(group, baselines))
+    equal = dict.fromkeys(SWEEP_COLUMNS) if none else _equal_quality(group, baselines, n_star)
     tokens = break_even_ratio(
         repeats_interval(group, "bill_j", "bill_error_j"),
         repeats_interval(group, "ept_teacher_j_per_token", "ept_teacher_error_j_per_token"),

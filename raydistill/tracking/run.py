@@ -270,12 +270,14 @@ class Run:
 
     # ---- stages --------------------------------------------------------------------------------
     def stage(self, name: str, trial: str | None = None, tokens: int = 0,
-              generated_tokens: int = 0, devices: str | tuple[str, ...] = "auto"):
+              generated_tokens: int = 0, devices: str | tuple[str, ...] = "auto",
+              phase: str = "work"):
         """A window for stage `name` of `trial` (default: the run's) on this node, for the
-        devices this process holds (see `process_devices`)."""
+        devices this process holds (see `process_devices`). `phase="rollout"`: an on-policy
+        student's generation inside its training window (energy.samples.PHASES)."""
         from raydistill.tracking.stage import Stage
 
-        return Stage(self, name, trial or self.trial, tokens, generated_tokens, devices)
+        return Stage(self, name, trial or self.trial, tokens, generated_tokens, devices, phase)
 
     def stage_energy_j(self, trial: str, stage: str, settle: bool = True) -> float:
         """The ledger's energy so far for one stage of a trial (open windows included).
@@ -379,7 +381,8 @@ def current_run() -> Run:
 
 @contextlib.contextmanager
 def stage(name: str, trial: str | None = None, tokens: int = 0,
-          generated_tokens: int = 0, devices: str | tuple[str, ...] = "auto") -> Iterator:
+          generated_tokens: int = 0, devices: str | tuple[str, ...] = "auto",
+          phase: str = "work") -> Iterator:
     """`with raydistill.stage("student_training") as s:` in any process of a tracked run."""
-    with current_run().stage(name, trial, tokens, generated_tokens, devices) as s:
+    with current_run().stage(name, trial, tokens, generated_tokens, devices, phase) as s:
         yield s

@@ -140,9 +140,14 @@ class Stage:
     load; `s.energy_j` is the ledger's figure so far (live while open, whole once closed)."""
 
     def __init__(self, run: RunHandle, name: str, trial: str, tokens: int = 0,
-                 generated_tokens: int = 0, devices: str | Sequence[str] = "auto") -> None:
+                 generated_tokens: int = 0, devices: str | Sequence[str] = "auto",
+                 phase: str = "work") -> None:
+        from raydistill.energy.samples import PHASES
+
         check_names(name, trial)
-        self.run, self.name, self.trial = run, name, trial
+        if phase not in PHASES:
+            raise ConfigError(f"stage phase {phase!r} unknown; valid: {', '.join(PHASES)}")
+        self.run, self.name, self.trial, self.phase = run, name, trial, phase
         self._tokens, self._generated = int(tokens), int(generated_tokens)
         self._devices = devices
         self.window = None
@@ -153,7 +158,8 @@ class Stage:
 
         ensure_ray(self.run)
         devices = process_devices() if self._devices == "auto" else tuple(self._devices)
-        self.window = StageWindow(self.run.namespace, self.trial, self.name, devices=devices)
+        self.window = StageWindow(self.run.namespace, self.trial, self.name, devices=devices,
+                                  phase=self.phase)
         self.window.__enter__()
         self._lend_parent()
         if self._tokens:

@@ -119,6 +119,9 @@ def test_data_section_defaults_and_overrides():
     (["teacher.steps=0"], "a model built from `tiny` needs steps > 0"),
     (["student.steps=0"], "a model built from `tiny` needs steps > 0"),
     (["student.steps=-1"], "steps must be >= 0"),
+    (["distill.lmbda=1.5"], "distill.lmbda must be a number in [0, 1], got 1.5"),
+    (["distill.beta=-0.1"], "distill.beta must be a number in [0, 1], got -0.1"),
+    (["distill.method=onpolicyy"], "valid: none, sft, logit, feature, relational, onpolicy"),
 ])
 def test_bad_data_and_training_values_name_the_field(sets, needle):
     from pathlib import Path
@@ -291,3 +294,16 @@ def test_engine_auto_names_what_vllm_cannot_serve(with_vllm):
     assert engine == "hf" and "has no implementation of NoSuchForCausalLM" in why
     engine, why = with_vllm.choose_engine("auto", None, on_gpu=True)
     assert engine == "hf" and "config.json cannot be read" in why
+
+
+def test_onpolicy_method_with_its_beta_and_lmbda_loads():
+    from pathlib import Path
+
+    from raydistill.config import STAGES
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    cfg = load_experiment(tiny, ["distill.method=onpolicy", "distill.beta=1.0",
+                                 "distill.lmbda=0.5"])
+    assert (cfg.distill.method, cfg.distill.beta, cfg.distill.lmbda) == ("onpolicy", 1.0, 0.5)
+    assert load_experiment(tiny).distill.lmbda == 1.0  # GKD's default: every batch on-policy
+    assert "teacher_scoring" in STAGES
