@@ -55,9 +55,9 @@ class FootprintConfig:
 
 
 
-STAGES = ("teacher_training", "teacher_generation", "teacher_logit_caching", "student_training",
-          "evaluation")
-METHODS = ("none", "sft", "logit", "feature", "relational")
+STAGES = ("teacher_training", "teacher_generation", "teacher_logit_caching", "teacher_scoring",
+          "student_training", "evaluation")
+METHODS = ("none", "sft", "logit", "feature", "relational", "onpolicy")
 LOSS_NAMES = ("forward_kl", "reverse_kl", "jsd", "tvd")  # = distill.losses.LOSSES (tested)
 
 
@@ -180,6 +180,7 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5  # weight of cross-entropy on the data; 1 - alpha on the KD term
     beta: float = 0.5  # generalized JSD: 0 forward KL, 1 reverse KL
+    lmbda: float = 1.0  # onpolicy: the share of steps whose batch the student generates (GKD)
     top_k: int = 32  # logit cache size; 0 = online teacher (dense logits)
     cache_dtype: str = "bfloat16"  # float16 | bfloat16 | float32
     feature_kind: str = "mse"  # mse | cosine
@@ -202,6 +203,8 @@ class DistillConfig:
         _positive("distill.temperature", self.temperature)
         if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1:
             raise ConfigError("distill.alpha and distill.beta must lie in [0, 1]")
+        if not 0 <= self.lmbda <= 1:
+            raise ConfigError(f"distill.lmbda must lie in [0, 1], got {self.lmbda}")
         if self.engine not in ("deepspeed", "ddp"):
             raise ConfigError(f"distill.engine {self.engine!r} unknown; valid: deepspeed, ddp")
         if self.zero_stage not in (0, 1, 2, 3):

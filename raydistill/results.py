@@ -201,7 +201,7 @@ def format_table(df: pd.DataFrame, floats: str = "{:,.2f}") -> str:
 
 # ---- the results table and the seed metrics --------------------------------------------------
 
-TEACHER_STAGES = ("teacher_generation", "teacher_logit_caching")
+TEACHER_STAGES = ("teacher_generation", "teacher_logit_caching", "teacher_scoring")
 
 
 def side_of(stage: str) -> str:

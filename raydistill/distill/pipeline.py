@@ -25,7 +25,7 @@ from raydistill.io import inside
 
 log = logging.getLogger(__name__)
 
-TEACHER_SIDE = ("teacher_generation", "teacher_logit_caching")
+TEACHER_SIDE = ("teacher_generation", "teacher_logit_caching", "teacher_scoring")
 # what a stage's first seconds (or minutes) are spent on, said before the wait
 WAITS = {
     "teacher_training": "loading the teacher, then training it",

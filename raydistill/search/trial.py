@@ -33,7 +33,7 @@ from raydistill.io import inside
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0
-TEACHER_STAGES = ("teacher_generation", "teacher_logit_caching")
+TEACHER_STAGES = ("teacher_generation", "teacher_logit_caching", "teacher_scoring")
 
 
 @dataclass(frozen=True)
