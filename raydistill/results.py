@@ -11,7 +11,7 @@ from raydistill.energy.accuracy import stated_error_j
 from raydistill.energy.ledger import EnergyRow, LedgerState
 from raydistill.energy.log import read_log
 from raydistill.energy.meters import has_meters, meter_columns, parts_of
-from raydistill.energy.samples import PHASES, WORK
+from raydistill.energy.samples import PHASES, ROLLOUT, WORK
 
 ENERGY_COLUMNS = [f for f in EnergyRow.__dataclass_fields__]
 
@@ -126,20 +126,38 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
         # a stage of counters and one estimate is not stated at the estimate's class for all
         stated_error_j=("stated_error_j", "sum"),
     ).reset_index()
-    counts = df.drop_duplicates("window_id").groupby(STAGE_KEYS, sort=False)
-    out = out.merge(counts[["tokens", "generated_tokens"]].sum().reset_index(), on=STAGE_KEYS)
+    # a stage's tokens are its work's; the student's rollout tokens (on-policy) are apart
+    windows = df.drop_duplicates("window_id")
+    rollout = windows["phase"] == ROLLOUT
+    counts = windows[~rollout].groupby(STAGE_KEYS, sort=False)
+    out = out.merge(counts[["tokens", "generated_tokens"]].sum().reset_index(), on=STAGE_KEYS,
+                    how="left")
+    out[["tokens", "generated_tokens"]] = out[["tokens", "generated_tokens"]].fillna(0).astype(
+        "int64")
     out["duration_s"] = out.pop("_end_s") - out["t_start_s"]
     for phase in PHASES:
         out[f"{phase}_j"], out[f"{phase}_s"] = _phase_totals(df, out, phase)
-    # The sum of the two phases, so that load_j + work_j == energy_j exactly; a stage with no
-    # load phase sums the same rows in the same order as before, so its figure is unchanged.
-    out["energy_j"] = out["load_j"] + out["work_j"]
+    # The sum of the phases, so that load_j + work_j (+ rollout_j + idle_j) == energy_j
+    # exactly; a stage with only load and work sums the same rows in the same order as before.
+    out["energy_j"] = out["load_j"] + out["work_j"] + out["rollout_j"] + out["idle_j"]
+    out = _rollout_columns(out, windows[rollout])
     out["mean_power_w"] = out["energy_j"] / out["duration_s"].where(out["duration_s"] > 0)
     per_token = out["tokens"].where(out["tokens"] > 0)
     out["j_per_token"] = out["work_j"] / per_token
     out["j_per_token_incl_load"] = out["energy_j"] / per_token
     out["tokens_per_s"] = out["tokens"] / out["work_s"].where(out["work_s"] > 0)  # steady state
     return _generated_columns(out)
+
+
+def _rollout_columns(out: pd.DataFrame, rollouts: pd.DataFrame) -> pd.DataFrame:
+    """rollout_tokens (what the student generated in its rollout windows) and
+    rollout_j_per_token = rollout_j / rollout_tokens (NaN for a stage without rollouts)."""
+    got = rollouts.groupby(STAGE_KEYS, sort=False)["tokens"].sum()
+    keys = list(zip(out["trial_id"], out["stage"], strict=True))
+    out["rollout_tokens"] = [int(got.get(k, 0)) for k in keys]
+    out["rollout_j_per_token"] = out["rollout_j"] / out["rollout_tokens"].where(
+        out["rollout_tokens"] > 0)
+    return out
 
 
 def _generated_columns(out: pd.DataFrame) -> pd.DataFrame:

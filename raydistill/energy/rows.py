@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raydistill.energy.accuracy import row_error_j, unmeasured_peak_w
-from raydistill.energy.samples import SHARED_KINDS, WORK, Window
+from raydistill.energy.samples import ROLLOUT, SHARED_KINDS, WORK, Window
 from raydistill.energy.timeline import HELD, DeviceTimeline
 
 if TYPE_CHECKING:
@@ -222,7 +222,11 @@ def _row(state: LedgerState, w: Window, device_id: str, kind: str, start: float,
 
 def _counted_tokens(state: LedgerState, w: Window) -> tuple[int, int]:
     """(tokens, generated) of `w` as its stage counts them: none where an enclosing window
-    of the same trial and stage carries tokens (those already count this work's)."""
+    of the same trial and stage carries tokens (those already count this work's). A rollout
+    window keeps its own: the training window around it counts the update's tokens, never
+    the ones the student generated."""
+    if w.phase == ROLLOUT:
+        return w.tokens, w.generated_tokens
     for a in state.ancestors(w):
         if a.trial_id == w.trial_id and a.stage == w.stage and a.tokens > 0:
             return 0, 0
