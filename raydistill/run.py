@@ -108,7 +108,8 @@ def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
     metrics = [seed_metrics(table, main.trial_id, main.scores, baseline_trial=baseline)]
     onpolicy = getattr(main, "method", "") == "onpolicy"
     if onpolicy:  # a bill every step, no artifact to reuse: no N* (see energy to quality)
-        steps = len((getattr(main, "train_metrics", None) or {}).get("losses", []))
+        train = getattr(main, "train_metrics", None) or {}
+        steps = int(train.get("steps_run", train.get("steps", 0)))
         metrics[0].update(onpolicy_metrics(table, main.trial_id, steps))
     if equal_quality and baseline and not onpolicy:
         metrics[0].update(equal_quality_metrics(run_dir, table, main.trial_id, baseline,

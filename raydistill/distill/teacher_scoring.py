@@ -76,7 +76,7 @@ class TeacherScorer:
     a batch runs when all of them have sent, or `wait_s` after the first one did."""
 
     def __init__(self, model_path: str, namespace: str, trial_id: str, *, rows: int,
-                 top_k: int, temperature: float, expected: int, wait_s: float = 0.5,
+                 top_k: int, temperature: float, expected: int, wait_s: float = 2.0,
                  threads: int = 1) -> None:
         import torch
 
@@ -198,9 +198,10 @@ class TeacherScorer:
 def start_pool(model_path: str, namespace: str, trial_id: str, *, num_actors: int, world: int,
                use_gpu: bool, gpus_per_actor: int, rows: int, top_k: int,
                temperature: float) -> list:
-    """The pool's actors, named (`scorer_name`) so that the training workers find them, and
-    loaded before this returns. On GPUs each holds `gpus_per_actor`; on CPU none is reserved
-    (the workers wait while it scores, so it runs in their idle time instead of a core's)."""
+    """The pool's actors, named (`scorer_name`) so that the training workers find them; they
+    load while the workers start (a worker's first request waits for its actor). On GPUs each
+    holds `gpus_per_actor`; on CPU none is reserved (the workers wait while it scores, so it
+    runs in their idle time instead of a core's)."""
     import ray
 
     res: dict[str, Any] = {"num_gpus": gpus_per_actor} if use_gpu else {"num_cpus": 0}
@@ -212,7 +213,6 @@ def start_pool(model_path: str, namespace: str, trial_id: str, *, num_actors: in
         scheduling_strategy="DEFAULT", **res).remote(
             model_path, namespace, trial_id, rows=rows, top_k=top_k, temperature=temperature,
             expected=counts[i]) for i in range(num_actors)]
-    ray.get([h.ready.remote() for h in handles])
     return handles
 
 

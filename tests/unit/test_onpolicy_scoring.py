@@ -162,7 +162,7 @@ def test_an_onpolicy_run_reports_its_teacher_bill_and_no_n_star(tmp_path):
                          "energy_method": "estimated", "unmeasured_max_j": 0.0})
     table = pd.DataFrame(rows)
     main = TrialOutcome("op", "onpolicy", scores={"student_quick_acc": 0.5},
-                        train_metrics={"losses": [1.0] * 5})
+                        train_metrics={"steps": 8, "steps_run": 5})
     base = TrialOutcome("base", "none", scores={"student_quick_acc": 0.4})
     metrics, _ = write_run_results(tmp_path, table, [main, base], 0.0, equal_quality=True)
     m = json.loads((tmp_path / "metrics.json").read_text())["trials"][0]
