@@ -8,10 +8,11 @@ top-k with the tail's log-mass (`distill.top_k` > 0). The pool lives on its own 
 training; requests from the workers that arrive together are run as one batch.
 
 Measured as it happens, in the `teacher_scoring` stage on the actors' nodes: the model load is
-a "load" window; from then until the pool is closed an "idle" window holds the actor's devices,
-and each batch runs in a "work" window nested in it (a nested window takes its device-seconds,
-`energy.rows`). The teacher's GPUs are held while the student generates and updates, so that
-waiting is paid for: it is shown as idle_j, not hidden and not called work.
+a "load" window; from then (on CPU, from the first request) until the pool is closed an "idle"
+window holds the actor's devices, and each batch runs in a "work" window nested in it (a
+nested window takes its device-seconds, `energy.rows`). The teacher's GPUs are held while the
+student generates and updates, so that waiting is paid for: it is shown as idle_j, not hidden
+and not called work.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class TeacherScorer:
 
         from raydistill.cluster.windows import StageWindow, worker_devices
         from raydistill.distill.teacher import load_model_and_tokenizer
-        from raydistill.energy.samples import IDLE, LOAD
+        from raydistill.energy.samples import LOAD
 
         torch.set_num_threads(max(1, threads))
         self.namespace, self.trial_id = namespace, trial_id
@@ -95,16 +96,27 @@ class TeacherScorer:
             self.model.eval()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = self.model.get_input_embeddings().weight.device
-        # held from here until close(): the teacher's devices wait for the next request
-        self.idle = StageWindow(namespace, trial_id, "teacher_scoring", devices=self.devices,
-                                phase=IDLE, parent_id=None)
-        self.idle.__enter__()
+        self.idle: StageWindow | None = None
         self._opened_s = time.monotonic()
+        if self.devices:  # held from here until close(): its GPUs wait for the next request
+            self._open_idle()
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
         self._forward = threading.Lock()
         self.stats: dict[str, Any] = {"requests": 0, "batches": 0, "sequences": 0,
                                       "tokens": 0, "busy_s": 0.0}
+
+    def _open_idle(self) -> None:
+        """The idle window, open until close(). An actor holding GPUs opens it once loaded;
+        one holding none (CPU) at its first request: before that the node's shared CPU is the
+        student's start-up, which an idle window would otherwise take a share of."""
+        from raydistill.cluster.windows import StageWindow
+        from raydistill.energy.samples import IDLE
+
+        self.idle = StageWindow(self.namespace, self.trial_id, "teacher_scoring",
+                                devices=self.devices, phase=IDLE, parent_id=None)
+        self.idle.__enter__()
+        self._opened_s = time.monotonic()
 
     def ready(self) -> bool:
         return True
@@ -147,6 +159,8 @@ class TeacherScorer:
         starts = [s for r in batch for s in r.starts]
         try:
             with self._forward:
+                if self.idle is None:
+                    self._open_idle()
                 t0, cpu0 = time.monotonic(), cpu_time_s()
                 with StageWindow(self.namespace, self.trial_id, "teacher_scoring",
                                  devices=self.devices, phase=WORK,
@@ -189,7 +203,8 @@ class TeacherScorer:
 
     def close(self) -> dict:
         """Close the idle window; the pool's figures: busy and idle seconds, batches, tokens."""
-        self.idle.close()
+        if self.idle is not None:
+            self.idle.close()
         held_s = time.monotonic() - self._opened_s
         return {**self.stats, "held_s": held_s,
                 "idle_s": max(0.0, held_s - self.stats["busy_s"])}
