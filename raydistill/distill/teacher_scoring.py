@@ -233,11 +233,19 @@ def start_pool(model_path: str, namespace: str, trial_id: str, *, num_actors: in
 
 def close_pool(handles: list) -> dict:
     """Close every actor's idle window and end the actors; their figures summed."""
-    import ray
+    import contextlib
 
-    stats = ray.get([h.close.remote() for h in handles])
+    import ray
+    from ray.exceptions import RayActorError
+
+    stats = []
     for h in handles:
+        # one that died (its error is the training's) has nothing left to close
+        with contextlib.suppress(RayActorError):
+            stats.append(ray.get(h.close.remote()))
         ray.kill(h)
+    if not stats:
+        return {"scoring_actors": len(handles)}
     keys = ("requests", "batches", "sequences", "tokens", "busy_s", "idle_s", "held_s")
     return {f"scoring_{k}": sum(s[k] for s in stats) for k in keys} | {
         "scoring_actors": len(handles)}
