@@ -177,3 +177,19 @@ def test_an_onpolicy_run_reports_its_teacher_bill_and_no_n_star(tmp_path):
     text = summary(RunResult(tmp_path, table, metrics, []))
     assert f"N* (equal steps) {NO_AMORTISATION}" in text
     assert "teacher share per step 33.3%" in text and not math.isnan(m["teacher_share"])
+
+
+def test_the_report_says_the_scoring_bill_recurs_with_its_idle_and_rollouts():
+    from raydistill.report.rules import _onpolicy_rules
+
+    main = pd.DataFrame([
+        {"trial_id": "op", "stage": "teacher_scoring", "energy_j": 50.0, "work_j": 20.0,
+         "idle_j": 25.0, "load_j": 5.0, "rollout_j": 0.0, "rollout_tokens": 0,
+         "energy_method": "estimated", "unmeasured_max_j": 0.0},
+        {"trial_id": "op", "stage": "student_training", "energy_j": 100.0, "work_j": 60.0,
+         "idle_j": 0.0, "load_j": 10.0, "rollout_j": 30.0, "rollout_tokens": 200,
+         "energy_method": "estimated", "unmeasured_max_j": 0.0}])
+    (rule,) = _onpolicy_rules(main)
+    assert "busy 20.0 J, idle 25.0 J, load 5.0 J" in rule
+    assert "no N*" in rule and "200 generated tokens (150 mJ/token)" in rule
+    assert _onpolicy_rules(main[main["stage"] == "student_training"]) == []
