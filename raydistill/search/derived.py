@@ -28,7 +28,7 @@ from raydistill.intervals import (
     mean_of_repeats,
     ratio_bounds,
 )
-from raydistill.results import TEACHER_STAGES, error_column, stage_figure
+from raydistill.results import NO_AMORTISATION, TEACHER_STAGES, error_column, stage_figure
 
 STAGE_OF = {"synthetic_data": "teacher_generation", "logit_cache": "teacher_logit_caching"}
 
@@ -156,10 +156,18 @@ def repeats_figure(trials: pd.DataFrame, prefix: str) -> Figure | None:
                             for v, p, i in rows.itertuples(index=False)])
 
 
+def _onpolicy(group: pd.DataFrame) -> bool:
+    method = group.get("param.distill.method")
+    return method is not None and len(group) > 0 and bool((method == "onpolicy").all())
+
+
 def n_star_of(group: pd.DataFrame, baselines: pd.DataFrame) -> Ratio | None:
     """N* of a configuration (its finished repeats) against the mean of the baseline trials:
     by meter where both tables carry them (one meter's bias cancels), else from the stated
-    errors (`n_star_ratio`)."""
+    errors (`n_star_ratio`). On-policy teacher work recurs every step and is never reused:
+    no N* (`results.NO_AMORTISATION`; the comparison is the energy to reach a quality)."""
+    if _onpolicy(group):
+        return Ratio(NO_AMORTISATION, None, None, None)
     side, training = (repeats_figure(group, "teacher_side"),
                       repeats_figure(group, "student_training"))
     base = repeats_figure(baselines, "student_training")
@@ -267,8 +275,8 @@ def configuration_figures(group: pd.DataFrame, baselines: pd.DataFrame,
     equal steps against the baselines trained like it, at equal quality against the cheapest
     baseline configuration that reaches its dev quality."""
     n_star = None if is_baseline else n_star_of(group, matching_baselines(group, baselines))
-    equal = dict.fromkeys(SWEEP_COLUMNS) if is_baseline else _equal_quality(group, baselines,
-                                                                            n_star)
+    equal = dict.fromkeys(SWEEP_COLUMNS) if is_baseline or _onpolicy(group) else \
+        _equal_quality(group, baselines, n_star)
     tokens = break_even_ratio(
         repeats_interval(group, "bill_j", "bill_error_j"),
         repeats_interval(group, "ept_teacher_j_per_token", "ept_teacher_error_j_per_token"),

@@ -193,3 +193,19 @@ def test_the_report_says_the_scoring_bill_recurs_with_its_idle_and_rollouts():
     assert "busy 20.0 J, idle 25.0 J, load 5.0 J" in rule
     assert "no N*" in rule and "200 generated tokens (150 mJ/token)" in rule
     assert _onpolicy_rules(main[main["stage"] == "student_training"]) == []
+
+
+def test_a_sweep_gives_no_n_star_for_onpolicy_configurations():
+    from raydistill.search.derived import derived_figures
+
+    # the same figures as a logit configuration with a clear N* (test_uncertainty)
+    t = pd.DataFrame({"trial_id": ["t0", "t1", "t2"], "status": ["finished"] * 3,
+                      "quality": [0.5] * 3, "energy_j": [1.0] * 3,
+                      "param.distill.method": ["none", "logit", "onpolicy"],
+                      "param.lr": [0.1] * 3, "student_training_j": [200.0, 150.0, 150.0],
+                      "teacher_side_j": [0.0, 300.0, 300.0],
+                      "teacher_side_error_j": [0.0, 15.0, 15.0],
+                      "student_training_error_j": [10.0, 5.0, 5.0]})
+    d = derived_figures(t)
+    assert d["n_star"][1] == 6.0
+    assert d["n_star"][2] is None and d["n_star_verdict"][2] == NO_AMORTISATION
