@@ -72,30 +72,51 @@ def response_targets(logits, sequences: list[list[int]], starts: list[int], top_
     return out
 
 
+def vllm_targets(prompt_logprobs: list[list], sequences: list[list[int]], starts: list[int],
+                 top_k: int, rows: int) -> list[dict[str, np.ndarray]]:
+    """`response_targets` from vLLM's `prompt_logprobs` (entry i: the teacher's top-k for
+    token i given those before it, raw log-softmax at T = 1): the response's positions are
+    start ... len - 1; ids past the tokenizer's `rows` are dropped into the tail
+    (`teacher_vllm.real_rows`)."""
+    from raydistill.distill.sparse_topk import topk_arrays
+    from raydistill.distill.teacher_vllm import real_rows
+
+    out = []
+    for steps, seq, start in zip(prompt_logprobs, sequences, starts, strict=True):
+        kept = [real_rows(st, rows, top_k) for st in list(steps)[start:len(seq)]]
+        values, indices, tail = topk_arrays(kept, top_k)
+        out.append({"logprobs": values, "indices": indices.astype(np.int64), "tail": tail})
+    return out
+
+
+def scoring_engine(engine: str, top_k: int, temperature: float) -> str:
+    """vllm (prompt_logprobs) where the run's teacher engine is vLLM and the target is a top-k
+    at T = 1 (vLLM's raw logprobs are log_softmax at T = 1); hf (a forward) otherwise."""
+    return "vllm" if engine == "vllm" and top_k > 0 and temperature == 1.0 else "hf"
+
+
 class TeacherScorer:
-    """One actor of the pool (HF forward). `expected`: the workers sending to it each step;
-    a batch runs when all of them have sent, or `wait_s` after the first one did."""
+    """One actor of the pool (`engine` hf: a forward; vllm: prompt_logprobs). `expected`: the
+    workers sending to it each step; a batch runs when all of them have sent, or `wait_s`
+    after the first one did."""
 
     def __init__(self, model_path: str, namespace: str, trial_id: str, *, rows: int,
                  top_k: int, temperature: float, expected: int, wait_s: float = 2.0,
-                 threads: int = 1) -> None:
+                 threads: int = 1, engine: str = "hf", vllm: dict | None = None) -> None:
         import torch
 
         from raydistill.cluster.windows import StageWindow, worker_devices
-        from raydistill.distill.teacher import load_model_and_tokenizer
         from raydistill.energy.samples import LOAD
 
         torch.set_num_threads(max(1, threads))
         self.namespace, self.trial_id = namespace, trial_id
         self.rows, self.top_k, self.temperature = rows, top_k, temperature
         self.expected, self.wait_s = max(1, expected), wait_s
+        self.engine = engine
         self.devices = worker_devices()
         with StageWindow(namespace, trial_id, "teacher_scoring", devices=self.devices,
                          phase=LOAD, parent_id=None):
-            self.model, tokenizer = load_model_and_tokenizer(model_path)
-            self.model.eval()
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.device = self.model.get_input_embeddings().weight.device
+            self._load(model_path, threads, vllm or {})
         self.idle: StageWindow | None = None
         self._opened_s = time.monotonic()
         if self.devices:  # held from here until close(): its GPUs wait for the next request
@@ -105,6 +126,24 @@ class TeacherScorer:
         self._forward = threading.Lock()
         self.stats: dict[str, Any] = {"requests": 0, "batches": 0, "sequences": 0,
                                       "tokens": 0, "busy_s": 0.0}
+
+    def _load(self, model_path: str, threads: int, vllm: dict) -> None:
+        if self.engine == "vllm":
+            from raydistill.distill.teacher_vllm import make_llm, warm_up
+
+            self.llm = make_llm(model_path, gpus=vllm.get("gpus", 1),
+                                max_model_len=vllm.get("max_model_len", 2048),
+                                top_k=self.top_k, seed=0,
+                                memory_fraction=vllm.get("memory_fraction", 0.0),
+                                tokenizer=False, threads=threads)
+            warm_up(self.llm, self.top_k)
+            return
+        from raydistill.distill.teacher import load_model_and_tokenizer
+
+        self.model, tokenizer = load_model_and_tokenizer(model_path)
+        self.model.eval()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.device = self.model.get_input_embeddings().weight.device
 
     def _open_idle(self) -> None:
         """The idle window, open until close(). An actor holding GPUs opens it once loaded;
@@ -189,6 +228,16 @@ class TeacherScorer:
     def _forward_pass(self, seqs: list[list[int]], starts: list[int]) -> list[dict]:
         import torch
 
+        if self.engine == "vllm":
+            from vllm import SamplingParams
+
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=self.top_k,
+                                    detokenize=False)
+            outs = self.llm.generate([{"prompt_token_ids": q} for q in seqs], params,
+                                     use_tqdm=False)
+            return vllm_targets([o.prompt_logprobs for o in outs], seqs, starts, self.top_k,
+                                self.rows)
+
         n = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), n), dtype=torch.long)
@@ -212,7 +261,7 @@ class TeacherScorer:
 
 def start_pool(model_path: str, namespace: str, trial_id: str, *, num_actors: int, world: int,
                use_gpu: bool, gpus_per_actor: int, rows: int, top_k: int,
-               temperature: float) -> list:
+               temperature: float, engine: str = "hf", vllm: dict | None = None) -> list:
     """The pool's actors, named (`scorer_name`) so that the training workers find them; they
     load while the workers start (a worker's first request waits for its actor). On GPUs each
     holds `gpus_per_actor`; on CPU none is reserved (the workers wait while it scores, so it
@@ -227,7 +276,7 @@ def start_pool(model_path: str, namespace: str, trial_id: str, *, num_actors: in
         # inside a Tune trial an actor would otherwise join the trial's tiny placement group
         scheduling_strategy="DEFAULT", **res).remote(
             model_path, namespace, trial_id, rows=rows, top_k=top_k, temperature=temperature,
-            expected=counts[i]) for i in range(num_actors)]
+            expected=counts[i], engine=engine, vllm=vllm) for i in range(num_actors)]
     return handles
 
 

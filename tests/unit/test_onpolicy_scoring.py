@@ -209,3 +209,32 @@ def test_a_sweep_gives_no_n_star_for_onpolicy_configurations():
     d = derived_figures(t)
     assert d["n_star"][1] == 6.0
     assert d["n_star"][2] is None and d["n_star_verdict"][2] == NO_AMORTISATION
+
+
+def test_vllm_prompt_logprobs_give_what_the_hf_forward_gives():
+    """vLLM's prompt_logprobs[i] is the distribution of token i given those before it (its top
+    k, plus the token itself where it ranks lower): the same targets as the HF path's logits at
+    i - 1, on the same sequences."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 7, 12)
+    seqs, starts, k = [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3, 5]], [3, 2], 4
+    logp = torch.log_softmax(logits, -1)
+    prompt_logprobs = []
+    for b, seq in enumerate(seqs):
+        steps = [None]
+        for i in range(1, len(seq)):
+            top = logp[b, i - 1].topk(k)
+            step = {int(t): types.SimpleNamespace(logprob=float(v), rank=r + 1)
+                    for r, (v, t) in enumerate(zip(top.values, top.indices, strict=True))}
+            step.setdefault(seq[i], types.SimpleNamespace(
+                logprob=float(logp[b, i - 1, seq[i]]), rank=k + 5))
+            steps.append(step)
+        prompt_logprobs.append(steps)
+    hf = ts.response_targets(logits, seqs, starts, k, 1.0)
+    vl = ts.vllm_targets(prompt_logprobs, seqs, starts, k, rows=12)
+    for a, b in zip(hf, vl, strict=True):
+        np.testing.assert_array_equal(a["indices"], b["indices"])
+        np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=1e-6)
+        np.testing.assert_allclose(a["tail"], b["tail"], atol=1e-5)
+    assert ts.scoring_engine("vllm", 16, 1.0) == "vllm"
+    assert ts.scoring_engine("vllm", 0, 1.0) == ts.scoring_engine("vllm", 16, 2.0) == "hf"
