@@ -87,7 +87,7 @@ def teacher_target(scored: list[dict], examples: list[dict], width: int,
 class OnPolicy:
     """One worker's side of on-policy training: the λ draw, the rollouts and the loss."""
 
-    def __init__(self, cfg: dict[str, Any], rank: int, world: int) -> None:
+    def __init__(self, cfg: dict[str, Any], rank: int, world: int, start_step: int = 0) -> None:
         import ray
 
         from raydistill.distill.teacher_scoring import scorer_for, scorer_name
@@ -95,6 +95,8 @@ class OnPolicy:
         self.cfg, self.rank, self.world = cfg, rank, world
         # the same stream on every rank: all of them roll out on the same steps
         self.rng = random.Random(cfg["seed"])
+        for _ in range(start_step):  # a resumed run draws where the checkpointed one left off
+            self.rng.random()
         name = scorer_name(cfg["trial_id"], scorer_for(rank, cfg["scoring_actors"]))
         self.scorer = ray.get_actor(name, namespace=cfg["namespace"])
         self.rollout_steps = 0

@@ -183,7 +183,7 @@ def student_loop(cfg: dict[str, Any]) -> None:
         if cfg["method"] == "onpolicy":  # the teacher scores on its own actors (its pool)
             from raydistill.distill.onpolicy import OnPolicy
 
-            policy = OnPolicy(cfg, rank, world)
+            policy = OnPolicy(cfg, rank, world, start["step"])
         device = ray.train.torch.get_device()  # the worker's GPU, or the CPU
         load_s = time.perf_counter() - t_load
         window.loaded()
