@@ -134,10 +134,10 @@ def stage_totals(df: pd.DataFrame) -> pd.DataFrame:
     out["duration_s"] = out.pop("_end_s") - out["t_start_s"]
     for phase in PHASES:
         out[f"{phase}_j"], out[f"{phase}_s"] = _phase_totals(df, out, phase)
-    # The sum of the phases, so that load_j + work_j + rollout_j == energy_j exactly; a stage
-    # with no load or rollout phase sums the same rows in the same order as before, so its
+    # The sum of the phases, so that load_j + work_j + rollout_j + idle_j == energy_j exactly;
+    # a stage with only load and work sums the same rows in the same order as before, so its
     # figure is unchanged.
-    out["energy_j"] = out["load_j"] + out["work_j"] + out["rollout_j"]
+    out["energy_j"] = out["load_j"] + out["work_j"] + out["rollout_j"] + out["idle_j"]
     # J per token the student generated in its rollouts, apart from the update (work_j)
     out["rollout_j_per_token"] = out["rollout_j"] / out["rollout_tokens"].where(
         out["rollout_tokens"] > 0)
@@ -334,6 +334,47 @@ def seed_metrics(table: pd.DataFrame, trial_id: str, scores: dict,
             # the saving N* divides by (baseline − distilled training, J) and its 95% error
             **_saving_fields("N_star", n_star),
             "baseline_trial": baseline_trial}
+
+
+# On-policy teacher work is redone every step and leaves no artifact: N* has nothing to divide
+NO_AMORTISATION = "no amortisation: see energy to quality"
+
+
+def onpolicy_metrics(table: pd.DataFrame, trial_id: str, steps: int) -> dict:
+    """An on-policy trial's recurring teacher bill and its rollouts, from the results table:
+    teacher_scoring split into load / busy (work) / idle (its devices held between requests),
+    J per training step, the teacher's share of each step (scoring ÷ scoring + the student's
+    training, load excluded on both sides), and the student's rollouts (J per generated token)
+    apart from the update (J per trained token). N* is not given (`NO_AMORTISATION`)."""
+    mine = table[table["trial_id"] == trial_id].set_index("stage")
+
+    def get(stage: str, col: str) -> float:
+        if stage not in mine.index or col not in mine.columns:
+            return 0.0
+        value = mine.at[stage, col]
+        return 0.0 if pd.isna(value) else float(value)
+
+    scoring = get("teacher_scoring", "energy_j")
+    scoring_steady = scoring - get("teacher_scoring", "load_j")
+    student_steady = get("student_training", "work_j") + get("student_training", "rollout_j")
+    per_step = steps if steps > 0 else None
+    rollout_tokens = get("student_training", "rollout_tokens")
+    tokens = get("student_training", "tokens")
+    both = scoring_steady + student_steady
+    return {
+        "teacher_scoring_j": scoring, "teacher_scoring_load_j": get("teacher_scoring", "load_j"),
+        "teacher_scoring_busy_j": get("teacher_scoring", "work_j"),
+        "teacher_scoring_idle_j": get("teacher_scoring", "idle_j"),
+        "teacher_scoring_j_per_step": scoring_steady / per_step if per_step else None,
+        "student_j_per_step": student_steady / per_step if per_step else None,
+        "teacher_step_share": scoring_steady / both if both > 0 else None,
+        "rollout_j": get("student_training", "rollout_j"), "rollout_tokens": int(rollout_tokens),
+        "rollout_j_per_token": get("student_training", "rollout_j") / rollout_tokens
+        if rollout_tokens else None,
+        "update_j_per_token": get("student_training", "work_j") / tokens if tokens else None,
+        "N_star": None, "N_star_low": None, "N_star_high": None,
+        "N_star_verdict": NO_AMORTISATION, "N_star_saving_j": None,
+        "N_star_saving_error_j": None}
 
 
 def _saving_fields(prefix: str, ratio) -> dict:

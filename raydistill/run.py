@@ -16,7 +16,7 @@ from raydistill.config import ExperimentConfig, to_dict
 from raydistill.energy.footprint import FootprintInputs
 from raydistill.errors import ConfigError
 from raydistill.io import atomic_write, atomic_write_text, prepare_run_dir
-from raydistill.results import results_table, seed_metrics
+from raydistill.results import NO_AMORTISATION, onpolicy_metrics, results_table, seed_metrics
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,12 @@ def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
     main = outcomes[0]
     baseline = outcomes[1].trial_id if len(outcomes) > 1 else None
     metrics = [seed_metrics(table, main.trial_id, main.scores, baseline_trial=baseline)]
-    if equal_quality and baseline:
+    onpolicy = getattr(main, "method", "") == "onpolicy"
+    if onpolicy:  # a bill every step, no artifact to reuse: no N* (see energy to quality)
+        train = getattr(main, "train_metrics", None) or {}
+        steps = int(train.get("steps_run", train.get("steps", 0)))
+        metrics[0].update(onpolicy_metrics(table, main.trial_id, steps))
+    if equal_quality and baseline and not onpolicy:
         metrics[0].update(equal_quality_metrics(run_dir, table, main.trial_id, baseline,
                                                 metrics[0], ledger))
     if baseline:
@@ -195,6 +200,8 @@ def _n_star_text(m: dict) -> str:
 
     if m.get("N_star_verdict") is None:
         return "n/a (no baseline)"
+    if m["N_star_verdict"] == NO_AMORTISATION:
+        return NO_AMORTISATION
     saving = m.get("N_star_saving_j")
     den = None if saving is None else Interval(saving, m["N_star_saving_error_j"])
     text = fmt_ratio(Ratio(m["N_star_verdict"], m["N_star"], m["N_star_low"],
@@ -202,6 +209,19 @@ def _n_star_text(m: dict) -> str:
     # one run of each student: the interval is the meters' stated error, not their spread
     return text + (" (95%, stated error only: one run each)" if m["N_star"] is not None
                    else "")
+
+
+def _onpolicy_text(m: dict) -> str:
+    """The recurring teacher bill of an on-policy trial and its rollouts, in one line."""
+    def mj(v: float | None) -> str:
+        return "n/a" if v is None else f"{v * 1e3:,.2f} mJ/token"
+
+    return (f"    on-policy: teacher_scoring {m['teacher_scoring_j']:,.1f} J (busy "
+            f"{m['teacher_scoring_busy_j']:,.1f} J, idle {m['teacher_scoring_idle_j']:,.1f} J, "
+            f"load {m['teacher_scoring_load_j']:,.1f} J); teacher share per step "
+            f"{m['teacher_step_share']:.1%}; rollouts {m['rollout_j']:,.1f} J for "
+            f"{m['rollout_tokens']:,} tokens ({mj(m['rollout_j_per_token'])}, update "
+            f"{mj(m['update_j_per_token'])})")
 
 
 def _scores_text(scores: dict, split: str) -> str:
@@ -233,6 +253,8 @@ def summary(result: RunResult) -> str:
         lines += [f"[{m['trial_id']}] E_run {m['E_run_j']:,.1f} J (teacher side {share}); "
                   f"scores {sc}", f"    OM_perf: {om or 'n/a'}; Eff_overall {eff}; "
                   f"N* (equal steps) {n_star}"]
+        if m.get("teacher_step_share") is not None:
+            lines.append(_onpolicy_text(m))
         if m.get("N_star_equal_quality_verdict") is not None:
             lines.append(f"    N* (equal quality) {_n_star_eq_text(m)}")
     for trial, t in result.train.items():

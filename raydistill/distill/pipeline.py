@@ -25,7 +25,7 @@ from raydistill.io import inside
 
 log = logging.getLogger(__name__)
 
-TEACHER_SIDE = ("teacher_generation", "teacher_logit_caching")
+TEACHER_SIDE = ("teacher_generation", "teacher_logit_caching", "teacher_scoring")
 # what a stage's first seconds (or minutes) are spent on, said before the wait
 WAITS = {
     "teacher_training": "loading the teacher, then training it",
@@ -361,12 +361,47 @@ class Pipeline:
         with self._running(trial_id, "student_training",
                            f"{method}, {engine}: starting {d.num_workers} Ray Train "
                            f"worker(s) and loading the models{build}"):
-            metrics = fit_student(self.cfg, method, trial_id, self.session.namespace,
-                                  teacher.location, data_path, cache.path if cache else None,
-                                  out, self.run_dir, self.use_gpu, loop_extra, run_name)
+            if method == "onpolicy":
+                metrics = self._onpolicy_student(trial_id, teacher, data_path, out,
+                                                 loop_extra, run_name)
+            else:
+                metrics = fit_student(self.cfg, method, trial_id, self.session.namespace,
+                                      teacher.location, data_path,
+                                      cache.path if cache else None, out, self.run_dir,
+                                      self.use_gpu, loop_extra, run_name)
         self.progress(f"student_training [{trial_id}]: loss {metrics['first_loss']:.3f} → "
                       f"{metrics['final_loss']:.3f}")
         return out, metrics
+
+    def _onpolicy_student(self, trial_id: str, teacher: Artifact, data_path: Path, out: Path,
+                          loop_extra: dict | None, run_name: str | None) -> dict:
+        """The student trained on-policy, with the teacher scoring on its own pool of actors
+        (`teacher_scoring`), up for the whole of the training and closed after it."""
+        from raydistill.distill.stages import fit_student, vocab_rows
+        from raydistill.distill.teacher_scoring import close_pool, scoring_engine, start_pool
+
+        d, g = self.cfg.distill, self.cfg.generation
+        engine = scoring_engine(self.engine()[0], d.top_k, d.temperature)
+        how = "vLLM prompt_logprobs" if engine == "vllm" else "hf forward"
+        self.progress(f"teacher_scoring: {g.num_actors} teacher actor(s) serve the student's "
+                      f"rollouts ({how})")
+        pool = start_pool(teacher.location, self.session.namespace, trial_id,
+                          num_actors=g.num_actors, world=d.num_workers, use_gpu=self.use_gpu,
+                          gpus_per_actor=g.gpus_per_actor,
+                          rows=vocab_rows(self.cfg, "onpolicy", teacher.location),
+                          top_k=d.top_k, temperature=d.temperature, engine=engine,
+                          vllm={"gpus": g.gpus_per_actor,
+                                "memory_fraction": g.gpu_memory_utilization,
+                                "max_model_len": self.cfg.training.max_seq_len + 1})
+        try:
+            metrics = fit_student(self.cfg, "onpolicy", trial_id, self.session.namespace,
+                                  teacher.location, data_path, None, out, self.run_dir,
+                                  self.use_gpu, {**(loop_extra or {}),
+                                                 "scoring_actors": len(pool)}, run_name)
+        finally:
+            scoring = close_pool(pool)
+        metrics.update(scoring)
+        return metrics
 
     def evaluate(self, trial_id: str, models: dict[str, Path | str], data: DataSplits) -> dict:
         """{"scores": test split (quick_acc, lm-eval), "dev_scores": dev split (quick_acc),

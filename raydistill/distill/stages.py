@@ -127,7 +127,8 @@ def student_loop_config(cfg, method: str, trial_id: str, namespace: str,
     return {
         "namespace": namespace, "trial_id": trial_id, "stage": "student_training",
         "method": method, "loss": d.loss, "temperature": d.temperature, "alpha": d.alpha,
-        "beta": d.beta, "top_k": d.top_k, "feature_kind": d.feature_kind, "engine": d.engine,
+        "beta": d.beta, "lmbda": d.lmbda, "top_k": d.top_k, "feature_kind": d.feature_kind,
+        "engine": d.engine,
         "zero_stage": d.zero_stage, "teacher_sharding": d.teacher_sharding, "seed": cfg.seed,
         "threads": 1 if d.num_workers > 1 else 2, "student": to_dict(cfg.student),
         "steps": cfg.student.steps, "lr": cfg.student.lr, "batch_size": cfg.student.batch_size,
@@ -155,7 +156,7 @@ def check_pair(cfg, method: str, teacher_path: Path | str) -> bool:
         return True  # a tiny student is built on the teacher's tokenizer
     teacher_tok = AutoTokenizer.from_pretrained(str(teacher_path))
     student_tok = AutoTokenizer.from_pretrained(cfg.student.model)
-    if method in ("logit", "feature"):
+    if method in ("logit", "feature", "onpolicy"):
         name = cfg.teacher.model or "the built-in teacher"
         check_vocabulary(teacher_tok, student_tok, name, cfg.student.model, f"{method} KD")
         return True
@@ -175,7 +176,9 @@ def vocab_rows(cfg, method: str, teacher_path: Path | str) -> int:
     models = {}
     if cfg.student.model:
         models[f"student {cfg.student.model}"] = cfg.student.model
-    if online_teacher({"method": method, "top_k": cfg.distill.top_k}) and method == "logit":
+    # the teacher's logits are read online (logit KD without a cache; on-policy's scorer)
+    if (online_teacher({"method": method, "top_k": cfg.distill.top_k}) and method == "logit") \
+            or method == "onpolicy":
         models[f"teacher {cfg.teacher.model or teacher_path}"] = str(teacher_path)
     rows = {name: AutoConfig.from_pretrained(path).get_text_config().vocab_size
             for name, path in models.items()}

@@ -179,6 +179,11 @@ def student_loop(cfg: dict[str, Any]) -> None:
             log.info("rank %d resumed from step %d", rank, start["step"])
         stream = ExampleStream(cfg, tokenizer, teacher_tok, rank, world).batches(
             micro, skip=start["consumed"])
+        policy = None
+        if cfg["method"] == "onpolicy":  # the teacher scores on its own actors (its pool)
+            from raydistill.distill.onpolicy import OnPolicy
+
+            policy = OnPolicy(cfg, rank, world, start["step"])
         device = ray.train.torch.get_device()  # the worker's GPU, or the CPU
         load_s = time.perf_counter() - t_load
         window.loaded()
@@ -191,11 +196,16 @@ def student_loop(cfg: dict[str, Any]) -> None:
             _maybe_fail(cfg, step, rank)
             # the step's micro-batches first: their token count normalises each one's loss
             step_batches = [next(stream) for _ in range(cfg["grad_accum"])]
+            if policy is not None:  # the student's own completions, with probability λ
+                step_batches = policy.step_batches(step_batches, engine, tokenizer)
             norm = step_normaliser(step_batches, world, device)
             loss_sum = 0.0
             for chosen in step_batches:
-                loss = objective(cfg, engine, teacher, chosen, tokenizer.pad_token_id,
-                                 teacher_tok.pad_token_id, device, norm)
+                if policy is not None:
+                    loss = policy.objective(engine, chosen, tokenizer.pad_token_id, device, norm)
+                else:
+                    loss = objective(cfg, engine, teacher, chosen, tokenizer.pad_token_id,
+                                     teacher_tok.pad_token_id, device, norm)
                 _backward(engine, loss, cfg)
                 loss_sum += float(loss.detach()) * norm
                 n = sum(len(e["input_ids"]) for e in chosen)
@@ -223,7 +233,8 @@ def student_loop(cfg: dict[str, Any]) -> None:
             save_student(module.student, state, tokenizer, cfg, {
                 "losses": losses_seen, "train_s": train_s, "load_s": load_s, "tokens": tokens,
                 "world": world, "precision": precision, "micro_batch": micro,
-                "resumed_from_step": start["step"], **teacher_info}, probe)
+                "resumed_from_step": start["step"], **teacher_info,
+                **(policy.figures() if policy is not None else {})}, probe)
     if losses_seen and not math.isfinite(losses_seen[-1]):
         raise FloatingPointError(f"student loss is {losses_seen[-1]}: lower student.lr")
 

@@ -196,11 +196,12 @@ _KEY = struct.Struct("<qII")  # batch_seq, n samples, header length
 ALL_DEVICES = ("*",)
 # What a window's work was: "load" (model load, engine start-up: paid once, before the first
 # token) or "work" (steady state: what a token costs). Windows recorded without one are work.
-# "rollout": an on-policy student generating its own completions inside student_training (a
-# window nested in the training window, so it takes those device-seconds): the results say J
-# per generated rollout token apart from the update, which stays "work".
-LOAD, WORK, ROLLOUT = "load", "work", "rollout"
-PHASES = (LOAD, WORK, ROLLOUT)
+# On-policy distillation adds two: "rollout", the student generating its own completions inside
+# student_training (nested in the training window: its J and tokens kept apart from the
+# update's), and "idle", a teacher_scoring actor holding its devices between requests (each
+# request a nested "work" window), so that a held, waiting GPU is shown as such, not as work.
+LOAD, WORK, ROLLOUT, IDLE = "load", "work", "rollout", "idle"
+PHASES = (LOAD, WORK, ROLLOUT, IDLE)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ def design_rules(data: ReportData) -> list[str]:
         total = main["energy_j"].sum()
         rules.extend(_stage_rules(main))
         rules.extend(_load_rule(main, total))
+        rules.extend(_onpolicy_rules(main))
     rules.extend(payback_rules(data))
     rules.extend(_policy_rules(data.trials))
     done = data.trials[data.trials["status"] == "finished"]
@@ -90,7 +91,9 @@ def _stage_rules(main: pd.DataFrame) -> list[str]:
                  f"stated errors ({'; '.join(f'{s} {fmt_interval(stages[s])}' for s in tied)})."]
     teacher = _interval(main[main["side"] == "teacher"])
     setup = _interval(main[main["side"] == "setup"])
-    rules.append(f"Teacher-side work (generation + logit caching) took {fmt_interval(teacher)} "
+    named = "generation + logit caching" + (
+        " + on-policy scoring" if (main["stage"] == "teacher_scoring").any() else "")
+    rules.append(f"Teacher-side work ({named}) took {fmt_interval(teacher)} "
                  f"({teacher.value / total:.0%} of all measured energy); training the teacher "
                  f"(setup) took {fmt_interval(setup)} more ({setup.value / total:.0%}).")
     return rules
@@ -107,6 +110,29 @@ def _load_rule(main: pd.DataFrame, total: float) -> list[str]:
             f"measured energy), most of it in {top['stage']} of {top['trial_id']} "
             f"({top['load_j']:,.1f} J of its {top['energy_j']:,.1f} J); J/token figures are "
             f"steady state and leave it out."]
+
+
+def _onpolicy_rules(main: pd.DataFrame) -> list[str]:
+    """Per on-policy trial: the teacher's recurring scoring bill (busy and idle apart) against
+    the student's steady training, and the rollouts' J per generated token (results from
+    before the rollout and idle phases have neither)."""
+    rules = []
+    for trial, g in main[main["stage"] == "teacher_scoring"].groupby("trial_id", sort=False):
+        student = main[(main["trial_id"] == trial) & (main["stage"] == "student_training")]
+        scoring = _interval(g)
+        parts = [f"{c[:-2]} {g[c].sum():,.1f} J" for c in ("work_j", "idle_j", "load_j")
+                 if c in g.columns]
+        text = (f"On-policy teacher scoring in {trial} took {fmt_interval(scoring)} "
+                f"({', '.join(parts).replace('work', 'busy')}; idle is its devices held "
+                f"between requests). It recurs every step and leaves nothing to reuse: no N* "
+                f"(see energy to quality).")
+        if "rollout_j" in student.columns and student["rollout_tokens"].sum() > 0:
+            roll = _interval(student, "rollout_j")
+            n = int(student["rollout_tokens"].sum())
+            text += (f" The student's rollouts took {fmt_interval(roll)} for {n:,} generated "
+                     f"tokens ({roll.value / n * 1e3:,.3g} mJ/token), apart from its update.")
+        rules.append(text)
+    return rules
 
 
 def engine_rules(done: pd.DataFrame) -> list[str]:

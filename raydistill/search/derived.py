@@ -28,7 +28,7 @@ from raydistill.intervals import (
     mean_of_repeats,
     ratio_bounds,
 )
-from raydistill.results import TEACHER_STAGES, error_column, stage_figure
+from raydistill.results import NO_AMORTISATION, TEACHER_STAGES, error_column, stage_figure
 
 STAGE_OF = {"synthetic_data": "teacher_generation", "logit_cache": "teacher_logit_caching"}
 
@@ -156,10 +156,19 @@ def repeats_figure(trials: pd.DataFrame, prefix: str) -> Figure | None:
                             for v, p, i in rows.itertuples(index=False)])
 
 
+def _onpolicy(group: pd.DataFrame) -> bool:
+    """The configuration's teacher scores every step (method onpolicy): not amortisable."""
+    method = group.get("param.distill.method")
+    return method is not None and bool((method == "onpolicy").any())
+
+
 def n_star_of(group: pd.DataFrame, baselines: pd.DataFrame) -> Ratio | None:
     """N* of a configuration (its finished repeats) against the mean of the baseline trials:
     by meter where both tables carry them (one meter's bias cancels), else from the stated
-    errors (`n_star_ratio`)."""
+    errors (`n_star_ratio`). On-policy teacher work recurs every step and is never reused:
+    no N* (`results.NO_AMORTISATION`; the comparison is the energy to reach a quality)."""
+    if _onpolicy(group):
+        return Ratio(NO_AMORTISATION, None, None, None)
     side, training = (repeats_figure(group, "teacher_side"),
                       repeats_figure(group, "student_training"))
     base = repeats_figure(baselines, "student_training")
@@ -241,12 +250,6 @@ def _baseline_mask(trials: pd.DataFrame) -> pd.Series:
     return method == "none"
 
 
-def _recurring_teacher(group: pd.DataFrame) -> bool:
-    """The configuration's teacher scores every step (method onpolicy): not amortisable."""
-    method = group.get("param.distill.method")
-    return method is not None and bool((method == "onpolicy").any())
-
-
 # Parameters of the teacher side: a baseline (no teacher) is the same training without them.
 _TEACHER_SIDE = ("param.distill.", "param.generation.", "param.teacher.")
 
@@ -274,8 +277,8 @@ def configuration_figures(group: pd.DataFrame, baselines: pd.DataFrame,
     baseline configuration that reaches its dev quality."""
     # an on-policy teacher is paid again by every run: nothing to amortise, so no N* of either
     # kind (report.policy_rules compares the energy to reach a dev quality instead)
-    none = is_baseline or _recurring_teacher(group)
-    n_star = None if none else n_star_of(group, matching_baselines(group, baselines))
+    none = is_baseline or _onpolicy(group)
+    n_star = None if is_baseline else n_star_of(group, matching_baselines(group, baselines))
     equal = dict.fromkeys(SWEEP_COLUMNS) if none else _equal_quality(group, baselines, n_star)
     tokens = break_even_ratio(
         repeats_interval(group, "bill_j", "bill_error_j"),

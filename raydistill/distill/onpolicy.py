@@ -1,0 +1,161 @@
+"""On-policy distillation inside a Ray Train worker (`distill.method: onpolicy`, GKD's way).
+
+Each step, with probability λ (`distill.lmbda`, drawn from one seeded stream on every rank so
+that all ranks take the same branch, as a ZeRO-3 gather needs), the student generates
+completions for the step's prompts on its own weights (under ZeRO-3 gathered once, as TRL's
+`unwrap_model_for_generation`), in a "rollout" window of `student_training` nested in the
+training window: its energy and the tokens it generated are kept apart from the update's.
+Otherwise the step trains on the off-policy batch (the teacher's synthetic completions). Either
+way the teacher pool (`teacher_scoring`) scores the sequences, and the student is updated with
+the generalized JSD (`losses.onpolicy_jsd`, β) on the teacher's distribution at its positions.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from raydistill.distill.losses import NEG, TopK
+
+
+def rollout_examples(student, examples: list[dict], tokenizer, cfg: dict,
+                     synced: bool) -> tuple[list[dict], int]:
+    """The step's prompts completed by the student (sampled at T = 1, until its EOS or
+    `max_new_tokens`, within `max_seq_len`): (examples, tokens generated). `synced`: every rank
+    steps until all are done (HF's synced_gpus; ZeRO-3 with several ranks)."""
+    prompts = [list(e["input_ids"][:e["prompt_len"]]) for e in examples]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos = tokenizer.eos_token_id
+    width = max(len(p) for p in prompts)
+    device = next(student.parameters()).device
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):  # left-padded: every prompt ends where generation starts
+        ids[i, width - len(p):] = torch.as_tensor(p)
+        attn[i, width - len(p):] = 1
+    room = max(1, min(cfg["max_new_tokens"], cfg["max_seq_len"] - width))
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        out = student.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                               max_new_tokens=room, do_sample=True, temperature=1.0, top_k=0,
+                               top_p=1.0, pad_token_id=pad, eos_token_id=eos,
+                               synced_gpus=synced)
+    if was_training:
+        student.train()
+    made, generated = [], 0
+    for p, new in zip(prompts, out[:, width:].tolist(), strict=True):
+        completion = _until_eos(new, eos)[:max(1, cfg["max_seq_len"] - len(p))]
+        generated += len(completion)
+        made.append({"input_ids": p + completion, "prompt_len": len(p)})
+    return made, generated
+
+
+def _until_eos(tokens: list[int], eos: int | None) -> list[int]:
+    """A completion up to and including its first EOS (what follows is padding)."""
+    if eos is not None and eos in tokens:
+        return tokens[:tokens.index(eos) + 1]
+    return tokens
+
+
+def teacher_target(scored: list[dict], examples: list[dict], width: int,
+                   device) -> torch.Tensor | TopK:
+    """The scorer's answers placed at each example's response positions (prompt_len - 1
+    onward) of a [B, width, ...] batch; other positions carry nothing (the mask drops them)."""
+    first = scored[0]
+    if "logits" in first:
+        vocab = first["logits"].shape[-1]
+        out = torch.zeros((len(examples), width, vocab))
+        for i, (s, e) in enumerate(zip(scored, examples, strict=True)):
+            start = e["prompt_len"] - 1
+            out[i, start:start + len(s["logits"])] = torch.tensor(s["logits"])
+        return out.to(device)
+    k = first["logprobs"].shape[-1]
+    lp = torch.full((len(examples), width, k), NEG)
+    idx = torch.zeros((len(examples), width, k), dtype=torch.long)
+    tail = torch.full((len(examples), width), NEG)
+    for i, (s, e) in enumerate(zip(scored, examples, strict=True)):
+        start, n = e["prompt_len"] - 1, len(s["logprobs"])
+        lp[i, start:start + n] = torch.tensor(s["logprobs"])
+        idx[i, start:start + n] = torch.tensor(s["indices"])
+        tail[i, start:start + n] = torch.tensor(s["tail"])
+    return TopK(lp.to(device), idx.to(device), tail.to(device))
+
+
+class OnPolicy:
+    """One worker's side of on-policy training: the λ draw, the rollouts and the loss."""
+
+    def __init__(self, cfg: dict[str, Any], rank: int, world: int, start_step: int = 0) -> None:
+        import ray
+
+        from raydistill.distill.teacher_scoring import scorer_for, scorer_name
+
+        self.cfg, self.rank, self.world = cfg, rank, world
+        # the same stream on every rank: all of them roll out on the same steps
+        self.rng = random.Random(cfg["seed"])
+        for _ in range(start_step):  # a resumed run draws where the checkpointed one left off
+            self.rng.random()
+        name = scorer_name(cfg["trial_id"], scorer_for(rank, cfg["scoring_actors"]))
+        self.scorer = ray.get_actor(name, namespace=cfg["namespace"])
+        self.rollout_steps = 0
+        self.rollout_tokens = 0
+
+    def step_batches(self, batches: list[list[dict]], engine, tokenizer) -> list[list[dict]]:
+        """The step's micro-batches: the student's own completions of their prompts (with
+        probability λ, in a rollout window), else the off-policy batches as they are."""
+        from raydistill.distill.losses import mix_onpolicy
+
+        if not mix_onpolicy(self.cfg["lmbda"], self.rng):
+            return batches
+        from raydistill.cluster.windows import StageWindow, worker_devices
+        from raydistill.distill.engine import dtype_of, full_parameters, resolve_precision
+        from raydistill.energy.samples import ROLLOUT
+
+        c = self.cfg
+        zero_stage = c["zero_stage"] if c["engine"] == "deepspeed" else 0
+        precision = resolve_precision(c["precision"])
+        out = []
+        with (StageWindow(c["namespace"], c["trial_id"], c["stage"], devices=worker_devices(),
+                          phase=ROLLOUT) as window,
+              full_parameters(engine, zero_stage) as module):
+            student = module.student
+            device = next(student.parameters()).device
+            with torch.autocast(device.type, dtype=dtype_of(precision),
+                                enabled=precision != "fp32"):
+                for chosen in batches:
+                    made, generated = rollout_examples(
+                        student, chosen, tokenizer, c, synced=zero_stage == 3 and self.world > 1)
+                    window.add_tokens(generated, generated=generated)
+                    self.rollout_tokens += generated
+                    out.append(made)
+        self.rollout_steps += 1
+        return out
+
+    def objective(self, engine, chosen: list[dict], pad_id: int, device,
+                  normaliser: float | None) -> torch.Tensor:
+        """JSD_β between the student and the teacher pool's distribution over this
+        micro-batch's response positions: their mean, or their sum ÷ `normaliser`."""
+        import ray
+
+        from raydistill.distill.batches import pad_batch, response_tokens, to_device
+        from raydistill.distill.losses import onpolicy_jsd
+
+        c = self.cfg
+        scored = ray.get(self.scorer.score.remote([list(e["input_ids"]) for e in chosen],
+                                                  [e["prompt_len"] for e in chosen]))
+        batch = to_device(pad_batch(chosen, pad_id), device)
+        logits, _ = engine(batch["input_ids"], batch["attention_mask"], False)
+        rows = c["vocab_rows"]
+        if logits.shape[-1] > rows:
+            logits = logits[..., :rows]
+        target = teacher_target(scored, chosen, logits.shape[1], device)
+        loss = onpolicy_jsd(logits, target, beta=c["beta"], temperature=c["temperature"],
+                            mask=batch["mask"])
+        if normaliser is not None:  # a mean over this micro-batch → its share of the step
+            loss = loss * (response_tokens(chosen) / normaliser)
+        return loss
+
+    def figures(self) -> dict:
+        return {"rollout_steps": self.rollout_steps, "rollout_tokens": self.rollout_tokens}
