@@ -181,20 +181,6 @@ def jsd(student_logits: torch.Tensor, teacher: Teacher, *, temperature: float = 
     return _masked_mean(per, mask) * temperature**2
 
 
-def onpolicy_jsd(student_logits: torch.Tensor, teacher: Teacher, *, beta: float,
-                 temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Generalized JSD_β as TRL's DistillationTrainer (β 0 forward KL, 1 reverse KL), without
-    the T² scale TRL does not apply."""
-    return jsd(student_logits, teacher, temperature=temperature, beta=beta,
-               mask=mask) / temperature**2
-
-
-def mix_onpolicy(lmbda: float, rng) -> bool:
-    """GKD's λ: True (an on-policy batch this step) with probability `lmbda`."""
-    _check_unit("lmbda", lmbda)
-    return rng.random() < lmbda
-
-
 def tvd(student_logits: torch.Tensor, teacher: Teacher, *, temperature: float = 1.0,
         mask: torch.Tensor | None = None) -> torch.Tensor:
     """Total variation ½ Σ |p_T − p_S| at temperature T, in [0, 1], not scaled by T²."""

@@ -105,7 +105,7 @@ class OnPolicy:
     def step_batches(self, batches: list[list[dict]], engine, tokenizer) -> list[list[dict]]:
         """The step's micro-batches: the student's own completions of their prompts (with
         probability λ, in a rollout window), else the off-policy batches as they are."""
-        from raydistill.distill.losses import mix_onpolicy
+        from raydistill.distill.onpolicy_loss import mix_onpolicy
 
         if not mix_onpolicy(self.cfg["lmbda"], self.rng):
             return batches
@@ -140,7 +140,7 @@ class OnPolicy:
         import ray
 
         from raydistill.distill.batches import pad_batch, response_tokens, to_device
-        from raydistill.distill.losses import onpolicy_jsd
+        from raydistill.distill.onpolicy_loss import onpolicy_jsd
 
         c = self.cfg
         scored = ray.get(self.scorer.score.remote([list(e["input_ids"]) for e in chosen],

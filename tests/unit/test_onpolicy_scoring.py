@@ -14,8 +14,9 @@ import torch
 
 from raydistill.distill import teacher_scoring as ts
 from raydistill.distill.batches import pad_batch
-from raydistill.distill.losses import TopK, onpolicy_jsd
+from raydistill.distill.losses import TopK
 from raydistill.distill.onpolicy import _until_eos, rollout_examples, teacher_target
+from raydistill.distill.onpolicy_loss import onpolicy_jsd
 from raydistill.results import NO_AMORTISATION
 
 
