@@ -109,7 +109,8 @@ class OnPolicy:
 
         if not mix_onpolicy(self.cfg["lmbda"], self.rng):
             return batches
-        from raydistill.cluster.windows import StageWindow, worker_devices
+        from raydistill.cluster.devices import worker_devices
+        from raydistill.cluster.windows import StageWindow
         from raydistill.distill.engine import dtype_of, full_parameters, resolve_precision
         from raydistill.energy.samples import ROLLOUT
 

@@ -105,7 +105,8 @@ class TeacherScorer:
                  threads: int = 1, engine: str = "hf", vllm: dict | None = None) -> None:
         import torch
 
-        from raydistill.cluster.windows import StageWindow, worker_devices
+        from raydistill.cluster.devices import worker_devices
+        from raydistill.cluster.windows import StageWindow
         from raydistill.energy.samples import LOAD
 
         torch.set_num_threads(max(1, threads))
