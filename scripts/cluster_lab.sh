@@ -9,6 +9,8 @@
 #   scripts/cluster_lab.sh exec I CMD..  run CMD inside host I (its network, mounts, processes)
 #   scripts/cluster_lab.sh ip I          host I's address
 #   scripts/cluster_lab.sh pid I         host I's first process (kill -9 it: a lost instance)
+#   scripts/cluster_lab.sh skew-env S    the environment that runs a host's wall clock S seconds
+#                                        ahead (libfaketime; give it to `exec I env ... ray start`)
 #
 # Each host has its own IP on the bridge rdlab0 (10.213.7.0/24 unless RDLAB_NET says otherwise),
 # its own hostname, its own /tmp, /dev/shm, HOME (/root) and local disk (/mnt/local), its own
@@ -76,6 +78,27 @@ Host $NET.*
 EOF
 }
 
+# libfaketime 0.9.10 with FAKETIME_DONT_FAKE_MONOTONIC=1 (a host whose wall clock runs ahead,
+# its monotonic clock true, as on a real host) fails every clock_nanosleep with EINVAL, so
+# Python's time.sleep raises. Preloaded before libfaketime, this passes the call straight to the
+# kernel: sleeps on the monotonic clock, which is not faked, are then exact.
+sleep_fix() {
+  [ -f "$LAB/lib/nanosleep_fix.so" ] && return 0
+  command -v cc >/dev/null || return 0
+  mkdir -p "$LAB/lib"
+  cat > "$LAB/lib/nanosleep_fix.c" <<'CEOF'
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+int clock_nanosleep(clockid_t clock, int flags, const struct timespec *req, struct timespec *rem) {
+  return syscall(SYS_clock_nanosleep, clock, flags, req, rem) == -1 ? errno : 0;
+}
+CEOF
+  cc -shared -fPIC -O2 -o "$LAB/lib/nanosleep_fix.so" "$LAB/lib/nanosleep_fix.c"
+}
+
 bridge_up() {
   if ! ip link show "$BR" >/dev/null 2>&1; then
     ip link add "$BR" type bridge
@@ -141,7 +164,7 @@ EOF
 
 up() {
   local n=${1:-3} i
-  need; keys; bridge_up
+  need; keys; sleep_fix; bridge_up
   for i in $(seq 0 $((n - 1))); do
     if pid1 "$i" >/dev/null; then continue; fi
     start_host "$i"
@@ -186,6 +209,12 @@ case "${1:-}" in
   status) status ;;
   exec) [ $# -ge 3 ] || die "usage: $0 exec I CMD ..."; i=$2; shift 2; in_host "$i" "$@" ;;
   ip) host_ip "${2:?host index}" ;;
+  skew-env)
+    echo "LD_PRELOAD=$LAB/lib/nanosleep_fix.so /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+    echo "FAKETIME=+${2:?seconds}s"
+    echo "FAKETIME_DONT_FAKE_MONOTONIC=1"
+    echo "FAKETIME_DONT_RESET=1" ;;
   pid) pid1 "${2:?host index}" || die "host $2 is not up" ;;
-  *) echo "usage: $0 up N | down | status | exec I CMD ... | ip I | pid I" >&2; exit 2 ;;
+  *) echo "usage: $0 up N | down | status | exec I CMD ... | ip I | pid I | skew-env S" >&2
+     exit 2 ;;
 esac
