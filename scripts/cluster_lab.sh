@@ -9,6 +9,8 @@
 #   scripts/cluster_lab.sh exec I CMD..  run CMD inside host I (its network, mounts, processes)
 #   scripts/cluster_lab.sh ip I          host I's address
 #   scripts/cluster_lab.sh pid I         host I's first process (kill -9 it: a lost instance)
+#   scripts/cluster_lab.sh image         give every live host a venv with the project's dependencies
+#                                        and sudo (the "machine image" `ray up` expects)
 #   scripts/cluster_lab.sh skew-env S    the environment that runs a host's wall clock S seconds
 #                                        ahead (libfaketime; give it to `exec I env ... ray start`)
 #
@@ -97,6 +99,37 @@ int clock_nanosleep(clockid_t clock, int flags, const struct timespec *req, stru
 }
 CEOF
   cc -shared -fPIC -O2 -o "$LAB/lib/nanosleep_fix.so" "$LAB/lib/nanosleep_fix.c"
+}
+
+# The hosts' "machine image" for `ray up` (what a DLAMI gives an AWS node): Python with the
+# project's dependencies already installed (the lab has no route out, so pip must find them
+# locally), pip told so, and `sudo` (the lab's hosts run as root and have none). Each host gets
+# its own venv in its own HOME; the dependencies are the ones of the venv this script runs from.
+image() {
+  local i h py site
+  py=$(readlink -f "${PYTHON:-.venv/bin/python}")
+  site=$("${PYTHON:-.venv/bin/python}" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  for d in "$LAB"/hosts/h*; do
+    i=${d##*/h}; h="$d/home"
+    pid1 "$i" >/dev/null || continue
+    if [ ! -x "$h/venv/bin/python" ]; then
+      # made inside the host, so that its scripts name /root/venv as the host sees it
+      nsenter -t "$(pid1 "$i")" -m -n -p -u -- "$py" -m venv /root/venv
+      echo "$site" > "$(echo "$h"/venv/lib/python3*/site-packages)/rdlab_image.pth"
+      printf '#!/bin/sh\nexec "$@"\n' > "$h/venv/bin/sudo"
+      # the dependencies' console scripts live in the other venv's bin, bound to its python
+      printf '#!/root/venv/bin/python\nfrom ray.scripts.scripts import main\nmain()\n' \
+        > "$h/venv/bin/ray"
+      chmod +x "$h/venv/bin/sudo" "$h/venv/bin/ray"
+    fi
+    mkdir -p "$h/.config/pip"
+    printf '[global]\nno-index = true\n[install]\nno-build-isolation = false\n' \
+      > "$h/.config/pip/pip.conf"
+    cat > "$h/.bashrc" <<BEOF
+export PATH=/root/venv/bin:\$PATH
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+BEOF
+  done
 }
 
 bridge_up() {
@@ -209,12 +242,13 @@ case "${1:-}" in
   status) status ;;
   exec) [ $# -ge 3 ] || die "usage: $0 exec I CMD ..."; i=$2; shift 2; in_host "$i" "$@" ;;
   ip) host_ip "${2:?host index}" ;;
+  image) image ;;
   skew-env)
     echo "LD_PRELOAD=$LAB/lib/nanosleep_fix.so /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
     echo "FAKETIME=+${2:?seconds}s"
     echo "FAKETIME_DONT_FAKE_MONOTONIC=1"
     echo "FAKETIME_DONT_RESET=1" ;;
   pid) pid1 "${2:?host index}" || die "host $2 is not up" ;;
-  *) echo "usage: $0 up N | down | status | exec I CMD ... | ip I | pid I | skew-env S" >&2
+  *) echo "usage: $0 up N | down | status | image | exec I CMD ... | ip I | pid I | skew-env S" >&2
      exit 2 ;;
 esac
