@@ -41,13 +41,16 @@ def _resumed_sweep(out: Path):
     proc = subprocess.Popen([sys.executable, "-m", "raydistill.cli", "sweep", SPACE,
                              "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None and not _second_trial_started(out):
-        time.sleep(1.0)
-    killed = proc.poll() is None
-    if killed:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-trial, Ray with it
-        proc.wait()
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None and not _second_trial_started(out):
+            time.sleep(1.0)
+    finally:  # also when pytest itself is stopped: the driver has its own session, and a
+        # sweep left running would hold the cores for every test after it
+        killed = proc.poll() is None
+        if killed:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-trial, Ray with it
+            proc.wait()
     code = main(["sweep", SPACE, "--out", str(out), "--resume"])
     return out, killed, code
 
