@@ -60,7 +60,7 @@ def measure_command(
     namespace = namespace_for(run_dir)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
         {"command": cmd, "sampling": to_dict(cfg), "address": address}, sort_keys=False))
-    init_ray(address, namespace)
+    started_ray = init_ray(address, namespace)
     session = Session(run_dir, namespace, cfg).start()
     try:
         with StageWindow(namespace, "measure", "command") as window:
@@ -73,7 +73,8 @@ def measure_command(
         rows = [r for r in session.energy_rows() if r["window_id"] == window.window.window_id]
     finally:
         session.close()
-        ray.shutdown()
+        if started_ray:  # a Ray this call joined stays up for its owner
+            ray.shutdown()
     df = energy_frame(rows)
     atomic_write(run_dir / "energy.csv", lambda p: df.to_csv(p, index=False))
     return MeasureResult(

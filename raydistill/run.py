@@ -71,7 +71,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
         on_run_dir(run_dir)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     namespace = namespace_for(run_dir)
-    init_ray(address, namespace)
+    started_ray = init_ray(address, namespace)
     from raydistill.cluster.environment import check_cluster_storage
 
     atomic_write_text(run_dir / "environment.json",
@@ -87,7 +87,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path, address: str | None = None,
         rows = session.energy_rows()
     finally:
         session.close()
-        ray.shutdown()
+        if started_ray:  # a Ray this call joined stays up for its owner
+            ray.shutdown()
     table = results_table(rows, inputs)
     metrics, reused = write_run_results(run_dir, table, outcomes, started,
                                         equal_quality=len(outcomes) > 1)

@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.shared_ray import SESSION_RAY
+
 TOL_J = 300.0 * (2 * 0.02 + 0.05)  # a 300 W swing held over two 20 ms refreshes, + 5%
 
 
@@ -24,9 +26,7 @@ def square_gpu_node(gpu: str, now: float | None = None) -> dict:
 @contextlib.contextmanager
 def sim_world(root: Path, spec: dict) -> Iterator[tuple]:
     """(root, SamplingConfig of the simulated node, its spec file, tiny local models), with a
-    local Ray (2 CPUs) up for the block."""
-    import ray
-
+    local Ray (2 CPUs, the session's: tests/shared_ray.py) up for the block."""
     from raydistill.config import SamplingConfig
     from raydistill.data.local_models import make_local_models
 
@@ -35,8 +35,5 @@ def sim_world(root: Path, spec: dict) -> Iterator[tuple]:
     cfg = SamplingConfig(source=f"simulate:{sim}", hz=20, push_interval_s=0.3, idle_s=0.2,
                          max_gap_s=0.8, push_timeout_s=2.0)
     models = make_local_models(root / "models")
-    ray.init(num_cpus=2, include_dashboard=False, namespace="unused")
-    try:
-        yield root, cfg, sim, models
-    finally:
-        ray.shutdown()
+    SESSION_RAY.up()
+    yield root, cfg, sim, models

@@ -19,12 +19,15 @@ def namespace_for(run_dir: Path) -> str:
     return f"raydistill-{run_dir.name[:40]}-{digest}"
 
 
-def init_ray(address: str | None, namespace: str, num_cpus: int | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS, or 'auto'), else start a local Ray for this process."""
+def init_ray(address: str | None, namespace: str, num_cpus: int | None = None) -> bool:
+    """Join `address` (or RAY_ADDRESS, or 'auto'), else start a local Ray for this process.
+
+    False when Ray was already initialized here: the caller then must not shut it down, since
+    whoever started it (a notebook, a test session, a sweep of runs) still needs it."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         # A private local cluster: token auth off (nothing listens beyond this machine).
@@ -42,6 +45,7 @@ def init_ray(address: str | None, namespace: str, num_cpus: int | None = None) -
     # address "local": start a private cluster even when another one (`ray start`, another
     # user's run) is up on this machine; None would join that one
     ray.init(address=address or "local", **kwargs)
+    return True
 
 
 @dataclass

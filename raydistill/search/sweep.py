@@ -110,7 +110,7 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
     if on_run_dir is not None:  # the CLI moves the libraries' log into it
         on_run_dir(run_dir)
     namespace = namespace_for(run_dir)
-    init_ray(address, namespace)
+    started_ray = init_ray(address, namespace)
     from raydistill.cluster.environment import check_cluster_storage
 
     atomic_write_text(run_dir / "environment.json",
@@ -149,7 +149,8 @@ def run_sweep(space_path: str | Path, out: Path, *, budget_kwh: float | None = N
         control_report = ray.get(control.report.remote())
     finally:
         session.close()
-        ray.shutdown()
+        if started_ray:  # a Ray this call joined stays up for its owner
+            ray.shutdown()
     return _write_outputs(run_dir, space, base, grid, rows, control_report,
                           {"total_kwh": total_kwh, "trial_kwh": trial_kwh},
                           time.time() - started)

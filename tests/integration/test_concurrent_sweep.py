@@ -20,6 +20,7 @@ from ray.cluster_utils import Cluster
 
 from raydistill.results import load_ledger
 from raydistill.search.sweep import run_sweep
+from tests.shared_ray import spent
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,8 @@ def concurrent_sweep(tmp_path_factory):
     cluster.add_node(num_cpus=4)
     cluster.wait_for_nodes()
     try:
-        summary = run_sweep(space, tmp / "out", address=cluster.address)
+        with spent("concurrent sweep on a 2-node cluster"):
+            summary = run_sweep(space, tmp / "out", address=cluster.address)
     finally:
         ray.shutdown()
         cluster.shutdown()

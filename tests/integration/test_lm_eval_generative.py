@@ -18,7 +18,7 @@ from raydistill.distill.evaluate import (
 )
 from raydistill.distill.teacher import generate_ids
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 FIRST_WORD = r"(\S+)"
 MAX_NEW = 6

@@ -9,14 +9,13 @@ import time
 
 import pandas as pd
 import pytest
-import ray
 
 import raydistill
 from raydistill.config import SamplingConfig
 from raydistill.energy.simulate import load_node
 from raydistill.measure import measure_stage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 NOW = time.time()
 GPU = "GPU-sim-nest-0000"
@@ -28,15 +27,13 @@ TOL_J = 300.0 * (2 * 0.02 + 0.05)  # counter refresh at each edge, a few ms of s
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, shared_ray):
     root = tmp_path_factory.mktemp("nest")
     sim = root / "node.json"
     sim.write_text(json.dumps(SIM))
     cfg = SamplingConfig(source=f"simulate:{sim}", hz=20, push_interval_s=0.3, idle_s=0.2,
                          max_gap_s=0.8, push_timeout_s=2.0)
-    ray.init(num_cpus=2, include_dashboard=False, namespace="unused")
     yield root, cfg, sim
-    ray.shutdown()
 
 
 def ledger_rows(run_dir) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pytest
 from raydistill.cli import main
 from tests.native_run import SECRET, WATTS, run_argv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import torch
 
 from raydistill.cli import main
 from tests.native_run import CI_SIZE
+from tests.shared_ray import spent
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 # the engine's forward and the reload run the same CPU kernels; a GPU engine's differ from the
 # CPU reload's (the check's stated tolerance then applies, as save_student enforces)
@@ -24,11 +25,12 @@ BF16 = ["training.precision=bf16", "baseline=false", "evaluation.lm_eval=false"]
 
 
 @pytest.fixture(scope="module")
-def zero2_run(tmp_path_factory):
+def zero2_run(tmp_path_factory, shared_ray):
     root = tmp_path_factory.mktemp("bf16")
     sets = [a for s in [*CI_SIZE, *BF16] for a in ("--set", s)]
-    code = main(["run", "configs/tiny.yaml", "--artifacts", str(root / "artifacts"),
-                 "--out", str(root / "run"), *sets])
+    with spent("bf16 ZeRO-2 run"):
+        code = main(["run", "configs/tiny.yaml", "--artifacts", str(root / "artifacts"),
+                     "--out", str(root / "run"), *sets])
     return root, code
 
 
@@ -66,8 +68,6 @@ def test_tiny_config_trains_a_bf16_zero2_student_end_to_end(zero2_run):
 @pytest.fixture(scope="module")
 def world(zero2_run):
     """One Ray cluster and ledger session over the ZeRO-2 run's teacher artifacts."""
-    import ray
-
     from raydistill.cluster.runtime import Session, init_ray, namespace_for
     from raydistill.config import load_experiment
     from raydistill.distill.pipeline import Pipeline
@@ -89,8 +89,7 @@ def world(zero2_run):
         yield types.SimpleNamespace(cfg=cfg, pipe=pipe, data=data, teacher=teacher,
                                     synthetic=synthetic, cache=cache)
     finally:
-        session.close()
-        ray.shutdown()
+        session.close()  # the session's Ray stays up for the next module
 
 
 def _student(world, trial: str, extra: dict | None = None, training=None, **distill):

@@ -14,7 +14,7 @@ import pytest
 from raydistill.cli import main
 from raydistill.distill.logit_cache import read_cache
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 TOKENIZER_ROWS = 151_665
 SIZE = [
@@ -44,7 +44,7 @@ def _train_metrics(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
+def root(tmp_path_factory, shared_ray):
     return tmp_path_factory.mktemp("qwen-pair")
 
 

@@ -17,7 +17,7 @@ from raydistill.config import ExperimentConfig, from_dict
 from raydistill.data.chat_tasks import example_path
 from raydistill.data.local_models import make_local_models
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 WATTS = 40.0
 
@@ -42,9 +42,7 @@ def config(models: dict, data_file, **distill) -> ExperimentConfig:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    import ray
-
+def world(tmp_path_factory, shared_ray):
     from raydistill.cluster.runtime import Session, init_ray, namespace_for
     from raydistill.distill.pipeline import Pipeline
     from raydistill.io import prepare_run_dir
@@ -66,8 +64,7 @@ def world(tmp_path_factory):
     yield types.SimpleNamespace(root=root, models=models, cfg=cfg, run_dir=run_dir, pipe=pipe,
                                 session=session, data=data, teacher=teacher,
                                 synthetic=synthetic, cache=cache)
-    session.close()
-    ray.shutdown()
+    session.close()  # the session's Ray stays up for the next module
 
 
 def test_teacher_generates_through_its_chat_template(world):

@@ -16,8 +16,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 if CHROMIUM is None and os.environ.get("CI"):
     pytest.fail("CI must have Debian's chromium (.ci/run installs it)", pytrace=False)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed "
-                                "(apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed "
+                                 "(apt-get install chromium)"),
+              pytest.mark.shares_ray]  # needs no Ray: the session's stays up across it
 
 
 def chromium(tmp_path, *args):

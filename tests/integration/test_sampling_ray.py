@@ -16,7 +16,7 @@ from raydistill.config import SamplingConfig
 from raydistill.energy.simulate import load_node
 from raydistill.errors import SourceUnavailable
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 # The node the samplers read is simulated (raydistill.energy.simulate, `simulate:PATH`): an
 # H100-like GPU with an absolute counter refreshed every 20 ms and 1 s-averaged power, on a 1 Hz
@@ -46,10 +46,8 @@ def CFG(sim_path):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="unused")
-    yield
-    ray.shutdown()
+def local_ray(shared_ray):
+    yield  # the session's Ray (tests/shared_ray.py), left up for the next module
 
 
 @pytest.fixture

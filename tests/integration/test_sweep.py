@@ -19,8 +19,9 @@ import pytest
 
 from raydistill.cli import main
 from raydistill.pareto import hypervolume_2d, pareto_front
+from tests.shared_ray import spent
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = str(ROOT / "search_spaces" / "smoke.yaml")
 
@@ -31,18 +32,25 @@ def _second_trial_started(out: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def resumed_sweep(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep") / "smoke"
+def resumed_sweep(tmp_path_factory, shared_ray):
+    with spent("smoke sweep, killed and resumed"):
+        return _resumed_sweep(tmp_path_factory.mktemp("sweep") / "smoke")
+
+
+def _resumed_sweep(out: Path):
     proc = subprocess.Popen([sys.executable, "-m", "raydistill.cli", "sweep", SPACE,
                              "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None and not _second_trial_started(out):
-        time.sleep(1.0)
-    killed = proc.poll() is None
-    if killed:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-trial, Ray with it
-        proc.wait()
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None and not _second_trial_started(out):
+            time.sleep(1.0)
+    finally:  # also when pytest itself is stopped: the driver has its own session, and a
+        # sweep left running would hold the cores for every test after it
+        killed = proc.poll() is None
+        if killed:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-trial, Ray with it
+            proc.wait()
     code = main(["sweep", SPACE, "--out", str(out), "--resume"])
     return out, killed, code
 

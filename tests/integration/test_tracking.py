@@ -18,7 +18,7 @@ from raydistill.energy.simulate import load_node
 from raydistill.errors import ConfigError
 from raydistill.measure import measure_stage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 NOW = time.time()
 GPU, GPU2 = "GPU-sim-track-0000", "GPU-sim-track-0001"
@@ -41,11 +41,9 @@ def sampling(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(shared_ray):
     # one Ray for the module: track() joins it (and so leaves it up) instead of starting its own
-    ray.init(num_cpus=2, include_dashboard=False, namespace="unused")
-    yield
-    ray.shutdown()
+    yield  # the session's Ray (tests/shared_ray.py), left up for the next module
 
 
 @pytest.fixture

