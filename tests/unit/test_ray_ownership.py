@@ -25,6 +25,7 @@ def test_init_ray_leaves_an_initialized_ray_alone_and_says_so(monkeypatch):
 def test_init_ray_reports_the_ray_it_started(monkeypatch):
     ray = pytest.importorskip("ray")
     calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a user's RAY_ADDRESS names another Ray
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda *a, **k: calls.append(k))
     assert runtime.init_ray(None, "ns", num_cpus=2) is True
