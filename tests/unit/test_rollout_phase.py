@@ -113,6 +113,7 @@ def test_teacher_scoring_is_teacher_side_and_gets_no_n_star():
 def test_sweep_configuration_with_a_recurring_teacher_gets_no_n_star():
     import pandas as pd
 
+    from raydistill.results import NO_AMORTISATION
     from raydistill.search.derived import derived_figures
 
     def trials(method: str) -> pd.DataFrame:
@@ -125,7 +126,9 @@ def test_sweep_configuration_with_a_recurring_teacher_gets_no_n_star():
 
     assert derived_figures(trials("logit"))["n_star"][1] == 6.0  # a reusable teacher: N*
     d = derived_figures(trials("onpolicy"))  # the same figures, scored every step
-    assert d["n_star"][1] is None and d["n_star_verdict"][1] is None
+    # no N*, and the verdict says why (the comparison there is energy to quality)
+    assert d["n_star"][1] is None
+    assert d["n_star_verdict"][1] == NO_AMORTISATION
 
 
 def test_report_stage_table_shows_rollouts_only_where_there_are_some(rolled, tmp_path):
