@@ -136,3 +136,36 @@ def test_policy_space_puts_the_methods_side_by_side():
     assert {"distill.beta", "distill.lmbda"} <= set(params)
     assert space.config_for({"distill.method": "onpolicy", "distill.beta": 1.0,
                              "distill.lmbda": 0.5}).distill.lmbda == 0.5
+
+
+def test_a_trials_table_built_by_tables_carries_teacher_scoring_apart_from_the_artifacts():
+    # the bug: tables.py wrote only teacher_side_j, so policy_rules took an on-policy trial's
+    # whole teacher side (synthetic data included) as recurring and scaled it to the crossing
+    from raydistill.energy.accuracy import row_error_j
+    from raydistill.energy.ledger import EnergyRow
+    from raydistill.results import results_table
+    from raydistill.search.tables import trials_table
+
+    def row(stage: str, energy_j: float) -> dict:
+        r = {f: None for f in EnergyRow.__dataclass_fields__}
+        r.update(trial_id="o~1", stage=stage, node_id="n", device_id="cpu0", device_kind="cpu",
+                 device_model="", energy_j=energy_j, above_idle_j=energy_j, duration_s=600.0,
+                 t_start_s=0.0, t_end_s=600.0, tokens=0, generated_tokens=0, method="rapl",
+                 shared=False, gap_s=0.0, unmeasured_s=0.0, unmeasured_max_j=0.0,
+                 interpolated=False, n_samples=100, window_id=f"o~1/{stage}", phase="work",
+                 stated_error_j=row_error_j(energy_j, "rapl", "cpu", 600.0))
+        return r
+
+    ledger = results_table([row("teacher_generation", 300.0), row("teacher_scoring", 200.0),
+                            row("student_training", 100.0)])
+    result = {"metrics": {"trial_id": "o", "ledger_trial": "o~1", "status": "finished",
+                          "quality": 0.6, "progress": 1.0, "energy_marginal_j": 600.0,
+                          "energy_full_j": 600.0},
+              "config": {"distill.method": "onpolicy"}, "error": None}
+    trials = trials_table([result], ledger, {"energy_view": "full"},
+                          curves={"o~1": curve_json(ONPOLICY.curve)})
+    assert trials.at[0, "teacher_scoring_j"] == pytest.approx(200.0)
+    assert trials.at[0, "teacher_scoring_error_j"] > 0
+    (onp,) = runs_from_trials(trials)
+    assert onp.teacher_recurring.value == pytest.approx(200.0)
+    assert onp.teacher_once.value == pytest.approx(300.0)  # the synthetic data: in full
