@@ -169,3 +169,36 @@ def test_a_trials_table_built_by_tables_carries_teacher_scoring_apart_from_the_a
     (onp,) = runs_from_trials(trials)
     assert onp.teacher_recurring.value == pytest.approx(200.0)
     assert onp.teacher_once.value == pytest.approx(300.0)  # the synthetic data: in full
+
+
+def test_settings_a_method_ignores_make_repeats_not_configurations_and_a_least_is_stated():
+    # the bug: policy.yaml varies beta and lambda for every method; keyed on every param.*, two
+    # logit trials differing only in beta were two "configurations" and the cheaper single run
+    # was taken as logit's figure
+    def row(tid, method, beta, lmbda, run):
+        side = run.teacher_once.value + run.teacher_recurring.value
+        return {"trial_id": tid, "status": "finished", "param.distill.method": method,
+                "param.distill.beta": beta, "param.distill.lmbda": lmbda, "param.lr": 0.1,
+                "dev_curve": curve_json(run.curve), "student_training_j": run.training.value,
+                "student_training_error_j": 1.0, "teacher_side_j": side,
+                "teacher_side_error_j": 2.0,
+                "teacher_scoring_j": run.teacher_recurring.value}
+
+    cheap = PolicyRun("x", "logit", curve([0.3, 0.45], [5, 10]), fig(10, 1),
+                      teacher_once=fig(20, 1))
+    rows = [row("l1", "logit", 0.0, 0.5, LOGIT), row("l2", "logit", 1.0, 1.0, cheap),
+            row("o1", "onpolicy", 0.0, 0.5, ONPOLICY), row("o2", "onpolicy", 1.0, 0.5, ONPOLICY)]
+    runs = runs_from_trials(pd.DataFrame(rows))
+    assert {r.configuration for r in runs if r.method == "logit"} == {"lr=0.1"}
+    assert {r.configuration for r in runs if r.method == "onpolicy"} == {
+        "distill.beta=0.0, distill.lmbda=0.5, lr=0.1", "distill.beta=1.0, distill.lmbda=0.5, lr=0.1"}
+    _, logit = method_energies(runs, 0.4)["logit"]
+    assert logit.repeats == 2  # pooled: the mean of both, not the cheaper one
+    assert logit.value == pytest.approx((energy_to_quality(LOGIT, 0.4).value
+                                         + energy_to_quality(cheap, 0.4).value) / 2)
+    text = policy_rules(runs, q=0.4)[-1]
+    assert "the least of 2 configurations that reached it, a single run" in text
+    # with loss jsd, logit KD reads beta: then it is part of logit's configuration
+    jsd = pd.DataFrame(rows).assign(**{"param.distill.loss": "jsd"})
+    assert {r.configuration for r in runs_from_trials(jsd) if r.method == "logit"} == {
+        "distill.beta=0.0, distill.loss=jsd, lr=0.1", "distill.beta=1.0, distill.loss=jsd, lr=0.1"}
