@@ -191,7 +191,8 @@ def test_settings_a_method_ignores_make_repeats_not_configurations_and_a_least_i
     runs = runs_from_trials(pd.DataFrame(rows))
     assert {r.configuration for r in runs if r.method == "logit"} == {"lr=0.1"}
     assert {r.configuration for r in runs if r.method == "onpolicy"} == {
-        "distill.beta=0.0, distill.lmbda=0.5, lr=0.1", "distill.beta=1.0, distill.lmbda=0.5, lr=0.1"}
+        "distill.beta=0.0, distill.lmbda=0.5, lr=0.1",
+        "distill.beta=1.0, distill.lmbda=0.5, lr=0.1"}
     _, logit = method_energies(runs, 0.4)["logit"]
     assert logit.repeats == 2  # pooled: the mean of both, not the cheaper one
     assert logit.value == pytest.approx((energy_to_quality(LOGIT, 0.4).value
