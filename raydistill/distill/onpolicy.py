@@ -22,9 +22,13 @@ from raydistill.distill.losses import NEG, TopK
 
 def rollout_examples(student, examples: list[dict], tokenizer, cfg: dict,
                      synced: bool) -> tuple[list[dict], int]:
-    """The step's prompts completed by the student (sampled at T = 1, until its EOS or
-    `max_new_tokens`, within `max_seq_len`): (examples, tokens generated). `synced`: every rank
-    steps until all are done (HF's synced_gpus; ZeRO-3 with several ranks)."""
+    """The step's prompts completed by the student (sampled at `cfg["temperature"]`, until its
+    EOS or `max_new_tokens`, within `max_seq_len`): (examples, tokens generated). `synced`:
+    every rank steps until all are done (HF's synced_gpus; ZeRO-3 with several ranks).
+
+    One temperature (`distill.temperature`) for the rollouts and the loss, as TRL's GKD and
+    DistillationTrainer do: the loss compares the distributions at T, so the student samples
+    from the same distribution it is trained on."""
     prompts = [list(e["input_ids"][:e["prompt_len"]]) for e in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = tokenizer.eos_token_id
@@ -40,7 +44,8 @@ def rollout_examples(student, examples: list[dict], tokenizer, cfg: dict,
     student.eval()
     with torch.no_grad():
         out = student.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                               max_new_tokens=room, do_sample=True, temperature=1.0, top_k=0,
+                               max_new_tokens=room, do_sample=True, temperature=float(cfg["temperature"]),
+                               top_k=0,
                                top_p=1.0, pad_token_id=pad, eos_token_id=eos,
                                synced_gpus=synced)
     if was_training:

@@ -133,8 +133,16 @@ def test_rollouts_are_the_student_own_completions_within_the_limits():
     tok = types.SimpleNamespace(pad_token_id=0, eos_token_id=1)
     examples = [{"input_ids": [2, 3, 4, 9, 9], "prompt_len": 3},
                 {"input_ids": [2, 5, 9], "prompt_len": 2}]
-    cfg = {"max_new_tokens": 6, "max_seq_len": 8}
+    cfg = {"max_new_tokens": 6, "max_seq_len": 8, "temperature": 2.0}
     model.train()
+    seen = {}
+    generate = model.generate
+
+    def recording(**kw):
+        seen.update(kw)
+        return generate(**kw)
+
+    model.generate = recording
     made, generated = rollout_examples(model, examples, tok, cfg, synced=False)
     assert model.training  # put back as it was
     assert [m["input_ids"][:m["prompt_len"]] for m in made] == [[2, 3, 4], [2, 5]]
@@ -143,6 +151,8 @@ def test_rollouts_are_the_student_own_completions_within_the_limits():
         completion = m["input_ids"][m["prompt_len"]:]
         assert 1 <= len(completion) <= 6 and len(m["input_ids"]) <= 8
         assert 1 not in completion[:-1]  # nothing after an EOS
+    # sampled at the loss's temperature (distill.temperature), not at T = 1
+    assert seen["do_sample"] and seen["temperature"] == 2.0
 
 
 def test_an_onpolicy_run_reports_its_teacher_bill_and_no_n_star(tmp_path):
