@@ -107,10 +107,12 @@ def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
     baseline = outcomes[1].trial_id if len(outcomes) > 1 else None
     metrics = [seed_metrics(table, main.trial_id, main.scores, baseline_trial=baseline)]
     onpolicy = getattr(main, "method", "") == "onpolicy"
+    train = {o.trial_id: dict(getattr(o, "train_metrics", None) or {}) for o in outcomes}
     if onpolicy:  # a bill every step, no artifact to reuse: no N* (see energy to quality)
-        train = getattr(main, "train_metrics", None) or {}
-        steps = int(train.get("steps_run", train.get("steps", 0)))
-        metrics[0].update(onpolicy_metrics(table, main.trial_id, steps))
+        metrics[0].update(onpolicy_metrics(table, main.trial_id,
+                                           steps_trained(train[main.trial_id])))
+        if train[main.trial_id]:  # rank 0's count of its last attempt → the ledger's, all
+            train[main.trial_id]["rollout_tokens"] = metrics[0]["rollout_tokens"]
     if equal_quality and baseline and not onpolicy:
         metrics[0].update(equal_quality_metrics(run_dir, table, main.trial_id, baseline,
                                                 metrics[0], ledger))
@@ -123,13 +125,22 @@ def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
     atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write_text(run_dir / "metrics.json", json.dumps(
         {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started_s,
-         "train": {o.trial_id: o.train_metrics for o in outcomes},
+         "train": train,
          # which teacher artifacts each trial used (content keys: their manifests say what
          # made them and what they cost)
          "artifacts": {o.trial_id: {k: {"key": a.key, "reused": a.reused, "path": str(a.path)}
                                     for k, a in o.artifacts.items()} for o in outcomes}},
         indent=1, default=str))
     return metrics, reused
+
+
+def steps_trained(train: dict) -> int:
+    """The global step count the training reached (a resumed attempt's `steps_run` counts only
+    its own steps, while the ledger covers every attempt): resumed_from_step + steps_run, else
+    the configured steps."""
+    if "steps_run" in train:
+        return int(train.get("resumed_from_step") or 0) + int(train["steps_run"])
+    return int(train.get("steps", 0))
 
 
 def equal_quality_metrics(run_dir: Path, table: pd.DataFrame, main: str, baseline: str,

@@ -44,8 +44,8 @@ def rollout_examples(student, examples: list[dict], tokenizer, cfg: dict,
     student.eval()
     with torch.no_grad():
         out = student.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                               max_new_tokens=room, do_sample=True, temperature=float(cfg["temperature"]),
-                               top_k=0,
+                               max_new_tokens=room, do_sample=True,
+                               temperature=float(cfg["temperature"]), top_k=0,
                                top_p=1.0, pad_token_id=pad, eos_token_id=eos,
                                synced_gpus=synced)
     if was_training:
@@ -89,6 +89,14 @@ def teacher_target(scored: list[dict], examples: list[dict], width: int,
     return TopK(lp.to(device), idx.to(device), tail.to(device))
 
 
+def replay_draws(lmbda: float, rng: random.Random, steps: int) -> int:
+    """Draw the first `steps` steps' on/off-policy choices from `rng` (a resumed run continues
+    the stream where its checkpoint left off): how many of them were rollout steps."""
+    from raydistill.distill.onpolicy_loss import mix_onpolicy
+
+    return sum(mix_onpolicy(lmbda, rng) for _ in range(steps))
+
+
 class OnPolicy:
     """One worker's side of on-policy training: the λ draw, the rollouts and the loss."""
 
@@ -100,11 +108,11 @@ class OnPolicy:
         self.cfg, self.rank, self.world = cfg, rank, world
         # the same stream on every rank: all of them roll out on the same steps
         self.rng = random.Random(cfg["seed"])
-        for _ in range(start_step):  # a resumed run draws where the checkpointed one left off
-            self.rng.random()
+        # a resumed run draws where the checkpointed one left off, and counts the rollout steps
+        # of the steps before it: `rollout_steps` is over the whole training, as the ledger is
+        self.rollout_steps = replay_draws(cfg["lmbda"], self.rng, start_step)
         name = scorer_name(cfg["trial_id"], scorer_for(rank, cfg["scoring_actors"]))
         self.scorer = ray.get_actor(name, namespace=cfg["namespace"])
-        self.rollout_steps = 0
         self.rollout_tokens = 0
 
     def step_batches(self, batches: list[list[dict]], engine, tokenizer) -> list[list[dict]]:
