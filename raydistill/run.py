@@ -244,14 +244,21 @@ def _scores_text(scores: dict, split: str) -> str:
 
 
 def summary(result: RunResult) -> str:
-    cols = ["trial_id", "stage", "energy_j", "load_j", "duration_s", "tokens", "tokens_per_s",
-            "j_per_token", "generated_tokens", "j_per_generated_token", "energy_method",
-            "co2e_g"]
-    cols = [c for c in cols if c in result.table.columns]
+    cols = ["trial_id", "stage", "energy_j", "load_j", "work_j", "rollout_j", "idle_j",
+            "duration_s", "idle_s", "tokens", "tokens_per_s", "j_per_token", "generated_tokens",
+            "j_per_generated_token", "rollout_tokens", "energy_method", "co2e_g"]
+    table = result.table
+    # the phases beyond load only where a run has them (on-policy: the student's rollouts, the
+    # scoring pool's idle devices), so that energy_j = load + work + rollout + idle is seen
+    phases = {"work_j": ("rollout_j", "idle_j"), "rollout_j": ("rollout_j",),
+              "rollout_tokens": ("rollout_j",), "idle_j": ("idle_j",), "idle_s": ("idle_j",)}
+    cols = [c for c in cols if c in table.columns and not (
+        c in phases and not any((table.get(p, pd.Series(dtype=float)) > 0).any()
+                                for p in phases[c]))]
     from raydistill.units import display_frame
 
     # the report's units and three figures: "219 J", "0.204 mJ" per token, not "0.000"
-    shown = display_frame(result.table[cols])
+    shown = display_frame(table[cols])
     lines = [shown.to_string(index=False) if len(shown) else "(no windows)", ""]
     for m in result.metrics:
         om = ", ".join(f"{k} {v:.2f}" for k, v in m["OM_perf"].items())

@@ -139,3 +139,30 @@ def test_report_stage_table_shows_rollouts_only_where_there_are_some(rolled, tmp
     assert {"rollout_j", "rollout_tokens", "rollout_j_per_token"} <= set(shown.columns)
     without = results_table(run.state.energy_rows()).assign(rollout_j=0.0)
     assert "rollout_j" not in _stage_table(without).columns  # off-policy runs: unchanged
+
+
+def test_the_scoring_pool_idle_phase_is_shown_where_a_run_has_one():
+    # the bug: the report's stage table and the console summary showed load and work but not
+    # idle, so teacher_scoring's energy != load + work with nothing to say why
+    import pandas as pd
+
+    from raydistill.report.html import _stage_table
+    from raydistill.run import RunResult, summary
+
+    rows = [{"trial_id": "op", "stage": stage, "energy_j": e, "load_j": load, "work_j": work,
+             "rollout_j": roll, "idle_j": idle, "idle_s": idle_s, "duration_s": 10.0,
+             "tokens": 100, "rollout_tokens": 20 if roll else 0, "energy_method": "estimated"}
+            for stage, e, load, work, roll, idle, idle_s in (
+                ("teacher_scoring", 50.0, 5.0, 20.0, 0.0, 25.0, 6.0),
+                ("student_training", 100.0, 10.0, 60.0, 30.0, 0.0, 0.0))]
+    table = pd.DataFrame(rows)
+    shown = _stage_table(table)
+    assert {"idle_j", "idle_s"} <= set(shown.columns)
+    scoring = shown.set_index("stage").loc["teacher_scoring"]
+    assert scoring["energy_j"] == scoring["load_j"] + scoring["work_j"] + scoring["idle_j"]
+    header = summary(RunResult(None, table, [], [])).splitlines()[0].split()
+    assert {"work", "rollout", "idle", "idle_s"} <= set(header)
+    # a run without idle devices or rollouts: unchanged
+    plain = table.assign(idle_j=0.0, idle_s=0.0, rollout_j=0.0)
+    assert "idle_j" not in _stage_table(plain).columns
+    assert "idle" not in summary(RunResult(None, plain, [], [])).splitlines()[0].split()
