@@ -54,6 +54,12 @@ def _dev_path(data: DataSplits) -> str | None:
     return str(paths["dev"])
 
 
+def prompts_only(method: str, lmbda: float) -> bool:
+    """On-policy with λ = 1: every step's batch is the student's own completions, so the
+    training reads prompts only (no teacher_generation: a teacher pass never trained on)."""
+    return method == "onpolicy" and lmbda >= 1.0
+
+
 def training_check(data, every: int, dev_n: int = 64) -> dict:
     """What the student loop's in-training quality check reads (every `every` steps, exact match
     on the first `dev_n` rows): the `dev` split, never `test`. Dev decides everything (a sweep's
@@ -435,6 +441,11 @@ class Pipeline:
         outcome = TrialOutcome(trial_id, method, artifacts={"teacher_model": teacher})
         if method == "none":
             data_path = data["labelled"]
+            cache = None
+        elif prompts_only(method, self.cfg.distill.lmbda):
+            # every step rolls out: the student never trains on teacher text, so no synthetic
+            # data is paid for; its prompts are the train split's (labelled where it has none)
+            data_path = data["train"] if data.counts.get("train", 1) else data["labelled"]
             cache = None
         else:
             side = self.teacher_side(teacher, data, trial_id, method)
