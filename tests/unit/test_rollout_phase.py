@@ -166,3 +166,20 @@ def test_the_scoring_pool_idle_phase_is_shown_where_a_run_has_one():
     plain = table.assign(idle_j=0.0, idle_s=0.0, rollout_j=0.0)
     assert "idle_j" not in _stage_table(plain).columns
     assert "idle" not in summary(RunResult(None, plain, [], [])).splitlines()[0].split()
+
+
+def test_the_profile_forecast_projects_the_scoring_pool_with_the_training():
+    # the bug: only student_training's power was projected; an on-policy trial's
+    # teacher_scoring, which grows with every step, was counted as the part done so far
+    from raydistill.search.trial import running_profile
+
+    rows = [{"stage": "teacher_generation", "energy_j": 30.0, "t_start_s": 0.0, "t_end_s": 5.0},
+            {"stage": "student_training", "energy_j": 100.0, "t_start_s": 10.0,
+             "t_end_s": 20.0},
+            {"stage": "teacher_scoring", "energy_j": 50.0, "t_start_s": 10.0, "t_end_s": 20.0}]
+    done, running_j = running_profile(rows, t_ready=10.0, t_now=20.0, progress=0.25)
+    assert done == {"teacher_generation": 30.0}
+    assert running_j == pytest.approx(15.0 * 10.0 / 0.25)  # both stages' 15 W, 40 s in all
+    off_policy, student_j = running_profile(rows[:2], 10.0, 20.0, 0.25)
+    assert student_j == pytest.approx(10.0 * 40.0) and off_policy == {"teacher_generation": 30.0}
+    assert running_profile(rows[:1], 10.0, 20.0, 0.25) is None
