@@ -6,6 +6,8 @@ import json
 import types
 from pathlib import Path
 
+import pytest
+
 from raydistill.config import load_experiment
 from raydistill.data.splits import DataSplits
 from raydistill.distill.examples import read_prompts
@@ -80,3 +82,30 @@ def test_the_worker_stream_yields_prompts_for_the_rollouts(tmp_path):
     examples = list(islice(iter(ExampleStream(cfg, tok, tok, 0, 1)), 4))
     # a prompt and nothing after it: the rollout writes the completion
     assert all(len(e["input_ids"]) == e["prompt_len"] > 0 for e in examples)
+
+
+def test_dense_scoring_above_the_limit_is_refused_with_the_fix():
+    from raydistill.distill.teacher_scoring import check_dense_request, dense_request_gib
+    from raydistill.errors import ConfigError
+
+    # a Qwen vocabulary, 8 sequences of 512: 2.3 GiB per request through Ray
+    assert dense_request_gib(0, 151_936, 8, 512) == pytest.approx(2.32, abs=0.01)
+    with pytest.raises(ConfigError, match=r"set distill\.top_k"):
+        check_dense_request(0, 151_936, 8, 512)
+    check_dense_request(32, 151_936, 8, 512)  # top-k: a few numbers a position
+    check_dense_request(0, 1_000, 8, 64)  # a tiny vocabulary: dense is fine
+
+
+def test_the_pipeline_refuses_dense_scoring_before_the_pool_starts(tmp_path, monkeypatch):
+    from raydistill.distill import stages, teacher_scoring
+    from raydistill.errors import ConfigError
+
+    pipe, _, _ = _pipeline(tmp_path, 1.0)
+    pipe.cfg = load_experiment(ROOT / "configs" / "local-chat.yaml",
+                               ["distill.method=onpolicy", "distill.top_k=0",
+                                "training.max_seq_len=4096"])
+    monkeypatch.setattr(stages, "vocab_rows", lambda *a: 151_936)
+    monkeypatch.setattr(teacher_scoring, "start_pool", lambda *a, **k: pytest.fail("started"))
+    teacher = types.SimpleNamespace(location="teacher-dir")
+    with pytest.raises(ConfigError, match=r"distill\.top_k"):
+        pipe._onpolicy_student("t", teacher, tmp_path, tmp_path / "out", None, None)
