@@ -89,6 +89,26 @@ def teacher_target(scored: list[dict], examples: list[dict], width: int,
     return TopK(lp.to(device), idx.to(device), tail.to(device))
 
 
+# The teacher_scoring pool's limits: its load (a large teacher from disk, a vLLM engine) and
+# one request (a batch across the workers: seconds on a GPU, longer on CPU)
+SCORER_READY_TIMEOUT_S = 1800.0
+SCORE_TIMEOUT_S = 900.0
+
+
+def scorer_get(ref, timeout_s: float, what: str):
+    """`ray.get(ref)` of a scoring actor within `timeout_s`, else one line on what to check."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        raise TimeoutError(
+            f"teacher_scoring actor did not {what} within {timeout_s:.0f} s: its pool needs "
+            f"generation.num_actors x generation.gpus_per_actor GPUs free beside the training "
+            f"workers (see `raydistill plan`); add GPUs or lower generation.num_actors") from None
+
+
 def replay_draws(lmbda: float, rng: random.Random, steps: int) -> int:
     """Draw the first `steps` steps' on/off-policy choices from `rng` (a resumed run continues
     the stream where its checkpoint left off): how many of them were rollout steps."""
@@ -113,6 +133,9 @@ class OnPolicy:
         self.rollout_steps = replay_draws(cfg["lmbda"], self.rng, start_step)
         name = scorer_name(cfg["trial_id"], scorer_for(rank, cfg["scoring_actors"]))
         self.scorer = ray.get_actor(name, namespace=cfg["namespace"])
+        # a pool that cannot be placed (too few GPUs beside the workers) would hang the first
+        # request forever: wait for its load with a limit and say what to change
+        scorer_get(self.scorer.ready.remote(), SCORER_READY_TIMEOUT_S, "load")
         self.rollout_tokens = 0
 
     def step_batches(self, batches: list[list[dict]], engine, tokenizer) -> list[list[dict]]:
@@ -151,20 +174,19 @@ class OnPolicy:
                   normaliser: float | None) -> torch.Tensor:
         """JSD_β between the student and the teacher pool's distribution over this
         micro-batch's response positions: their mean, or their sum ÷ `normaliser`."""
-        import ray
-
         from raydistill.distill.batches import pad_batch, response_tokens, to_device
         from raydistill.distill.onpolicy_loss import onpolicy_jsd
 
         c = self.cfg
-        scored = ray.get(self.scorer.score.remote([list(e["input_ids"]) for e in chosen],
-                                                  [e["prompt_len"] for e in chosen]))
+        request = self.scorer.score.remote([list(e["input_ids"]) for e in chosen],
+                                           [e["prompt_len"] for e in chosen])
+        answers = scorer_get(request, SCORE_TIMEOUT_S, "answer a request")
         batch = to_device(pad_batch(chosen, pad_id), device)
         logits, _ = engine(batch["input_ids"], batch["attention_mask"], False)
         rows = c["vocab_rows"]
         if logits.shape[-1] > rows:
             logits = logits[..., :rows]
-        target = teacher_target(scored, chosen, logits.shape[1], device)
+        target = teacher_target(answers, chosen, logits.shape[1], device)
         loss = onpolicy_jsd(logits, target, beta=c["beta"], temperature=c["temperature"],
                             mask=batch["mask"])
         if normaliser is not None:  # a mean over this micro-batch → its share of the step

@@ -109,3 +109,43 @@ def test_the_pipeline_refuses_dense_scoring_before_the_pool_starts(tmp_path, mon
     teacher = types.SimpleNamespace(location="teacher-dir")
     with pytest.raises(ConfigError, match=r"distill\.top_k"):
         pipe._onpolicy_student("t", teacher, tmp_path, tmp_path / "out", None, None)
+
+
+def test_the_plan_counts_the_scoring_pool_beside_the_training_workers():
+    # the bug: plan/dry-run counted the training workers only, so a cluster with no GPU left
+    # for the pool passed the plan and then hung in the first scoring request
+    from dataclasses import replace
+
+    from raydistill.architectures import KNOWN
+    from raydistill.memory_estimate import estimate_memory, format_memory_plan
+    from raydistill.plan import plan_of
+
+    over = ["distill.method=onpolicy", "distill.num_workers=2", "hardware.gpus=2",
+            "generation.num_actors=1", "generation.gpus_per_actor=1"]
+    cfg = load_experiment(ROOT / "configs" / "local-chat.yaml", over)
+    plan = plan_of(cfg)
+    assert plan.scoring_gpus == 1 and plan.cluster_gpus == 2
+    m = estimate_memory(KNOWN["meta-llama/Llama-3.1-8B"], KNOWN["meta-llama/Llama-3.2-1B"],
+                        replace(plan, gpu_memory_gib=80.0))
+    text = format_memory_plan(m)
+    assert "training worker asks for 3 GPUs but the cluster has 2" in text and not m.fits
+    assert "teacher scoring pool (1 GPU) beside them" in text
+    roomy = replace(m, plan=replace(m.plan, cluster_gpus=3))
+    assert not roomy.unplaceable()
+    logit = load_experiment(ROOT / "configs" / "local-chat.yaml",
+                            [*over[1:], "distill.method=logit"])
+    assert plan_of(logit).scoring_gpus == 0
+
+
+def test_a_scoring_request_that_never_comes_back_says_what_to_change(monkeypatch):
+    import ray.exceptions
+
+    from raydistill.distill import onpolicy
+
+    def get(ref, timeout=None):
+        assert timeout == 5.0
+        raise ray.exceptions.GetTimeoutError("timed out")
+
+    monkeypatch.setattr(ray, "get", get)
+    with pytest.raises(TimeoutError, match=r"generation\.num_actors"):
+        onpolicy.scorer_get(object(), 5.0, "load")
