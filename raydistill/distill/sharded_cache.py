@@ -23,7 +23,8 @@ def cache_loop(cfg: dict[str, Any]) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from raydistill.cluster.windows import StageWindow, worker_devices
+    from raydistill.cluster.devices import worker_devices
+    from raydistill.cluster.windows import StageWindow
     from raydistill.distill.engine import load_sharded_teacher, resolve_precision
     from raydistill.distill.examples import read_synthetic
     from raydistill.distill.logit_cache import write_shard

@@ -131,7 +131,8 @@ def student_loop(cfg: dict[str, Any]) -> None:
     import ray.train.torch
     from transformers import AutoTokenizer
 
-    from raydistill.cluster.windows import StageWindow, worker_devices
+    from raydistill.cluster.devices import worker_devices
+    from raydistill.cluster.windows import StageWindow
     from raydistill.distill import engine as eng
     from raydistill.distill.batches import response_tokens, step_normaliser
     from raydistill.distill.examples import ExampleStream
