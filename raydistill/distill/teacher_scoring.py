@@ -290,7 +290,12 @@ def start_pool(model_path: str, namespace: str, trial_id: str, *, num_actors: in
     """The pool's actors, named (`scorer_name`) so that the training workers find them; they
     load while the workers start (a worker's first request waits for its actor). On GPUs each
     holds `gpus_per_actor`; on CPU none is reserved (the workers wait while it scores, so it
-    runs in their idle time instead of a core's)."""
+    runs in their idle time instead of a core's).
+
+    Never detached: the actors are owned by the process that starts them (a Tune trial's
+    actor), so when a scheduler stops the trial by killing that actor (Tune's reuse_actors is
+    off) and `close_pool` never runs, Ray ends them with it and the node's sampler closes
+    their open windows (closed_by process_gone; tests/integration/test_scoring_pool_owner.py)."""
     import ray
 
     res: dict[str, Any] = {"num_gpus": gpus_per_actor} if use_gpu else {"num_cpus": 0}
