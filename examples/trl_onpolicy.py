@@ -15,8 +15,11 @@ tests/unit/test_onpolicy_loss.py). What raydistill adds (lines marked `# raydist
   phase (the results table's rollout_j, rollout_tokens, rollout_j_per_token apart from the
   update's work_j);
 - the teacher's process opens a `teacher_scoring` stage where it runs, for as long as it holds
-  its devices: loading is its load phase, and the idle time between requests is inside the
-  window, since the GPUs are held for the trial. A teacher behind a server you do not control is
+  its devices, as raydistill's own scoring pool does: loading is its "load" phase, then an
+  "idle" window stays open until the server is closed (the GPUs are held for the trial, so
+  the time between requests is paid for and shown as idle_j), and each request is a "work"
+  window nested in it (busy: work_j). The server is closed in a `finally`, so a training that
+  raises still ends its windows. A teacher behind a server you do not control is
   measured the same way from its host: `raydistill measure --stage teacher_scoring --run DIR`
   around the server process, or `raydistill.stage("teacher_scoring")` inside it.
 
@@ -52,30 +55,36 @@ from raydistill.integrations.hf import EnergyCallback  # raydistill
 @ray.remote
 class TeacherServer:
     """The teacher as a scoring service: top-k log-probs (with the tail) of each completion
-    position, in a `teacher_scoring` window of its own process for as long as it lives."""
+    position; its process is in `teacher_scoring` windows for as long as it lives: load, then
+    idle until `close`, with each request a work window inside the idle one."""
 
     def __init__(self, path: str, run, trial: str) -> None:
-        self.stage = run.stage("teacher_scoring", trial=trial)  # raydistill
-        self.stage.__enter__()  # raydistill
-        self.model = AutoModelForCausalLM.from_pretrained(path).eval()
-        if torch.cuda.is_available():
-            self.model.cuda()
-        self.stage.loaded()  # raydistill: all before this was loading
+        self.run, self.trial = run, trial
+        with run.stage("teacher_scoring", trial=trial, phase="load"):  # raydistill
+            self.model = AutoModelForCausalLM.from_pretrained(path).eval()
+            if torch.cuda.is_available():
+                self.model.cuda()
+        # raydistill: held from here until close(); requests nest in it as work
+        self.idle = run.stage("teacher_scoring", trial=trial, phase="idle")
+        self.idle.__enter__()
 
     def ready(self) -> bool:
         return True
 
     @torch.no_grad()
     def score(self, input_ids, attention_mask, completion_len: int, k: int, temperature: float):
-        device = self.model.device
-        logits = self.model(input_ids=input_ids.to(device),
-                            attention_mask=attention_mask.to(device)).logits
-        cache = topk_from_logits(logits[:, -completion_len - 1:-1], k, temperature)
-        self.stage.add_tokens(int(attention_mask.sum()))  # raydistill: tokens it read
+        # raydistill: a busy window inside the idle one (the ledger charges the idle window the
+        # rest of the time only)
+        with self.run.stage("teacher_scoring", trial=self.trial) as busy:
+            device = self.model.device
+            logits = self.model(input_ids=input_ids.to(device),
+                                attention_mask=attention_mask.to(device)).logits
+            cache = topk_from_logits(logits[:, -completion_len - 1:-1], k, temperature)
+            busy.add_tokens(int(attention_mask.sum()))  # raydistill: tokens it read
         return cache.logprobs.cpu(), cache.indices.cpu(), cache.tail_logprob.cpu()
 
     def close(self) -> None:
-        self.stage.__exit__(None, None, None)  # raydistill
+        self.idle.__exit__(None, None, None)  # raydistill: the devices are given back
 
 
 class RemoteTeacherDistillationTrainer(DistillationTrainer):
@@ -141,13 +150,15 @@ def main() -> None:
     with raydistill.track(out=a.out, trial="onpolicy") as run:  # raydistill
         server = TeacherServer.options(num_gpus=a.teacher_gpus).remote(a.teacher, run,
                                                                         "onpolicy")
-        ray.get(server.ready.remote())  # loaded before the first step: no wait in training
-        trainer = RemoteTeacherDistillationTrainer(
-            model=AutoModelForCausalLM.from_pretrained(a.student), args=args,
-            train_dataset=data, processing_class=tok, teacher_server=server, top_k=a.top_k)
-        EnergyCallback.attach(trainer, run)  # raydistill
-        trainer.train()
-        ray.get(server.close.remote())  # the teacher gives its devices back: its window ends
+        try:
+            ray.get(server.ready.remote())  # loaded before the first step: no wait in training
+            trainer = RemoteTeacherDistillationTrainer(
+                model=AutoModelForCausalLM.from_pretrained(a.student), args=args,
+                train_dataset=data, processing_class=tok, teacher_server=server, top_k=a.top_k)
+            EnergyCallback.attach(trainer, run)  # raydistill
+            trainer.train()
+        finally:  # raydistill: the teacher's idle window ends, whether training ended or raised
+            ray.get(server.close.remote())
     print(f"run written to {a.out}: raydistill report {a.out}")
 
 

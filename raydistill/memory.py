@@ -156,6 +156,8 @@ class TrainingPlan:
     teacher_as_is: bool = False  # a pretrained teacher used where it is (steps 0): no build
     eval_gpus: int = 0  # GPUs of the evaluation task, models split over them (0 = not planned)
     cluster_gpus: int = 0  # GPUs in the cluster; a role asking for more cannot be placed (0 = ?)
+    # on-policy: GPUs the teacher_scoring pool holds for the whole training, beside the workers
+    scoring_gpus: int = 0
 
     def __post_init__(self) -> None:
         for name in ("world_size", "micro_batch_size", "max_seq_len", "gpus_per_actor",
@@ -307,7 +309,9 @@ class MemoryPlan:
                 (f"teacher caching actor ({_gpus(g)} each): {cache_how}", self.caching, g)
                 if p.caching_engine != "zero3" else
                 (f"teacher caching (x{_gpus(c)}): ZeRO-3 sharded over them", self.caching, c),
-                (f"training worker (x{_gpus(n)}): {student}", self.training, n),
+                (f"training worker (x{_gpus(n)}): {student}"
+                 + (f", + teacher scoring pool ({_gpus(p.scoring_gpus)}) beside them"
+                    if p.scoring_gpus else ""), self.training, n + p.scoring_gpus),
                 (f"evaluation + inference probes (x{_gpus(e)}): "
                  + ("teacher layers split, student on the first GPU" if e > 1
                     else "teacher and student on one GPU"), self.evaluation, e))

@@ -119,7 +119,16 @@ def plan_of(cfg: ExperimentConfig, engine: str = "hf") -> Any:
         teacher_as_is=bool(cfg.teacher.model) and not cfg.teacher.steps,
         teacher_build_batch_size=cfg.teacher.batch_size,
         teacher_build_seq_len=data.max_prompt_tokens + data.max_response_tokens,
-        eval_gpus=evaluation_gpus(cfg), cluster_gpus=cfg.hardware.gpus or d.num_workers)
+        eval_gpus=evaluation_gpus(cfg),
+        cluster_gpus=cfg.hardware.gpus or d.num_workers + scoring_gpus(cfg),
+        scoring_gpus=scoring_gpus(cfg))
+
+
+def scoring_gpus(cfg: ExperimentConfig) -> int:
+    """GPUs the on-policy teacher_scoring pool holds while the student trains (its actors
+    beside the training workers, for the whole training); 0 for other methods."""
+    g = cfg.generation
+    return g.num_actors * g.gpus_per_actor if cfg.distill.method == "onpolicy" else 0
 
 
 def teacher_build_gpus(cfg: ExperimentConfig) -> int:

@@ -108,10 +108,12 @@ def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
     baseline = outcomes[1].trial_id if len(outcomes) > 1 else None
     metrics = [seed_metrics(table, main.trial_id, main.scores, baseline_trial=baseline)]
     onpolicy = getattr(main, "method", "") == "onpolicy"
+    train = {o.trial_id: dict(getattr(o, "train_metrics", None) or {}) for o in outcomes}
     if onpolicy:  # a bill every step, no artifact to reuse: no N* (see energy to quality)
-        train = getattr(main, "train_metrics", None) or {}
-        steps = int(train.get("steps_run", train.get("steps", 0)))
-        metrics[0].update(onpolicy_metrics(table, main.trial_id, steps))
+        metrics[0].update(onpolicy_metrics(table, main.trial_id,
+                                           steps_trained(train[main.trial_id])))
+        if train[main.trial_id]:  # rank 0's count of its last attempt → the ledger's, all
+            train[main.trial_id]["rollout_tokens"] = metrics[0]["rollout_tokens"]
     if equal_quality and baseline and not onpolicy:
         metrics[0].update(equal_quality_metrics(run_dir, table, main.trial_id, baseline,
                                                 metrics[0], ledger))
@@ -124,13 +126,22 @@ def write_run_results(run_dir: Path, table: pd.DataFrame, outcomes: list,
     atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write_text(run_dir / "metrics.json", json.dumps(
         {"trials": metrics, "reused_artifacts": reused, "wall_s": time.time() - started_s,
-         "train": {o.trial_id: o.train_metrics for o in outcomes},
+         "train": train,
          # which teacher artifacts each trial used (content keys: their manifests say what
          # made them and what they cost)
          "artifacts": {o.trial_id: {k: {"key": a.key, "reused": a.reused, "path": str(a.path)}
                                     for k, a in o.artifacts.items()} for o in outcomes}},
         indent=1, default=str))
     return metrics, reused
+
+
+def steps_trained(train: dict) -> int:
+    """The global step count the training reached (a resumed attempt's `steps_run` counts only
+    its own steps, while the ledger covers every attempt): resumed_from_step + steps_run, else
+    the configured steps."""
+    if "steps_run" in train:
+        return int(train.get("resumed_from_step") or 0) + int(train["steps_run"])
+    return int(train.get("steps", 0))
 
 
 def equal_quality_metrics(run_dir: Path, table: pd.DataFrame, main: str, baseline: str,
@@ -234,14 +245,21 @@ def _scores_text(scores: dict, split: str) -> str:
 
 
 def summary(result: RunResult) -> str:
-    cols = ["trial_id", "stage", "energy_j", "load_j", "duration_s", "tokens", "tokens_per_s",
-            "j_per_token", "generated_tokens", "j_per_generated_token", "energy_method",
-            "co2e_g"]
-    cols = [c for c in cols if c in result.table.columns]
+    cols = ["trial_id", "stage", "energy_j", "load_j", "work_j", "rollout_j", "idle_j",
+            "duration_s", "idle_s", "tokens", "tokens_per_s", "j_per_token", "generated_tokens",
+            "j_per_generated_token", "rollout_tokens", "energy_method", "co2e_g"]
+    table = result.table
+    # the phases beyond load only where a run has them (on-policy: the student's rollouts, the
+    # scoring pool's idle devices), so that energy_j = load + work + rollout + idle is seen
+    phases = {"work_j": ("rollout_j", "idle_j"), "rollout_j": ("rollout_j",),
+              "rollout_tokens": ("rollout_j",), "idle_j": ("idle_j",), "idle_s": ("idle_j",)}
+    cols = [c for c in cols if c in table.columns and not (
+        c in phases and not any((table.get(p, pd.Series(dtype=float)) > 0).any()
+                                for p in phases[c]))]
     from raydistill.units import display_frame
 
     # the report's units and three figures: "219 J", "0.204 mJ" per token, not "0.000"
-    shown = display_frame(result.table[cols])
+    shown = display_frame(table[cols])
     lines = [shown.to_string(index=False) if len(shown) else "(no windows)", ""]
     for m in result.metrics:
         om = ", ".join(f"{k} {v:.2f}" for k, v in m["OM_perf"].items())

@@ -78,6 +78,18 @@ def read_synthetic(directory: str | Path, rank: int = 0, world: int = 1) -> list
     return sorted(rows, key=lambda r: r["example_id"])
 
 
+def read_prompts(path: str | Path, rank: int = 0, world: int = 1) -> list[dict]:
+    """A split's prompts as synthetic-shaped rows with an empty response (on-policy at λ = 1:
+    the student completes them itself; the train split needs no gold response)."""
+    from raydistill.data.splits import read_rows
+
+    rows = read_rows(path)
+    block = rank_block(len(rows), world)
+    return [{"example_id": i, "id": r["id"], "messages": json.dumps(r["messages"]),
+             "completion": "", "completion_ids": None, "finished": False}
+            for i, r in enumerate(rows) if owned(i, rank, world, block)]
+
+
 def read_labelled(path: str | Path, rank: int = 0, world: int = 1) -> list[dict]:
     """Gold rows as synthetic-shaped rows (the response is the gold one, complete)."""
     from raydistill.data.splits import read_rows
@@ -98,6 +110,8 @@ class ExampleStream:
         self.rank, self.world = rank, world
         if cfg["method"] == "none":
             rows = read_labelled(cfg["data_path"], rank, world)
+        elif cfg["method"] == "onpolicy" and Path(cfg["data_path"]).is_file():
+            rows = read_prompts(cfg["data_path"], rank, world)  # λ = 1: prompts, no teacher text
         else:
             rows = read_synthetic(cfg["data_path"], rank, world)
         if not rows:

@@ -22,9 +22,13 @@ from raydistill.distill.losses import NEG, TopK
 
 def rollout_examples(student, examples: list[dict], tokenizer, cfg: dict,
                      synced: bool) -> tuple[list[dict], int]:
-    """The step's prompts completed by the student (sampled at T = 1, until its EOS or
-    `max_new_tokens`, within `max_seq_len`): (examples, tokens generated). `synced`: every rank
-    steps until all are done (HF's synced_gpus; ZeRO-3 with several ranks)."""
+    """The step's prompts completed by the student (sampled at `cfg["temperature"]`, until its
+    EOS or `max_new_tokens`, within `max_seq_len`): (examples, tokens generated). `synced`:
+    every rank steps until all are done (HF's synced_gpus; ZeRO-3 with several ranks).
+
+    One temperature (`distill.temperature`) for the rollouts and the loss, as TRL's GKD and
+    DistillationTrainer do: the loss compares the distributions at T, so the student samples
+    from the same distribution it is trained on."""
     prompts = [list(e["input_ids"][:e["prompt_len"]]) for e in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = tokenizer.eos_token_id
@@ -40,7 +44,8 @@ def rollout_examples(student, examples: list[dict], tokenizer, cfg: dict,
     student.eval()
     with torch.no_grad():
         out = student.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                               max_new_tokens=room, do_sample=True, temperature=1.0, top_k=0,
+                               max_new_tokens=room, do_sample=True,
+                               temperature=float(cfg["temperature"]), top_k=0,
                                top_p=1.0, pad_token_id=pad, eos_token_id=eos,
                                synced_gpus=synced)
     if was_training:
@@ -84,6 +89,34 @@ def teacher_target(scored: list[dict], examples: list[dict], width: int,
     return TopK(lp.to(device), idx.to(device), tail.to(device))
 
 
+# The teacher_scoring pool's limits: its load (a large teacher from disk, a vLLM engine) and
+# one request (a batch across the workers: seconds on a GPU, longer on CPU)
+SCORER_READY_TIMEOUT_S = 1800.0
+SCORE_TIMEOUT_S = 900.0
+
+
+def scorer_get(ref, timeout_s: float, what: str):
+    """`ray.get(ref)` of a scoring actor within `timeout_s`, else one line on what to check."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        raise TimeoutError(
+            f"teacher_scoring actor did not {what} within {timeout_s:.0f} s: its pool needs "
+            f"generation.num_actors x generation.gpus_per_actor GPUs free beside the training "
+            f"workers (see `raydistill plan`); add GPUs or lower generation.num_actors") from None
+
+
+def replay_draws(lmbda: float, rng: random.Random, steps: int) -> int:
+    """Draw the first `steps` steps' on/off-policy choices from `rng` (a resumed run continues
+    the stream where its checkpoint left off): how many of them were rollout steps."""
+    from raydistill.distill.onpolicy_loss import mix_onpolicy
+
+    return sum(mix_onpolicy(lmbda, rng) for _ in range(steps))
+
+
 class OnPolicy:
     """One worker's side of on-policy training: the λ draw, the rollouts and the loss."""
 
@@ -95,11 +128,14 @@ class OnPolicy:
         self.cfg, self.rank, self.world = cfg, rank, world
         # the same stream on every rank: all of them roll out on the same steps
         self.rng = random.Random(cfg["seed"])
-        for _ in range(start_step):  # a resumed run draws where the checkpointed one left off
-            self.rng.random()
+        # a resumed run draws where the checkpointed one left off, and counts the rollout steps
+        # of the steps before it: `rollout_steps` is over the whole training, as the ledger is
+        self.rollout_steps = replay_draws(cfg["lmbda"], self.rng, start_step)
         name = scorer_name(cfg["trial_id"], scorer_for(rank, cfg["scoring_actors"]))
         self.scorer = ray.get_actor(name, namespace=cfg["namespace"])
-        self.rollout_steps = 0
+        # a pool that cannot be placed (too few GPUs beside the workers) would hang the first
+        # request forever: wait for its load with a limit and say what to change
+        scorer_get(self.scorer.ready.remote(), SCORER_READY_TIMEOUT_S, "load")
         self.rollout_tokens = 0
 
     def step_batches(self, batches: list[list[dict]], engine, tokenizer) -> list[list[dict]]:
@@ -138,20 +174,19 @@ class OnPolicy:
                   normaliser: float | None) -> torch.Tensor:
         """JSD_β between the student and the teacher pool's distribution over this
         micro-batch's response positions: their mean, or their sum ÷ `normaliser`."""
-        import ray
-
         from raydistill.distill.batches import pad_batch, response_tokens, to_device
         from raydistill.distill.onpolicy_loss import onpolicy_jsd
 
         c = self.cfg
-        scored = ray.get(self.scorer.score.remote([list(e["input_ids"]) for e in chosen],
-                                                  [e["prompt_len"] for e in chosen]))
+        request = self.scorer.score.remote([list(e["input_ids"]) for e in chosen],
+                                           [e["prompt_len"] for e in chosen])
+        answers = scorer_get(request, SCORE_TIMEOUT_S, "answer a request")
         batch = to_device(pad_batch(chosen, pad_id), device)
         logits, _ = engine(batch["input_ids"], batch["attention_mask"], False)
         rows = c["vocab_rows"]
         if logits.shape[-1] > rows:
             logits = logits[..., :rows]
-        target = teacher_target(scored, chosen, logits.shape[1], device)
+        target = teacher_target(answers, chosen, logits.shape[1], device)
         loss = onpolicy_jsd(logits, target, beta=c["beta"], temperature=c["temperature"],
                             mask=batch["mask"])
         if normaliser is not None:  # a mean over this micro-batch → its share of the step

@@ -54,6 +54,12 @@ def _dev_path(data: DataSplits) -> str | None:
     return str(paths["dev"])
 
 
+def prompts_only(method: str, lmbda: float) -> bool:
+    """On-policy with λ = 1: every step's batch is the student's own completions, so the
+    training reads prompts only (no teacher_generation: a teacher pass never trained on)."""
+    return method == "onpolicy" and lmbda >= 1.0
+
+
 def training_check(data, every: int, dev_n: int = 64) -> dict:
     """What the student loop's in-training quality check reads (every `every` steps, exact match
     on the first `dev_n` rows): the `dev` split, never `test`. Dev decides everything (a sweep's
@@ -378,9 +384,19 @@ class Pipeline:
         """The student trained on-policy, with the teacher scoring on its own pool of actors
         (`teacher_scoring`), up for the whole of the training and closed after it."""
         from raydistill.distill.stages import fit_student, vocab_rows
-        from raydistill.distill.teacher_scoring import close_pool, scoring_engine, start_pool
+        from raydistill.distill.teacher_scoring import (
+            check_dense_request,
+            close_pool,
+            scoring_engine,
+            start_pool,
+        )
 
         d, g = self.cfg.distill, self.cfg.generation
+        rows = vocab_rows(self.cfg, "onpolicy", teacher.location)
+        # before the pool loads: a dense answer per micro-batch through Ray can be GBs
+        t = self.cfg.training
+        micro = max(1, self.cfg.student.batch_size // (d.num_workers * t.grad_accum))
+        check_dense_request(d.top_k, rows, micro, self.cfg.training.max_seq_len)
         engine = scoring_engine(self.engine()[0], d.top_k, d.temperature)
         how = "vLLM prompt_logprobs" if engine == "vllm" else "hf forward"
         self.progress(f"teacher_scoring: {g.num_actors} teacher actor(s) serve the student's "
@@ -388,7 +404,7 @@ class Pipeline:
         pool = start_pool(teacher.location, self.session.namespace, trial_id,
                           num_actors=g.num_actors, world=d.num_workers, use_gpu=self.use_gpu,
                           gpus_per_actor=g.gpus_per_actor,
-                          rows=vocab_rows(self.cfg, "onpolicy", teacher.location),
+                          rows=rows,
                           top_k=d.top_k, temperature=d.temperature, engine=engine,
                           vllm={"gpus": g.gpus_per_actor,
                                 "memory_fraction": g.gpu_memory_utilization,
@@ -435,6 +451,11 @@ class Pipeline:
         outcome = TrialOutcome(trial_id, method, artifacts={"teacher_model": teacher})
         if method == "none":
             data_path = data["labelled"]
+            cache = None
+        elif prompts_only(method, self.cfg.distill.lmbda):
+            # every step rolls out: the student never trains on teacher text, so no synthetic
+            # data is paid for; its prompts are the train split's (labelled where it has none)
+            data_path = data["train"] if data.counts.get("train", 1) else data["labelled"]
             cache = None
         else:
             side = self.teacher_side(teacher, data, trial_id, method)

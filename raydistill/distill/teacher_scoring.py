@@ -27,6 +27,30 @@ import numpy as np
 SCORER_PREFIX = "teacher_scorer"
 
 
+# A dense answer (top_k 0) is [positions, rows] float32 per sequence, shipped through Ray's
+# object store on every request: at a Qwen vocabulary (152k rows) that is 0.6 MB a position,
+# GBs a micro-batch. Above this, refuse and say to score the teacher's top-k with its tail.
+DENSE_REQUEST_LIMIT_GIB = 1.0
+
+
+def dense_request_gib(top_k: int, rows: int, sequences: int, positions: int) -> float:
+    """GiB one scoring request returns when the target is dense (top_k 0), else 0."""
+    return 0.0 if top_k > 0 else sequences * positions * rows * 4 / 2**30
+
+
+def check_dense_request(top_k: int, rows: int, sequences: int, positions: int,
+                        limit_gib: float = DENSE_REQUEST_LIMIT_GIB) -> None:
+    """Refuse dense scoring whose answer per request exceeds `limit_gib` (one line: the fix)."""
+    from raydistill.errors import ConfigError
+
+    gib = dense_request_gib(top_k, rows, sequences, positions)
+    if gib > limit_gib:
+        raise ConfigError(
+            f"distill.top_k 0 (dense on-policy scoring) ships {gib:.1f} GiB per request "
+            f"({sequences} sequences x {positions} positions x {rows:,} vocab rows, float32), "
+            f"above {limit_gib:g} GiB: set distill.top_k (e.g. 32; the tail mass is kept)")
+
+
 def scorer_name(trial_id: str, index: int) -> str:
     return f"{SCORER_PREFIX}:{trial_id}:{index}"
 
@@ -266,7 +290,12 @@ def start_pool(model_path: str, namespace: str, trial_id: str, *, num_actors: in
     """The pool's actors, named (`scorer_name`) so that the training workers find them; they
     load while the workers start (a worker's first request waits for its actor). On GPUs each
     holds `gpus_per_actor`; on CPU none is reserved (the workers wait while it scores, so it
-    runs in their idle time instead of a core's)."""
+    runs in their idle time instead of a core's).
+
+    Never detached: the actors are owned by the process that starts them (a Tune trial's
+    actor), so when a scheduler stops the trial by killing that actor (Tune's reuse_actors is
+    off) and `close_pool` never runs, Ray ends them with it and the node's sampler closes
+    their open windows (closed_by process_gone; tests/integration/test_scoring_pool_owner.py)."""
     import ray
 
     res: dict[str, Any] = {"num_gpus": gpus_per_actor} if use_gpu else {"num_cpus": 0}

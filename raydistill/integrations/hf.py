@@ -77,6 +77,9 @@ class EnergyCallback(TrainerCallback):
         self.count_tokens = count_tokens
         self._train = None  # the open training window, if any
         self._eval = None  # the open evaluation window, if any
+        # evaluate()/predict() calls running (the wrapper counts them): their generation is
+        # no training rollout, even before their evaluation window opens (first batch)
+        self._evaluating = 0
         self._tokens_at_open = 0
         self._done_tokens = 0  # tokens of the training windows closed so far
         self._training = False
@@ -115,9 +118,10 @@ class EnergyCallback(TrainerCallback):
     @contextlib.contextmanager
     def rollout(self) -> Iterator[Any]:
         """A "rollout" window of the training stage around the block while training runs (the
-        block's generation is the update's input, not the update); outside training, the
-        block runs unmeasured here (an evaluation's generation is in its own window)."""
-        if self._train is None:
+        block's generation is the update's input, not the update); outside training, or
+        inside an evaluate()/predict() call during training, the block runs unmeasured here
+        (an evaluation's generation is the evaluation's, not a rollout)."""
+        if self._train is None or self._evaluating:
             yield None
             return
         with self.run.stage(self.stage_name, trial=self.trial, phase="rollout") as window:
@@ -285,15 +289,19 @@ class EnergyCallback(TrainerCallback):
 
 def _closing_eval_on_error(cb: EnergyCallback, method: Any) -> Any:
     """`trainer.evaluate` / `trainer.predict` that closes its evaluation window when it raises
-    (transformers then calls neither on_evaluate nor on_predict)."""
+    (transformers then calls neither on_evaluate nor on_predict), and marks the callback as
+    evaluating while it runs (`rollout` books no generation of it)."""
 
     @functools.wraps(method)
     def closing(*args: Any, **kw: Any) -> Any:
+        cb._evaluating += 1  # from the call on: no callback runs before its first generation
         try:
             return method(*args, **kw)
         except BaseException:
             cb.end_eval(STAGE_ERROR)
             raise
+        finally:
+            cb._evaluating -= 1
 
     return closing
 

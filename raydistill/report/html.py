@@ -114,10 +114,13 @@ def _payback(data: ReportData) -> pd.DataFrame:
 
 
 STAGE_COLUMNS = ("trial_id", "stage", "side", "energy_j", "load_j", "work_j", "rollout_j",
-                 "duration_s", "load_s", "tokens", "j_per_token", "j_per_token_incl_load",
+                 "idle_j", "duration_s", "load_s", "idle_s", "tokens", "j_per_token",
+                 "j_per_token_incl_load",
                  "generated_tokens", "j_per_generated_token", "rollout_tokens",
                  "rollout_j_per_token", "energy_method", "co2e_g", "water_l")
 ROLLOUT_COLUMNS = ("rollout_j", "rollout_tokens", "rollout_j_per_token")
+# a scoring pool's devices held between requests: energy_j = load_j + work_j + idle_j there
+IDLE_COLUMNS = ("idle_j", "idle_s")
 
 
 def _stage_table(results: pd.DataFrame, water_known: bool = True) -> pd.DataFrame:
@@ -127,6 +130,8 @@ def _stage_table(results: pd.DataFrame, water_known: bool = True) -> pd.DataFram
     shown = results[[c for c in STAGE_COLUMNS if c in results.columns]].copy()
     if not (shown.get("rollout_j", pd.Series(dtype=float)) > 0).any():  # no on-policy rollouts
         shown = shown.drop(columns=[c for c in ROLLOUT_COLUMNS if c in shown.columns])
+    if not (shown.get("idle_j", pd.Series(dtype=float)) > 0).any():  # no held, idle devices
+        shown = shown.drop(columns=[c for c in IDLE_COLUMNS if c in shown.columns])
     if "generated_tokens" in shown.columns:
         shown["generated_tokens"] = shown["generated_tokens"].where(
             shown["generated_tokens"] > 0).astype(float)  # NaN: shown as the others are
@@ -138,6 +143,7 @@ def _stage_table(results: pd.DataFrame, water_known: bool = True) -> pd.DataFram
 STAGE_DISPLAY: dict[str, tuple[str, Formatter]] = {
     "load_j": ("load_energy", fmt_energy_j), "work_j": ("work_energy", fmt_energy_j),
     "rollout_j": ("rollout_energy", fmt_energy_j), "rollout_tokens": ("rollout_tokens", fmt_count),
+    "idle_j": ("idle_energy", fmt_energy_j), "idle_s": ("idle_time", fmt_duration_s),
     "duration_s": ("duration", fmt_duration_s), "load_s": ("load_time", fmt_duration_s),
     "tokens": ("tokens", fmt_count), "generated_tokens": ("generated_tokens", fmt_count),
     "water_l": ("water", or_not_estimated(fmt_water_l))}

@@ -12,15 +12,20 @@ where the training part and its 95% interval are `equal_quality.energy_at_qualit
 between two checks, the dev score's binomial noise over its `n` rows, the meters' biases) and s
 is the share of the training that part is: the teacher scores every step, so its bill up to the
 crossing is the same share of its whole (rollouts are in the training's figure already).
-Repeats of one configuration are averaged (`mean_of_figures`: a meter's bias does not shrink,
-their spread is added); a configuration some repeat of which never reaches q does not count as
-reaching it. Each method is represented by its cheapest configuration. The rule names the
-cheapest method only where its interval lies below every other's; otherwise it says which
+A configuration is the parameters its method uses (`used_params`: beta and lambda only where
+the method reads them), so trials that differ only in a setting their method ignores are
+repeats of one configuration, not configurations of their own. Repeats of one configuration
+are averaged (`mean_of_figures`: a meter's bias does not shrink, their spread is added); a
+configuration some repeat of which never reaches q does not count as reaching it. Each method
+is represented by its cheapest configuration; where that is the least of several, the rule says
+so and how many repeats it rests on (the least of noisy figures is biased low). The rule names
+the cheapest method only where its interval lies below every other's; otherwise it says which
 cannot be told apart.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -69,19 +74,28 @@ def common_quality(runs: Sequence[PolicyRun]) -> float | None:
     return min(best.values()) if best else None
 
 
-def method_energies(runs: Sequence[PolicyRun], q: float) -> dict[str, tuple[str, Figure] | None]:
-    """method -> (its cheapest configuration, E(q) there), or None where none reached q."""
+def configuration_energies(runs: Sequence[PolicyRun],
+                           q: float) -> dict[tuple[str, str], Figure | None]:
+    """(method, configuration) -> E(q), the mean over its repeats, or None where some repeat
+    never reached q."""
     groups: dict[tuple[str, str], list[PolicyRun]] = {}
     for r in runs:
         groups.setdefault((r.method, r.configuration or r.trial_id), []).append(r)
-    out: dict[str, tuple[str, Figure] | None] = {}
-    for (method, config), repeats in groups.items():
+    out: dict[tuple[str, str], Figure | None] = {}
+    for key, repeats in groups.items():
         figures = [energy_to_quality(r, q) for r in repeats]
+        # a repeat that never got there: the configuration does not reach q
+        out[key] = None if any(f is None for f in figures) else mean_of_figures(
+            [f for f in figures if f is not None])
+    return out
+
+
+def method_energies(runs: Sequence[PolicyRun], q: float) -> dict[str, tuple[str, Figure] | None]:
+    """method -> (its cheapest configuration, E(q) there), or None where none reached q."""
+    out: dict[str, tuple[str, Figure] | None] = {}
+    for (method, config), fig in configuration_energies(runs, q).items():
         out.setdefault(method, None)
-        if any(f is None for f in figures):
-            continue  # a repeat that never got there: the configuration does not reach q
-        fig = mean_of_figures([f for f in figures if f is not None])
-        if out[method] is None or fig.value < out[method][1].value:
+        if fig is not None and (out[method] is None or fig.value < out[method][1].value):
             out[method] = (config, fig)
     return out
 
@@ -94,6 +108,8 @@ def policy_rules(runs: Sequence[PolicyRun], q: float | None = None) -> list[str]
         return []
     energies = method_energies(runs, q)
     reached = {m: v for m, v in energies.items() if v is not None}
+    reaching = Counter(m for (m, _), f in configuration_energies(runs, q).items()
+                       if f is not None)
     n = next((r.curve[-1].get("n") for r in runs if r.curve), None)
     lo, hi = quality_band(q, n)
     band = f" (a dev score on {n} rows: {lo:.3f}-{hi:.3f} cannot be told from it)" if n else ""
@@ -103,7 +119,8 @@ def policy_rules(runs: Sequence[PolicyRun], q: float | None = None) -> list[str]
     if not reached:
         return rules
     ranked = sorted(reached.items(), key=lambda kv: kv[1][1].value)
-    parts = "; ".join(f"{m}{_config(c)} {fmt_interval(f.interval())}" for m, (c, f) in ranked)
+    parts = "; ".join(f"{m}{_config(c, f, reaching[m])} {fmt_interval(f.interval())}"
+                      for m, (c, f) in ranked)
     head = (f"Energy to reach dev quality {q:.3f}{band}, teacher side included (its artifacts "
             f"in full, teacher_scoring up to the crossing): {parts}.")
     best, (_, best_fig) = ranked[0]
@@ -124,8 +141,30 @@ def _ordered(methods: set[str]) -> list[str]:
                                           if m in POLICY_METHODS else len(POLICY_METHODS), m))
 
 
-def _config(config: str) -> str:
-    return f" [{config}]" if config else ""
+def _config(config: str, fig: Figure, configurations: int = 1) -> str:
+    """The configuration, and where it is the least of several, that it was picked as such and
+    on how many repeats (a single run's figure picked as a minimum is biased low)."""
+    notes = [config] if config else []
+    if configurations > 1:
+        runs = "a single run" if fig.repeats <= 1 else f"mean of {fig.repeats} repeats"
+        notes.append(f"the least of {configurations} configurations that reached it, {runs}")
+    return f" [{'; '.join(notes)}]" if notes else ""
+
+
+# Settings only some methods read: a trial's configuration leaves out the ones its method
+# ignores (policy.yaml varies them for every method; the space format has no conditions).
+ONPOLICY_PARAMS = ("distill.lmbda",)
+JSD_PARAMS = ("distill.beta",)  # on-policy's generalized JSD, and logit KD with loss jsd
+
+
+def used_params(method: str, row: pd.Series, params: Sequence[str]) -> list[str]:
+    """The `param.*` columns of `params` this trial's method reads (beta for logit only where
+    the table says its loss is jsd: a sweep varying beta for logit KD varies distill.loss)."""
+    jsd = method == "onpolicy" or (method in ("logit", "feature", "relational")
+                                   and row.get("param.distill.loss") == "jsd")
+    return [c for c in params
+            if not (c[6:] in ONPOLICY_PARAMS and method != "onpolicy")
+            and not (c[6:] in JSD_PARAMS and not jsd)]
 
 
 # ---- from a sweep's trials table ---------------------------------------------------------------
@@ -163,8 +202,10 @@ def runs_from_trials(trials: pd.DataFrame) -> list[PolicyRun]:
         else:
             share = 1.0 if row["param.distill.method"] == "onpolicy" else 0.0
         recurring = side.scaled(share)
-        runs.append(PolicyRun(str(row["trial_id"]), str(row["param.distill.method"]),
+        method = str(row["param.distill.method"])
+        runs.append(PolicyRun(str(row["trial_id"]), method,
                               curve_of(row.get("dev_curve")), _figure(row, "student_training"),
                               side - recurring, recurring,
-                              ", ".join(f"{c[6:]}={row[c]}" for c in params)))
+                              ", ".join(f"{c[6:]}={row[c]}"
+                                        for c in used_params(method, row, params))))
     return runs

@@ -106,6 +106,7 @@ def error_figures(table: pd.DataFrame, attempt: str | None, own: dict[str, float
     _, gen_err = per_token(table, attempt, "teacher_generation", "generated_tokens")
     return {**_meter_figures(table, attempt, kept, reused_j, artifacts, reused_keys),
             "teacher_side_error_j": side_err, "student_training_error_j": training_err,
+            "teacher_scoring_error_j": rows_error_j(_rows(table, attempt, "teacher_scoring")),
             "evaluation_j": evaluation, "evaluation_error_j": evaluation_err,
             "bill_j": side + training + evaluation,
             "bill_error_j": side_err + training_err + evaluation_err,

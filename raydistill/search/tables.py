@@ -179,6 +179,9 @@ def teacher_figures(table: pd.DataFrame, attempt: str | None, full_j: float,
     generated = float(gen["generated_tokens"].sum()) if "generated_tokens" in gen else 0.0
     work = float(gen["work_j"].sum()) if "work_j" in gen else 0.0
     return {"teacher_side_j": side, "teacher_share": side / full_j if full_j > 0 else None,
+            # the recurring part of the side (on-policy scoring, every step): the report's
+            # energy to quality counts it up to the crossing, the rest (artifacts) in full
+            "teacher_scoring_j": own.get("teacher_scoring", 0.0),
             "student_training_j": own.get("student_training", 0.0),
             "teacher_generated_tokens": generated,
             "teacher_j_per_generated_token": work / generated if generated > 0 else None}

@@ -316,22 +316,38 @@ def _while_reporting(work, report, name: str):
 def _profile(client: LedgerClient, control, ledger_trial: str, params: dict, units: dict,
              t_ready: float, t_now: float, progress: float) -> float | None:
     """The trial's forecast from its first steps (see search.forecast)."""
+    projected = running_profile(client.trial_rows(ledger_trial), t_ready, t_now, progress)
+    if projected is None:
+        return None
+    done, running_j = projected
+    return ray.get(control.profile_forecast.remote(ledger_trial, params, units, done, running_j))
+
+
+# Stages that run for as long as the student trains: an on-policy trial's teacher pool scores
+# every step, so its bill grows with the training's and is projected with it
+RUNNING_STAGES = ("student_training", "teacher_scoring")
+
+
+def running_profile(rows: list[dict], t_ready: float, t_now: float,
+                    progress: float) -> tuple[dict[str, float], float] | None:
+    """({stage: J so far} of the stages that are done, the running stages' whole energy
+    projected from their power so far) or None before the student has a window. The running
+    stages are `RUNNING_STAGES` (student training, and an on-policy trial's teacher_scoring)."""
     from raydistill.search.forecast import profile_stage_j
 
-    rows = client.trial_rows(ledger_trial)
-    student = [r for r in rows if r["stage"] == "student_training"]
-    if not student:
+    running = [r for r in rows if r["stage"] in RUNNING_STAGES]
+    if not any(r["stage"] == "student_training" for r in running):
         return None
-    t_start = min(r["t_start_s"] for r in student)
-    span = max(r["t_end_s"] for r in student) - t_start
+    t_start = min(r["t_start_s"] for r in running)
+    span = max(r["t_end_s"] for r in running) - t_start
     if span <= 0:
         return None
-    power = sum(r["energy_j"] for r in student) / span
+    power = sum(r["energy_j"] for r in running) / span
     done: dict[str, float] = {}
     for r in rows:
-        done[r["stage"]] = done.get(r["stage"], 0.0) + r["energy_j"]
-    student_j = profile_stage_j(power, t_start, t_ready, t_now, progress)
-    return ray.get(control.profile_forecast.remote(ledger_trial, params, units, done, student_j))
+        if r["stage"] not in RUNNING_STAGES:
+            done[r["stage"]] = done.get(r["stage"], 0.0) + r["energy_j"]
+    return done, profile_stage_j(power, t_start, t_ready, t_now, progress)
 
 
 def _progress_lines(path: Path) -> list[dict]:

@@ -112,6 +112,10 @@ def test_onpolicy_example_puts_a_served_teacher_in_the_ledger(world, tmp_path):
     table = pd.read_parquet(out / "results.parquet").set_index("stage")
     scoring, training = table.loc["teacher_scoring"], table.loc["student_training"]
     assert scoring["energy_j"] > 0 and scoring["load_j"] > 0 and scoring["tokens"] > 0
+    # held between requests: idle, apart from the requests' busy work (not all of it as work)
+    assert scoring["idle_j"] > 0 and scoring["work_j"] > 0
+    assert scoring["energy_j"] == pytest.approx(scoring["load_j"] + scoring["work_j"]
+                                                + scoring["idle_j"])
     assert training["rollout_j"] > 0 and training["rollout_tokens"] == 2 * 4 * 16
     (metrics,) = json.loads((out / "metrics.json").read_text())["trials"]
     assert metrics["teacher_recurring_j"] == pytest.approx(scoring["energy_j"])

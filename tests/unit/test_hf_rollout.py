@@ -102,3 +102,36 @@ def test_rollout_outside_training_opens_no_window():
     cb = EnergyCallback(run=object())
     with cb.rollout() as window:
         assert window is None
+
+
+def test_an_evaluation_inside_training_is_no_rollout():
+    # the bug: with the training window open, an in-training evaluate()'s first generation
+    # (before its evaluation window opens) was booked as a training rollout
+    from raydistill.integrations.hf import _closing_eval_on_error
+
+    opened = []
+
+    class Run:
+        @contextlib.contextmanager
+        def stage(self, name, trial=None, phase="work"):
+            opened.append(phase)
+            yield FakeWindow()
+
+    cb = EnergyCallback(run=Run(), trial="t")
+    cb._train = object()  # training: its window is open
+
+    def evaluate():
+        with cb.rollout() as window:  # a generating evaluation (TRL's _generate)
+            return window
+
+    assert _closing_eval_on_error(cb, evaluate)() is None and opened == []
+    with cb.rollout() as window:  # training again: a rollout
+        assert window is not None and opened == ["rollout"]
+    cb.end_eval = lambda closed_by: None
+
+    def failing():
+        raise ValueError("bad batch")
+
+    with contextlib.suppress(ValueError):
+        _closing_eval_on_error(cb, failing)()
+    assert cb._evaluating == 0  # a raising evaluation leaves the flag as it was

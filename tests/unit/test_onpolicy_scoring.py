@@ -133,8 +133,16 @@ def test_rollouts_are_the_student_own_completions_within_the_limits():
     tok = types.SimpleNamespace(pad_token_id=0, eos_token_id=1)
     examples = [{"input_ids": [2, 3, 4, 9, 9], "prompt_len": 3},
                 {"input_ids": [2, 5, 9], "prompt_len": 2}]
-    cfg = {"max_new_tokens": 6, "max_seq_len": 8}
+    cfg = {"max_new_tokens": 6, "max_seq_len": 8, "temperature": 2.0}
     model.train()
+    seen = {}
+    generate = model.generate
+
+    def recording(**kw):
+        seen.update(kw)
+        return generate(**kw)
+
+    model.generate = recording
     made, generated = rollout_examples(model, examples, tok, cfg, synced=False)
     assert model.training  # put back as it was
     assert [m["input_ids"][:m["prompt_len"]] for m in made] == [[2, 3, 4], [2, 5]]
@@ -143,6 +151,8 @@ def test_rollouts_are_the_student_own_completions_within_the_limits():
         completion = m["input_ids"][m["prompt_len"]:]
         assert 1 <= len(completion) <= 6 and len(m["input_ids"]) <= 8
         assert 1 not in completion[:-1]  # nothing after an EOS
+    # sampled at the loss's temperature (distill.temperature), not at T = 1
+    assert seen["do_sample"] and seen["temperature"] == 2.0
 
 
 def test_an_onpolicy_run_reports_its_teacher_bill_and_no_n_star(tmp_path):
@@ -163,15 +173,23 @@ def test_an_onpolicy_run_reports_its_teacher_bill_and_no_n_star(tmp_path):
                          "energy_method": "estimated", "unmeasured_max_j": 0.0})
     table = pd.DataFrame(rows)
     main = TrialOutcome("op", "onpolicy", scores={"student_quick_acc": 0.5},
-                        train_metrics={"steps": 8, "steps_run": 5})
+                        # resumed from a checkpoint at step 3: 5 steps in this attempt, 8 in
+                        # the training (the ledger covers both attempts)
+                        train_metrics={"steps": 8, "steps_run": 5, "resumed_from_step": 3,
+                                       "rollout_steps": 8, "rollout_tokens": 40})
     base = TrialOutcome("base", "none", scores={"student_quick_acc": 0.4})
     metrics, _ = write_run_results(tmp_path, table, [main, base], 0.0, equal_quality=True)
     m = json.loads((tmp_path / "metrics.json").read_text())["trials"][0]
     assert m["N_star"] is None and m["N_star_verdict"] == NO_AMORTISATION
     assert "N_star_equal_quality_verdict" not in m
     assert m["teacher_scoring_j"] == 50.0 and m["teacher_scoring_idle_j"] == 25.0
-    # 45 J past its 5 J load, over 5 steps; against the student's 60 J update + 30 J rollouts
-    assert m["teacher_scoring_j_per_step"] == 9.0
+    # 45 J past its 5 J load, over the 8 steps trained (not the 5 since the restore); against
+    # the student's 60 J update + 30 J rollouts
+    assert m["teacher_scoring_j_per_step"] == pytest.approx(45 / 8)
+    assert m["student_j_per_step"] == pytest.approx(90 / 8)
+    # metrics.json's rollout tokens are the results table's (every rank and attempt)
+    train = json.loads((tmp_path / "metrics.json").read_text())["train"]["op"]
+    assert train["rollout_tokens"] == m["rollout_tokens"] == 200
     assert m["teacher_step_share"] == pytest.approx(45 / (45 + 90))
     assert m["rollout_j_per_token"] == pytest.approx(30 / 200)
     assert m["teacher_side_j"] == 60.0  # generation + scoring: the teacher side
@@ -239,3 +257,16 @@ def test_vllm_prompt_logprobs_give_what_the_hf_forward_gives():
         np.testing.assert_allclose(a["tail"], b["tail"], atol=1e-5)
     assert ts.scoring_engine("vllm", 16, 1.0) == "vllm"
     assert ts.scoring_engine("vllm", 0, 1.0) == ts.scoring_engine("vllm", 16, 2.0) == "hf"
+
+
+def test_a_resumed_run_counts_the_rollout_steps_before_its_checkpoint():
+    import random
+
+    from raydistill.distill.onpolicy import replay_draws
+
+    whole = replay_draws(0.5, random.Random(7), 20)
+    resumed = random.Random(7)
+    before = replay_draws(0.5, resumed, 8)  # what OnPolicy starts from at step 8
+    assert before + replay_draws(0.5, resumed, 12) == whole and before > 0
+    assert replay_draws(1.0, random.Random(7), 5) == 5
+    assert replay_draws(0.0, random.Random(7), 5) == 0

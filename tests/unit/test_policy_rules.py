@@ -136,3 +136,70 @@ def test_policy_space_puts_the_methods_side_by_side():
     assert {"distill.beta", "distill.lmbda"} <= set(params)
     assert space.config_for({"distill.method": "onpolicy", "distill.beta": 1.0,
                              "distill.lmbda": 0.5}).distill.lmbda == 0.5
+
+
+def test_a_trials_table_built_by_tables_carries_teacher_scoring_apart_from_the_artifacts():
+    # the bug: tables.py wrote only teacher_side_j, so policy_rules took an on-policy trial's
+    # whole teacher side (synthetic data included) as recurring and scaled it to the crossing
+    from raydistill.energy.accuracy import row_error_j
+    from raydistill.energy.ledger import EnergyRow
+    from raydistill.results import results_table
+    from raydistill.search.tables import trials_table
+
+    def row(stage: str, energy_j: float) -> dict:
+        r = {f: None for f in EnergyRow.__dataclass_fields__}
+        r.update(trial_id="o~1", stage=stage, node_id="n", device_id="cpu0", device_kind="cpu",
+                 device_model="", energy_j=energy_j, above_idle_j=energy_j, duration_s=600.0,
+                 t_start_s=0.0, t_end_s=600.0, tokens=0, generated_tokens=0, method="rapl",
+                 shared=False, gap_s=0.0, unmeasured_s=0.0, unmeasured_max_j=0.0,
+                 interpolated=False, n_samples=100, window_id=f"o~1/{stage}", phase="work",
+                 stated_error_j=row_error_j(energy_j, "rapl", "cpu", 600.0))
+        return r
+
+    ledger = results_table([row("teacher_generation", 300.0), row("teacher_scoring", 200.0),
+                            row("student_training", 100.0)])
+    result = {"metrics": {"trial_id": "o", "ledger_trial": "o~1", "status": "finished",
+                          "quality": 0.6, "progress": 1.0, "energy_marginal_j": 600.0,
+                          "energy_full_j": 600.0},
+              "config": {"distill.method": "onpolicy"}, "error": None}
+    trials = trials_table([result], ledger, {"energy_view": "full"},
+                          curves={"o~1": curve_json(ONPOLICY.curve)})
+    assert trials.at[0, "teacher_scoring_j"] == pytest.approx(200.0)
+    assert trials.at[0, "teacher_scoring_error_j"] > 0
+    (onp,) = runs_from_trials(trials)
+    assert onp.teacher_recurring.value == pytest.approx(200.0)
+    assert onp.teacher_once.value == pytest.approx(300.0)  # the synthetic data: in full
+
+
+def test_settings_a_method_ignores_make_repeats_not_configurations_and_a_least_is_stated():
+    # the bug: policy.yaml varies beta and lambda for every method; keyed on every param.*, two
+    # logit trials differing only in beta were two "configurations" and the cheaper single run
+    # was taken as logit's figure
+    def row(tid, method, beta, lmbda, run):
+        side = run.teacher_once.value + run.teacher_recurring.value
+        return {"trial_id": tid, "status": "finished", "param.distill.method": method,
+                "param.distill.beta": beta, "param.distill.lmbda": lmbda, "param.lr": 0.1,
+                "dev_curve": curve_json(run.curve), "student_training_j": run.training.value,
+                "student_training_error_j": 1.0, "teacher_side_j": side,
+                "teacher_side_error_j": 2.0,
+                "teacher_scoring_j": run.teacher_recurring.value}
+
+    cheap = PolicyRun("x", "logit", curve([0.3, 0.45], [5, 10]), fig(10, 1),
+                      teacher_once=fig(20, 1))
+    rows = [row("l1", "logit", 0.0, 0.5, LOGIT), row("l2", "logit", 1.0, 1.0, cheap),
+            row("o1", "onpolicy", 0.0, 0.5, ONPOLICY), row("o2", "onpolicy", 1.0, 0.5, ONPOLICY)]
+    runs = runs_from_trials(pd.DataFrame(rows))
+    assert {r.configuration for r in runs if r.method == "logit"} == {"lr=0.1"}
+    assert {r.configuration for r in runs if r.method == "onpolicy"} == {
+        "distill.beta=0.0, distill.lmbda=0.5, lr=0.1",
+        "distill.beta=1.0, distill.lmbda=0.5, lr=0.1"}
+    _, logit = method_energies(runs, 0.4)["logit"]
+    assert logit.repeats == 2  # pooled: the mean of both, not the cheaper one
+    assert logit.value == pytest.approx((energy_to_quality(LOGIT, 0.4).value
+                                         + energy_to_quality(cheap, 0.4).value) / 2)
+    text = policy_rules(runs, q=0.4)[-1]
+    assert "the least of 2 configurations that reached it, a single run" in text
+    # with loss jsd, logit KD reads beta: then it is part of logit's configuration
+    jsd = pd.DataFrame(rows).assign(**{"param.distill.loss": "jsd"})
+    assert {r.configuration for r in runs_from_trials(jsd) if r.method == "logit"} == {
+        "distill.beta=0.0, distill.loss=jsd, lr=0.1", "distill.beta=1.0, distill.loss=jsd, lr=0.1"}

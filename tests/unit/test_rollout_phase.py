@@ -113,6 +113,7 @@ def test_teacher_scoring_is_teacher_side_and_gets_no_n_star():
 def test_sweep_configuration_with_a_recurring_teacher_gets_no_n_star():
     import pandas as pd
 
+    from raydistill.results import NO_AMORTISATION
     from raydistill.search.derived import derived_figures
 
     def trials(method: str) -> pd.DataFrame:
@@ -125,7 +126,9 @@ def test_sweep_configuration_with_a_recurring_teacher_gets_no_n_star():
 
     assert derived_figures(trials("logit"))["n_star"][1] == 6.0  # a reusable teacher: N*
     d = derived_figures(trials("onpolicy"))  # the same figures, scored every step
-    assert d["n_star"][1] is None and d["n_star_verdict"][1] is None
+    # no N*, and the verdict says why (the comparison there is energy to quality)
+    assert d["n_star"][1] is None
+    assert d["n_star_verdict"][1] == NO_AMORTISATION
 
 
 def test_report_stage_table_shows_rollouts_only_where_there_are_some(rolled, tmp_path):
@@ -136,3 +139,47 @@ def test_report_stage_table_shows_rollouts_only_where_there_are_some(rolled, tmp
     assert {"rollout_j", "rollout_tokens", "rollout_j_per_token"} <= set(shown.columns)
     without = results_table(run.state.energy_rows()).assign(rollout_j=0.0)
     assert "rollout_j" not in _stage_table(without).columns  # off-policy runs: unchanged
+
+
+def test_the_scoring_pool_idle_phase_is_shown_where_a_run_has_one():
+    # the bug: the report's stage table and the console summary showed load and work but not
+    # idle, so teacher_scoring's energy != load + work with nothing to say why
+    import pandas as pd
+
+    from raydistill.report.html import _stage_table
+    from raydistill.run import RunResult, summary
+
+    rows = [{"trial_id": "op", "stage": stage, "energy_j": e, "load_j": load, "work_j": work,
+             "rollout_j": roll, "idle_j": idle, "idle_s": idle_s, "duration_s": 10.0,
+             "tokens": 100, "rollout_tokens": 20 if roll else 0, "energy_method": "estimated"}
+            for stage, e, load, work, roll, idle, idle_s in (
+                ("teacher_scoring", 50.0, 5.0, 20.0, 0.0, 25.0, 6.0),
+                ("student_training", 100.0, 10.0, 60.0, 30.0, 0.0, 0.0))]
+    table = pd.DataFrame(rows)
+    shown = _stage_table(table)
+    assert {"idle_j", "idle_s"} <= set(shown.columns)
+    scoring = shown.set_index("stage").loc["teacher_scoring"]
+    assert scoring["energy_j"] == scoring["load_j"] + scoring["work_j"] + scoring["idle_j"]
+    header = summary(RunResult(None, table, [], [])).splitlines()[0].split()
+    assert {"work", "rollout", "idle", "idle_s"} <= set(header)
+    # a run without idle devices or rollouts: unchanged
+    plain = table.assign(idle_j=0.0, idle_s=0.0, rollout_j=0.0)
+    assert "idle_j" not in _stage_table(plain).columns
+    assert "idle" not in summary(RunResult(None, plain, [], [])).splitlines()[0].split()
+
+
+def test_the_profile_forecast_projects_the_scoring_pool_with_the_training():
+    # the bug: only student_training's power was projected; an on-policy trial's
+    # teacher_scoring, which grows with every step, was counted as the part done so far
+    from raydistill.search.trial import running_profile
+
+    rows = [{"stage": "teacher_generation", "energy_j": 30.0, "t_start_s": 0.0, "t_end_s": 5.0},
+            {"stage": "student_training", "energy_j": 100.0, "t_start_s": 10.0,
+             "t_end_s": 20.0},
+            {"stage": "teacher_scoring", "energy_j": 50.0, "t_start_s": 10.0, "t_end_s": 20.0}]
+    done, running_j = running_profile(rows, t_ready=10.0, t_now=20.0, progress=0.25)
+    assert done == {"teacher_generation": 30.0}
+    assert running_j == pytest.approx(15.0 * 10.0 / 0.25)  # both stages' 15 W, 40 s in all
+    off_policy, student_j = running_profile(rows[:2], 10.0, 20.0, 0.25)
+    assert student_j == pytest.approx(10.0 * 40.0) and off_policy == {"teacher_generation": 30.0}
+    assert running_profile(rows[:1], 10.0, 20.0, 0.25) is None
