@@ -170,15 +170,20 @@ def jsd(student_logits: torch.Tensor, teacher: Teacher, *, temperature: float = 
     """T² · generalized JSD_β as in TRL's GKD (see the module docstring for the ends)."""
     _check_unit("jsd beta", beta)
     log_t, log_s = _pair(student_logits, teacher, temperature)
+    return _masked_mean(generalized_jsd_per_token(log_t, log_s, beta), mask) * temperature**2
+
+
+def generalized_jsd_per_token(log_t: torch.Tensor, log_s: torch.Tensor,
+                              beta: float) -> torch.Tensor:
+    """JSD_β per position from log-probabilities: β 0 KL(T‖S), 1 KL(S‖T), else the β-mixture's
+    divergence (`jsd` and the on-policy loss share it)."""
     if beta == 0.0:
-        per = _kl(log_t, log_s)
-    elif beta == 1.0:
-        per = _kl(log_s, log_t)
-    else:
-        mix = torch.stack([log_t + math.log(beta), log_s + math.log1p(-beta)])
-        log_m = torch.logsumexp(mix, dim=0)
-        per = beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)
-    return _masked_mean(per, mask) * temperature**2
+        return _kl(log_t, log_s)
+    if beta == 1.0:
+        return _kl(log_s, log_t)
+    # log M by logsumexp: never exp() then log() a sum that can underflow in the tails
+    log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta))
+    return beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)
 
 
 def tvd(student_logits: torch.Tensor, teacher: Teacher, *, temperature: float = 1.0,

@@ -18,12 +18,17 @@ positions ÷ their count (0 for an all-false mask).
 
 from __future__ import annotations
 
-import math
 import random
 
 import torch
 
-from raydistill.distill.losses import Teacher, _check_unit, _kl, _masked_mean, _pair
+from raydistill.distill.losses import (
+    Teacher,
+    _check_unit,
+    _masked_mean,
+    _pair,
+    generalized_jsd_per_token,
+)
 from raydistill.errors import ConfigError
 
 
@@ -36,15 +41,7 @@ def onpolicy_jsd(student_logits: torch.Tensor, teacher: Teacher, *, beta: float,
     """
     _check_unit("onpolicy beta", beta)
     log_t, log_s = _pair(student_logits, teacher, temperature)
-    if beta == 0.0:
-        per = _kl(log_t, log_s)
-    elif beta == 1.0:
-        per = _kl(log_s, log_t)
-    else:
-        # log M by logsumexp: never exp() then log() a sum that can underflow in the tails
-        log_m = torch.logaddexp(log_s + math.log1p(-beta), log_t + math.log(beta))
-        per = beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)
-    return _masked_mean(per, mask)
+    return _masked_mean(generalized_jsd_per_token(log_t, log_s, beta), mask)
 
 
 def mix_onpolicy(lmbda: float, rng: random.Random) -> bool:
