@@ -22,6 +22,7 @@
 # No route leads out of the lab: only the lab's own addresses can be contacted. Needs root.
 set -euo pipefail
 LAB=${RDLAB_DIR:-/var/tmp/rdlab}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 NET=${RDLAB_NET:-10.213.7}
 BR=rdlab0
 
@@ -168,10 +169,16 @@ start_host() {
   ip -n "$n" link set lo up
   ip -n "$n" link set eth0 up
   mkdir -p /mnt/shared /mnt/local /run/sshd
+  # A checkout under /tmp (a CI clone, a scratch clone) would vanish behind the host's own
+  # /tmp: it is kept visible at the same path, as a user's NFS-mounted home would be.
+  local keep=""
+  case $REPO in /tmp/*) keep=$REPO; mkdir -p "$h/repo" ;; esac
   cat > "$h/init.sh" <<EOF
 set -e
 hostname $n
+[ -n "$keep" ] && mount --bind "$keep" "$h/repo"
 mount --bind $h/tmp /tmp
+[ -n "$keep" ] && mkdir -p "$keep" && mount --bind "$h/repo" "$keep"
 mount -t tmpfs -o size=2g tmpfs /dev/shm
 # HOME is the host's own; the interpreter under /root/.pyenv stays visible in it
 [ -d /root/.pyenv ] && mount --rbind /root/.pyenv $h/home/.pyenv
