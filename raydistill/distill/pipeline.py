@@ -392,6 +392,12 @@ class Pipeline:
         )
 
         d, g = self.cfg.distill, self.cfg.generation
+        if d.temperature > 1.0:
+            # rollouts sample at the loss's temperature, as TRL does: above 1 they are close to
+            # random text for a small student, and the vLLM scorer (T = 1 only) is not used
+            log.warning("distill.method onpolicy samples its rollouts at distill.temperature "
+                        "%.2g (> 1: near-random completions); set distill.temperature (TRL "
+                        "uses 0.9-1.0)", d.temperature)
         rows = vocab_rows(self.cfg, "onpolicy", teacher.location)
         # before the pool loads: a dense answer per micro-batch through Ray can be GBs
         t = self.cfg.training
@@ -443,25 +449,27 @@ class Pipeline:
         res = {"num_gpus": gpus} if self.use_gpu else {"num_cpus": 1}
         return {**res, "scheduling_strategy": "DEFAULT"}
 
+    def student_inputs(self, teacher: Artifact, data: DataSplits, trial_id: str, method: str
+                       ) -> tuple[dict, Path | str, Artifact | None]:
+        """What the student trains on, for `raydistill run` and a sweep's trials alike:
+        (teacher-side artifacts built or reused, the data path, the logit cache or None)."""
+        if method == "none":
+            return {}, data["labelled"], None
+        if prompts_only(method, self.cfg.distill.lmbda):
+            # every step rolls out: the student never trains on teacher text, so no synthetic
+            # data is paid for; its prompts are the train split's (labelled where it has none)
+            return {}, data["train"] if data.counts.get("train", 1) else data["labelled"], None
+        side = self.teacher_side(teacher, data, trial_id, method)
+        return side, side["synthetic_data"].path, side.get("logit_cache")
+
     # ---- a whole trial ---------------------------------------------------------------------
     def run_trial(self, trial_id: str, method: str | None = None) -> TrialOutcome:
         method = method or self.cfg.distill.method
         data = self.data()
         teacher = self.teacher_model(data)
         outcome = TrialOutcome(trial_id, method, artifacts={"teacher_model": teacher})
-        if method == "none":
-            data_path = data["labelled"]
-            cache = None
-        elif prompts_only(method, self.cfg.distill.lmbda):
-            # every step rolls out: the student never trains on teacher text, so no synthetic
-            # data is paid for; its prompts are the train split's (labelled where it has none)
-            data_path = data["train"] if data.counts.get("train", 1) else data["labelled"]
-            cache = None
-        else:
-            side = self.teacher_side(teacher, data, trial_id, method)
-            outcome.artifacts.update(side)
-            data_path = side["synthetic_data"].path
-            cache = side.get("logit_cache")
+        side, data_path, cache = self.student_inputs(teacher, data, trial_id, method)
+        outcome.artifacts.update(side)
         # the in-training dev check, as a sweep's trials write it: N* at equal quality reads
         # both students' curves (raydistill.equal_quality)
         path, outcome.train_metrics = self.student(

@@ -26,6 +26,8 @@ import numpy as np
 
 SCORER_PREFIX = "teacher_scorer"
 
+CLOSE_TIMEOUT_S = 120.0  # closing a pool actor: its windows close and its stats return
+
 
 # A dense answer (top_k 0) is [positions, rows] float32 per sequence, shipped through Ray's
 # object store on every request: at a Qwen vocabulary (152k rows) that is 0.6 MB a position,
@@ -315,13 +317,15 @@ def close_pool(handles: list) -> dict:
     import contextlib
 
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import GetTimeoutError, RayActorError
 
     stats = []
     for h in handles:
-        # one that died (its error is the training's) has nothing left to close
-        with contextlib.suppress(RayActorError):
-            stats.append(ray.get(h.close.remote()))
+        # one that died (its error is the training's) has nothing left to close; one never
+        # placed (no free GPU) would never answer: a bounded wait, so the error that stopped
+        # the training reaches the user instead of a hang here
+        with contextlib.suppress(RayActorError, GetTimeoutError):
+            stats.append(ray.get(h.close.remote(), timeout=CLOSE_TIMEOUT_S))
         ray.kill(h)
     if not stats:
         return {"scoring_actors": len(handles)}

@@ -223,24 +223,18 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     reused_by: dict[str, dict] = {}  # kind -> the reused artifact's manifest `built_by`
     built: set[str] = set()
     consumers: dict[str, int] = {}
-    cache = None
-    data_path = data["labelled"]
-    artifacts: dict = {}
-    if method != "none":
-        # the teacher stages run in a thread while this one reports the trial's live energy
-        # (progress 0), so its cap and the sweep budget are checked while the teacher works
-        artifacts = _while_reporting(lambda: pipe.teacher_side(teacher, data, ledger_trial,
-                                                               method),
-                                     lambda: report(0.0, None), "teacher-side")
-        synthetic = artifacts["synthetic_data"]
-        cache = artifacts.get("logit_cache")
-        for kind, art in artifacts.items():
-            if art.reused:
-                reused_cost[kind] = float(art.built_by.get("energy_j") or 0.0)
-                reused_by[kind] = dict(art.built_by)
-            else:
-                built.add(kind)
-        data_path = synthetic.path
+    # the teacher stages run in a thread while this one reports the trial's live energy
+    # (progress 0), so its cap and the sweep budget are checked while the teacher works; the
+    # choice of what the student trains on is the pipeline's, as in `raydistill run`
+    artifacts, data_path, cache = _while_reporting(
+        lambda: pipe.student_inputs(teacher, data, ledger_trial, method),
+        lambda: report(0.0, None), "teacher-side")
+    for kind, art in artifacts.items():
+        if art.reused:
+            reused_cost[kind] = float(art.built_by.get("energy_j") or 0.0)
+            reused_by[kind] = dict(art.built_by)
+        else:
+            built.add(kind)
     consumers = ray.get(control.consume.remote(
         trial, [f"{k}:{a.key}" for k, a in artifacts.items()]))
     consumers = {k.split(":")[0]: n for k, n in consumers.items()}
