@@ -29,18 +29,34 @@ def scheduler_metadata(env: Mapping[str, str] | None = None) -> dict:
                                      if key in env}}
 
 
-def check_shared_storage(run_dir: Path, visible: Mapping[str, bool]) -> None:
-    """Raise when a node cannot see the run directory the driver writes."""
-    blind = sorted(node[:12] for node, ok in visible.items() if not ok)
-    if blind:
+def check_shared_storage(run_dir: Path, visible: Mapping[str, bool | None]) -> None:
+    """Raise when a node cannot see the run directory the driver writes, or did not answer
+    whether it does (None: its probe timed out)."""
+    blind = sorted(node[:12] for node, ok in visible.items() if ok is False)
+    silent = sorted(node[:12] for node, ok in visible.items() if ok is None)
+    if blind or silent:
+        parts = []
+        if blind:
+            parts.append(f"is not visible from node(s) {', '.join(blind)}")
+        if silent:
+            parts.append(f"was not confirmed by node(s) {', '.join(silent)} (no answer within "
+                         f"{PROBE_TIMEOUT_S:.0f} s)")
         raise ConfigError(
-            f"run directory {run_dir} is not visible from node(s) {', '.join(blind)}: with more "
-            "than one node it must be on storage every node mounts (e.g. --out /mnt/shared/runs/X)")
+            f"run directory {run_dir} {' and '.join(parts)}: with more than one node it must be "
+            "on storage every node mounts (e.g. --out /mnt/shared/runs/X)")
 
 
-def probe_nodes(run_dir: Path) -> dict[str, bool]:
-    """Ask one zero-CPU task on every alive node whether it sees a marker file written here."""
+PROBE_TIMEOUT_S = 60.0
+
+
+def probe_nodes(run_dir: Path) -> dict[str, bool | None]:
+    """Ask one zero-CPU task on every alive node whether it sees a marker file written here:
+    True / False, or None where the node gave no answer in PROBE_TIMEOUT_S (a node that cannot
+    run the probe cannot be trusted with the run directory either)."""
+    import time
+
     import ray
+    from ray.exceptions import GetTimeoutError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     marker = Path(run_dir) / f".probe-{uuid.uuid4().hex[:8]}"
@@ -54,7 +70,15 @@ def probe_nodes(run_dir: Path) -> dict[str, bool]:
     try:
         refs = {n: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
             n, soft=False)).remote(str(marker)) for n in nodes}
-        return {n: bool(ray.get(r, timeout=60)) for n, r in refs.items()}
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        got: dict[str, bool | None] = {}
+        for n, r in refs.items():
+            try:
+                got[n] = bool(ray.get(r, timeout=max(0.0, deadline - time.monotonic())))
+            except GetTimeoutError:
+                got[n] = None
+                ray.cancel(r, force=True)
+        return got
     finally:
         marker.unlink(missing_ok=True)
 

@@ -19,3 +19,9 @@ def test_a_node_that_cannot_see_the_run_dir_is_named():
     check_shared_storage(Path("/mnt/shared/r"), {"aaaa": True, "bbbb": True})
     with pytest.raises(ConfigError, match=r"node\(s\) bbbb.*/mnt/shared"):
         check_shared_storage(Path("/tmp/r"), {"aaaa": True, "bbbb": False})
+
+
+def test_a_node_that_does_not_answer_the_probe_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"not confirmed by node\(s\) bbbb") as err:
+        check_shared_storage(Path("/mnt/shared/r"), {"aaaa": True, "bbbb": None})
+    assert "\n" not in str(err.value) and "--out /mnt/shared" in str(err.value)
