@@ -79,6 +79,9 @@ def stage_units(cfg) -> dict[str, float]:
         "teacher_logit_caching": train,
         "student_training": float(cfg.student.steps * cfg.student.batch_size),
         "evaluation": float(min(cfg.evaluation.limit or test, test)),
+        # on-policy: the teacher scores every step's batch (rolled out or not), a recurring bill
+        "teacher_scoring": float(cfg.student.steps * cfg.student.batch_size)
+        if cfg.distill.method == "onpolicy" else 0.0,
     }
 
 

@@ -270,3 +270,19 @@ def test_a_resumed_run_counts_the_rollout_steps_before_its_checkpoint():
     assert before + replay_draws(0.5, resumed, 12) == whole and before > 0
     assert replay_draws(1.0, random.Random(7), 5) == 5
     assert replay_draws(0.0, random.Random(7), 5) == 0
+
+
+def test_the_admission_forecast_counts_the_recurring_scoring_bill():
+    from raydistill.config import load_experiment
+    from raydistill.search.forecast import Forecaster
+    from raydistill.search.trial import stage_units
+
+    cfg = load_experiment("configs/local-chat.yaml", ["distill.method=onpolicy"])
+    units = stage_units(cfg)
+    assert units["teacher_scoring"] == cfg.student.steps * cfg.student.batch_size
+    f = Forecaster()
+    f.add_finished({}, {"student_training": 100.0, "evaluation": 10.0, "teacher_scoring": 50.0},
+                   units)
+    assert f.predict({}, units)["teacher_scoring"] == 50.0
+    sft = load_experiment("configs/local-chat.yaml", ["distill.method=sft"])
+    assert stage_units(sft)["teacher_scoring"] == 0.0
