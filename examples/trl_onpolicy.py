@@ -64,8 +64,15 @@ class TeacherServer:
             self.model = AutoModelForCausalLM.from_pretrained(path).eval()
             if torch.cuda.is_available():
                 self.model.cuda()
-        # raydistill: held from here until close(); requests nest in it as work
-        self.idle = run.stage("teacher_scoring", trial=trial, phase="idle")
+        # raydistill: held from here until close(); requests nest in it as work. A GPU is held
+        # from its load on; a CPU actor holds no device of its own, so its idle window opens at
+        # the first request (it would otherwise take the node's CPU while the student starts)
+        self.idle = None
+        if torch.cuda.is_available():
+            self._hold()
+
+    def _hold(self) -> None:
+        self.idle = self.run.stage("teacher_scoring", trial=self.trial, phase="idle")
         self.idle.__enter__()
 
     def ready(self) -> bool:
@@ -73,6 +80,8 @@ class TeacherServer:
 
     @torch.no_grad()
     def score(self, input_ids, attention_mask, completion_len: int, k: int, temperature: float):
+        if self.idle is None:
+            self._hold()
         # raydistill: a busy window inside the idle one (the ledger charges the idle window the
         # rest of the time only)
         with self.run.stage("teacher_scoring", trial=self.trial) as busy:
@@ -84,7 +93,8 @@ class TeacherServer:
         return cache.logprobs.cpu(), cache.indices.cpu(), cache.tail_logprob.cpu()
 
     def close(self) -> None:
-        self.idle.__exit__(None, None, None)  # raydistill: the devices are given back
+        if self.idle is not None:
+            self.idle.__exit__(None, None, None)  # raydistill: the devices are given back
 
 
 class RemoteTeacherDistillationTrainer(DistillationTrainer):
