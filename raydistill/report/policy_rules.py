@@ -199,13 +199,17 @@ def runs_from_trials(trials: pd.DataFrame) -> list[PolicyRun]:
         side = _figure(row, "teacher_side")
         if "teacher_scoring_j" in row.index and pd.notna(row["teacher_scoring_j"]):
             share = float(row["teacher_scoring_j"]) / side.value if side.value > 0 else 0.0
+            # scoring's own stated error where the table has it, not a share of the artifacts'
+            err = row.get("teacher_scoring_error_j")
+            recurring = Figure.of(float(row["teacher_scoring_j"]), independent_j=float(err)) \
+                if err is not None and pd.notna(err) else side.scaled(share)
         else:
             share = 1.0 if row["param.distill.method"] == "onpolicy" else 0.0
-        recurring = side.scaled(share)
+            recurring = side.scaled(share)
         method = str(row["param.distill.method"])
         runs.append(PolicyRun(str(row["trial_id"]), method,
                               curve_of(row.get("dev_curve")), _figure(row, "student_training"),
-                              side - recurring, recurring,
+                              side.scaled(1.0 - share), recurring,
                               ", ".join(f"{c[6:]}={row[c]}"
                                         for c in used_params(method, row, params))))
     return runs

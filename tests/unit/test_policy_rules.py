@@ -203,3 +203,17 @@ def test_settings_a_method_ignores_make_repeats_not_configurations_and_a_least_i
     jsd = pd.DataFrame(rows).assign(**{"param.distill.loss": "jsd"})
     assert {r.configuration for r in runs_from_trials(jsd) if r.method == "logit"} == {
         "distill.beta=0.0, distill.loss=jsd, lr=0.1", "distill.beta=1.0, distill.loss=jsd, lr=0.1"}
+
+
+def test_scoring_keeps_its_own_stated_error_apart_from_the_artifacts():
+    # 200 J of teacher side, ± 80 J stated (the artifacts' estimate), of which 150 J is scoring
+    # measured at ± 3 J: the recurring part carries ± 3 J, not 150/200 of ± 80 J
+    row = {"trial_id": "t", "status": "finished", "param.distill.method": "onpolicy",
+           "dev_curve": curve_json(ONPOLICY.curve), "student_training_j": 75.0,
+           "student_training_error_j": 1.0, "teacher_side_j": 200.0,
+           "teacher_side_error_j": 80.0, "teacher_scoring_j": 150.0,
+           "teacher_scoring_error_j": 3.0}
+    (run,) = runs_from_trials(pd.DataFrame([row]))
+    assert run.teacher_recurring.value == pytest.approx(150.0)
+    assert run.teacher_recurring.error == pytest.approx(3.0)
+    assert run.teacher_once.value == pytest.approx(50.0)
