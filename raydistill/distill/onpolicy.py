@@ -29,25 +29,31 @@ def rollout_examples(student, examples: list[dict], tokenizer, cfg: dict,
     One temperature (`distill.temperature`) for the rollouts and the loss, as TRL's GKD and
     DistillationTrainer do: the loss compares the distributions at T, so the student samples
     from the same distribution it is trained on."""
+    from raydistill.distill.teacher import (
+        left_padded,
+        padded_rows,
+        stated_generation,
+        stop_ids_only,
+    )
+
     prompts = [list(e["input_ids"][:e["prompt_len"]]) for e in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = tokenizer.eos_token_id
-    width = max(len(p) for p in prompts)
+    ids, attn = left_padded(prompts, pad)
+    width = ids.shape[1]
     device = next(student.parameters()).device
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left-padded: every prompt ends where generation starts
-        ids[i, width - len(p):] = torch.as_tensor(p)
-        attn[i, width - len(p):] = 1
     room = max(1, min(cfg["max_new_tokens"], cfg["max_seq_len"] - width))
+    # every field that changes the samples stated, as the teacher's generation does: nothing
+    # from the checkpoint's generation_config.json (a hub Instruct model's repetition penalty,
+    # top-k, top-p), and never an output row past the tokenizer (a padded hub output layer)
+    config = stated_generation({"decoding": "sample", "temperature": cfg["temperature"],
+                                "top_p": 1.0, "top_k": 0}, room, pad,
+                               [] if eos is None else [eos], padded_rows(student, tokenizer))
     was_training = student.training
     student.eval()
-    with torch.no_grad():
+    with torch.no_grad(), stop_ids_only(student):
         out = student.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                               max_new_tokens=room, do_sample=True,
-                               temperature=float(cfg["temperature"]), top_k=0,
-                               top_p=1.0, pad_token_id=pad, eos_token_id=eos,
-                               synced_gpus=synced)
+                               generation_config=config, synced_gpus=synced)
     if was_training:
         student.train()
     made, generated = [], 0

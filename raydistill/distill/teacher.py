@@ -189,12 +189,8 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
     s = sampling or GREEDY
     stops = list(s.get("stop", []))
     pad = tokenizer.pad_token_id
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.as_tensor(p)
-        attn[i, width - len(p):] = 1
+    ids, attn = left_padded(prompts, pad)
+    width = ids.shape[1]
     config = stated_generation(s, max_new_tokens, pad, stop, padded_rows(model, tokenizer))
     if config.do_sample:
         torch.manual_seed(seed)  # per batch, from its first example: reproducible
@@ -210,6 +206,20 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
     done = [end_completion(r, stop, stops, tokenizer.decode) for r in rows]
     per = config.num_return_sequences
     return [done[i * per:(i + 1) * per] for i in range(len(prompts))]
+
+
+def left_padded(prompts: list[list[int]], pad: int):
+    """(input_ids, attention_mask) of token-id prompts, left-padded to the longest: every
+    prompt ends where generation starts, as decoder-only generation needs."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.as_tensor(p)
+        attn[i, width - len(p):] = 1
+    return ids, attn
 
 
 def padded_rows(model, tokenizer) -> list[int]:

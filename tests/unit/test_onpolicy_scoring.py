@@ -130,7 +130,11 @@ def test_rollouts_are_the_student_own_completions_within_the_limits():
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=1))
-    tok = types.SimpleNamespace(pad_token_id=0, eos_token_id=1)
+    class Tok(types.SimpleNamespace):  # 30 tokens for 32 output rows: a padded output layer
+        def __len__(self) -> int:
+            return 30
+
+    tok = Tok(pad_token_id=0, eos_token_id=1)
     examples = [{"input_ids": [2, 3, 4, 9, 9], "prompt_len": 3},
                 {"input_ids": [2, 5, 9], "prompt_len": 2}]
     cfg = {"max_new_tokens": 6, "max_seq_len": 8, "temperature": 2.0}
@@ -151,8 +155,13 @@ def test_rollouts_are_the_student_own_completions_within_the_limits():
         completion = m["input_ids"][m["prompt_len"]:]
         assert 1 <= len(completion) <= 6 and len(m["input_ids"]) <= 8
         assert 1 not in completion[:-1]  # nothing after an EOS
-    # sampled at the loss's temperature (distill.temperature), not at T = 1
-    assert seen["do_sample"] and seen["temperature"] == 2.0
+        assert max(completion) < 30  # never a padded output row
+    # sampled at the loss's temperature (distill.temperature), not at T = 1, and every field
+    # stated: nothing left to the checkpoint's generation_config.json
+    config = seen["generation_config"]
+    assert config.do_sample and config.temperature == 2.0
+    assert (config.top_k, config.top_p, config.repetition_penalty) == (0, 1.0, 1.0)
+    assert config.suppress_tokens == [30, 31]
 
 
 def test_an_onpolicy_run_reports_its_teacher_bill_and_no_n_star(tmp_path):
