@@ -304,7 +304,9 @@ def start_pool(model_path: str, namespace: str, trial_id: str, *, num_actors: in
     counts = expected_per_actor(world, num_actors)
     actor = ray.remote(TeacherScorer)
     handles = [actor.options(
-        name=scorer_name(trial_id, i), max_concurrency=counts[i] + 2,
+        # named in the run's namespace, where the workers look it up: a driver that joined a
+        # Ray already up (a notebook's, a test session's) is in that Ray's namespace instead
+        name=scorer_name(trial_id, i), namespace=namespace, max_concurrency=counts[i] + 2,
         # inside a Tune trial an actor would otherwise join the trial's tiny placement group
         scheduling_strategy="DEFAULT", **res).remote(
             model_path, namespace, trial_id, rows=rows, top_k=top_k, temperature=temperature,
